@@ -1,0 +1,19 @@
+// Small elementwise and reduction helpers the model and engine need between the big ops.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/device.h"
+
+namespace keel::kernels::cpu {
+
+// y[i] += x[i].
+void add_inplace(float* y, const float* x, int64_t n, Stream stream = {});
+// y[i] = a[i] + b[i].
+void add(float* y, const float* a, const float* b, int64_t n, Stream stream = {});
+// x[i] *= s.
+void scale_inplace(float* x, float s, int64_t n, Stream stream = {});
+// Σ x[i]², accumulated in double, deterministic for a given thread count.
+double sum_squares(const float* x, int64_t n, Stream stream = {});
+
+}  // namespace keel::kernels::cpu

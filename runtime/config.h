@@ -1,0 +1,87 @@
+// The run configuration: one YAML file with a section per concern, keys named as Hugging Face
+// (model, training), DeepSpeed and Megatron (parallel) name them. Loaded and validated once at
+// start; every mistake is one keel::Error that names the key and the fix. docs/CONFIG.md documents
+// every key.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace keel::runtime {
+
+struct ModelConfig {
+  int64_t vocab_size = 256;
+  int64_t hidden_size = 288;
+  int64_t intermediate_size = 768;
+  int64_t num_hidden_layers = 6;
+  int64_t num_attention_heads = 6;
+  int64_t num_key_value_heads = 0;  // 0 in YAML means "same as num_attention_heads"
+  int64_t max_position_embeddings = 256;
+  double rope_theta = 10000.0;
+  double rms_norm_eps = 1e-5;
+  bool tie_word_embeddings = false;
+  double initializer_range = 0.02;
+
+  int64_t head_dim() const { return hidden_size / num_attention_heads; }
+};
+
+struct DataConfig {
+  std::string train;              // path of the training text or token file
+  std::string tokenizer = "bytes";  // "bytes": one token per byte (vocab 256)
+  int64_t seq_length = 256;
+};
+
+struct TrainingConfig {
+  int64_t max_steps = 100;
+  double learning_rate = 3e-4;
+  int64_t warmup_steps = 0;
+  std::string lr_scheduler_type = "cosine";  // linear | cosine | constant | constant_with_warmup
+  int64_t per_device_train_batch_size = 8;
+  int64_t gradient_accumulation_steps = 1;
+  double max_grad_norm = 1.0;  // 0 disables clipping
+  double weight_decay = 0.0;
+  double adam_beta1 = 0.9;
+  double adam_beta2 = 0.999;
+  double adam_epsilon = 1e-8;
+  uint64_t seed = 42;
+  int64_t logging_steps = 10;
+  std::string output_dir = "runs/default";
+  bool gradient_checkpointing = false;
+};
+
+struct OptimizerConfig {
+  std::string type = "adamw";
+};
+
+struct ParallelConfig {
+  int64_t zero_stage = 0;
+  int64_t tensor_model_parallel_size = 1;
+  int64_t pipeline_model_parallel_size = 1;
+  int64_t expert_model_parallel_size = 1;
+};
+
+struct Config {
+  ModelConfig model;
+  DataConfig data;
+  TrainingConfig training;
+  OptimizerConfig optimizer;
+  ParallelConfig parallel;
+};
+
+// Parses YAML text. Applies `overrides` ("section.key=value", as `--set` takes them) on top, then
+// validates. `origin` names the source in messages (a path, or "<string>").
+Config parse_config(const std::string& yaml_text, const std::vector<std::string>& overrides = {},
+                    const std::string& origin = "<string>");
+
+// Reads and parses a YAML file (the error names the path when it cannot be read).
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// Checks shapes and values that no single key can check alone (hidden size divisible by heads,
+// kv heads dividing heads, even head dim for RoPE, ...). parse_config calls it.
+void validate_config(const Config& config);
+
+// The resolved configuration as YAML (written beside the metrics of every run).
+std::string config_to_yaml(const Config& config);
+
+}  // namespace keel::runtime
