@@ -1,0 +1,94 @@
+// The keel program: parses the command line, runs a subcommand, and turns any keel::Error into one
+// line on stderr and a non-zero exit code.
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "kernels/error.h"
+#include "runtime/config.h"
+#include "runtime/trainer.h"
+
+namespace {
+
+constexpr const char* kUsage = R"(usage: keel <command> [options]
+
+Pretrain LLaMA-family language models.
+
+commands:
+  train CONFIG.yaml [--set section.key=value ...]   train as the config describes
+
+Run 'keel <command> --help' for a command's options. Config keys: docs/CONFIG.md.
+)";
+
+constexpr const char* kTrainUsage = R"(usage: keel train CONFIG.yaml [--set section.key=value ...]
+
+Trains the model that CONFIG.yaml describes and writes <training.output_dir>/metrics.jsonl (one
+JSON object per logged step) and config.yaml (the resolved config).
+
+options:
+  --set section.key=value   override one config key (repeatable), e.g.
+                            --set training.max_steps=50 --set model.hidden_size=128
+  -h, --help                show this help
+
+Threads: OMP_NUM_THREADS (default: all cores). Config keys: docs/CONFIG.md.
+)";
+
+// Thrown for command-line mistakes: printed with the usage hint, exit code 2.
+struct UsageError {
+  std::string message;
+};
+
+int run_train(const std::vector<std::string>& args) {
+  std::string path;
+  std::vector<std::string> overrides;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "-h" || a == "--help") {
+      std::cout << kTrainUsage;
+      return 0;
+    }
+    if (a == "--set") {
+      if (i + 1 >= args.size()) throw UsageError{"--set needs a value: --set section.key=value"};
+      overrides.push_back(args[++i]);
+    } else if (a.rfind("--set=", 0) == 0) {
+      overrides.push_back(a.substr(6));
+    } else if (!a.empty() && a[0] == '-') {
+      throw UsageError{"unknown option '" + a + "' for 'keel train'"};
+    } else if (path.empty()) {
+      path = a;
+    } else {
+      throw UsageError{"'keel train' takes one config file, got '" + path + "' and '" + a + "'"};
+    }
+  }
+  if (path.empty()) throw UsageError{"'keel train' needs a config file: keel train CONFIG.yaml"};
+  const keel::runtime::Config config = keel::runtime::load_config(path, overrides);
+  keel::runtime::Trainer trainer(config, std::cout);
+  trainer.run();
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  try {
+    if (args.empty() || args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+      std::cout << kUsage;
+      return args.empty() ? 2 : 0;
+    }
+    const std::string command = args[0];
+    const std::vector<std::string> rest(args.begin() + 1, args.end());
+    if (command == "train") return run_train(rest);
+    throw UsageError{"unknown command '" + command + "'; commands: train"};
+  } catch (const UsageError& e) {
+    std::cerr << "keel: error: " << e.message << "\n(run 'keel --help' for usage)\n";
+    return 2;
+  } catch (const keel::Error& e) {
+    std::cerr << "keel: error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "keel: error: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,43 @@
+// AdamW over a set of parameter tensors (or, under ZeRO, parameter shards): owns the first and
+// second moments in one memory plan and steps every tensor with kernels::cpu::adamw_step.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "kernels/memory_plan.h"
+
+namespace keel::optim {
+
+// One tensor the optimizer updates: n floats of value and gradient.
+struct ParamRef {
+  std::string name;
+  float* value;
+  const float* grad;
+  int64_t n;
+  bool weight_decay;
+};
+
+struct AdamWConfig {
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
+};
+
+class AdamW {
+ public:
+  AdamW(std::vector<ParamRef> params, const AdamWConfig& config);
+
+  // One update of every tensor with learning rate lr, gradients multiplied by grad_scale first.
+  void step(double lr, double grad_scale);
+  int64_t steps_taken() const { return t_; }
+  size_t state_bytes() const { return state_.bytes(); }
+  std::string describe_memory() const { return state_.describe(); }
+
+ private:
+  std::vector<ParamRef> params_;
+  AdamWConfig config_;
+  MemoryPlan state_{"optimizer state"};
+  std::vector<MemoryPlan::Slot> m_, v_;
+  int64_t t_ = 0;
+};
+
+}  // namespace keel::optim

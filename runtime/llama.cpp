@@ -1,0 +1,344 @@
+#include "runtime/llama.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <sstream>
+
+#include "kernels/attention.h"
+#include "kernels/cross_entropy.h"
+#include "kernels/elementwise.h"
+#include "kernels/embedding.h"
+#include "kernels/matmul.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+
+namespace keel::runtime {
+
+namespace k = keel::kernels::cpu;
+using Slot = MemoryPlan::Slot;
+
+namespace {
+// Logits of at most this many floats exist at once (32 MiB).
+constexpr int64_t kLogitsChunkFloats = int64_t{8} << 20;
+}  // namespace
+
+// Slots of one block. Parameters: q, k and v are views of one (QKV, C) matrix, gate and up of one
+// (2I, C) matrix, so each pair of projections is one GEMM.
+struct LlamaModel::Layer {
+  size_t in_norm, q, k, v, o, post_norm, gate, up, down;  // indices into params_
+  Slot w_in_norm, w_qkv, w_o, w_post_norm, w_gate_up, w_down;
+  // Activations of this block (with checkpointing all blocks share block 0's).
+  Slot ln1, rstd1, qkv, att, lse, xmid, ln2, rstd2, gu, h;
+};
+
+struct LlamaModel::Slots {
+  Slot w_embed, w_final_norm, w_head;
+  size_t embed, final_norm, head;  // indices into params_
+  std::vector<Slot> x;             // (N, C) residual stream entering block l; x[L] leaves the last
+  Slot lnf, rstdf;                 // (N, C), (N)
+  Slot tokens;                     // (N) the micro-batch's tokens, kept for the embedding backward
+  Slot logits, losses;             // (chunk, V), (N)
+  Slot dres, dtmp;                 // (N, C) residual gradient, scratch gradient
+  Slot dbig;                       // (N, max(QKV, 2I)): dqkv, then dgate_up
+  Slot dsmall;                     // (N, max(H·D, I)): datt, then dh
+  Slot attn_ws;                    // attention workspace
+  Slot rope_cos, rope_sin;         // (T, D/2)
+};
+
+LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool checkpointing)
+    : config_(config),
+      B_(B),
+      T_(T),
+      N_(B * T),
+      H_(config.num_attention_heads),
+      Hkv_(config.num_key_value_heads ? config.num_key_value_heads : config.num_attention_heads),
+      D_(config.hidden_size / config.num_attention_heads),
+      C_(config.hidden_size),
+      I_(config.intermediate_size),
+      V_(config.vocab_size),
+      QKV_((H_ + 2 * Hkv_) * D_),
+      checkpointing_(checkpointing),
+      s_(std::make_unique<Slots>()) {
+  config_.num_key_value_heads = Hkv_;
+  KEEL_CHECK(B > 0 && T > 0, "micro-batch must be positive, got B={} T={}", B, T);
+  KEEL_CHECK(T <= config.max_position_embeddings,
+             "sequence length {} exceeds model.max_position_embeddings {}", T,
+             config.max_position_embeddings);
+  chunk_rows_ = std::clamp<int64_t>(kLogitsChunkFloats / V_ / 16 * 16, 16, N_);
+  build_plans();
+  k::rope_tables(work_[s_->rope_cos].f32(), work_[s_->rope_sin].f32(), T_, D_, config_.rope_theta);
+}
+
+LlamaModel::~LlamaModel() = default;
+
+void LlamaModel::build_plans() {
+  const int64_t L = config_.num_hidden_layers;
+  Slots& s = *s_;
+  // Parameters and gradients: the same table twice.
+  auto add_weight = [&](const std::string& name, Shape shape) {
+    weights_.add(name, DType::F32, shape);
+    return grads_.add(name, DType::F32, shape);
+  };
+  s.w_embed = add_weight("embed_tokens", {V_, C_});
+  layers_.resize(static_cast<size_t>(L));
+  for (int64_t l = 0; l < L; ++l) {
+    Layer& y = layers_[static_cast<size_t>(l)];
+    const std::string p = "layers." + std::to_string(l) + ".";
+    y.w_in_norm = add_weight(p + "input_layernorm", {C_});
+    y.w_qkv = add_weight(p + "qkv_proj", {QKV_, C_});
+    y.w_o = add_weight(p + "o_proj", {C_, H_ * D_});
+    y.w_post_norm = add_weight(p + "post_attention_layernorm", {C_});
+    y.w_gate_up = add_weight(p + "gate_up_proj", {2 * I_, C_});
+    y.w_down = add_weight(p + "down_proj", {C_, I_});
+  }
+  s.w_final_norm = add_weight("norm", {C_});
+  if (!config_.tie_word_embeddings) s.w_head = add_weight("lm_head", {V_, C_});
+
+  // Activations.
+  for (int64_t l = 0; l <= L; ++l) s.x.push_back(acts_.add("x." + std::to_string(l), DType::F32, {N_, C_}));
+  const int64_t kept = checkpointing_ ? 1 : L;
+  for (int64_t l = 0; l < L; ++l) {
+    Layer& y = layers_[static_cast<size_t>(l)];
+    if (l >= kept) {  // checkpointing: share block 0's buffers
+      const Layer& z = layers_[0];
+      y.ln1 = z.ln1, y.rstd1 = z.rstd1, y.qkv = z.qkv, y.att = z.att, y.lse = z.lse;
+      y.xmid = z.xmid, y.ln2 = z.ln2, y.rstd2 = z.rstd2, y.gu = z.gu, y.h = z.h;
+      continue;
+    }
+    const std::string p = "layers." + std::to_string(l) + ".";
+    y.ln1 = acts_.add(p + "ln1", DType::F32, {N_, C_});
+    y.rstd1 = acts_.add(p + "rstd1", DType::F32, {N_});
+    y.qkv = acts_.add(p + "qkv", DType::F32, {N_, QKV_});
+    y.att = acts_.add(p + "att", DType::F32, {N_, H_ * D_});
+    y.lse = acts_.add(p + "lse", DType::F32, {B_, H_, T_});
+    y.xmid = acts_.add(p + "xmid", DType::F32, {N_, C_});
+    y.ln2 = acts_.add(p + "ln2", DType::F32, {N_, C_});
+    y.rstd2 = acts_.add(p + "rstd2", DType::F32, {N_});
+    y.gu = acts_.add(p + "gate_up", DType::F32, {N_, 2 * I_});
+    y.h = acts_.add(p + "h", DType::F32, {N_, I_});
+  }
+  s.lnf = acts_.add("norm", DType::F32, {N_, C_});
+  s.rstdf = acts_.add("rstd", DType::F32, {N_});
+  s.tokens = acts_.add("tokens", DType::I32, {N_});
+
+  // Workspace: lives across steps, contents meaningless between calls.
+  s.logits = work_.add("logits_chunk", DType::F32, {chunk_rows_, V_});
+  s.losses = work_.add("losses", DType::F32, {N_});
+  s.dres = work_.add("d_residual", DType::F32, {N_, C_});
+  s.dtmp = work_.add("d_scratch", DType::F32, {N_, C_});
+  s.dbig = work_.add("d_qkv_or_gate_up", DType::F32, {N_, std::max(QKV_, 2 * I_)});
+  s.dsmall = work_.add("d_att_or_h", DType::F32, {N_, std::max(H_ * D_, I_)});
+  const size_t ws = k::attention_workspace_floats(B_, T_, H_, Hkv_, D_, omp_get_max_threads());
+  s.attn_ws = work_.add("attention", DType::F32, {static_cast<int64_t>(ws)});
+  s.rope_cos = work_.add("rope_cos", DType::F32, {T_, D_ / 2});
+  s.rope_sin = work_.add("rope_sin", DType::F32, {T_, D_ / 2});
+
+  weights_.allocate();
+  grads_.allocate();
+  acts_.allocate();
+  work_.allocate();
+
+  // Parameters under their Hugging Face names, as views of the plan.
+  auto add_param = [&](const std::string& name, Slot slot, int64_t row0, int64_t rows, bool decay) {
+    Tensor w = weights_[slot], g = grads_[slot];
+    if (rows >= 0) {
+      const Shape full = w.shape();
+      w = w.slice0(row0, row0 + rows);
+      g = g.slice0(row0, row0 + rows);
+      KEEL_CHECK(full.rank() == 2, "internal: row views need a matrix");
+    }
+    params_.push_back({name, w.shape(), {}, decay, w, g});
+    return params_.size() - 1;
+  };
+  s.embed = add_param("model.embed_tokens.weight", s.w_embed, 0, -1, true);
+  for (int64_t l = 0; l < L; ++l) {
+    Layer& y = layers_[static_cast<size_t>(l)];
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    y.in_norm = add_param(p + "input_layernorm.weight", y.w_in_norm, 0, -1, false);
+    y.q = add_param(p + "self_attn.q_proj.weight", y.w_qkv, 0, H_ * D_, true);
+    y.k = add_param(p + "self_attn.k_proj.weight", y.w_qkv, H_ * D_, Hkv_ * D_, true);
+    y.v = add_param(p + "self_attn.v_proj.weight", y.w_qkv, (H_ + Hkv_) * D_, Hkv_ * D_, true);
+    y.o = add_param(p + "self_attn.o_proj.weight", y.w_o, 0, -1, true);
+    y.post_norm = add_param(p + "post_attention_layernorm.weight", y.w_post_norm, 0, -1, false);
+    y.gate = add_param(p + "mlp.gate_proj.weight", y.w_gate_up, 0, I_, true);
+    y.up = add_param(p + "mlp.up_proj.weight", y.w_gate_up, I_, I_, true);
+    y.down = add_param(p + "mlp.down_proj.weight", y.w_down, 0, -1, true);
+  }
+  s.final_norm = add_param("model.norm.weight", s.w_final_norm, 0, -1, false);
+  s.head = config_.tie_word_embeddings ? s.embed
+                                       : add_param("lm_head.weight", s.w_head, 0, -1, true);
+}
+
+Parameter& LlamaModel::parameter(const std::string& name) {
+  for (Parameter& p : params_)
+    if (p.name == name) return p;
+  KEEL_FAIL("the model has no parameter '{}'", name);
+}
+
+int64_t LlamaModel::num_parameters() const {
+  int64_t n = 0;
+  for (const Parameter& p : params_) n += p.value.numel();
+  return n;
+}
+
+void LlamaModel::init_weights(uint64_t seed) {
+  for (Parameter& p : params_) {
+    if (p.value.rank() == 1)
+      init_constant(p, 1.0f);
+    else
+      init_normal(p, seed, config_.initializer_range);
+  }
+}
+
+void LlamaModel::zero_grad() {
+  Tensor g = grads_[0];
+  std::fill_n(static_cast<char*>(g.data()), grads_.bytes(), 0);
+}
+
+void LlamaModel::embed(const int32_t* tokens) {
+  int32_t* kept = acts_[s_->tokens].data_as<int32_t>();
+  std::copy_n(tokens, N_, kept);
+  k::embedding_forward(acts_[s_->x[0]].f32(), kept, weights_[s_->w_embed].f32(), N_, C_, V_);
+}
+
+// One block: x[l] → x[l+1]. With recompute (checkpointing's backward), x[l+1] is left alone.
+void LlamaModel::block_forward(int l, bool recompute) {
+  const Layer& y = layers_[static_cast<size_t>(l)];
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  const float* x = acts_[s_->x[static_cast<size_t>(l)]].f32();
+  float* ln1 = acts_[y.ln1].f32();
+  float* qkv = acts_[y.qkv].f32();
+  float* att = acts_[y.att].f32();
+  float* xmid = acts_[y.xmid].f32();
+  float* ln2 = acts_[y.ln2].f32();
+  float* gu = acts_[y.gu].f32();
+  float* h = acts_[y.h].f32();
+  const float* cos = work_[s_->rope_cos].f32();
+  const float* sin = work_[s_->rope_sin].f32();
+
+  k::rmsnorm_forward(ln1, acts_[y.rstd1].f32(), x, weights_[y.w_in_norm].f32(), N_, C_, eps);
+  k::matmul_forward(qkv, ln1, weights_[y.w_qkv].f32(), N_, C_, QKV_);
+  k::rope_forward(qkv, cos, sin, B_, T_, H_, D_, QKV_);
+  k::rope_forward(qkv + H_ * D_, cos, sin, B_, T_, Hkv_, D_, QKV_);
+  k::attention_forward(att, acts_[y.lse].f32(), qkv, B_, T_, H_, Hkv_, D_,
+                       work_[s_->attn_ws].f32());
+  k::matmul_forward(xmid, att, weights_[y.w_o].f32(), N_, H_ * D_, C_);
+  k::add_inplace(xmid, x, N_ * C_);
+  k::rmsnorm_forward(ln2, acts_[y.rstd2].f32(), xmid, weights_[y.w_post_norm].f32(), N_, C_, eps);
+  k::matmul_forward(gu, ln2, weights_[y.w_gate_up].f32(), N_, C_, 2 * I_);
+  k::swiglu_forward(h, gu, N_, I_);
+  if (recompute) return;
+  float* out = acts_[s_->x[static_cast<size_t>(l) + 1]].f32();
+  k::matmul_forward(out, h, weights_[y.w_down].f32(), N_, I_, C_);
+  k::add_inplace(out, xmid, N_ * C_);
+}
+
+// Takes ∂/∂x[l+1] in dres and leaves ∂/∂x[l] there; parameter gradients accumulate.
+void LlamaModel::block_backward(int l) {
+  if (checkpointing_) block_forward(l, /*recompute=*/true);
+  const Layer& y = layers_[static_cast<size_t>(l)];
+  const float* x = acts_[s_->x[static_cast<size_t>(l)]].f32();
+  float* dres = work_[s_->dres].f32();
+  float* dtmp = work_[s_->dtmp].f32();
+  float* dbig = work_[s_->dbig].f32();
+  float* dsmall = work_[s_->dsmall].f32();
+  const float* cos = work_[s_->rope_cos].f32();
+  const float* sin = work_[s_->rope_sin].f32();
+
+  // MLP: x[l+1] = xmid + down(swiglu(gate_up(norm(xmid)))).
+  k::matmul_backward(dsmall, grads_[y.w_down].f32(), dres, acts_[y.h].f32(),
+                     weights_[y.w_down].f32(), N_, I_, C_, false);
+  k::swiglu_backward(dbig, dsmall, acts_[y.gu].f32(), N_, I_);
+  k::matmul_backward(dtmp, grads_[y.w_gate_up].f32(), dbig, acts_[y.ln2].f32(),
+                     weights_[y.w_gate_up].f32(), N_, C_, 2 * I_, false);
+  k::rmsnorm_backward(dres, grads_[y.w_post_norm].f32(), dtmp, acts_[y.xmid].f32(),
+                      weights_[y.w_post_norm].f32(), acts_[y.rstd2].f32(), N_, C_, true);
+  // Attention: xmid = x + o(attention(rope(qkv(norm(x))))).
+  k::matmul_backward(dsmall, grads_[y.w_o].f32(), dres, acts_[y.att].f32(), weights_[y.w_o].f32(),
+                     N_, H_ * D_, C_, false);
+  k::attention_backward(dbig, dsmall, acts_[y.qkv].f32(), acts_[y.att].f32(), acts_[y.lse].f32(),
+                        B_, T_, H_, Hkv_, D_, work_[s_->attn_ws].f32());
+  k::rope_backward(dbig, cos, sin, B_, T_, H_, D_, QKV_);
+  k::rope_backward(dbig + H_ * D_, cos, sin, B_, T_, Hkv_, D_, QKV_);
+  k::matmul_backward(dtmp, grads_[y.w_qkv].f32(), dbig, acts_[y.ln1].f32(),
+                     weights_[y.w_qkv].f32(), N_, C_, QKV_, false);
+  k::rmsnorm_backward(dres, grads_[y.w_in_norm].f32(), dtmp, x, weights_[y.w_in_norm].f32(),
+                      acts_[y.rstd1].f32(), N_, C_, true);
+}
+
+// Final norm, output head and cross-entropy, chunk by chunk of rows. With backward, leaves
+// ∂/∂x[L] in dres and accumulates the head's and final norm's gradients.
+double LlamaModel::head(const int32_t* targets, float grad_scale, bool backward, float* logits_out) {
+  const float* xL = acts_[s_->x.back()].f32();
+  float* lnf = acts_[s_->lnf].f32();
+  const float* w_head = weights_[config_.tie_word_embeddings ? s_->w_embed : s_->w_head].f32();
+  float* g_head = grads_[config_.tie_word_embeddings ? s_->w_embed : s_->w_head].f32();
+  float* logits = work_[s_->logits].f32();
+  float* losses = work_[s_->losses].f32();
+  float* dtmp = work_[s_->dtmp].f32();
+  k::rmsnorm_forward(lnf, acts_[s_->rstdf].f32(), xL, weights_[s_->w_final_norm].f32(), N_, C_,
+                     static_cast<float>(config_.rms_norm_eps));
+  double total = 0.0;
+  for (int64_t r0 = 0; r0 < N_; r0 += chunk_rows_) {
+    const int64_t rows = std::min(chunk_rows_, N_ - r0);
+    k::matmul_forward(logits, lnf + r0 * C_, w_head, rows, C_, V_);
+    if (logits_out) std::copy_n(logits, rows * V_, logits_out + r0 * V_);
+    if (!targets) continue;
+    if (backward) {
+      k::cross_entropy_forward_backward(losses + r0, logits, targets + r0, rows, V_, grad_scale);
+      k::matmul_backward(dtmp + r0 * C_, g_head, logits, lnf + r0 * C_, w_head, rows, C_, V_,
+                         false);
+    } else {
+      k::cross_entropy_forward(losses + r0, logits, targets + r0, rows, V_);
+    }
+    for (int64_t i = 0; i < rows; ++i) total += losses[r0 + i];
+  }
+  if (backward) {
+    k::rmsnorm_backward(work_[s_->dres].f32(), grads_[s_->w_final_norm].f32(), dtmp, xL,
+                        weights_[s_->w_final_norm].f32(), acts_[s_->rstdf].f32(), N_, C_, false);
+  }
+  return total;
+}
+
+double LlamaModel::forward(const int32_t* tokens, const int32_t* targets, float* logits) {
+  embed(tokens);
+  for (int l = 0; l < static_cast<int>(layers_.size()); ++l) block_forward(l, false);
+  return head(targets, 0.0f, false, logits);
+}
+
+double LlamaModel::forward_backward(const int32_t* tokens, const int32_t* targets,
+                                    float grad_scale) {
+  embed(tokens);
+  for (int l = 0; l < static_cast<int>(layers_.size()); ++l) block_forward(l, false);
+  const double loss = head(targets, grad_scale, true, nullptr);
+  for (int l = static_cast<int>(layers_.size()) - 1; l >= 0; --l) block_backward(l);
+  k::embedding_backward(grads_[s_->w_embed].f32(), work_[s_->dres].f32(),
+                        acts_[s_->tokens].data_as<int32_t>(), N_, C_, V_);
+  return loss;
+}
+
+double LlamaModel::flops_per_token() const {
+  // 6 FLOPs per weight per token (forward 2, backward 4) for every matrix the token passes through
+  // (the embedding lookup is not a product), plus attention's QKᵀ and PV: 2·2·T·D per head
+  // forward, half of it masked away by causality, ×3 with the backward. Work that checkpointing
+  // recomputes is not model FLOPs and is not counted.
+  const double L = static_cast<double>(config_.num_hidden_layers);
+  const double per_layer = static_cast<double>(QKV_ * C_ + C_ * H_ * D_ + 3 * I_ * C_);
+  const double matmul = 6.0 * (L * per_layer + static_cast<double>(V_ * C_));
+  const double attention = 3.0 * L * static_cast<double>(H_) * 2.0 * static_cast<double>(T_ * D_);
+  return matmul + attention;
+}
+
+std::string LlamaModel::describe_memory() const {
+  std::ostringstream os;
+  os << weights_.describe() << grads_.describe() << acts_.describe() << work_.describe();
+  return os.str();
+}
+
+size_t LlamaModel::planned_bytes() const {
+  return weights_.bytes() + grads_.bytes() + acts_.bytes() + work_.bytes();
+}
+
+}  // namespace keel::runtime

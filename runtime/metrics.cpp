@@ -1,0 +1,42 @@
+#include "runtime/metrics.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+#include "kernels/error.h"
+
+namespace keel::runtime {
+
+MetricsLog::MetricsLog(const std::string& output_dir)
+    : path_(output_dir + "/metrics.jsonl"), out_(path_, std::ios::trunc) {
+  KEEL_CHECK(out_.good(), "cannot write '{}': {}", path_, std::strerror(errno));
+}
+
+void MetricsLog::write(const StepStats& s) {
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "{\"step\": %lld, \"loss\": %.9g, \"learning_rate\": %.9g, \"grad_norm\": %.9g, "
+                "\"tokens_per_second\": %.6g, \"mfu\": %.6g, \"step_seconds\": %.6g, "
+                "\"peak_rss_mib\": %.1f}\n",
+                static_cast<long long>(s.step), s.loss, s.learning_rate, s.grad_norm,
+                s.tokens_per_second, s.mfu, s.seconds, s.peak_rss_mib);
+  out_ << line;
+  out_.flush();
+  KEEL_CHECK(out_.good(), "cannot write '{}': {}", path_, std::strerror(errno));
+}
+
+std::string progress_line(const StepStats& s, int64_t max_steps, double eta_seconds) {
+  const auto eta = static_cast<long long>(std::max(0.0, eta_seconds));
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "step %lld/%lld | loss %.4f | lr %.2e | %.0f tok/s | MFU %.1f%% | mem %.0f MiB | "
+                "ETA %lldm%02llds",
+                static_cast<long long>(s.step), static_cast<long long>(max_steps), s.loss,
+                s.learning_rate, s.tokens_per_second, 100.0 * s.mfu, s.peak_rss_mib, eta / 60,
+                eta % 60);
+  return line;
+}
+
+}  // namespace keel::runtime

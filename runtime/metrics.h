@@ -1,0 +1,37 @@
+// What a run reports: one JSON object per logged step in <output_dir>/metrics.jsonl, and a
+// progress line on the console.
+#pragma once
+
+#include <cstdint>
+#include <fstream>
+#include <ostream>
+#include <string>
+
+namespace keel::runtime {
+
+struct StepStats {
+  int64_t step = 0;  // optimizer steps completed, 1-based
+  double loss = 0;   // mean loss over the step's global batch
+  double learning_rate = 0;
+  double grad_norm = 0;  // before clipping
+  double seconds = 0;    // wall time of the step
+  double tokens_per_second = 0;
+  double mfu = 0;  // model FLOP/s ÷ the measured fp32 GEMM peak of this machine
+  double peak_rss_mib = 0;
+};
+
+class MetricsLog {
+ public:
+  // Opens (truncates) <output_dir>/metrics.jsonl.
+  explicit MetricsLog(const std::string& output_dir);
+  void write(const StepStats& s);
+
+ private:
+  std::string path_;
+  std::ofstream out_;
+};
+
+// "step 10/200 | loss 2.3456 | lr 3.00e-04 | 1234 tok/s | MFU 45.1% | mem 812 MiB | ETA 3m12s"
+std::string progress_line(const StepStats& s, int64_t max_steps, double eta_seconds);
+
+}  // namespace keel::runtime

@@ -1,0 +1,50 @@
+#include "runtime/parameter.h"
+
+#include <cmath>
+
+namespace keel::runtime {
+
+namespace {
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
+  return h;
+}
+
+// A uniform double in (0, 1) from 53 random bits.
+double unit(uint64_t bits) { return (static_cast<double>(bits >> 11) + 0.5) * 0x1.0p-53; }
+
+}  // namespace
+
+void init_normal(Parameter& p, uint64_t seed, double std) {
+  KEEL_CHECK(p.shard.whole() || p.shard.dim == 0,
+             "init of '{}': only whole tensors or row shards are supported", p.name);
+  const uint64_t key = splitmix64(seed ^ fnv1a(p.name));
+  const int64_t row = p.global_shape.rank() > 1 ? p.global_shape.numel() / p.global_shape[0] : 1;
+  const int64_t first = p.shard.whole() ? 0 : p.shard.begin * row;
+  float* v = p.value.f32();
+  const int64_t n = p.value.numel();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    // Box-Muller on two independent draws keyed by the global index.
+    const uint64_t g = static_cast<uint64_t>(first + i);
+    const double u1 = unit(splitmix64(key ^ (2 * g)));
+    const double u2 = unit(splitmix64(key ^ (2 * g + 1)));
+    v[i] = static_cast<float>(std * std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2));
+  }
+}
+
+void init_constant(Parameter& p, float c) {
+  float* v = p.value.f32();
+  for (int64_t i = 0; i < p.value.numel(); ++i) v[i] = c;
+}
+
+}  // namespace keel::runtime

@@ -1,0 +1,37 @@
+// A trainable parameter as every layer of keel sees it: its Hugging Face name, its global shape,
+// which slice of it this rank holds, and views of that slice's value and gradient. Today every
+// rank holds the whole tensor; ZeRO and tensor parallelism fill in the shard spec.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "kernels/tensor.h"
+
+namespace keel::runtime {
+
+// Which part of the global tensor the local value holds: rows [begin, end) of dimension `dim`,
+// or the whole tensor when dim < 0.
+struct ShardSpec {
+  int dim = -1;
+  int64_t begin = 0;
+  int64_t end = 0;
+  bool whole() const { return dim < 0; }
+};
+
+struct Parameter {
+  std::string name;  // Hugging Face name, e.g. "model.layers.0.self_attn.q_proj.weight"
+  Shape global_shape;
+  ShardSpec shard;
+  bool weight_decay = true;  // false for norm weights (Hugging Face Trainer's rule)
+  Tensor value;              // fp32, the local slice
+  Tensor grad;               // fp32, same shape as value; accumulates across micro-batches
+};
+
+// Fills `value` with N(0, std²) from a counter-based generator keyed by (seed, name, global
+// element index): the same element gets the same number whatever the sharding.
+void init_normal(Parameter& p, uint64_t seed, double std);
+// Fills `value` with a constant.
+void init_constant(Parameter& p, float v);
+
+}  // namespace keel::runtime
