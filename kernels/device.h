@@ -2,6 +2,7 @@
 // work runs on it. Kernels take a Stream as their last argument so both backends share signatures.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace keel {
