@@ -6,36 +6,12 @@
 #include <bit>
 #include <cmath>
 
+#include "kernels/cpu/vec_math.h"
 #include "kernels/error.h"
 
 namespace keel::kernels::cpu {
 
 namespace {
-
-// exp(x) for x ≤ 88, vectorisable (no libm call): x = n·ln2 + r with |r| ≤ ln2/2, exp(r) from
-// Cephes' polynomial (within 2 ulp), 2^n assembled in the exponent bits. Returns 0 below −87.33,
-// where exp(x) leaves the normal range. (The same routine serves attention.cpp.)
-inline float exp_approx(float x) {
-  constexpr float kLog2e = 1.44269504088896341f;
-  constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-  constexpr float kMin = -87.3365f, kMax = 88.3f;
-  // Rounding by the 1.5·2²³ shift and the masked return (no floor, no branch) keep the loops
-  // vectorisable under GCC's default -ftrapping-math.
-  constexpr float kShift = 12582912.0f;
-  const float xc = std::min(std::max(x, kMin), kMax);
-  const float n = std::fma(xc, kLog2e, kShift) - kShift;
-  const float r = std::fma(n, -kLn2Lo, std::fma(n, -kLn2Hi, xc));
-  float p = 1.9875691500e-4f;
-  p = std::fma(p, r, 1.3981999507e-3f);
-  p = std::fma(p, r, 8.3334519073e-3f);
-  p = std::fma(p, r, 4.1665795894e-2f);
-  p = std::fma(p, r, 1.6666665459e-1f);
-  p = std::fma(p, r, 5.0000001201e-1f);
-  const float y = std::fma(p * r, r, r + 1.0f);
-  const float two_n = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
-  const int32_t keep = x < kMin ? 0 : -1;
-  return std::bit_cast<float>(std::bit_cast<int32_t>(y * two_n) & keep);
-}
 
 // Targets are checked before the parallel loop: an exception must not leave an OpenMP region.
 void check_targets(const int32_t* targets, int64_t N, int64_t V) {

@@ -7,22 +7,16 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kernels/cpu/vec_math.h"
 #include "kernels/error.h"
 
 namespace keel::kernels::cpu {
 
 namespace {
 
-// Width of the column blocks the backward hands to threads: one block per thread when C is
-// small, at most kMaxColBlock columns so a block's slice of a row stays in L1; a multiple of 16
-// floats (a cache line) so threads rarely write the same line of dtable.
+// Widest column block the backward hands a thread (see column_block in vec_math.h).
 constexpr int64_t kMaxColBlock = 512;
 
-int64_t column_block(int64_t C) {
-  const int64_t threads = omp_get_max_threads();
-  const int64_t per_thread = ((C + threads - 1) / threads + 15) / 16 * 16;
-  return std::clamp<int64_t>(per_thread, 16, kMaxColBlock);
-}
 
 // Checked before any parallel region: an exception cannot leave an OpenMP loop.
 void check_tokens(const int32_t* tokens, int64_t N, int64_t V) {
@@ -49,7 +43,7 @@ void embedding_forward(float* out, const int32_t* tokens, const float* table, in
 void embedding_backward(float* dtable, const float* dout, const int32_t* tokens, int64_t N,
                         int64_t C, int64_t V, Stream) {
   check_tokens(tokens, N, V);
-  const int64_t block = column_block(C);
+  const int64_t block = column_block(C, kMaxColBlock);
   const int64_t blocks = (C + block - 1) / block;
   // Each (v, c) is summed by exactly one thread, over n in increasing order: the result does not
   // depend on the thread count. Every block reads all of tokens and its own columns of dout.

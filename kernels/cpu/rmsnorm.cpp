@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cpu/vec_math.h"
+
 namespace keel::kernels::cpu {
 
 namespace {
@@ -15,11 +17,6 @@ namespace {
 // the double accumulator fits on the stack and a block's slice of a row stays in L1.
 constexpr int64_t kMaxColBlock = 512;
 
-int64_t column_block(int64_t C) {
-  const int64_t threads = omp_get_max_threads();
-  const int64_t per_thread = ((C + threads - 1) / threads + 15) / 16 * 16;
-  return std::clamp<int64_t>(per_thread, 16, kMaxColBlock);
-}
 
 }  // namespace
 
@@ -46,7 +43,7 @@ void rmsnorm_backward(float* dx, float* dweight, const float* dout, const float*
                       const float* weight, const float* rstd, int64_t N, int64_t C,
                       bool accumulate_dx, Stream) {
   // dweight: columns split across threads, each summed over rows in order and in double.
-  const int64_t block = column_block(C);
+  const int64_t block = column_block(C, kMaxColBlock);
   const int64_t blocks = (C + block - 1) / block;
 #pragma omp parallel for schedule(static)
   for (int64_t blk = 0; blk < blocks; ++blk) {
