@@ -75,16 +75,17 @@ json_get() {  # json_get FILE KEY: KEY of the last JSON line in FILE
   fi
 }
 
-median_after_first() {  # median tokens_per_second of metrics.jsonl's logged steps after the first
+keel_tps() {  # keel_tps METRICS_JSONL median|max: tokens_per_second over logged steps after the first
   if command -v jq >/dev/null; then
-    jq -s '[.[1:][].tokens_per_second] | sort
-           | if length == 0 then "null"
-             elif length % 2 == 1 then .[length / 2 | floor]
-             else (.[length / 2 - 1] + .[length / 2]) / 2 end' "$1"
+    jq -s --arg how "$2" '[.[1:][].tokens_per_second] | sort
+      | if length == 0 then "null"
+        elif $how == "max" then .[-1]
+        elif length % 2 == 1 then .[length / 2 | floor]
+        else (.[length / 2 - 1] + .[length / 2]) / 2 end' "$1"
   else
     python3 -c "import json,statistics,sys
 v=[json.loads(l)['tokens_per_second'] for l in open(sys.argv[1]) if l.strip()][1:]
-print(statistics.median(v) if v else 'null')" "$1"
+print((max(v) if sys.argv[2] == 'max' else statistics.median(v)) if v else 'null')" "$1" "$2"
   fi
 }
 
@@ -126,6 +127,12 @@ declare -A shape_dims=(
   [small]="768 12 12 12 2048 32000 512 4"
   [stories15m]="288 6 6 6 768 32000 256 8"
 )
+
+IFS=, read -r -a shape_list <<<"$shapes"
+for shape in "${shape_list[@]}"; do
+  [[ -n "${shape_dims[$shape]:-}" ]] || {
+    echo "bench_train: unknown shape '$shape' (known: ${!shape_dims[*]})" >&2; exit 2; }
+done
 
 keel_args=()
 set_keel_args() {  # set_keel_args SHAPE OUTPUT_DIR: the config and overrides keel trains SHAPE with
@@ -183,9 +190,7 @@ load() { cut -d' ' -f1 /proc/loadavg; }
 echo
 
 rows=()
-IFS=, read -r -a shape_list <<<"$shapes"
 for shape in "${shape_list[@]}"; do
-  [[ -n "${shape_dims[$shape]:-}" ]] || { echo "bench_train: unknown shape '$shape'" >&2; exit 2; }
   read -r C L H KV I V T B <<<"${shape_dims[$shape]}"
   params=$(params_of "$C" "$L" "$H" "$KV" "$I" "$V")
   fpt=$(flops_per_token "$C" "$L" "$H" "$KV" "$I" "$V" "$T")
@@ -199,23 +204,26 @@ for shape in "${shape_list[@]}"; do
       cat "$out/torch_$shape.log" >&2; exit 1; }
   sed 's/^/   /' "$out/torch_$shape.log"
   torch_tps=$(json_get "$out/torch_$shape.json" tokens_per_second)
+  torch_best=$(json_get "$out/torch_$shape.json" tokens_per_second_best)
   echo "   tokens/s (median): $torch_tps; load average now $(load)"
 
   keel_tps=null
+  keel_best=null
   if [[ -n "$keel" ]]; then
     echo "-- keel ($steps timed steps after 1 warm-up)"
     rm -rf "$out/keel_$shape"
     set_keel_args "$shape" "$out/keel_$shape"
     echo "   $keel train ${keel_args[*]}"
     if "$keel" train "${keel_args[@]}" >"$out/keel_$shape.log" 2>&1; then
-      keel_tps=$(median_after_first "$out/keel_$shape/metrics.jsonl")
+      keel_tps=$(keel_tps "$out/keel_$shape/metrics.jsonl" median)
+      keel_best=$(keel_tps "$out/keel_$shape/metrics.jsonl" max)
       echo "   tokens/s (median): $keel_tps; load average now $(load)"
     else
       echo "   keel failed (last lines of $out/keel_$shape.log):"
       tail -n 5 "$out/keel_$shape.log" | sed 's/^/   /'
     fi
   fi
-  rows+=("$shape $params $fpt $keel_tps $torch_tps")
+  rows+=("$shape $params $fpt $keel_tps $torch_tps $keel_best $torch_best")
   echo
 done
 
@@ -227,20 +235,28 @@ echo "ceiling: $ceiling_before GFLOP/s before, $ceiling_after after; $ceiling co
      "(load average now $(load))"
 echo
 
+table() {  # table median|best: one row per shape
+  printf '%-11s %7s %10s %10s %11s %10s %8s %8s\n' shape params MFLOP/tok "keel tok/s" \
+    "torch tok/s" keel/torch "keel %" "torch %"
+  for row in "${rows[@]}"; do
+    read -r shape params fpt keel_tps torch_tps keel_best torch_best <<<"$row"
+    [[ "$1" == best ]] && { keel_tps=$keel_best; torch_tps=$torch_best; }
+    awk -v s="$shape" -v p="$params" -v f="$fpt" -v k="$keel_tps" -v t="$torch_tps" -v c="$ceiling" '
+      function pct(tps) { return sprintf("%.1f%%", 100 * tps * f / (c * 1e9)) }
+      BEGIN {
+        skipped = (k == "null")
+        printf "%-11s %6.1fM %10.1f %10s %11.1f %10s %8s %8s\n", s, p / 1e6, f / 1e6,
+               skipped ? "skipped" : sprintf("%.1f", k), t,
+               skipped ? "-" : sprintf("%.2fx", k / t), skipped ? "-" : pct(k), pct(t)
+      }'
+  done
+}
+
 echo "== tokens/s, median of timed steps; % of ceiling = tokens/s · FLOPs/token ÷ ${ceiling} GFLOP/s"
-printf '%-11s %7s %10s %10s %10s %8s %9s %9s\n' shape params MFLOP/tok "keel tok/s" \
-  "torch tok/s" keel/torch "keel %" "torch %"
-for row in "${rows[@]}"; do
-  read -r shape params fpt keel_tps torch_tps <<<"$row"
-  awk -v s="$shape" -v p="$params" -v f="$fpt" -v k="$keel_tps" -v t="$torch_tps" -v c="$ceiling" '
-    function pct(tps) { return sprintf("%.1f%%", 100 * tps * f / (c * 1e9)) }
-    BEGIN {
-      keel = (k == "null") ? "skipped" : sprintf("%.1f", k)
-      ratio = (k == "null") ? "-" : sprintf("%.2fx", k / t)
-      printf "%-11s %6.1fM %10.1f %10s %10.1f %10s %8s %9s\n", s, p / 1e6, f / 1e6, keel, t,
-             ratio, (k == "null") ? "-" : pct(k), pct(t)
-    }'
-done
+table median
+echo
+echo "== the same for each side's fastest timed step (least disturbed by other load on the machine)"
+table best
 echo "torch $torch_version (eager, $(json_get "$out/torch_${shape_list[0]}.json" attention) attention," \
      "$(json_get "$out/torch_${shape_list[0]}.json" optimizer)); ceiling ${ceiling} GFLOP/s" \
      "(OpenBLAS sgemm, $threads threads)"

@@ -197,7 +197,7 @@ def make_optimizer(model, a):
     if "fused" in sig:
         try:
             opt = torch.optim.AdamW(params, fused=True, **kwargs)
-            # Some versions accept fused=True for CPU tensors only at the first step.
+            # Older versions may reject fused CPU tensors only when stepping: probe one step.
             probe = [torch.zeros(1, requires_grad=True)]
             probe[0].grad = torch.zeros(1)
             torch.optim.AdamW(probe, fused=True, **kwargs).step()
@@ -263,10 +263,11 @@ def main():
         "embedding_params": n_embed,
         "tokens_per_step": tokens_per_step,
         "timed_steps": len(step_seconds),
-        # Median over timed steps, as bench_train.sh takes keel's; the mean is for reference.
+        # Median over timed steps, as bench_train.sh takes keel's; mean and best for reference.
         "tokens_per_second": tokens_per_step / statistics.median(step_seconds) if step_seconds else 0,
         "tokens_per_second_mean": tokens_per_step * len(step_seconds) / sum(step_seconds)
         if step_seconds else 0,
+        "tokens_per_second_best": tokens_per_step / min(step_seconds) if step_seconds else 0,
         "step_seconds": [round(s, 4) for s in step_seconds],
         "loss_first": losses[0],
         "loss_last": losses[-1],
