@@ -57,6 +57,7 @@ Trainer::Trainer(const Config& config, std::ostream& console)
   peak_flops_ = measure_peak_flops();
 
   const size_t planned = model_->planned_bytes() + optimizer_->state_bytes() + batch_.bytes();
+  planned_bytes_ = planned;
   console_ << "keel: model " << model_->num_parameters() / 1e6 << " M parameters, corpus "
            << corpus_->size() << " tokens (" << order_->num_sequences() << " sequences of " << T
            << ")\n"
@@ -131,6 +132,9 @@ void Trainer::run() {
       console_ << progress_line(s, t.max_steps, eta) << "\n" << std::flush;
     }
   }
+  console_ << "keel: done, " << step_ << " steps in " << seconds << " s; peak RSS "
+           << format_mib(peak_rss_bytes()) << " against a memory plan of "
+           << format_mib(planned_bytes_) << "\n";
 }
 
 }  // namespace keel::runtime

@@ -43,6 +43,7 @@ class Trainer {
   MemoryPlan::Slot tokens_, targets_;  // (accumulation, B, T)
   int64_t step_ = 0;
   double peak_flops_ = 0;
+  size_t planned_bytes_ = 0;  // every plan of the run: model, optimizer, batch
 };
 
 // Sustained fp32 GEMM FLOP/s of this machine, measured in a fraction of a second (MFU's unit).
