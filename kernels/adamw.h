@@ -26,3 +26,14 @@ void adamw_step(float* param, float* m, float* v, const float* grad, int64_t n,
                 const AdamWHyper& h, Stream stream = {});
 
 }  // namespace keel::kernels::cpu
+
+// CUDA twin (kernels/cuda/adamw.cu): device pointers, work on the stream. Both versions take the
+// same AdamWHyper, so argument-dependent lookup sees both: call them qualified (cuda::adamw_step).
+namespace keel::kernels::cuda {
+
+using cpu::AdamWHyper;
+
+void adamw_step(float* param, float* m, float* v, const float* grad, int64_t n,
+                const AdamWHyper& h, Stream stream = {});
+
+}  // namespace keel::kernels::cuda

@@ -27,3 +27,19 @@ size_t attention_workspace_floats(int64_t B, int64_t T, int64_t H, int64_t Hkv, 
                                   int max_threads);
 
 }  // namespace keel::kernels::cpu
+
+// CUDA twins (kernels/cuda/attention.cu): device pointers, work on the stream; D ≤ 256. The
+// workspace (device memory) holds the backward's (B, H, T) row sums; max_threads is ignored.
+namespace keel::kernels::cuda {
+
+void attention_forward(float* out, float* lse, const float* qkv, int64_t B, int64_t T, int64_t H,
+                       int64_t Hkv, int64_t D, float* workspace, Stream stream = {});
+
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                        const float* lse, int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D,
+                        float* workspace, Stream stream = {});
+
+size_t attention_workspace_floats(int64_t B, int64_t T, int64_t H, int64_t Hkv, int64_t D,
+                                  int max_threads);
+
+}  // namespace keel::kernels::cuda

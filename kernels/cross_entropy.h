@@ -22,3 +22,17 @@ void cross_entropy_forward_backward(float* losses, float* logits, const int32_t*
                                     int64_t N, int64_t V, float grad_scale, Stream stream = {});
 
 }  // namespace keel::kernels::cpu
+
+// CUDA twins (kernels/cuda/cross_entropy.cu): device pointers, work on the stream. The target
+// check copies the targets to the host, so each call synchronises the stream once.
+namespace keel::kernels::cuda {
+
+using cpu::kIgnoreIndex;
+
+void cross_entropy_forward(float* losses, const float* logits, const int32_t* targets, int64_t N,
+                           int64_t V, Stream stream = {});
+
+void cross_entropy_forward_backward(float* losses, float* logits, const int32_t* targets,
+                                    int64_t N, int64_t V, float grad_scale, Stream stream = {});
+
+}  // namespace keel::kernels::cuda

@@ -17,3 +17,14 @@ void scale_inplace(float* x, float s, int64_t n, Stream stream = {});
 double sum_squares(const float* x, int64_t n, Stream stream = {});
 
 }  // namespace keel::kernels::cpu
+
+// CUDA twins (kernels/cuda/elementwise.cu): device pointers, work on the stream. sum_squares
+// returns its result to the host, so it synchronises the stream; it is deterministic.
+namespace keel::kernels::cuda {
+
+void add_inplace(float* y, const float* x, int64_t n, Stream stream = {});
+void add(float* y, const float* a, const float* b, int64_t n, Stream stream = {});
+void scale_inplace(float* x, float s, int64_t n, Stream stream = {});
+double sum_squares(const float* x, int64_t n, Stream stream = {});
+
+}  // namespace keel::kernels::cuda

@@ -17,3 +17,15 @@ void embedding_backward(float* dtable, const float* dout, const int32_t* tokens,
                         int64_t C, int64_t V, Stream stream = {});
 
 }  // namespace keel::kernels::cpu
+
+// CUDA twins (kernels/cuda/embedding.cu): device pointers, work on the stream. The token check
+// copies the tokens to the host, so each call synchronises the stream once.
+namespace keel::kernels::cuda {
+
+void embedding_forward(float* out, const int32_t* tokens, const float* table, int64_t N, int64_t C,
+                       int64_t V, Stream stream = {});
+
+void embedding_backward(float* dtable, const float* dout, const int32_t* tokens, int64_t N,
+                        int64_t C, int64_t V, Stream stream = {});
+
+}  // namespace keel::kernels::cuda

@@ -24,3 +24,24 @@ void matmul_backward(float* dinp, float* dweight, const float* dout, const float
                      Stream stream = {});
 
 }  // namespace keel::kernels::cpu
+
+// CUDA twins (kernels/cuda/matmul.cu, built when KEEL_CUDA is on): pointers are device memory and
+// the work runs on the stream. A GEMM also needs a cuBLAS handle, and keel keeps no hidden global
+// one, so these take the caller's handle (kernels/cuda/cublas_handle.h) just before the stream;
+// otherwise the signatures are the CPU ones. Each call binds the handle to the call's stream.
+namespace keel::kernels::cuda {
+
+class CublasHandle;
+
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc,
+          CublasHandle& blas, Stream stream = {});
+
+void matmul_forward(float* out, const float* inp, const float* weight, int64_t N, int64_t C,
+                    int64_t OC, CublasHandle& blas, Stream stream = {});
+
+void matmul_backward(float* dinp, float* dweight, const float* dout, const float* inp,
+                     const float* weight, int64_t N, int64_t C, int64_t OC, bool accumulate_dinp,
+                     CublasHandle& blas, Stream stream = {});
+
+}  // namespace keel::kernels::cuda

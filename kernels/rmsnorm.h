@@ -18,3 +18,15 @@ void rmsnorm_backward(float* dx, float* dweight, const float* dout, const float*
                       bool accumulate_dx, Stream stream = {});
 
 }  // namespace keel::kernels::cpu
+
+// CUDA twins (kernels/cuda/rmsnorm.cu): device pointers, work on the stream.
+namespace keel::kernels::cuda {
+
+void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int64_t N,
+                     int64_t C, float eps, Stream stream = {});
+
+void rmsnorm_backward(float* dx, float* dweight, const float* dout, const float* x,
+                      const float* weight, const float* rstd, int64_t N, int64_t C,
+                      bool accumulate_dx, Stream stream = {});
+
+}  // namespace keel::kernels::cuda

@@ -21,3 +21,15 @@ void rope_backward(float* dx, const float* cos, const float* sin, int64_t B, int
                    int64_t D, int64_t row_stride, Stream stream = {});
 
 }  // namespace keel::kernels::cpu
+
+// CUDA twins (kernels/cuda/rope.cu): device pointers, work on the stream. The tables come from
+// cpu::rope_tables, copied to the device once.
+namespace keel::kernels::cuda {
+
+void rope_forward(float* x, const float* cos, const float* sin, int64_t B, int64_t T, int64_t H,
+                  int64_t D, int64_t row_stride, Stream stream = {});
+
+void rope_backward(float* dx, const float* cos, const float* sin, int64_t B, int64_t T, int64_t H,
+                   int64_t D, int64_t row_stride, Stream stream = {});
+
+}  // namespace keel::kernels::cuda

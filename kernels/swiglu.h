@@ -16,3 +16,13 @@ void swiglu_backward(float* dgate_up, const float* dout, const float* gate_up, i
                      int64_t I, Stream stream = {});
 
 }  // namespace keel::kernels::cpu
+
+// CUDA twins (kernels/cuda/swiglu.cu): device pointers, work on the stream.
+namespace keel::kernels::cuda {
+
+void swiglu_forward(float* out, const float* gate_up, int64_t N, int64_t I, Stream stream = {});
+
+void swiglu_backward(float* dgate_up, const float* dout, const float* gate_up, int64_t N,
+                     int64_t I, Stream stream = {});
+
+}  // namespace keel::kernels::cuda
