@@ -22,8 +22,8 @@ struct AdamWHyper {
 //   param ← param · (1 − lr·wd);  m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²;
 //   param ← param − (lr / (1−β1^t)) · m / (sqrt(v) / sqrt(1−β2^t) + eps).
 // param, m, v, grad have n elements.
-void adamw_step(float* param, float* m, float* v, const float* grad, int64_t n,
-                const AdamWHyper& h, Stream stream = {});
+void adamw_step(float* param, float* m, float* v, const float* grad, int64_t n, const AdamWHyper& h,
+                Stream stream = {});
 
 }  // namespace keel::kernels::cpu
 
@@ -33,7 +33,7 @@ namespace keel::kernels::cuda {
 
 using cpu::AdamWHyper;
 
-void adamw_step(float* param, float* m, float* v, const float* grad, int64_t n,
-                const AdamWHyper& h, Stream stream = {});
+void adamw_step(float* param, float* m, float* v, const float* grad, int64_t n, const AdamWHyper& h,
+                Stream stream = {});
 
 }  // namespace keel::kernels::cuda

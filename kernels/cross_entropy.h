@@ -18,8 +18,8 @@ void cross_entropy_forward(float* losses, const float* logits, const int32_t* ta
 
 // losses (N) as above; then logits (N, V) are overwritten in place by
 // grad_scale · (softmax(logits[n]) − onehot(targets[n])) (zero rows for ignored targets).
-void cross_entropy_forward_backward(float* losses, float* logits, const int32_t* targets,
-                                    int64_t N, int64_t V, float grad_scale, Stream stream = {});
+void cross_entropy_forward_backward(float* losses, float* logits, const int32_t* targets, int64_t N,
+                                    int64_t V, float grad_scale, Stream stream = {});
 
 }  // namespace keel::kernels::cpu
 
@@ -32,7 +32,7 @@ using cpu::kIgnoreIndex;
 void cross_entropy_forward(float* losses, const float* logits, const int32_t* targets, int64_t N,
                            int64_t V, Stream stream = {});
 
-void cross_entropy_forward_backward(float* losses, float* logits, const int32_t* targets,
-                                    int64_t N, int64_t V, float grad_scale, Stream stream = {});
+void cross_entropy_forward_backward(float* losses, float* logits, const int32_t* targets, int64_t N,
+                                    int64_t V, float grad_scale, Stream stream = {});
 
 }  // namespace keel::kernels::cuda

@@ -26,7 +26,8 @@ namespace detail {
 inline void format_into(std::ostringstream& os, std::string_view fmt) { os << fmt; }
 
 template <class T, class... Rest>
-void format_into(std::ostringstream& os, std::string_view fmt, const T& first, const Rest&... rest) {
+void format_into(std::ostringstream& os, std::string_view fmt, const T& first,
+                 const Rest&... rest) {
   const size_t at = fmt.find("{}");
   if (at == std::string_view::npos) {
     os << fmt;
@@ -53,8 +54,8 @@ std::string format(std::string_view fmt, const Args&... args) {
 }  // namespace keel
 
 // KEEL_CHECK(cond, "message with {}", value): throws keel::Error when cond is false.
-#define KEEL_CHECK(cond, ...)                                                 \
-  do {                                                                        \
+#define KEEL_CHECK(cond, ...)                                                          \
+  do {                                                                                 \
     if (!(cond)) ::keel::raise_error(__FILE__, __LINE__, ::keel::format(__VA_ARGS__)); \
   } while (0)
 

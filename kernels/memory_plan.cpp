@@ -24,8 +24,7 @@ HostBuffer::HostBuffer(size_t bytes) : size_(bytes) {
   KEEL_CHECK(p != MAP_FAILED, "cannot map {} of host memory: {}", format_mib(bytes),
              std::strerror(errno));
   char* base = static_cast<char*>(p);
-  char* aligned = reinterpret_cast<char*>(
-      round_up(reinterpret_cast<uintptr_t>(base), kHugePage));
+  char* aligned = reinterpret_cast<char*>(round_up(reinterpret_cast<uintptr_t>(base), kHugePage));
   if (aligned > base) munmap(base, static_cast<size_t>(aligned - base));
   const size_t tail = mapped_ - static_cast<size_t>(aligned - base);
   const size_t keep = round_up(bytes, kHugePage);

@@ -12,8 +12,8 @@ namespace keel::kernels::cpu {
 void swiglu_forward(float* out, const float* gate_up, int64_t N, int64_t I, Stream stream = {});
 
 // dgate_up (N, 2·I) overwritten (activation gradient) from dout (N, I).
-void swiglu_backward(float* dgate_up, const float* dout, const float* gate_up, int64_t N,
-                     int64_t I, Stream stream = {});
+void swiglu_backward(float* dgate_up, const float* dout, const float* gate_up, int64_t N, int64_t I,
+                     Stream stream = {});
 
 }  // namespace keel::kernels::cpu
 
@@ -22,7 +22,7 @@ namespace keel::kernels::cuda {
 
 void swiglu_forward(float* out, const float* gate_up, int64_t N, int64_t I, Stream stream = {});
 
-void swiglu_backward(float* dgate_up, const float* dout, const float* gate_up, int64_t N,
-                     int64_t I, Stream stream = {});
+void swiglu_backward(float* dgate_up, const float* dout, const float* gate_up, int64_t N, int64_t I,
+                     Stream stream = {});
 
 }  // namespace keel::kernels::cuda

@@ -5,8 +5,8 @@
 namespace keel {
 
 bool parse_dtype(std::string_view name, DType* out) {
-  for (DType t : {DType::F32, DType::BF16, DType::F16, DType::F64, DType::I8, DType::U8,
-                  DType::I32, DType::I64}) {
+  for (DType t : {DType::F32, DType::BF16, DType::F16, DType::F64, DType::I8, DType::U8, DType::I32,
+                  DType::I64}) {
     if (dtype_name(t) == name) {
       *out = t;
       return true;
@@ -49,8 +49,8 @@ std::string Shape::str() const {
 }
 
 Tensor Tensor::view(Shape shape) const {
-  KEEL_CHECK(shape.numel() == numel(), "cannot view {} as {}: element counts differ",
-             shape_.str(), shape.str());
+  KEEL_CHECK(shape.numel() == numel(), "cannot view {} as {}: element counts differ", shape_.str(),
+             shape.str());
   return Tensor(data_, dtype_, shape, device_);
 }
 

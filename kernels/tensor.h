@@ -43,7 +43,9 @@ class Tensor {
 
   void* data() const { return data_; }
   template <class T>
-  T* data_as() const { return static_cast<T*>(data_); }
+  T* data_as() const {
+    return static_cast<T*>(data_);
+  }
   float* f32() const {
     KEEL_CHECK(dtype_ == DType::F32, "tensor is {}, not F32", dtype_name(dtype_));
     return static_cast<float*>(data_);

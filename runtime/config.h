@@ -27,7 +27,7 @@ struct ModelConfig {
 };
 
 struct DataConfig {
-  std::string train;              // path of the training text or token file
+  std::string train;                // path of the training text or token file
   std::string tokenizer = "bytes";  // "bytes": one token per byte (vocab 256)
   int64_t seq_length = 256;
 };

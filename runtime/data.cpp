@@ -14,7 +14,8 @@ namespace keel::runtime {
 namespace {
 
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 uint64_t splitmix64(uint64_t& state) {
@@ -39,8 +40,8 @@ ByteCorpus::ByteCorpus(const std::string& path) : path_(path) {
     const std::string what = msg ? msg : "";
     gzclose(f);
     KEEL_CHECK(n == 0 && (err == Z_OK || err == Z_STREAM_END),
-               "data.train '{}' is not a valid gzip file ({}); decompress it or fix the path",
-               path, what);
+               "data.train '{}' is not a valid gzip file ({}); decompress it or fix the path", path,
+               what);
   } else {
     std::ifstream f(path, std::ios::binary);
     KEEL_CHECK(f.good(), "cannot open data.train '{}': {}", path, std::strerror(errno));
@@ -75,8 +76,8 @@ int64_t SequenceOrder::start(int64_t i) {
   return perm_[static_cast<size_t>(i % count_)] * seq_length_;
 }
 
-void fill_batch(const ByteCorpus& corpus, SequenceOrder& order, int64_t first, int64_t B,
-                int64_t T, int32_t* tokens, int32_t* targets) {
+void fill_batch(const ByteCorpus& corpus, SequenceOrder& order, int64_t first, int64_t B, int64_t T,
+                int32_t* tokens, int32_t* targets) {
   const uint8_t* data = corpus.data();
   for (int64_t b = 0; b < B; ++b) {
     const int64_t at = order.start(first + b);

@@ -43,7 +43,7 @@ class SequenceOrder {
 };
 
 // tokens and targets (B, T) for global samples [first, first + B): targets are the next tokens.
-void fill_batch(const ByteCorpus& corpus, SequenceOrder& order, int64_t first, int64_t B,
-                int64_t T, int32_t* tokens, int32_t* targets);
+void fill_batch(const ByteCorpus& corpus, SequenceOrder& order, int64_t first, int64_t B, int64_t T,
+                int32_t* tokens, int32_t* targets);
 
 }  // namespace keel::runtime

@@ -97,7 +97,8 @@ void LlamaModel::build_plans() {
   if (!config_.tie_word_embeddings) s.w_head = add_weight("lm_head", {V_, C_});
 
   // Activations.
-  for (int64_t l = 0; l <= L; ++l) s.x.push_back(acts_.add("x." + std::to_string(l), DType::F32, {N_, C_}));
+  for (int64_t l = 0; l <= L; ++l)
+    s.x.push_back(acts_.add("x." + std::to_string(l), DType::F32, {N_, C_}));
   const int64_t kept = checkpointing_ ? 1 : L;
   for (int64_t l = 0; l < L; ++l) {
     Layer& y = layers_[static_cast<size_t>(l)];
@@ -167,8 +168,8 @@ void LlamaModel::build_plans() {
     y.down = add_param(p + "mlp.down_proj.weight", y.w_down, 0, -1, true);
   }
   s.final_norm = add_param("model.norm.weight", s.w_final_norm, 0, -1, false);
-  s.head = config_.tie_word_embeddings ? s.embed
-                                       : add_param("lm_head.weight", s.w_head, 0, -1, true);
+  s.head =
+      config_.tie_word_embeddings ? s.embed : add_param("lm_head.weight", s.w_head, 0, -1, true);
 }
 
 Parameter& LlamaModel::parameter(const std::string& name) {
@@ -262,15 +263,16 @@ void LlamaModel::block_backward(int l) {
                         B_, T_, H_, Hkv_, D_, work_[s_->attn_ws].f32());
   k::rope_backward(dbig, cos, sin, B_, T_, H_, D_, QKV_);
   k::rope_backward(dbig + H_ * D_, cos, sin, B_, T_, Hkv_, D_, QKV_);
-  k::matmul_backward(dtmp, grads_[y.w_qkv].f32(), dbig, acts_[y.ln1].f32(),
-                     weights_[y.w_qkv].f32(), N_, C_, QKV_, false);
+  k::matmul_backward(dtmp, grads_[y.w_qkv].f32(), dbig, acts_[y.ln1].f32(), weights_[y.w_qkv].f32(),
+                     N_, C_, QKV_, false);
   k::rmsnorm_backward(dres, grads_[y.w_in_norm].f32(), dtmp, x, weights_[y.w_in_norm].f32(),
                       acts_[y.rstd1].f32(), N_, C_, true);
 }
 
 // Final norm, output head and cross-entropy, chunk by chunk of rows. With backward, leaves
 // ∂/∂x[L] in dres and accumulates the head's and final norm's gradients.
-double LlamaModel::head(const int32_t* targets, float grad_scale, bool backward, float* logits_out) {
+double LlamaModel::head(const int32_t* targets, float grad_scale, bool backward,
+                        float* logits_out) {
   const float* xL = acts_[s_->x.back()].f32();
   float* lnf = acts_[s_->lnf].f32();
   const float* w_head = weights_[config_.tie_word_embeddings ? s_->w_embed : s_->w_head].f32();

@@ -25,16 +25,14 @@ double measure_peak_flops() {
   double best = 0.0;
   for (int rep = 0; rep < 5; ++rep) {
     const auto t0 = Clock::now();
-    k::gemm(false, true, n, n, n, 1.0f, plan[a].f32(), n, plan[b].f32(), n, 0.0f, plan[c].f32(),
-            n);
+    k::gemm(false, true, n, n, n, 1.0f, plan[a].f32(), n, plan[b].f32(), n, 0.0f, plan[c].f32(), n);
     const double s = std::chrono::duration<double>(Clock::now() - t0).count();
     best = std::max(best, 2.0 * n * n * n / s);
   }
   return best;
 }
 
-Trainer::Trainer(const Config& config, std::ostream& console)
-    : config_(config), console_(console) {
+Trainer::Trainer(const Config& config, std::ostream& console) : config_(config), console_(console) {
   const TrainingConfig& t = config_.training;
   const int64_t B = t.per_device_train_batch_size, T = config_.data.seq_length;
   const int64_t A = t.gradient_accumulation_steps;
@@ -92,7 +90,8 @@ StepStats Trainer::step() {
   }
 
   double sq = 0.0;
-  for (const Parameter& p : model_->parameters()) sq += k::sum_squares(p.grad.f32(), p.grad.numel());
+  for (const Parameter& p : model_->parameters())
+    sq += k::sum_squares(p.grad.f32(), p.grad.numel());
   const double norm = std::sqrt(sq);
   double clip = 1.0;
   if (t.max_grad_norm > 0) clip = std::min(1.0, t.max_grad_norm / (norm + 1e-6));
@@ -128,7 +127,8 @@ void Trainer::run() {
     seconds += s.seconds;
     if (s.step % t.logging_steps == 0 || s.step == t.max_steps || s.step == 1) {
       log.write(s);
-      const double eta = seconds / static_cast<double>(s.step) * static_cast<double>(t.max_steps - s.step);
+      const double eta =
+          seconds / static_cast<double>(s.step) * static_cast<double>(t.max_steps - s.step);
       console_ << progress_line(s, t.max_steps, eta) << "\n" << std::flush;
     }
   }

@@ -17,7 +17,6 @@ namespace {
 // Widest column block the backward hands a thread (see column_block in vec_math.h).
 constexpr int64_t kMaxColBlock = 512;
 
-
 // Checked before any parallel region: an exception cannot leave an OpenMP loop.
 void check_tokens(const int32_t* tokens, int64_t N, int64_t V) {
   for (int64_t n = 0; n < N; ++n) {

@@ -17,7 +17,6 @@ namespace {
 // the double accumulator fits on the stack and a block's slice of a row stays in L1.
 constexpr int64_t kMaxColBlock = 512;
 
-
 }  // namespace
 
 void rmsnorm_forward(float* out, float* rstd, const float* x, const float* weight, int64_t N,

@@ -68,8 +68,9 @@ TEST_F(Cli, Help) {
 }
 
 TEST_F(Cli, UnknownKeySuggestsTheClosest) {
-  const std::string cfg = write("c.yaml", "training:\n  learnig_rate: 0.1\n  output_dir: " +
-                                              out_dir() + "\ndata:\n  train: data/kjv.txt.gz\n");
+  const std::string cfg =
+      write("c.yaml", "training:\n  learnig_rate: 0.1\n  output_dir: " + out_dir() +
+                          "\ndata:\n  train: data/kjv.txt.gz\n");
   expect_clean_failure(run("train " + cfg), "training.learning_rate");
 }
 
@@ -103,9 +104,11 @@ TEST_F(Cli, MissingDataFile) {
 // The demo learns: after 40 steps of configs/tiny.yaml the loss is far below the corpus's unigram
 // entropy (3.03 nats per byte), which letter frequencies alone cannot beat.
 TEST_F(Cli, TinyConfigLearns) {
-  const Result r = run("train configs/tiny.yaml --set training.max_steps=40 "
-                       "--set training.warmup_steps=5 --set training.logging_steps=10 "
-                       "--set training.output_dir=" + out_dir());
+  const Result r =
+      run("train configs/tiny.yaml --set training.max_steps=40 "
+          "--set training.warmup_steps=5 --set training.logging_steps=10 "
+          "--set training.output_dir=" +
+          out_dir());
   ASSERT_EQ(r.code, 0) << r.out;
   std::ifstream f(out_dir() + "/metrics.jsonl");
   std::string line, last;

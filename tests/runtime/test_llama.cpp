@@ -121,7 +121,8 @@ TEST_P(LlamaGolden, CheckpointingChangesNothing) {
   Case plain(GetParam()), ckpt(GetParam(), /*checkpointing=*/true);
   for (Case* c : {&plain, &ckpt}) {
     c->model.zero_grad();
-    c->model.forward_backward(c->tokens.data(), c->targets.data(), 1.0f / static_cast<float>(c->valid));
+    c->model.forward_backward(c->tokens.data(), c->targets.data(),
+                              1.0f / static_cast<float>(c->valid));
   }
   for (size_t i = 0; i < plain.model.parameters().size(); ++i) {
     const Parameter& a = plain.model.parameters()[i];
