@@ -131,7 +131,8 @@ void LlamaModel::build_plans() {
   s.dtmp = work_.add("d_scratch", DType::F32, {N_, C_});
   s.dbig = work_.add("d_qkv_or_gate_up", DType::F32, {N_, std::max(QKV_, 2 * I_)});
   s.dsmall = work_.add("d_att_or_h", DType::F32, {N_, std::max(H_ * D_, I_)});
-  const size_t ws = k::attention_workspace_floats(B_, T_, H_, Hkv_, D_, omp_get_max_threads());
+  workspace_threads_ = omp_get_max_threads();
+  const size_t ws = k::attention_workspace_floats(B_, T_, H_, Hkv_, D_, workspace_threads_);
   s.attn_ws = work_.add("attention", DType::F32, {static_cast<int64_t>(ws)});
   s.rope_cos = work_.add("rope_cos", DType::F32, {T_, D_ / 2});
   s.rope_sin = work_.add("rope_sin", DType::F32, {T_, D_ / 2});
@@ -144,11 +145,9 @@ void LlamaModel::build_plans() {
   // Parameters under their Hugging Face names, as views of the plan.
   auto add_param = [&](const std::string& name, Slot slot, int64_t row0, int64_t rows, bool decay) {
     Tensor w = weights_[slot], g = grads_[slot];
-    if (rows >= 0) {
-      const Shape full = w.shape();
+    if (rows >= 0) {  // rows [row0, row0 + rows) of a fused matrix
       w = w.slice0(row0, row0 + rows);
       g = g.slice0(row0, row0 + rows);
-      KEEL_CHECK(full.rank() == 2, "internal: row views need a matrix");
     }
     params_.push_back({name, w.shape(), {}, decay, w, g});
     return params_.size() - 1;
@@ -199,6 +198,11 @@ void LlamaModel::zero_grad() {
 }
 
 void LlamaModel::embed(const int32_t* tokens) {
+  // Attention's workspace holds one scratch slot per thread, sized when the model was built.
+  KEEL_CHECK(omp_get_max_threads() <= workspace_threads_,
+             "the model was built for {} OpenMP threads and now runs with {}; build it after "
+             "setting the thread count",
+             workspace_threads_, omp_get_max_threads());
   int32_t* kept = acts_[s_->tokens].data_as<int32_t>();
   std::copy_n(tokens, N_, kept);
   k::embedding_forward(acts_[s_->x[0]].f32(), kept, weights_[s_->w_embed].f32(), N_, C_, V_);

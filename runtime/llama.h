@@ -60,7 +60,8 @@ class LlamaModel {
   ModelConfig config_;
   int64_t B_, T_, N_;
   int64_t H_, Hkv_, D_, C_, I_, V_, QKV_;
-  int64_t chunk_rows_;  // rows of logits that exist at once
+  int64_t chunk_rows_;     // rows of logits that exist at once
+  int workspace_threads_;  // OpenMP threads the attention workspace is sized for
   bool checkpointing_;
 
   MemoryPlan weights_{"parameters"};
