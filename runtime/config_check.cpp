@@ -1,0 +1,178 @@
+// Checks on a run configuration (runtime/config.h): every numeric key against its range in the
+// schema, the names that must be one of a fixed set, and the shapes no single key can check alone.
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <variant>
+#include <vector>
+
+#include "kernels/error.h"
+#include "runtime/config.h"
+#include "runtime/config_schema.h"
+
+namespace keel::runtime {
+
+using detail::did_you_mean;
+using detail::Field;
+using detail::join;
+using detail::kFields;
+using detail::kInf;
+using detail::number_text;
+using detail::Range;
+using detail::to_strings;
+
+namespace {
+
+constexpr std::array<std::string_view, 4> kSchedulers = {"linear", "cosine", "constant",
+                                                         "constant_with_warmup"};
+constexpr std::array<std::string_view, 1> kOptimizers = {"adamw"};
+constexpr std::array<std::string_view, 1> kTokenizers = {"bytes"};
+// The byte tokenizer maps each of the 256 byte values to its own token id.
+constexpr int64_t kByteVocab = 256;
+
+std::string range_text(const Range& r) {
+  const bool has_lo = r.lo != -kInf;
+  const bool has_hi = r.hi != kInf;
+  if (has_lo && has_hi) {
+    return format("{}{}, {}{}", r.lo_open ? "(" : "[", number_text(r.lo), number_text(r.hi),
+                  r.hi_open ? ")" : "]");
+  }
+  if (has_lo) return format("{} {}", r.lo_open ? ">" : ">=", number_text(r.lo));
+  return format("{} {}", r.hi_open ? "<" : "<=", number_text(r.hi));
+}
+
+bool in_range(double v, const Range& r) {
+  const bool lo_ok = r.lo_open ? v > r.lo : v >= r.lo;
+  const bool hi_ok = r.hi_open ? v < r.hi : v <= r.hi;
+  return lo_ok && hi_ok;
+}
+
+void check_range(const Field& field, Config& config) {
+  std::visit(
+      [&](auto ref) {
+        using T = std::remove_reference_t<decltype(ref(config))>;
+        if constexpr (std::is_arithmetic_v<T> && !std::is_same_v<T, bool>) {
+          const T v = ref(config);
+          const std::string text = std::is_same_v<T, double> ? number_text(v) : std::to_string(v);
+          KEEL_CHECK(std::isfinite(static_cast<double>(v)),
+                     "{}.{} is {}; it must be a finite number", field.section, field.key, text);
+          KEEL_CHECK(in_range(static_cast<double>(v), field.range),
+                     "{}.{} is {}; allowed range: {}", field.section, field.key, text,
+                     range_text(field.range));
+        }
+      },
+      field.ref);
+}
+
+template <size_t N>
+void check_one_of(const std::string& value, const std::array<std::string_view, N>& supported,
+                  std::string_view key, std::string_view what) {
+  if (std::find(supported.begin(), supported.end(), value) != supported.end()) return;
+  const std::string hint = N > 1 ? did_you_mean(value, to_strings(supported), "") : "";
+  KEEL_FAIL("{} is '{}'; {} supported in this build: {}{}", key, value, what,
+            join(to_strings(supported)), hint);
+}
+
+std::vector<int64_t> divisors(int64_t n) {
+  std::vector<int64_t> out;
+  for (int64_t d = 1; d <= n / d; ++d) {
+    if (n % d != 0) continue;
+    out.push_back(d);
+    if (d != n / d) out.push_back(n / d);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::string list(const std::vector<int64_t>& values) {
+  std::vector<std::string> items;
+  for (int64_t v : values) items.push_back(std::to_string(v));
+  return join(items);
+}
+
+// The fix for a hidden size / head count that does not give an even head dim: head counts that do
+// (up to six, nearest the current one), or hidden sizes that do.
+std::string head_shape_fix(int64_t hidden, int64_t heads) {
+  std::vector<int64_t> good;
+  for (int64_t d : divisors(hidden)) {
+    if ((hidden / d) % 2 == 0) good.push_back(d);
+  }
+  std::stable_sort(good.begin(), good.end(),
+                   [&](int64_t a, int64_t b) { return std::abs(a - heads) < std::abs(b - heads); });
+  if (good.size() > 6) good.resize(6);
+  std::sort(good.begin(), good.end());
+  const int64_t step = 2 * heads;
+  const int64_t below = hidden / step * step;
+  const std::string sizes =
+      below > 0 ? format("{} or {}", below, below + step) : std::to_string(below + step);
+  const std::string hidden_fix =
+      format("set model.hidden_size to a multiple of {} (e.g. {})", step, sizes);
+  if (good.empty()) return hidden_fix;
+  return format("set model.num_attention_heads to one of {}, or {}", list(good), hidden_fix);
+}
+
+void check_shapes(const Config& config) {
+  const ModelConfig& m = config.model;
+  KEEL_CHECK(m.hidden_size % m.num_attention_heads == 0,
+             "model.hidden_size ({}) must be divisible by model.num_attention_heads ({}); {}",
+             m.hidden_size, m.num_attention_heads,
+             head_shape_fix(m.hidden_size, m.num_attention_heads));
+  KEEL_CHECK(m.head_dim() % 2 == 0,
+             "the head dim model.hidden_size / model.num_attention_heads = {} / {} = {} must be "
+             "even for RoPE; {}",
+             m.hidden_size, m.num_attention_heads, m.head_dim(),
+             head_shape_fix(m.hidden_size, m.num_attention_heads));
+  const int64_t kv_heads =
+      m.num_key_value_heads == 0 ? m.num_attention_heads : m.num_key_value_heads;
+  KEEL_CHECK(m.num_attention_heads % kv_heads == 0,
+             "model.num_key_value_heads ({}) must divide model.num_attention_heads ({}); pick one "
+             "of {}",
+             kv_heads, m.num_attention_heads, list(divisors(m.num_attention_heads)));
+  KEEL_CHECK(config.data.seq_length <= m.max_position_embeddings,
+             "data.seq_length ({}) exceeds model.max_position_embeddings ({}); lower "
+             "data.seq_length or raise model.max_position_embeddings to at least {}",
+             config.data.seq_length, m.max_position_embeddings, config.data.seq_length);
+}
+
+void check_parallel_size(int64_t size, std::string_view key, std::string_view what) {
+  KEEL_CHECK(
+      size == 1,
+      "parallel.{} is {}, but {} parallelism is not supported yet in this build; set it to 1", key,
+      size, what);
+}
+
+}  // namespace
+
+void validate_config(const Config& config) {
+  Config copy = config;  // the field table hands out mutable references
+  for (const Field& field : kFields) check_range(field, copy);
+
+  KEEL_CHECK(!config.data.train.empty(),
+             "data.train is empty; set it to the training text file (e.g. --set "
+             "data.train=data/tiny.txt)");
+  KEEL_CHECK(!config.training.output_dir.empty(),
+             "training.output_dir is empty; set it to the run directory (e.g. runs/tiny)");
+  check_one_of(config.data.tokenizer, kTokenizers, "data.tokenizer", "tokenizers");
+  // Only the byte tokenizer exists, so its vocabulary is the one to check against.
+  KEEL_CHECK(config.model.vocab_size >= kByteVocab,
+             "model.vocab_size is {}, but data.tokenizer 'bytes' needs at least {} token ids (one "
+             "per byte value); set model.vocab_size to {} or more",
+             config.model.vocab_size, kByteVocab, kByteVocab);
+  check_one_of(config.training.lr_scheduler_type, kSchedulers, "training.lr_scheduler_type",
+               "schedulers");
+  check_one_of(config.optimizer.type, kOptimizers, "optimizer.type", "optimizers");
+  check_parallel_size(config.parallel.tensor_model_parallel_size, "tensor_model_parallel_size",
+                      "tensor");
+  check_parallel_size(config.parallel.pipeline_model_parallel_size, "pipeline_model_parallel_size",
+                      "pipeline");
+  check_parallel_size(config.parallel.expert_model_parallel_size, "expert_model_parallel_size",
+                      "expert");
+  check_shapes(config);
+}
+
+}  // namespace keel::runtime
