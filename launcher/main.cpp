@@ -6,6 +6,8 @@
 #include <vector>
 
 #include "kernels/error.h"
+#include "launcher/launch.h"
+#include "launcher/world.h"
 #include "runtime/config.h"
 #include "runtime/trainer.h"
 
@@ -16,7 +18,8 @@ constexpr const char* kUsage = R"(usage: keel <command> [options]
 Pretrain LLaMA-family language models.
 
 commands:
-  train CONFIG.yaml [--set section.key=value ...]   train as the config describes
+  train CONFIG.yaml [--set section.key=value ...]   train as the config describes (every rank)
+  launch -n N CONFIG.yaml [--set ...]               train on N ranks of this machine (mpirun)
 
 Run 'keel <command> --help' for a command's options. Config keys: docs/CONFIG.md.
 )";
@@ -31,7 +34,11 @@ options:
                             --set training.max_steps=50 --set model.hidden_size=128
   -h, --help                show this help
 
-Threads: OMP_NUM_THREADS (default: all cores). Config keys: docs/CONFIG.md.
+Ranks: run under mpirun for data parallelism, e.g.
+  mpirun -np 2 keel train configs/tiny.yaml     (or: keel launch -n 2 configs/tiny.yaml)
+every rank takes its slice of each global batch (per_device_train_batch_size x
+gradient_accumulation_steps x ranks sequences); rank 0 prints and writes the files.
+Threads: OMP_NUM_THREADS per rank (default: all cores). Config keys: docs/CONFIG.md.
 )";
 
 // Thrown for command-line mistakes: printed with the usage hint, exit code 2.
@@ -39,7 +46,33 @@ struct UsageError {
   std::string message;
 };
 
-int run_train(const std::vector<std::string>& args) {
+// Trains on every rank of the job. Rank 0 prints and writes the run's files; a failure on any
+// rank ends the whole job (MPI_Abort) so no rank waits forever in a collective.
+int train(const std::string& path, const std::vector<std::string>& overrides, int* argc,
+          char*** argv) {
+  std::unique_ptr<keel::launcher::World> world = keel::launcher::open_world(argc, argv);
+  keel::parallel::Communicator& comm = world->comm();
+  try {
+    const keel::runtime::Config config = keel::runtime::load_config(path, overrides);
+    keel::parallel::ProcessGrid grid(
+        comm, keel::parallel::GridLayout::for_world(
+                  comm.size(), static_cast<int>(config.parallel.tensor_model_parallel_size),
+                  static_cast<int>(config.parallel.pipeline_model_parallel_size),
+                  static_cast<int>(config.parallel.expert_model_parallel_size)));
+    std::ostream quiet(nullptr);
+    keel::runtime::Trainer trainer(config, comm.rank() == 0 ? std::cout : quiet, grid);
+    trainer.run();
+  } catch (const std::exception& e) {
+    // Caught here, inside the MPI session: one rank alone reports and exits cleanly; with several
+    // the job is ended, since the others may be waiting in a collective.
+    if (comm.size() > 1) world->abort(1, e.what());
+    std::cerr << "keel: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
+
+int run_train(const std::vector<std::string>& args, int* argc, char*** argv) {
   std::string path;
   std::vector<std::string> overrides;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -62,10 +95,7 @@ int run_train(const std::vector<std::string>& args) {
     }
   }
   if (path.empty()) throw UsageError{"'keel train' needs a config file: keel train CONFIG.yaml"};
-  const keel::runtime::Config config = keel::runtime::load_config(path, overrides);
-  keel::runtime::Trainer trainer(config, std::cout);
-  trainer.run();
-  return 0;
+  return train(path, overrides, argc, argv);
 }
 
 }  // namespace
@@ -79,8 +109,9 @@ int main(int argc, char** argv) {
     }
     const std::string command = args[0];
     const std::vector<std::string> rest(args.begin() + 1, args.end());
-    if (command == "train") return run_train(rest);
-    throw UsageError{"unknown command '" + command + "'; commands: train"};
+    if (command == "train") return run_train(rest, &argc, &argv);
+    if (command == "launch") return keel::launcher::run_launch(rest);
+    throw UsageError{"unknown command '" + command + "'; commands: train, launch"};
   } catch (const UsageError& e) {
     std::cerr << "keel: error: " << e.message << "\n(run 'keel --help' for usage)\n";
     return 2;

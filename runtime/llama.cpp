@@ -193,8 +193,14 @@ void LlamaModel::init_weights(uint64_t seed) {
 }
 
 void LlamaModel::zero_grad() {
-  Tensor g = grads_[0];
-  std::fill_n(static_cast<char*>(g.data()), grads_.bytes(), 0);
+  Tensor g = grad_storage();
+  std::fill_n(g.f32(), g.numel(), 0.0f);
+}
+
+Tensor LlamaModel::grad_storage() const {
+  // Every entry of the plan is F32 and 64-byte aligned, so the block is a whole number of floats.
+  return Tensor(grads_[0].data(), DType::F32,
+                {static_cast<int64_t>(grads_.bytes() / sizeof(float))});
 }
 
 void LlamaModel::embed(const int32_t* tokens) {

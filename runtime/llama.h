@@ -35,6 +35,9 @@ class LlamaModel {
   // Hugging Face's initialisation: every matrix N(0, initializer_range²), norm weights 1.
   void init_weights(uint64_t seed);
   void zero_grad();
+  // Every gradient as one contiguous F32 tensor (the gradient plan, padding between parameters
+  // included and always zero): what data parallelism all-reduces in one call.
+  Tensor grad_storage() const;
 
   // tokens, targets (B, T); targets < 0 are ignored. Returns the sum of per-token losses.
   // Gradients accumulate: grad += ∂(grad_scale · Σ losses)/∂param.

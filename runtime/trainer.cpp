@@ -8,6 +8,7 @@
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
 #include "optim/adamw.h"
+#include "parallel/self_communicator.h"
 #include "runtime/schedule.h"
 
 namespace keel::runtime {
@@ -32,10 +33,30 @@ double measure_peak_flops() {
   return best;
 }
 
-Trainer::Trainer(const Config& config, std::ostream& console) : config_(config), console_(console) {
+struct Trainer::OwnGrid {
+  parallel::SelfCommunicator world;
+  parallel::ProcessGrid grid{world, parallel::GridLayout({})};
+};
+
+Trainer::Trainer(const Config& config, std::ostream& console, parallel::ProcessGrid& grid)
+    : grid_(grid), config_(config), console_(console) {
+  build();
+}
+
+Trainer::Trainer(const Config& config, std::ostream& console)
+    : own_(std::make_unique<OwnGrid>()), grid_(own_->grid), config_(config), console_(console) {
+  build();
+}
+
+void Trainer::build() {
   const TrainingConfig& t = config_.training;
   const int64_t B = t.per_device_train_batch_size, T = config_.data.seq_length;
   const int64_t A = t.gradient_accumulation_steps;
+  KEEL_CHECK(grid_.dp().size() == 1 || config_.parallel.zero_stage == 0,
+             "parallel.zero_stage {} is not implemented yet across ranks (this build has ZeRO "
+             "stage 0: replicated parameters and optimizer state, gradients all-reduced); set "
+             "parallel.zero_stage to 0",
+             config_.parallel.zero_stage);
 
   corpus_ = std::make_unique<ByteCorpus>(config_.data.train);
   order_ = std::make_unique<SequenceOrder>(corpus_->size(), T, t.seed);
@@ -51,18 +72,28 @@ Trainer::Trainer(const Config& config, std::ostream& console) : config_(config),
 
   tokens_ = batch_.add("tokens", DType::I32, {A, B, T});
   targets_ = batch_.add("targets", DType::I32, {A, B, T});
+  totals_ = batch_.add("totals", DType::F64, {3});
   batch_.allocate();
-  peak_flops_ = measure_peak_flops();
+  // MFU's denominator: the GEMM peak of every rank, measured while all of them run, as in training.
+  grid_.world().barrier();
+  Tensor peak = batch_[totals_].slice0(2, 3);
+  peak.data_as<double>()[0] = measure_peak_flops();
+  grid_.world().all_reduce(peak);
+  peak_flops_ = peak.data_as<double>()[0];
 
-  const size_t planned = model_->planned_bytes() + optimizer_->state_bytes() + batch_.bytes();
-  planned_bytes_ = planned;
+  planned_bytes_ = model_->planned_bytes() + optimizer_->state_bytes() + batch_.bytes();
+  const int dp = grid_.dp().size();
   console_ << "keel: model " << model_->num_parameters() / 1e6 << " M parameters, corpus "
            << corpus_->size() << " tokens (" << order_->num_sequences() << " sequences of " << T
            << ")\n"
-           << "keel: memory plan " << format_mib(planned) << " (parameters+gradients+activations+"
-           << "workspace " << format_mib(model_->planned_bytes()) << ", optimizer "
-           << format_mib(optimizer_->state_bytes()) << ")\n"
-           << "keel: fp32 GEMM peak measured at " << peak_flops_ / 1e9 << " GFLOP/s\n";
+           << "keel: " << dp << (dp == 1 ? " rank" : " data-parallel ranks") << ", global batch "
+           << dp * A * B << " sequences (" << B << " per micro-batch x " << A
+           << " accumulation steps x " << dp << " ranks)\n"
+           << "keel: memory plan per rank " << format_mib(planned_bytes_)
+           << " (parameters+gradients+activations+workspace " << format_mib(model_->planned_bytes())
+           << ", optimizer " << format_mib(optimizer_->state_bytes()) << ")\n"
+           << "keel: fp32 GEMM peak measured at " << peak_flops_ / 1e9 << " GFLOP/s"
+           << (grid_.world().size() > 1 ? " (all ranks together)\n" : "\n");
 }
 
 Trainer::~Trainer() = default;
@@ -72,22 +103,31 @@ StepStats Trainer::step() {
   const TrainingConfig& t = config_.training;
   const int64_t B = t.per_device_train_batch_size, T = config_.data.seq_length;
   const int64_t A = t.gradient_accumulation_steps;
-  const int64_t global = A * B;  // one rank: the global batch is all micro-batches
+  parallel::Communicator& dp = grid_.dp();
+  const int64_t local = A * B;               // sequences of this rank
+  const int64_t global = local * dp.size();  // sequences of the step, over all ranks
 
-  // The whole global batch first, so the loss is normalised by its count of valid targets.
+  // This rank's slice of the step's global batch: samples [s·G + r·local, s·G + (r+1)·local).
   int32_t* tokens = batch_[tokens_].data_as<int32_t>();
   int32_t* targets = batch_[targets_].data_as<int32_t>();
-  fill_batch(*corpus_, *order_, step_ * global, global, T, tokens, targets);
-  int64_t valid = 0;
-  for (int64_t i = 0; i < global * T; ++i) valid += targets[i] >= 0;
+  fill_batch(*corpus_, *order_, step_ * global + dp.rank() * local, local, T, tokens, targets);
+  // The loss is the mean over the global batch's valid targets: count them on every rank first.
+  Tensor totals = batch_[totals_];
+  double* total = totals.data_as<double>();
+  total[0] = 0.0;
+  for (int64_t i = 0; i < local * T; ++i) total[0] += targets[i] >= 0;
+  dp.all_reduce(totals.slice0(0, 1));
+  const double valid = total[0];
   KEEL_CHECK(valid > 0, "step {}: every target of the global batch is ignored", step_ + 1);
 
   model_->zero_grad();
-  double loss_sum = 0.0;
+  total[1] = 0.0;
   for (int64_t m = 0; m < A; ++m) {
-    loss_sum += model_->forward_backward(tokens + m * B * T, targets + m * B * T,
-                                         static_cast<float>(1.0 / static_cast<double>(valid)));
+    total[1] += model_->forward_backward(tokens + m * B * T, targets + m * B * T,
+                                         static_cast<float>(1.0 / valid));
   }
+  dp.all_reduce(model_->grad_storage());
+  dp.all_reduce(totals.slice0(1, 2));
 
   double sq = 0.0;
   for (const Parameter& p : model_->parameters())
@@ -101,7 +141,7 @@ StepStats Trainer::step() {
 
   StepStats s;
   s.step = step_;
-  s.loss = loss_sum / static_cast<double>(valid);
+  s.loss = total[1] / valid;
   s.learning_rate = lr;
   s.grad_norm = norm;
   s.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -113,20 +153,22 @@ StepStats Trainer::step() {
 
 void Trainer::run() {
   const TrainingConfig& t = config_.training;
-  std::filesystem::create_directories(t.output_dir);
-  {
+  const bool writer = grid_.rank() == 0;
+  std::unique_ptr<MetricsLog> log;
+  if (writer) {
+    std::filesystem::create_directories(t.output_dir);
     const std::string path = t.output_dir + "/config.yaml";
     std::ofstream f(path);
     f << config_to_yaml(config_);
     KEEL_CHECK(f.good(), "cannot write '{}'", path);
+    log = std::make_unique<MetricsLog>(t.output_dir);
   }
-  MetricsLog log(t.output_dir);
   double seconds = 0.0;
   while (step_ < t.max_steps) {
     const StepStats s = step();
     seconds += s.seconds;
     if (s.step % t.logging_steps == 0 || s.step == t.max_steps || s.step == 1) {
-      log.write(s);
+      if (log) log->write(s);
       const double eta =
           seconds / static_cast<double>(s.step) * static_cast<double>(t.max_steps - s.step);
       console_ << progress_line(s, t.max_steps, eta) << "\n" << std::flush;

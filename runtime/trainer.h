@@ -1,11 +1,15 @@
-// The training loop of one process: data → micro-batches with gradient accumulation → global-norm
-// clipping → AdamW with the learning-rate schedule → metrics. It owns the model, the optimizer and
-// the data order; everything is built, and all memory planned, in the constructor.
+// The training loop: data → micro-batches with gradient accumulation → gradients summed over the
+// data-parallel ranks → global-norm clipping → AdamW with the learning-rate schedule → metrics.
+// It owns the model, the optimizer and the data order; everything is built, and all memory
+// planned, in the constructor. Data parallelism is ZeRO stage 0 (replicated parameters and
+// optimizer state, gradients all-reduced); the global batch of a step is the same set of
+// sequences whatever the number of ranks, micro-batch size and accumulation steps.
 #pragma once
 
 #include <memory>
 #include <ostream>
 
+#include "parallel/process_grid.h"
 #include "runtime/config.h"
 #include "runtime/data.h"
 #include "runtime/llama.h"
@@ -20,19 +24,28 @@ namespace keel::runtime {
 class Trainer {
  public:
   // Loads the data, builds and initialises the model from training.seed, and prints the memory
-  // plan to `console`. Writes nothing to disk until run().
+  // plan to `console`. Writes nothing to disk until run(). The grid's data-parallel group splits
+  // the global batch; every rank of it must construct its Trainer from the same config.
+  Trainer(const Config& config, std::ostream& console, parallel::ProcessGrid& grid);
+  // One process alone (a grid of one rank that the trainer owns).
   Trainer(const Config& config, std::ostream& console);
   ~Trainer();
 
-  // Runs until training.max_steps, writing metrics.jsonl and config.yaml in training.output_dir.
+  // Runs until training.max_steps. Rank 0 of the world writes metrics.jsonl and config.yaml in
+  // training.output_dir and prints progress; the other ranks stay quiet.
   void run();
-  // One optimizer step over the next global batch.
+  // One optimizer step over the next global batch (collective over the data-parallel group).
   StepStats step();
 
   LlamaModel& model() { return *model_; }
   int64_t steps_done() const { return step_; }
 
  private:
+  struct OwnGrid;  // the one-rank grid of the second constructor
+  void build();
+
+  std::unique_ptr<OwnGrid> own_;
+  parallel::ProcessGrid& grid_;
   Config config_;
   std::ostream& console_;
   std::unique_ptr<ByteCorpus> corpus_;
@@ -40,7 +53,8 @@ class Trainer {
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<optim::AdamW> optimizer_;
   MemoryPlan batch_{"batch"};
-  MemoryPlan::Slot tokens_, targets_;  // (accumulation, B, T)
+  MemoryPlan::Slot tokens_, targets_;  // (accumulation, B, T): this rank's slice of the batch
+  MemoryPlan::Slot totals_;            // (3) F64: valid targets, loss sum, GEMM peak; over ranks
   int64_t step_ = 0;
   double peak_flops_ = 0;
   size_t planned_bytes_ = 0;  // every plan of the run: model, optimizer, batch

@@ -9,6 +9,8 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <tuple>
+#include <vector>
 
 namespace {
 
@@ -67,6 +69,18 @@ TEST_F(Cli, Help) {
   EXPECT_NE(r.out.find("unknown command 'bogus'"), std::string::npos);
 }
 
+TEST_F(Cli, LaunchHelpAndBadRankCount) {
+  Result r = run("launch --help");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("--oversubscribe"), std::string::npos) << r.out;
+  r = run("launch -n zero configs/tiny.yaml");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("-n takes a number of ranks"), std::string::npos) << r.out;
+  r = run("launch configs/tiny.yaml");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("keel launch -n N CONFIG.yaml"), std::string::npos) << r.out;
+}
+
 TEST_F(Cli, UnknownKeySuggestsTheClosest) {
   const std::string cfg =
       write("c.yaml", "training:\n  learnig_rate: 0.1\n  output_dir: " + out_dir() +
@@ -99,6 +113,62 @@ TEST_F(Cli, MissingDataFile) {
   expect_clean_failure(run("train configs/tiny.yaml --set training.output_dir=" + out_dir() +
                            " --set data.train=/nonexistent/corpus.txt"),
                        "/nonexistent/corpus.txt");
+}
+
+// Reads the "loss" of every line of a metrics.jsonl.
+std::vector<double> losses(const std::string& path) {
+  std::ifstream f(path);
+  std::vector<double> out;
+  std::string line;
+  while (std::getline(f, line)) {
+    const size_t at = line.find("\"loss\": ");
+    if (at != std::string::npos) out.push_back(std::stod(line.substr(at + 8)));
+  }
+  return out;
+}
+
+// Data parallelism: 2 and 4 ranks, each with its slice of the same global batch of 4 sequences,
+// train exactly as one rank does (the same losses to fp32 rounding, step after step).
+TEST_F(Cli, DataParallelMatchesOneRank) {
+#if !KEEL_HAS_MPI
+  GTEST_SKIP() << "this build has no MPI";
+#endif
+  if (std::string(KEEL_MPIRUN).empty()) GTEST_SKIP() << "no mpirun on PATH at configure time";
+  const std::string cfg = write("dp.yaml", R"(
+model: {vocab_size: 256, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 2,
+        num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64}
+data: {train: data/kjv.txt.gz, seq_length: 48}
+training: {max_steps: 12, learning_rate: 3.0e-3, warmup_steps: 2, logging_steps: 1,
+           weight_decay: 0.1, max_grad_norm: 0.5, per_device_train_batch_size: 4}
+)");
+  const std::string one = (dir_ / "one").string();
+  Result r = run("train " + cfg + " --set training.output_dir=" + one);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::vector<double> want = losses(one + "/metrics.jsonl");
+  ASSERT_EQ(want.size(), 12u);
+  for (const auto& [ranks, micro, accumulation] :
+       {std::tuple{2, 2, 1}, std::tuple{4, 1, 1}, std::tuple{2, 1, 2}}) {
+    const std::string out =
+        (dir_ / ("np" + std::to_string(ranks) + "_acc" + std::to_string(accumulation))).string();
+    const std::string cmd =
+        std::string(KEEL_MPIRUN) +
+        " --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 -np " + std::to_string(ranks) +
+        " " + KEEL_BINARY + " train " + cfg +
+        " --set training.per_device_train_batch_size=" + std::to_string(micro) +
+        " --set training.gradient_accumulation_steps=" + std::to_string(accumulation) +
+        " --set training.output_dir=" + out + " 2>&1";
+    FILE* p = popen(cmd.c_str(), "r");
+    std::string text;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) text.append(buf, n);
+    ASSERT_EQ(pclose(p), 0) << cmd << "\n" << text;
+    EXPECT_NE(text.find(std::to_string(ranks) + " data-parallel ranks"), std::string::npos) << text;
+    const std::vector<double> got = losses(out + "/metrics.jsonl");
+    ASSERT_EQ(got.size(), want.size()) << out;
+    for (size_t i = 0; i < want.size(); ++i)
+      EXPECT_NEAR(got[i], want[i], 1e-5 * want[i]) << ranks << " ranks, step " << i + 1;
+  }
 }
 
 // The demo learns: after 40 steps of configs/tiny.yaml the loss is far below the corpus's unigram
