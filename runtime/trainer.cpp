@@ -48,7 +48,37 @@ Trainer::Trainer(const Config& config, std::ostream& console)
   build();
 }
 
+namespace {
+
+// Every rank must train the same run: compare a hash of the resolved config across the world
+// before any work starts, and name the first rank that differs from rank 0.
+void check_same_config(const Config& config, parallel::Communicator& world) {
+  if (world.size() == 1) return;
+  const std::string text = config_to_yaml(config);
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : text) h = (h ^ c) * 0x100000001b3ull;
+  // Two 31-bit halves, so MAX and MIN over ranks compare exactly in int64.
+  std::vector<int64_t> mine = {static_cast<int64_t>(h & 0x7fffffff),
+                               static_cast<int64_t>((h >> 31) & 0x7fffffff)};
+  std::vector<int64_t> hi = mine, lo = {-mine[0], -mine[1]};
+  world.all_reduce(parallel::host_view(hi), parallel::ReduceOp::kMax);
+  world.all_reduce(parallel::host_view(lo), parallel::ReduceOp::kMax);
+  if (hi[0] == -lo[0] && hi[1] == -lo[1]) return;
+  std::vector<int64_t> all(2 * static_cast<size_t>(world.size()));
+  world.all_gather(parallel::host_view(all), parallel::host_view(mine));
+  int differs = 0;
+  for (int r = 1; r < world.size() && !differs; ++r)
+    if (all[2 * r] != all[0] || all[2 * r + 1] != all[1]) differs = r;
+  KEEL_FAIL(
+      "the ranks were given different configs (rank {} differs from rank 0); every rank "
+      "must run the same YAML with the same --set overrides",
+      differs);
+}
+
+}  // namespace
+
 void Trainer::build() {
+  check_same_config(config_, grid_.world());
   const TrainingConfig& t = config_.training;
   const int64_t B = t.per_device_train_batch_size, T = config_.data.seq_length;
   const int64_t A = t.gradient_accumulation_steps;

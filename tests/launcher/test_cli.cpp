@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -21,8 +22,9 @@ struct Result {
   std::string out;  // stdout and stderr together
 };
 
-Result run(const std::string& args) {
-  const std::string cmd = std::string(KEEL_BINARY) + " " + args + " 2>&1";
+// Runs a shell command; its exit code and output (stdout and stderr together).
+Result shell(const std::string& command) {
+  const std::string cmd = command + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   std::string out;
   char buf[4096];
@@ -30,6 +32,17 @@ Result run(const std::string& args) {
   while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
   const int status = pclose(p);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+Result run(const std::string& args) { return shell(std::string(KEEL_BINARY) + " " + args); }
+
+bool have_mpi() { return KEEL_HAS_MPI && !std::string(KEEL_MPIRUN).empty(); }
+
+// `mpirun -np N` (one OpenMP thread a rank) running `command`.
+Result run_ranks(int ranks, const std::string& command) {
+  return shell(std::string(KEEL_MPIRUN) +
+               " --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 -np " +
+               std::to_string(ranks) + " " + command);
 }
 
 class Cli : public ::testing::Test {
@@ -130,10 +143,7 @@ std::vector<double> losses(const std::string& path) {
 // Data parallelism: 2 and 4 ranks, each with its slice of the same global batch of 4 sequences,
 // train exactly as one rank does (the same losses to fp32 rounding, step after step).
 TEST_F(Cli, DataParallelMatchesOneRank) {
-#if !KEEL_HAS_MPI
-  GTEST_SKIP() << "this build has no MPI";
-#endif
-  if (std::string(KEEL_MPIRUN).empty()) GTEST_SKIP() << "no mpirun on PATH at configure time";
+  if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
   const std::string cfg = write("dp.yaml", R"(
 model: {vocab_size: 256, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 2,
         num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64}
@@ -150,25 +160,49 @@ training: {max_steps: 12, learning_rate: 3.0e-3, warmup_steps: 2, logging_steps:
        {std::tuple{2, 2, 1}, std::tuple{4, 1, 1}, std::tuple{2, 1, 2}}) {
     const std::string out =
         (dir_ / ("np" + std::to_string(ranks) + "_acc" + std::to_string(accumulation))).string();
-    const std::string cmd =
-        std::string(KEEL_MPIRUN) +
-        " --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 -np " + std::to_string(ranks) +
-        " " + KEEL_BINARY + " train " + cfg +
-        " --set training.per_device_train_batch_size=" + std::to_string(micro) +
-        " --set training.gradient_accumulation_steps=" + std::to_string(accumulation) +
-        " --set training.output_dir=" + out + " 2>&1";
-    FILE* p = popen(cmd.c_str(), "r");
-    std::string text;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, p)) > 0) text.append(buf, n);
-    ASSERT_EQ(pclose(p), 0) << cmd << "\n" << text;
-    EXPECT_NE(text.find(std::to_string(ranks) + " data-parallel ranks"), std::string::npos) << text;
+    r = run_ranks(
+        ranks, std::string(KEEL_BINARY) + " train " + cfg +
+                   " --set training.per_device_train_batch_size=" + std::to_string(micro) +
+                   " --set training.gradient_accumulation_steps=" + std::to_string(accumulation) +
+                   " --set training.output_dir=" + out);
+    ASSERT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find(std::to_string(ranks) + " data-parallel ranks"), std::string::npos)
+        << r.out;
     const std::vector<double> got = losses(out + "/metrics.jsonl");
     ASSERT_EQ(got.size(), want.size()) << out;
     for (size_t i = 0; i < want.size(); ++i)
       EXPECT_NEAR(got[i], want[i], 1e-5 * want[i]) << ranks << " ranks, step " << i + 1;
   }
+}
+
+// Ranks given different configs stop before any work, naming a rank that differs. Each rank's
+// shell expands its own OMPI_COMM_WORLD_RANK into the seed.
+TEST_F(Cli, MismatchedConfigsAcrossRanks) {
+  if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
+  const Result r = run_ranks(2, "sh -c '" + std::string(KEEL_BINARY) +
+                                    " train configs/tiny.yaml --set training.max_steps=1"
+                                    " --set training.seed=$OMPI_COMM_WORLD_RANK"
+                                    " --set training.output_dir=" +
+                                    out_dir() + "'");
+  EXPECT_NE(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("different configs (rank 1 differs from rank 0)"), std::string::npos)
+      << r.out;
+  EXPECT_FALSE(fs::exists(out_dir() + "/metrics.jsonl"));
+}
+
+// A rank killed with SIGKILL mid-run ends the whole job promptly, and the message names it.
+TEST_F(Cli, KilledRankEndsTheJob) {
+  if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
+  const auto t0 = std::chrono::steady_clock::now();
+  const Result r = run_ranks(
+      2, "sh -c '[ $OMPI_COMM_WORLD_RANK = 1 ] && (sleep 4; kill -9 $$) & exec " +
+             std::string(KEEL_BINARY) + " train configs/tiny.yaml --set training.max_steps=100000" +
+             " --set training.output_dir=" + out_dir() + "'");
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(r.code, 0) << r.out;
+  EXPECT_LT(seconds, 40.0) << r.out;
+  EXPECT_NE(r.out.find("rank 1"), std::string::npos) << r.out;
 }
 
 // The demo learns: after 40 steps of configs/tiny.yaml the loss is far below the corpus's unigram
