@@ -18,6 +18,9 @@ struct StepStats {
   double tokens_per_second = 0;
   double mfu = 0;  // model FLOP/s ÷ the measured fp32 GEMM peak of this machine
   double peak_rss_mib = 0;
+  // Bytes this rank communicated during the step, as CommStats counts them (bus bytes: an
+  // all-reduce of n bytes over N ranks counts 2n(N-1)/N); 0 on one rank.
+  uint64_t comm_bytes = 0;
 };
 
 class MetricsLog {

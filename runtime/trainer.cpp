@@ -134,6 +134,7 @@ StepStats Trainer::step() {
   const int64_t B = t.per_device_train_batch_size, T = config_.data.seq_length;
   const int64_t A = t.gradient_accumulation_steps;
   parallel::Communicator& dp = grid_.dp();
+  const uint64_t comm_before = grid_.total_stats().total_bytes();
   const int64_t local = A * B;               // sequences of this rank
   const int64_t global = local * dp.size();  // sequences of the step, over all ranks
 
@@ -178,6 +179,7 @@ StepStats Trainer::step() {
   s.tokens_per_second = static_cast<double>(global * T) / s.seconds;
   s.mfu = s.tokens_per_second * model_->flops_per_token() / peak_flops_;
   s.peak_rss_mib = static_cast<double>(peak_rss_bytes()) / (1 << 20);
+  s.comm_bytes = grid_.total_stats().total_bytes() - comm_before;
   return s;
 }
 

@@ -128,17 +128,20 @@ TEST_F(Cli, MissingDataFile) {
                        "/nonexistent/corpus.txt");
 }
 
-// Reads the "loss" of every line of a metrics.jsonl.
-std::vector<double> losses(const std::string& path) {
+// Reads one numeric field of every line of a metrics.jsonl.
+std::vector<double> field(const std::string& path, const std::string& key) {
   std::ifstream f(path);
   std::vector<double> out;
   std::string line;
+  const std::string tag = "\"" + key + "\": ";
   while (std::getline(f, line)) {
-    const size_t at = line.find("\"loss\": ");
-    if (at != std::string::npos) out.push_back(std::stod(line.substr(at + 8)));
+    const size_t at = line.find(tag);
+    if (at != std::string::npos) out.push_back(std::stod(line.substr(at + tag.size())));
   }
   return out;
 }
+
+std::vector<double> losses(const std::string& path) { return field(path, "loss"); }
 
 // Data parallelism: 2 and 4 ranks, each with its slice of the same global batch of 4 sequences,
 // train exactly as one rank does (the same losses to fp32 rounding, step after step).
@@ -172,6 +175,15 @@ training: {max_steps: 12, learning_rate: 3.0e-3, warmup_steps: 2, logging_steps:
     ASSERT_EQ(got.size(), want.size()) << out;
     for (size_t i = 0; i < want.size(); ++i)
       EXPECT_NEAR(got[i], want[i], 1e-5 * want[i]) << ranks << " ranks, step " << i + 1;
+    // Bytes per step per rank: ZeRO stage 0 all-reduces the fp32 gradients once, 2Ψ(N−1)/N with
+    // Ψ = 4 bytes × 94,528 parameters (embedding 256·64, lm_head 256·64, final norm 64, and per
+    // layer 2·64 norms + (4+2+2)·16·64 qkv + 64·64 o + 2·96·64 gate/up + 64·96 down), plus the
+    // alignment padding of the gradient plan and two 8-byte scalars.
+    const double theory = 2.0 * 4 * 94528 * (ranks - 1) / ranks;
+    for (double bytes : field(out + "/metrics.jsonl", "comm_bytes")) {
+      EXPECT_GE(bytes, theory) << ranks << " ranks";
+      EXPECT_LE(bytes, 1.01 * theory + 4096) << ranks << " ranks";
+    }
   }
 }
 
