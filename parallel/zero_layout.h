@@ -1,0 +1,54 @@
+// ZeRO's per-parameter sharding: every parameter is split across the N ranks of the data-parallel
+// group along its longer dimension (rows of a matrix with rows >= cols, else columns; a vector
+// along its length), in N equal chunks, the last padded. A rank's shard of every parameter, packed
+// one after another, is its region; the N regions side by side form the staging layout that
+// reduce_scatter and all_gather work on, so each collective is one call over all parameters.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace keel::parallel {
+
+// A parameter as ZeRO sees it: its name and global shape (rows × cols; a vector is n × 1).
+struct ZeroParamSpec {
+  std::string name;
+  int64_t rows = 0;
+  int64_t cols = 1;
+};
+
+struct ZeroShard {
+  int dim = 0;         // 0: split rows, 1: split columns
+  int64_t chunk = 0;   // rows (dim 0) or columns (dim 1) per rank, padding included
+  int64_t offset = 0;  // start of this parameter's shard inside a rank's region
+  int64_t elems = 0;   // floats of the shard, padding included: chunk × the other dimension
+};
+
+class ZeroLayout {
+ public:
+  ZeroLayout(std::vector<ZeroParamSpec> params, int ranks);
+
+  int ranks() const { return ranks_; }
+  const std::vector<ZeroParamSpec>& params() const { return params_; }
+  const ZeroShard& shard(size_t i) const { return shards_[i]; }
+  // Floats of one rank's region (every shard, padded); the staging buffer is ranks() regions.
+  int64_t region_elems() const { return region_; }
+  // Real (unpadded) floats of parameter i on rank k.
+  int64_t real_elems(size_t i, int k) const;
+
+  // Copies rank k's chunk of every full parameter into region (padding zeroed).
+  void pack(float* region, int k, const std::vector<const float*>& full) const;
+  // pack() for every rank: staging holds ranks() regions.
+  void pack_all(float* staging, const std::vector<const float*>& full) const;
+  // Copies every rank's region of staging back into the full parameters (padding dropped).
+  void unpack_all(const float* staging, const std::vector<float*>& full) const;
+
+ private:
+  std::vector<ZeroParamSpec> params_;
+  std::vector<ZeroShard> shards_;
+  int ranks_;
+  int64_t region_ = 0;
+};
+
+}  // namespace keel::parallel
