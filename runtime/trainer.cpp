@@ -82,10 +82,9 @@ void Trainer::build() {
   const TrainingConfig& t = config_.training;
   const int64_t B = t.per_device_train_batch_size, T = config_.data.seq_length;
   const int64_t A = t.gradient_accumulation_steps;
-  KEEL_CHECK(grid_.dp().size() == 1 || config_.parallel.zero_stage == 0,
+  KEEL_CHECK(grid_.dp().size() == 1 || config_.parallel.zero_stage <= 1,
              "parallel.zero_stage {} is not implemented yet across ranks (this build has ZeRO "
-             "stage 0: replicated parameters and optimizer state, gradients all-reduced); set "
-             "parallel.zero_stage to 0",
+             "stages 0 and 1); set parallel.zero_stage to 0 or 1",
              config_.parallel.zero_stage);
 
   corpus_ = std::make_unique<ByteCorpus>(config_.data.train);
@@ -94,15 +93,19 @@ void Trainer::build() {
   model_->init_weights(t.seed);
 
   std::vector<optim::ParamRef> refs;
-  for (Parameter& p : model_->parameters())
-    refs.push_back({p.name, p.value.f32(), p.grad.f32(), p.value.numel(), p.weight_decay});
+  if (config_.parallel.zero_stage == 1) {
+    refs = build_zero1();
+  } else {
+    for (Parameter& p : model_->parameters())
+      refs.push_back({p.name, p.value.f32(), p.grad.f32(), p.value.numel(), p.weight_decay});
+  }
   optimizer_ = std::make_unique<optim::AdamW>(
       std::move(refs),
       optim::AdamWConfig{t.adam_beta1, t.adam_beta2, t.adam_epsilon, t.weight_decay});
 
   tokens_ = batch_.add("tokens", DType::I32, {A, B, T});
   targets_ = batch_.add("targets", DType::I32, {A, B, T});
-  totals_ = batch_.add("totals", DType::F64, {3});
+  totals_ = batch_.add("totals", DType::F64, {4});
   batch_.allocate();
   // MFU's denominator: the GEMM peak of every rank, measured while all of them run, as in training.
   grid_.world().barrier();
@@ -111,7 +114,8 @@ void Trainer::build() {
   grid_.world().all_reduce(peak);
   peak_flops_ = peak.data_as<double>()[0];
 
-  planned_bytes_ = model_->planned_bytes() + optimizer_->state_bytes() + batch_.bytes();
+  planned_bytes_ =
+      model_->planned_bytes() + optimizer_->state_bytes() + batch_.bytes() + zero_plan_.bytes();
   const int dp = grid_.dp().size();
   console_ << "keel: model " << model_->num_parameters() / 1e6 << " M parameters, corpus "
            << corpus_->size() << " tokens (" << order_->num_sequences() << " sequences of " << T
@@ -127,6 +131,36 @@ void Trainer::build() {
 }
 
 Trainer::~Trainer() = default;
+
+// ZeRO stage 1: this rank keeps the fp32 master copy and the AdamW moments of its shard of every
+// parameter only (split along the longer dimension, parallel/zero_layout.h); gradients are
+// reduce-scattered to the shards and the updated shards all-gathered after the step.
+std::vector<optim::ParamRef> Trainer::build_zero1() {
+  parallel::Communicator& dp = grid_.dp();
+  std::vector<parallel::ZeroParamSpec> specs;
+  for (Parameter& p : model_->parameters()) {
+    const int64_t rows = p.value.size(0);
+    specs.push_back({p.name, rows, p.value.numel() / rows});
+    zero_values_.push_back(p.value.f32());
+    zero_grads_.push_back(p.grad.f32());
+  }
+  zero_ = std::make_unique<parallel::ZeroLayout>(std::move(specs), dp.size());
+  const int64_t region = zero_->region_elems();
+  zero_staging_ = zero_plan_.add("staging", DType::F32, {region * dp.size()});
+  zero_master_ = zero_plan_.add("master shard", DType::F32, {region});
+  zero_plan_.allocate();
+  float* master = zero_plan_[zero_master_].f32();
+  const float* grad = zero_plan_[zero_staging_].f32() + dp.rank() * region;
+  std::vector<const float*> values(zero_values_.begin(), zero_values_.end());
+  zero_->pack(master, dp.rank(), values);
+  std::vector<optim::ParamRef> refs;
+  for (size_t i = 0; i < zero_->params().size(); ++i) {
+    const parallel::ZeroShard& s = zero_->shard(i);
+    refs.push_back({zero_->params()[i].name, master + s.offset, grad + s.offset, s.elems,
+                    model_->parameters()[i].weight_decay});
+  }
+  return refs;
+}
 
 StepStats Trainer::step() {
   const auto t0 = Clock::now();
@@ -157,17 +191,36 @@ StepStats Trainer::step() {
     total[1] += model_->forward_backward(tokens + m * B * T, targets + m * B * T,
                                          static_cast<float>(1.0 / valid));
   }
-  dp.all_reduce(model_->grad_storage());
   dp.all_reduce(totals.slice0(1, 2));
 
   double sq = 0.0;
-  for (const Parameter& p : model_->parameters())
-    sq += k::sum_squares(p.grad.f32(), p.grad.numel());
+  if (zero_) {
+    // ZeRO-1: every rank's chunk of every gradient side by side, reduce-scattered so this rank
+    // holds the summed gradient of its shards; the norm is summed over the shards.
+    const int64_t region = zero_->region_elems();
+    Tensor staging = zero_plan_[zero_staging_];
+    Tensor mine = staging.slice0(dp.rank() * region, (dp.rank() + 1) * region);
+    zero_->pack_all(staging.f32(), zero_grads_);
+    dp.reduce_scatter(mine, staging);
+    total[3] = k::sum_squares(mine.f32(), region);
+    dp.all_reduce(totals.slice0(3, 4));
+    sq = total[3];
+  } else {
+    dp.all_reduce(model_->grad_storage());
+    for (const Parameter& p : model_->parameters())
+      sq += k::sum_squares(p.grad.f32(), p.grad.numel());
+  }
   const double norm = std::sqrt(sq);
   double clip = 1.0;
   if (t.max_grad_norm > 0) clip = std::min(1.0, t.max_grad_norm / (norm + 1e-6));
   const double lr = learning_rate_at(t, step_);
   optimizer_->step(lr, clip);
+  if (zero_) {
+    // The updated shards, gathered from every rank, become the full parameters again.
+    Tensor staging = zero_plan_[zero_staging_];
+    dp.all_gather(staging, zero_plan_[zero_master_]);
+    zero_->unpack_all(staging.f32(), zero_values_);
+  }
   ++step_;
 
   StepStats s;

@@ -9,15 +9,13 @@
 #include <memory>
 #include <ostream>
 
+#include "optim/adamw.h"
 #include "parallel/process_grid.h"
+#include "parallel/zero_layout.h"
 #include "runtime/config.h"
 #include "runtime/data.h"
 #include "runtime/llama.h"
 #include "runtime/metrics.h"
-
-namespace keel::optim {
-class AdamW;
-}
 
 namespace keel::runtime {
 
@@ -43,6 +41,7 @@ class Trainer {
  private:
   struct OwnGrid;  // the one-rank grid of the second constructor
   void build();
+  std::vector<optim::ParamRef> build_zero1();
 
   std::unique_ptr<OwnGrid> own_;
   parallel::ProcessGrid& grid_;
@@ -54,7 +53,14 @@ class Trainer {
   std::unique_ptr<optim::AdamW> optimizer_;
   MemoryPlan batch_{"batch"};
   MemoryPlan::Slot tokens_, targets_;  // (accumulation, B, T): this rank's slice of the batch
-  MemoryPlan::Slot totals_;            // (3) F64: valid targets, loss sum, GEMM peak; over ranks
+  MemoryPlan::Slot totals_;  // (4) F64 over ranks: valid targets, loss sum, GEMM peak, grad norm²
+  // ZeRO stage 1 (null otherwise): the sharding, this rank's master shard and the staging buffer
+  // (every rank's region side by side), and the full parameters and gradients it packs from.
+  std::unique_ptr<parallel::ZeroLayout> zero_;
+  MemoryPlan zero_plan_{"zero"};
+  MemoryPlan::Slot zero_staging_ = 0, zero_master_ = 0;
+  std::vector<float*> zero_values_;
+  std::vector<const float*> zero_grads_;
   int64_t step_ = 0;
   double peak_flops_ = 0;
   size_t planned_bytes_ = 0;  // every plan of the run: model, optimizer, batch

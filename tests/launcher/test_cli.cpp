@@ -144,7 +144,8 @@ std::vector<double> field(const std::string& path, const std::string& key) {
 std::vector<double> losses(const std::string& path) { return field(path, "loss"); }
 
 // Data parallelism: 2 and 4 ranks, each with its slice of the same global batch of 4 sequences,
-// train exactly as one rank does (the same losses to fp32 rounding, step after step).
+// under ZeRO stages 0 and 1, train exactly as one rank does (the same losses to fp32 rounding,
+// step after step) and communicate what theory says.
 TEST_F(Cli, DataParallelMatchesOneRank) {
   if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
   const std::string cfg = write("dp.yaml", R"(
@@ -159,14 +160,19 @@ training: {max_steps: 12, learning_rate: 3.0e-3, warmup_steps: 2, logging_steps:
   ASSERT_EQ(r.code, 0) << r.out;
   const std::vector<double> want = losses(one + "/metrics.jsonl");
   ASSERT_EQ(want.size(), 12u);
-  for (const auto& [ranks, micro, accumulation] :
-       {std::tuple{2, 2, 1}, std::tuple{4, 1, 1}, std::tuple{2, 1, 2}}) {
+  // (ranks, micro-batch, accumulation, ZeRO stage)
+  for (const auto& [ranks, micro, accumulation, stage] :
+       {std::tuple{2, 2, 1, 0}, std::tuple{4, 1, 1, 0}, std::tuple{2, 1, 2, 0},
+        std::tuple{2, 2, 1, 1}, std::tuple{4, 1, 1, 1}}) {
     const std::string out =
-        (dir_ / ("np" + std::to_string(ranks) + "_acc" + std::to_string(accumulation))).string();
+        (dir_ / ("np" + std::to_string(ranks) + "_acc" + std::to_string(accumulation) + "_zero" +
+                 std::to_string(stage)))
+            .string();
     r = run_ranks(
         ranks, std::string(KEEL_BINARY) + " train " + cfg +
                    " --set training.per_device_train_batch_size=" + std::to_string(micro) +
                    " --set training.gradient_accumulation_steps=" + std::to_string(accumulation) +
+                   " --set parallel.zero_stage=" + std::to_string(stage) +
                    " --set training.output_dir=" + out);
     ASSERT_EQ(r.code, 0) << r.out;
     EXPECT_NE(r.out.find(std::to_string(ranks) + " data-parallel ranks"), std::string::npos)
@@ -174,11 +180,13 @@ training: {max_steps: 12, learning_rate: 3.0e-3, warmup_steps: 2, logging_steps:
     const std::vector<double> got = losses(out + "/metrics.jsonl");
     ASSERT_EQ(got.size(), want.size()) << out;
     for (size_t i = 0; i < want.size(); ++i)
-      EXPECT_NEAR(got[i], want[i], 1e-5 * want[i]) << ranks << " ranks, step " << i + 1;
-    // Bytes per step per rank: ZeRO stage 0 all-reduces the fp32 gradients once, 2Ψ(N−1)/N with
+      EXPECT_NEAR(got[i], want[i], 1e-5 * want[i])
+          << ranks << " ranks, ZeRO " << stage << ", step " << i + 1;
+    // Bytes per step per rank, 2Ψ(N−1)/N for both stages (stage 0 all-reduces the fp32
+    // gradients; stage 1 reduce-scatters them and all-gathers the updated parameters), with
     // Ψ = 4 bytes × 94,528 parameters (embedding 256·64, lm_head 256·64, final norm 64, and per
     // layer 2·64 norms + (4+2+2)·16·64 qkv + 64·64 o + 2·96·64 gate/up + 64·96 down), plus the
-    // alignment padding of the gradient plan and two 8-byte scalars.
+    // alignment padding of the gradient plan or the shards and a few 8-byte scalars.
     const double theory = 2.0 * 4 * 94528 * (ranks - 1) / ranks;
     for (double bytes : field(out + "/metrics.jsonl", "comm_bytes")) {
       EXPECT_GE(bytes, theory) << ranks << " ranks";
