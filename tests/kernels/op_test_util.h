@@ -46,4 +46,31 @@ inline double rel_error(const std::vector<float>& got, const std::vector<double>
   return got.size() == want.size() ? rel_error(got.data(), want.data(), got.size()) : INFINITY;
 }
 
+// (loss(v + h) − loss(v − h)) / 2h: the central finite difference of loss() in the variable v,
+// which the loss reads by reference; v is restored.
+template <class Loss>
+double central_difference(double& v, double h, const Loss& loss) {
+  const double saved = v;
+  v = saved + h;
+  const double plus = loss();
+  v = saved - h;
+  const double minus = loss();
+  v = saved;
+  return (plus - minus) / (2 * h);
+}
+
+// ‖fd − grad‖₂ / ‖fd‖₂ where fd is the finite-difference gradient of loss() in every element of x:
+// how far an analytic (reference) gradient is from the numerical one.
+template <class Loss>
+double finite_difference_error(std::vector<double>& x, const std::vector<double>& grad, double h,
+                               const Loss& loss) {
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double fd = central_difference(x[i], h, loss);
+    num += (fd - grad[i]) * (fd - grad[i]);
+    den += fd * fd;
+  }
+  return std::sqrt(num / den);
+}
+
 }  // namespace keel::testing

@@ -99,15 +99,7 @@ TEST(RmsNormTest, ReferenceBackwardMatchesFiniteDifferences) {
     for (int64_t i = 0; i < N * C; ++i) l += dy[i] * f.out[i];
     return l;
   };
-  const auto central = [&](double& v) {
-    const double saved = v;
-    v = saved + h;
-    const double plus = loss();
-    v = saved - h;
-    const double minus = loss();
-    v = saved;
-    return (plus - minus) / (2 * h);
-  };
+  const auto central = [&](double& v) { return keel::testing::central_difference(v, h, loss); };
   std::vector<double> fd_dx(N * C), fd_dw(C);
   for (int64_t i = 0; i < N * C; ++i) fd_dx[i] = central(x[i]);
   for (int64_t c = 0; c < C; ++c) fd_dw[c] = central(w[c]);

@@ -122,19 +122,7 @@ TEST(RopeTest, ReferenceBackwardMatchesFiniteDifferences) {
     return l;
   };
   const auto grad = reference_rotate(dy, B, T, H, D, stride, theta, -1.0);
-  double num = 0.0, den = 0.0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double saved = x[i];
-    x[i] = saved + h;
-    const double plus = loss();
-    x[i] = saved - h;
-    const double minus = loss();
-    x[i] = saved;
-    const double fd = (plus - minus) / (2 * h);
-    num += (fd - grad[i]) * (fd - grad[i]);
-    den += fd * fd;
-  }
-  const double err = std::sqrt(num / den);
+  const double err = keel::testing::finite_difference_error(x, grad, h, loss);
   EXPECT_LE(err, 1e-7);
   RecordProperty("fd_rel_error", ::testing::PrintToString(err));
 }

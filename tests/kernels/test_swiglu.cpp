@@ -67,19 +67,7 @@ TEST(SwigluTest, ReferenceBackwardMatchesFiniteDifferences) {
     return l;
   };
   const auto grad = reference_backward(dy, gu, N, I);
-  double num = 0.0, den = 0.0;
-  for (size_t i = 0; i < gu.size(); ++i) {
-    const double saved = gu[i];
-    gu[i] = saved + h;
-    const double plus = loss();
-    gu[i] = saved - h;
-    const double minus = loss();
-    gu[i] = saved;
-    const double fd = (plus - minus) / (2 * h);
-    num += (fd - grad[i]) * (fd - grad[i]);
-    den += fd * fd;
-  }
-  const double err = std::sqrt(num / den);
+  const double err = keel::testing::finite_difference_error(gu, grad, h, loss);
   EXPECT_LE(err, 1e-7);
   RecordProperty("fd_rel_error", ::testing::PrintToString(err));
 }
