@@ -5,7 +5,6 @@
 #include <string>
 #include <vector>
 
-#include "kernels/error.h"
 #include "launcher/launch.h"
 #include "launcher/world.h"
 #include "runtime/config.h"
@@ -115,10 +114,7 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::cerr << "keel: error: " << e.message << "\n(run 'keel --help' for usage)\n";
     return 2;
-  } catch (const keel::Error& e) {
-    std::cerr << "keel: error: " << e.what() << "\n";
-    return 1;
-  } catch (const std::exception& e) {
+  } catch (const std::exception& e) {  // keel::Error and anything else: one line
     std::cerr << "keel: error: " << e.what() << "\n";
     return 1;
   }

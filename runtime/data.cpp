@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "kernels/error.h"
+#include "runtime/hash.h"
 
 namespace keel::runtime {
 
@@ -18,11 +19,11 @@ bool ends_with(const std::string& s, const std::string& suffix) {
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-uint64_t splitmix64(uint64_t& state) {
-  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
+// The next SplitMix64 draw from a running state.
+uint64_t next_random(uint64_t& state) {
+  const uint64_t r = splitmix64(state);
+  state += kSplitMixGamma;
+  return r;
 }
 
 }  // namespace
@@ -63,7 +64,7 @@ void SequenceOrder::shuffle(int64_t epoch) {
   std::iota(perm_.begin(), perm_.end(), int64_t{0});
   uint64_t state = seed_ * 0x2545f4914f6cdd1dull + static_cast<uint64_t>(epoch);
   for (int64_t i = count_ - 1; i > 0; --i) {
-    const auto j = static_cast<int64_t>(splitmix64(state) % static_cast<uint64_t>(i + 1));
+    const auto j = static_cast<int64_t>(next_random(state) % static_cast<uint64_t>(i + 1));
     std::swap(perm_[static_cast<size_t>(i)], perm_[static_cast<size_t>(j)]);
   }
   epoch_ = epoch;

@@ -9,6 +9,7 @@
 #include "kernels/matmul.h"
 #include "optim/adamw.h"
 #include "parallel/self_communicator.h"
+#include "runtime/hash.h"
 #include "runtime/schedule.h"
 
 namespace keel::runtime {
@@ -55,8 +56,7 @@ namespace {
 void check_same_config(const Config& config, parallel::Communicator& world) {
   if (world.size() == 1) return;
   const std::string text = config_to_yaml(config);
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : text) h = (h ^ c) * 0x100000001b3ull;
+  const uint64_t h = fnv1a(text);
   // Two 31-bit halves, so MAX and MIN over ranks compare exactly in int64.
   std::vector<int64_t> mine = {static_cast<int64_t>(h & 0x7fffffff),
                                static_cast<int64_t>((h >> 31) & 0x7fffffff)};
