@@ -50,6 +50,9 @@ class MemoryPlan {
   const std::string& category() const { return category_; }
   size_t count() const { return entries_.size(); }
   const std::string& name(Slot s) const { return entries_[s].name; }
+  // Byte offset of a buffer inside the block: known as soon as it is declared.
+  size_t offset(Slot s) const { return entries_.at(s).offset; }
+  const Shape& shape(Slot s) const { return entries_.at(s).shape; }
 
   // One line per buffer with its shape and MiB, and the total.
   std::string describe() const;

@@ -47,7 +47,8 @@ struct LlamaModel::Slots {
   Slot rope_cos, rope_sin;         // (T, D/2)
 };
 
-LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool checkpointing)
+LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool checkpointing,
+                       ModelHolds holds)
     : config_(config),
       B_(B),
       T_(T),
@@ -60,6 +61,7 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
       V_(config.vocab_size),
       QKV_((H_ + 2 * Hkv_) * D_),
       checkpointing_(checkpointing),
+      holds_(holds),
       s_(std::make_unique<Slots>()) {
   config_.num_key_value_heads = Hkv_;
   KEEL_CHECK(B > 0 && T > 0, "micro-batch must be positive, got B={} T={}", B, T);
@@ -76,16 +78,28 @@ LlamaModel::~LlamaModel() = default;
 void LlamaModel::build_plans() {
   const int64_t L = config_.num_hidden_layers;
   Slots& s = *s_;
-  // Parameters and gradients: the same table twice.
-  auto add_weight = [&](const std::string& name, Shape shape) {
-    weights_.add(name, DType::F32, shape);
-    return grads_.add(name, DType::F32, shape);
+  // Parameters and gradients: the same table twice, unit after unit.
+  auto begin_unit = [&](std::string name) {
+    units_.push_back({std::move(name), {}, {}, 0});
+    unit_begin_.push_back(-1);
   };
+  auto add_weight = [&](const std::string& name, Shape shape) {
+    const Slot slot = weights_.add(name, DType::F32, shape);
+    grads_.add(name, DType::F32, shape);
+    const int64_t at = static_cast<int64_t>(weights_.offset(slot) / sizeof(float));
+    if (unit_begin_.back() < 0) unit_begin_.back() = at;
+    unit_of_.push_back(static_cast<int>(units_.size()) - 1);
+    slot_at_.push_back(at - unit_begin_.back());
+    units_.back().elems = slot_at_.back() + shape.numel();
+    return slot;
+  };
+  begin_unit("embed_tokens");
   s.w_embed = add_weight("embed_tokens", {V_, C_});
   layers_.resize(static_cast<size_t>(L));
   for (int64_t l = 0; l < L; ++l) {
     Layer& y = layers_[static_cast<size_t>(l)];
     const std::string p = "layers." + std::to_string(l) + ".";
+    begin_unit("layers." + std::to_string(l));
     y.w_in_norm = add_weight(p + "input_layernorm", {C_});
     y.w_qkv = add_weight(p + "qkv_proj", {QKV_, C_});
     y.w_o = add_weight(p + "o_proj", {C_, H_ * D_});
@@ -93,6 +107,7 @@ void LlamaModel::build_plans() {
     y.w_gate_up = add_weight(p + "gate_up_proj", {2 * I_, C_});
     y.w_down = add_weight(p + "down_proj", {C_, I_});
   }
+  begin_unit("head");
   s.w_final_norm = add_weight("norm", {C_});
   if (!config_.tie_word_embeddings) s.w_head = add_weight("lm_head", {V_, C_});
 
@@ -137,19 +152,30 @@ void LlamaModel::build_plans() {
   s.rope_cos = work_.add("rope_cos", DType::F32, {T_, D_ / 2});
   s.rope_sin = work_.add("rope_sin", DType::F32, {T_, D_ / 2});
 
-  weights_.allocate();
-  grads_.allocate();
+  if (holds_.weights) weights_.allocate();
+  if (holds_.grads) grads_.allocate();
   acts_.allocate();
   work_.allocate();
+  for (size_t u = 0; u < units_.size(); ++u) {
+    wbase_.push_back(own_weights(static_cast<int>(u)));
+    gbase_.push_back(own_grads(static_cast<int>(u)));
+  }
 
-  // Parameters under their Hugging Face names, as views of the plan.
+  // Parameters under their Hugging Face names, as views of the plan (null where not held), and
+  // in their unit's list for ZeRO.
   auto add_param = [&](const std::string& name, Slot slot, int64_t row0, int64_t rows, bool decay) {
-    Tensor w = weights_[slot], g = grads_[slot];
-    if (rows >= 0) {  // rows [row0, row0 + rows) of a fused matrix
-      w = w.slice0(row0, row0 + rows);
-      g = g.slice0(row0, row0 + rows);
-    }
-    params_.push_back({name, w.shape(), {}, decay, w, g});
+    const Shape full = weights_.shape(slot);
+    const Shape shape = rows >= 0 ? Shape{rows, full[1]} : full;
+    const int64_t at = slot_at_[slot] + (rows >= 0 ? row0 * full[1] : 0);  // rows of a fused matrix
+    const int u = unit_of_[slot];
+    Tensor w(wbase_[static_cast<size_t>(u)] ? wbase_[static_cast<size_t>(u)] + at : nullptr,
+             DType::F32, shape);
+    Tensor g(gbase_[static_cast<size_t>(u)] ? gbase_[static_cast<size_t>(u)] + at : nullptr,
+             DType::F32, shape);
+    params_.push_back({name, shape, {}, decay, w, g});
+    parallel::ZeroUnit& unit = units_[static_cast<size_t>(u)];
+    unit.params.push_back({name, shape[0], shape.numel() / shape[0]});
+    unit.offsets.push_back(at);
     return params_.size() - 1;
   };
   s.embed = add_param("model.embed_tokens.weight", s.w_embed, 0, -1, true);
@@ -171,10 +197,51 @@ void LlamaModel::build_plans() {
       config_.tie_word_embeddings ? s.embed : add_param("lm_head.weight", s.w_head, 0, -1, true);
 }
 
+float* LlamaModel::own_weights(int u) const {
+  // Slot 0 (the embedding) starts the plan.
+  return holds_.weights ? weights_[0].f32() + unit_begin_[static_cast<size_t>(u)] : nullptr;
+}
+
+float* LlamaModel::own_grads(int u) const {
+  return holds_.grads ? grads_[0].f32() + unit_begin_[static_cast<size_t>(u)] : nullptr;
+}
+
+std::vector<int> LlamaModel::weight_order() const {
+  const int L = static_cast<int>(layers_.size()), head = L + 1;
+  std::vector<int> order = {0};
+  for (int l = 0; l < L; ++l) order.push_back(1 + l);
+  order.push_back(head);
+  if (config_.tie_word_embeddings) order.push_back(0);
+  for (int l = L - 1; l >= 0; --l) order.push_back(1 + l);
+  return order;
+}
+
+void LlamaModel::use_weights(int u) {
+  if (holds_.weights) return;
+  KEEL_CHECK(hooks_, "the model holds no weights and has no hooks to ask for them");
+  wbase_[static_cast<size_t>(u)] = hooks_->acquire_weights(u);
+}
+
+void LlamaModel::drop_weights(int u) {
+  if (holds_.weights) return;
+  hooks_->release_weights(u);
+  wbase_[static_cast<size_t>(u)] = nullptr;
+}
+
+void LlamaModel::use_grads(int u) {
+  if (holds_.grads) return;
+  KEEL_CHECK(hooks_, "the model holds no gradients and has no hooks to ask for them");
+  gbase_[static_cast<size_t>(u)] = hooks_->acquire_grads(u);
+}
+
+void LlamaModel::drop_grads(int u) {
+  if (holds_.grads) return;
+  hooks_->release_grads(u);
+  gbase_[static_cast<size_t>(u)] = nullptr;
+}
+
 Parameter& LlamaModel::parameter(const std::string& name) {
-  for (Parameter& p : params_)
-    if (p.name == name) return p;
-  KEEL_FAIL("the model has no parameter '{}'", name);
+  return const_cast<Parameter&>(parameter_by_name(name));
 }
 
 int64_t LlamaModel::num_parameters() const {
@@ -184,7 +251,18 @@ int64_t LlamaModel::num_parameters() const {
 }
 
 void LlamaModel::init_weights(uint64_t seed) {
-  for (Parameter& p : params_) {
+  KEEL_CHECK(holds_.weights, "init_weights: the model holds no weights (use init_unit)");
+  for (size_t u = 0; u < units_.size(); ++u)
+    init_unit(static_cast<int>(u), seed, own_weights(static_cast<int>(u)));
+}
+
+void LlamaModel::init_unit(int u, uint64_t seed, float* base) const {
+  const parallel::ZeroUnit& unit = units_[static_cast<size_t>(u)];
+  for (size_t i = 0; i < unit.params.size(); ++i) {
+    const parallel::ZeroParamSpec& spec = unit.params[i];
+    const Parameter& owner = parameter_by_name(spec.name);
+    Parameter p = owner;
+    p.value = Tensor(base + unit.offsets[i], DType::F32, owner.global_shape);
     if (p.value.rank() == 1)
       init_constant(p, 1.0f);
     else
@@ -192,12 +270,20 @@ void LlamaModel::init_weights(uint64_t seed) {
   }
 }
 
+const Parameter& LlamaModel::parameter_by_name(const std::string& name) const {
+  for (const Parameter& p : params_)
+    if (p.name == name) return p;
+  KEEL_FAIL("the model has no parameter '{}'", name);
+}
+
 void LlamaModel::zero_grad() {
+  if (!holds_.grads) return;  // the hooks hand out zeroed buffers
   Tensor g = grad_storage();
   std::fill_n(g.f32(), g.numel(), 0.0f);
 }
 
 Tensor LlamaModel::grad_storage() const {
+  KEEL_CHECK(holds_.grads, "grad_storage: the model holds no gradients (ZeRO 2 and 3)");
   // Every entry of the plan is F32 and 64-byte aligned, so the block is a whole number of floats.
   return Tensor(grads_[0].data(), DType::F32,
                 {static_cast<int64_t>(grads_.bytes() / sizeof(float))});
@@ -211,7 +297,7 @@ void LlamaModel::embed(const int32_t* tokens) {
              workspace_threads_, omp_get_max_threads());
   int32_t* kept = acts_[s_->tokens].data_as<int32_t>();
   std::copy_n(tokens, N_, kept);
-  k::embedding_forward(acts_[s_->x[0]].f32(), kept, weights_[s_->w_embed].f32(), N_, C_, V_);
+  k::embedding_forward(acts_[s_->x[0]].f32(), kept, w(s_->w_embed), N_, C_, V_);
 }
 
 // One block: x[l] → x[l+1]. With recompute (checkpointing's backward), x[l+1] is left alone.
@@ -229,20 +315,24 @@ void LlamaModel::block_forward(int l, bool recompute) {
   const float* cos = work_[s_->rope_cos].f32();
   const float* sin = work_[s_->rope_sin].f32();
 
-  k::rmsnorm_forward(ln1, acts_[y.rstd1].f32(), x, weights_[y.w_in_norm].f32(), N_, C_, eps);
-  k::matmul_forward(qkv, ln1, weights_[y.w_qkv].f32(), N_, C_, QKV_);
+  k::rmsnorm_forward(ln1, acts_[y.rstd1].f32(), x, w(y.w_in_norm), N_, C_, eps);
+  k::matmul_forward(qkv, ln1, w(y.w_qkv), N_, C_, QKV_);
+  progress();
   k::rope_forward(qkv, cos, sin, B_, T_, H_, D_, QKV_);
   k::rope_forward(qkv + H_ * D_, cos, sin, B_, T_, Hkv_, D_, QKV_);
   k::attention_forward(att, acts_[y.lse].f32(), qkv, B_, T_, H_, Hkv_, D_,
                        work_[s_->attn_ws].f32());
-  k::matmul_forward(xmid, att, weights_[y.w_o].f32(), N_, H_ * D_, C_);
+  progress();
+  k::matmul_forward(xmid, att, w(y.w_o), N_, H_ * D_, C_);
+  progress();
   k::add_inplace(xmid, x, N_ * C_);
-  k::rmsnorm_forward(ln2, acts_[y.rstd2].f32(), xmid, weights_[y.w_post_norm].f32(), N_, C_, eps);
-  k::matmul_forward(gu, ln2, weights_[y.w_gate_up].f32(), N_, C_, 2 * I_);
+  k::rmsnorm_forward(ln2, acts_[y.rstd2].f32(), xmid, w(y.w_post_norm), N_, C_, eps);
+  k::matmul_forward(gu, ln2, w(y.w_gate_up), N_, C_, 2 * I_);
+  progress();
   k::swiglu_forward(h, gu, N_, I_);
   if (recompute) return;
   float* out = acts_[s_->x[static_cast<size_t>(l) + 1]].f32();
-  k::matmul_forward(out, h, weights_[y.w_down].f32(), N_, I_, C_);
+  k::matmul_forward(out, h, w(y.w_down), N_, I_, C_);
   k::add_inplace(out, xmid, N_ * C_);
 }
 
@@ -259,24 +349,26 @@ void LlamaModel::block_backward(int l) {
   const float* sin = work_[s_->rope_sin].f32();
 
   // MLP: x[l+1] = xmid + down(swiglu(gate_up(norm(xmid)))).
-  k::matmul_backward(dsmall, grads_[y.w_down].f32(), dres, acts_[y.h].f32(),
-                     weights_[y.w_down].f32(), N_, I_, C_, false);
+  k::matmul_backward(dsmall, g(y.w_down), dres, acts_[y.h].f32(), w(y.w_down), N_, I_, C_, false);
+  progress();
   k::swiglu_backward(dbig, dsmall, acts_[y.gu].f32(), N_, I_);
-  k::matmul_backward(dtmp, grads_[y.w_gate_up].f32(), dbig, acts_[y.ln2].f32(),
-                     weights_[y.w_gate_up].f32(), N_, C_, 2 * I_, false);
-  k::rmsnorm_backward(dres, grads_[y.w_post_norm].f32(), dtmp, acts_[y.xmid].f32(),
-                      weights_[y.w_post_norm].f32(), acts_[y.rstd2].f32(), N_, C_, true);
+  k::matmul_backward(dtmp, g(y.w_gate_up), dbig, acts_[y.ln2].f32(), w(y.w_gate_up), N_, C_, 2 * I_,
+                     false);
+  progress();
+  k::rmsnorm_backward(dres, g(y.w_post_norm), dtmp, acts_[y.xmid].f32(), w(y.w_post_norm),
+                      acts_[y.rstd2].f32(), N_, C_, true);
   // Attention: xmid = x + o(attention(rope(qkv(norm(x))))).
-  k::matmul_backward(dsmall, grads_[y.w_o].f32(), dres, acts_[y.att].f32(), weights_[y.w_o].f32(),
-                     N_, H_ * D_, C_, false);
+  k::matmul_backward(dsmall, g(y.w_o), dres, acts_[y.att].f32(), w(y.w_o), N_, H_ * D_, C_, false);
+  progress();
   k::attention_backward(dbig, dsmall, acts_[y.qkv].f32(), acts_[y.att].f32(), acts_[y.lse].f32(),
                         B_, T_, H_, Hkv_, D_, work_[s_->attn_ws].f32());
+  progress();
   k::rope_backward(dbig, cos, sin, B_, T_, H_, D_, QKV_);
   k::rope_backward(dbig + H_ * D_, cos, sin, B_, T_, Hkv_, D_, QKV_);
-  k::matmul_backward(dtmp, grads_[y.w_qkv].f32(), dbig, acts_[y.ln1].f32(), weights_[y.w_qkv].f32(),
-                     N_, C_, QKV_, false);
-  k::rmsnorm_backward(dres, grads_[y.w_in_norm].f32(), dtmp, x, weights_[y.w_in_norm].f32(),
-                      acts_[y.rstd1].f32(), N_, C_, true);
+  k::matmul_backward(dtmp, g(y.w_qkv), dbig, acts_[y.ln1].f32(), w(y.w_qkv), N_, C_, QKV_, false);
+  progress();
+  k::rmsnorm_backward(dres, g(y.w_in_norm), dtmp, x, w(y.w_in_norm), acts_[y.rstd1].f32(), N_, C_,
+                      true);
 }
 
 // Final norm, output head and cross-entropy, chunk by chunk of rows. With backward, leaves
@@ -285,12 +377,13 @@ double LlamaModel::head(const int32_t* targets, float grad_scale, bool backward,
                         float* logits_out) {
   const float* xL = acts_[s_->x.back()].f32();
   float* lnf = acts_[s_->lnf].f32();
-  const float* w_head = weights_[config_.tie_word_embeddings ? s_->w_embed : s_->w_head].f32();
-  float* g_head = grads_[config_.tie_word_embeddings ? s_->w_embed : s_->w_head].f32();
+  const Slot head_slot = config_.tie_word_embeddings ? s_->w_embed : s_->w_head;
+  const float* w_head = w(head_slot);
+  float* g_head = backward ? g(head_slot) : nullptr;
   float* logits = work_[s_->logits].f32();
   float* losses = work_[s_->losses].f32();
   float* dtmp = work_[s_->dtmp].f32();
-  k::rmsnorm_forward(lnf, acts_[s_->rstdf].f32(), xL, weights_[s_->w_final_norm].f32(), N_, C_,
+  k::rmsnorm_forward(lnf, acts_[s_->rstdf].f32(), xL, w(s_->w_final_norm), N_, C_,
                      static_cast<float>(config_.rms_norm_eps));
   double total = 0.0;
   for (int64_t r0 = 0; r0 < N_; r0 += chunk_rows_) {
@@ -306,28 +399,65 @@ double LlamaModel::head(const int32_t* targets, float grad_scale, bool backward,
       k::cross_entropy_forward(losses + r0, logits, targets + r0, rows, V_);
     }
     for (int64_t i = 0; i < rows; ++i) total += losses[r0 + i];
+    progress();
   }
   if (backward) {
-    k::rmsnorm_backward(work_[s_->dres].f32(), grads_[s_->w_final_norm].f32(), dtmp, xL,
-                        weights_[s_->w_final_norm].f32(), acts_[s_->rstdf].f32(), N_, C_, false);
+    k::rmsnorm_backward(work_[s_->dres].f32(), g(s_->w_final_norm), dtmp, xL, w(s_->w_final_norm),
+                        acts_[s_->rstdf].f32(), N_, C_, false);
   }
   return total;
 }
 
-double LlamaModel::forward(const int32_t* tokens, const int32_t* targets, float* logits) {
+// The embedding and every block's forward, each unit's weights held only while it runs.
+void LlamaModel::run_forward(const int32_t* tokens) {
+  if (hooks_) hooks_->begin_micro_batch();
+  use_weights(0);
   embed(tokens);
-  for (int l = 0; l < static_cast<int>(layers_.size()); ++l) block_forward(l, false);
-  return head(targets, 0.0f, false, logits);
+  drop_weights(0);
+  for (int l = 0; l < static_cast<int>(layers_.size()); ++l) {
+    use_weights(1 + l);
+    block_forward(l, false);
+    drop_weights(1 + l);
+  }
+}
+
+double LlamaModel::forward(const int32_t* tokens, const int32_t* targets, float* logits) {
+  run_forward(tokens);
+  const int head_unit = static_cast<int>(layers_.size()) + 1;
+  const bool tied = config_.tie_word_embeddings;
+  use_weights(head_unit);
+  if (tied) use_weights(0);
+  const double loss = head(targets, 0.0f, false, logits);
+  if (tied) drop_weights(0);
+  drop_weights(head_unit);
+  return loss;
 }
 
 double LlamaModel::forward_backward(const int32_t* tokens, const int32_t* targets,
                                     float grad_scale) {
-  embed(tokens);
-  for (int l = 0; l < static_cast<int>(layers_.size()); ++l) block_forward(l, false);
+  run_forward(tokens);
+  // The head (final norm and lm_head, or the tied embedding) runs forward and backward at once.
+  const int head_unit = static_cast<int>(layers_.size()) + 1;
+  const bool tied = config_.tie_word_embeddings;
+  use_weights(head_unit);
+  if (tied) use_weights(0);
+  use_grads(head_unit);
+  if (tied) use_grads(0);  // held until the embedding's own backward adds to it
   const double loss = head(targets, grad_scale, true, nullptr);
-  for (int l = static_cast<int>(layers_.size()) - 1; l >= 0; --l) block_backward(l);
-  k::embedding_backward(grads_[s_->w_embed].f32(), work_[s_->dres].f32(),
-                        acts_[s_->tokens].data_as<int32_t>(), N_, C_, V_);
+  if (tied) drop_weights(0);
+  drop_weights(head_unit);
+  drop_grads(head_unit);
+  for (int l = static_cast<int>(layers_.size()) - 1; l >= 0; --l) {
+    use_weights(1 + l);
+    use_grads(1 + l);
+    block_backward(l);
+    drop_weights(1 + l);
+    drop_grads(1 + l);
+  }
+  if (!tied) use_grads(0);  // the embedding's backward reads no weights
+  k::embedding_backward(g(s_->w_embed), work_[s_->dres].f32(), acts_[s_->tokens].data_as<int32_t>(),
+                        N_, C_, V_);
+  drop_grads(0);
   return loss;
 }
 
@@ -345,12 +475,19 @@ double LlamaModel::flops_per_token() const {
 
 std::string LlamaModel::describe_memory() const {
   std::ostringstream os;
-  os << weights_.describe() << grads_.describe() << acts_.describe() << work_.describe();
+  if (holds_.weights) os << weights_.describe();
+  if (holds_.grads) os << grads_.describe();
+  os << acts_.describe() << work_.describe();
   return os.str();
 }
 
+size_t LlamaModel::weight_bytes() const { return holds_.weights ? weights_.bytes() : 0; }
+size_t LlamaModel::grad_bytes() const { return holds_.grads ? grads_.bytes() : 0; }
+size_t LlamaModel::activation_bytes() const { return acts_.bytes(); }
+size_t LlamaModel::workspace_bytes() const { return work_.bytes(); }
+
 size_t LlamaModel::planned_bytes() const {
-  return weights_.bytes() + grads_.bytes() + acts_.bytes() + work_.bytes();
+  return weight_bytes() + grad_bytes() + activation_bytes() + workspace_bytes();
 }
 
 }  // namespace keel::runtime

@@ -1,7 +1,10 @@
 // The LLaMA model: embedding, blocks of (RMSNorm → GQA attention with RoPE → residual, RMSNorm →
 // SwiGLU MLP → residual), final RMSNorm, output head (tied or not). Forward and backward are
 // written by hand, the backward the forward in reverse; all memory comes from three plans made at
-// construction (parameters+gradients, activations, workspace).
+// construction (parameters, gradients, activations, workspace). The parameters fall into units
+// that the step uses together (the embedding, each block, the head: final norm and lm_head): under
+// ZeRO 2 and 3 the model holds neither gradients nor (stage 3) weights itself and asks
+// parallel::UnitHooks for each unit's buffers as it runs.
 #pragma once
 
 #include <memory>
@@ -9,16 +12,24 @@
 #include <vector>
 
 #include "kernels/memory_plan.h"
+#include "parallel/zero.h"
 #include "runtime/config.h"
 #include "runtime/parameter.h"
 
 namespace keel::runtime {
 
+// Which buffers the model keeps for the whole run; the hooks provide the others unit by unit.
+struct ModelHolds {
+  bool weights = true;
+  bool grads = true;
+};
+
 class LlamaModel {
  public:
   // B sequences of T tokens per micro-batch. With checkpointing, only each block's input is kept
   // from the forward; the backward recomputes the block's insides.
-  LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool checkpointing);
+  LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool checkpointing,
+             ModelHolds holds = {});
   ~LlamaModel();
   LlamaModel(const LlamaModel&) = delete;
   LlamaModel& operator=(const LlamaModel&) = delete;
@@ -27,16 +38,34 @@ class LlamaModel {
   int64_t batch() const { return B_; }
   int64_t seq() const { return T_; }
 
+  // Every parameter by its Hugging Face name, units in order. value and grad point into the
+  // model's own buffers; they are empty (null data) for the buffers the model does not hold.
   std::vector<Parameter>& parameters() { return params_; }
   const std::vector<Parameter>& parameters() const { return params_; }
   Parameter& parameter(const std::string& name);
+  const Parameter& parameter_by_name(const std::string& name) const;
   int64_t num_parameters() const;
 
   // Hugging Face's initialisation: every matrix N(0, initializer_range²), norm weights 1.
   void init_weights(uint64_t seed);
+  // The same for unit u alone, written into base (the unit's layout, units()[u]).
+  void init_unit(int u, uint64_t seed, float* base) const;
+
+  // The units, each with its parameters' global shapes and float offsets in the unit's buffer:
+  // 0 the embedding, 1..L the blocks, L+1 the head (final norm, and lm_head unless tied).
+  const std::vector<parallel::ZeroUnit>& units() const { return units_; }
+  // The order a micro-batch's forward and backward ask for unit weights (prefetching follows it).
+  std::vector<int> weight_order() const;
+  // Units held at once at most: 2 when the head also needs the tied embedding.
+  int live_units() const { return config_.tie_word_embeddings ? 2 : 1; }
+  // The model's own buffer of unit u (null when it does not hold weights or gradients).
+  float* own_weights(int u) const;
+  float* own_grads(int u) const;
+  // Required when the model does not hold weights or gradients; must outlive the model's use.
+  void set_hooks(parallel::UnitHooks* hooks) { hooks_ = hooks; }
   void zero_grad();
   // Every gradient as one contiguous F32 tensor (the gradient plan, padding between parameters
-  // included and always zero): what data parallelism all-reduces in one call.
+  // included and always zero): what data parallelism all-reduces in one call. Needs held grads.
   Tensor grad_storage() const;
 
   // tokens, targets (B, T); targets < 0 are ignored. Returns the sum of per-token losses.
@@ -48,9 +77,13 @@ class LlamaModel {
 
   // Model FLOPs per trained token (forward + backward, causal attention counted at half).
   double flops_per_token() const;
-  // The three memory plans, buffer by buffer, in MiB.
+  // The memory plans the model holds, buffer by buffer, in MiB, and their sizes.
   std::string describe_memory() const;
-  size_t planned_bytes() const;
+  size_t planned_bytes() const;  // the four below together
+  size_t weight_bytes() const;   // 0 when the model does not hold its weights
+  size_t grad_bytes() const;     // 0 when it does not hold its gradients
+  size_t activation_bytes() const;
+  size_t workspace_bytes() const;
 
  private:
   struct Layer;  // parameter and activation slots of one block
@@ -59,6 +92,17 @@ class LlamaModel {
   void block_forward(int l, bool recompute);
   void block_backward(int l);
   double head(const int32_t* targets, float grad_scale, bool backward, float* logits);
+  void run_forward(const int32_t* tokens);  // embedding and blocks
+  // Weights and gradients of a slot, wherever its unit's buffer is now.
+  float* w(MemoryPlan::Slot s) const { return wbase_[unit_of_[s]] + slot_at_[s]; }
+  float* g(MemoryPlan::Slot s) const { return gbase_[unit_of_[s]] + slot_at_[s]; }
+  void use_weights(int u);
+  void drop_weights(int u);
+  void use_grads(int u);
+  void drop_grads(int u);
+  void progress() const {
+    if (hooks_) hooks_->progress();
+  }
 
   ModelConfig config_;
   int64_t B_, T_, N_;
@@ -66,6 +110,8 @@ class LlamaModel {
   int64_t chunk_rows_;     // rows of logits that exist at once
   int workspace_threads_;  // OpenMP threads the attention workspace is sized for
   bool checkpointing_;
+  ModelHolds holds_;
+  parallel::UnitHooks* hooks_ = nullptr;
 
   MemoryPlan weights_{"parameters"};
   MemoryPlan grads_{"gradients"};
@@ -73,6 +119,11 @@ class LlamaModel {
   MemoryPlan work_{"workspace"};
   std::vector<Parameter> params_;
   std::vector<Layer> layers_;
+  std::vector<parallel::ZeroUnit> units_;
+  std::vector<int> unit_of_;           // weight slot → unit
+  std::vector<int64_t> slot_at_;       // weight slot → float offset inside its unit
+  std::vector<int64_t> unit_begin_;    // unit → float offset in the weight (and gradient) plan
+  std::vector<float*> wbase_, gbase_;  // unit → its buffer now (null when not acquired)
   struct Slots;
   std::unique_ptr<Slots> s_;
 };

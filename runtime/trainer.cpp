@@ -10,6 +10,7 @@
 #include "optim/adamw.h"
 #include "parallel/self_communicator.h"
 #include "runtime/hash.h"
+#include "runtime/safetensors.h"
 #include "runtime/schedule.h"
 
 namespace keel::runtime {
@@ -82,22 +83,20 @@ void Trainer::build() {
   const TrainingConfig& t = config_.training;
   const int64_t B = t.per_device_train_batch_size, T = config_.data.seq_length;
   const int64_t A = t.gradient_accumulation_steps;
-  KEEL_CHECK(grid_.dp().size() == 1 || config_.parallel.zero_stage <= 1,
-             "parallel.zero_stage {} is not implemented yet across ranks (this build has ZeRO "
-             "stages 0 and 1); set parallel.zero_stage to 0 or 1",
-             config_.parallel.zero_stage);
+  const int stage = config_.parallel.zero_stage;
 
   corpus_ = std::make_unique<ByteCorpus>(config_.data.train);
   order_ = std::make_unique<SequenceOrder>(corpus_->size(), T, t.seed);
-  model_ = std::make_unique<LlamaModel>(config_.model, B, T, t.gradient_checkpointing);
-  model_->init_weights(t.seed);
-
+  // ZeRO 2 hands the model its gradients unit by unit, ZeRO 3 its weights too.
+  model_ = std::make_unique<LlamaModel>(config_.model, B, T, t.gradient_checkpointing,
+                                        ModelHolds{stage < 3, stage < 2});
   std::vector<optim::ParamRef> refs;
-  if (config_.parallel.zero_stage == 1) {
-    refs = build_zero1();
-  } else {
+  if (stage == 0) {
+    model_->init_weights(t.seed);
     for (Parameter& p : model_->parameters())
       refs.push_back({p.name, p.value.f32(), p.grad.f32(), p.value.numel(), p.weight_decay});
+  } else {
+    refs = build_zero();
   }
   optimizer_ = std::make_unique<optim::AdamW>(
       std::move(refs),
@@ -113,53 +112,102 @@ void Trainer::build() {
   peak.data_as<double>()[0] = measure_peak_flops();
   grid_.world().all_reduce(peak);
   peak_flops_ = peak.data_as<double>()[0];
+  print_plan();
+}
 
-  planned_bytes_ =
-      model_->planned_bytes() + optimizer_->state_bytes() + batch_.bytes() + zero_plan_.bytes();
+void Trainer::print_plan() {
+  const TrainingConfig& t = config_.training;
+  const int64_t B = t.per_device_train_batch_size, T = config_.data.seq_length;
+  const int64_t A = t.gradient_accumulation_steps;
   const int dp = grid_.dp().size();
+  const parallel::ZeroBytes z = zero_ ? zero_->bytes() : parallel::ZeroBytes{};
+  const size_t params = model_->weight_bytes() + z.unit_weights;
+  const size_t grads = model_->grad_bytes() + z.unit_grads + z.grad_shard;
+  const size_t optim = optimizer_->state_bytes() + z.master;
+  const size_t buffers = model_->workspace_bytes() + z.staging + batch_.bytes();
+  planned_bytes_ = params + grads + optim + model_->activation_bytes() + buffers;
   console_ << "keel: model " << model_->num_parameters() / 1e6 << " M parameters, corpus "
            << corpus_->size() << " tokens (" << order_->num_sequences() << " sequences of " << T
            << ")\n"
-           << "keel: " << dp << (dp == 1 ? " rank" : " data-parallel ranks") << ", global batch "
-           << dp * A * B << " sequences (" << B << " per micro-batch x " << A
-           << " accumulation steps x " << dp << " ranks)\n"
-           << "keel: memory plan per rank " << format_mib(planned_bytes_)
-           << " (parameters+gradients+activations+workspace " << format_mib(model_->planned_bytes())
-           << ", optimizer " << format_mib(optimizer_->state_bytes()) << ")\n"
+           << "keel: " << dp << (dp == 1 ? " rank" : " data-parallel ranks") << ", ZeRO stage "
+           << config_.parallel.zero_stage << ", global batch " << dp * A * B << " sequences (" << B
+           << " per micro-batch x " << A << " accumulation steps x " << dp << " ranks)\n"
+           << "keel: memory plan per rank " << format_mib(planned_bytes_) << ": parameters "
+           << format_mib(params) << ", gradients " << format_mib(grads) << ", optimizer state "
+           << format_mib(optim) << ", activations " << format_mib(model_->activation_bytes())
+           << ", buffers " << format_mib(buffers) << "\n"
            << "keel: fp32 GEMM peak measured at " << peak_flops_ / 1e9 << " GFLOP/s"
            << (grid_.world().size() > 1 ? " (all ranks together)\n" : "\n");
 }
 
 Trainer::~Trainer() = default;
 
-// ZeRO stage 1: this rank keeps the fp32 master copy and the AdamW moments of its shard of every
-// parameter only (split along the longer dimension, parallel/zero_layout.h); gradients are
-// reduce-scattered to the shards and the updated shards all-gathered after the step.
-std::vector<optim::ParamRef> Trainer::build_zero1() {
-  parallel::Communicator& dp = grid_.dp();
-  std::vector<parallel::ZeroParamSpec> specs;
-  for (Parameter& p : model_->parameters()) {
-    const int64_t rows = p.value.size(0);
-    specs.push_back({p.name, rows, p.value.numel() / rows});
-    zero_values_.push_back(p.value.f32());
-    zero_grads_.push_back(p.grad.f32());
+// ZeRO stages 1-3 (parallel/zero.h): this rank keeps the fp32 master copy and the AdamW moments of
+// its shard of every parameter only; the model keeps full weights (stages 1, 2) and gradients
+// (stage 1), or asks the Zero object for them unit by unit.
+std::vector<optim::ParamRef> Trainer::build_zero() {
+  const int stage = config_.parallel.zero_stage;
+  const uint64_t seed = config_.training.seed;
+  zero_ =
+      std::make_unique<parallel::Zero>(model_->units(), stage, grid_.dp(), model_->live_units());
+  const int n = static_cast<int>(model_->units().size());
+  if (stage < 3) {
+    model_->init_weights(seed);
+    std::vector<float*> weights, grads;
+    for (int u = 0; u < n; ++u) {
+      weights.push_back(model_->own_weights(u));
+      if (stage == 1) grads.push_back(model_->own_grads(u));
+    }
+    zero_->attach_model(std::move(weights), std::move(grads));
+    zero_->init_master([&](int u, float*) { return model_->own_weights(u); });
+  } else {
+    // Each unit initialised in full in a scratch buffer, one at a time, and this rank's shard kept.
+    zero_->init_master([&](int u, float* scratch) {
+      model_->init_unit(u, seed, scratch);
+      return scratch;
+    });
+    zero_->set_weight_order(model_->weight_order());
   }
-  zero_ = std::make_unique<parallel::ZeroLayout>(std::move(specs), dp.size());
-  const int64_t region = zero_->region_elems();
-  zero_staging_ = zero_plan_.add("staging", DType::F32, {region * dp.size()});
-  zero_master_ = zero_plan_.add("master shard", DType::F32, {region});
-  zero_plan_.allocate();
-  float* master = zero_plan_[zero_master_].f32();
-  const float* grad = zero_plan_[zero_staging_].f32() + dp.rank() * region;
-  std::vector<const float*> values(zero_values_.begin(), zero_values_.end());
-  zero_->pack(master, dp.rank(), values);
+  if (stage >= 2) model_->set_hooks(zero_.get());
   std::vector<optim::ParamRef> refs;
-  for (size_t i = 0; i < zero_->params().size(); ++i) {
-    const parallel::ZeroShard& s = zero_->shard(i);
-    refs.push_back({zero_->params()[i].name, master + s.offset, grad + s.offset, s.elems,
-                    model_->parameters()[i].weight_decay});
-  }
+  for (const parallel::ZeroShardRef& s : zero_->shards())
+    refs.push_back({s.spec->name, s.master, s.grad, s.elems,
+                    model_->parameter_by_name(s.spec->name).weight_decay});
   return refs;
+}
+
+parallel::ZeroTimers Trainer::zero_timers() const {
+  return zero_ ? zero_->timers() : parallel::ZeroTimers{};
+}
+
+std::vector<std::pair<std::string, std::vector<float>>> Trainer::full_parameters() {
+  std::vector<std::pair<std::string, std::vector<float>>> out;
+  if (config_.parallel.zero_stage < 3) {
+    for (const Parameter& p : model_->parameters())
+      out.emplace_back(p.name, std::vector<float>(p.value.f32(), p.value.f32() + p.value.numel()));
+    return out;
+  }
+  const std::vector<parallel::ZeroUnit>& units = model_->units();
+  for (size_t u = 0; u < units.size(); ++u) {
+    std::vector<float> buf(static_cast<size_t>(units[u].elems));
+    zero_->gather_unit(static_cast<int>(u), buf.data());
+    for (size_t i = 0; i < units[u].params.size(); ++i) {
+      const float* at = buf.data() + units[u].offsets[i];
+      const parallel::ZeroParamSpec& p = units[u].params[i];
+      out.emplace_back(p.name, std::vector<float>(at, at + p.rows * p.cols));
+    }
+  }
+  return out;
+}
+
+void Trainer::write_parameters(const std::string& path) {
+  auto params = full_parameters();
+  if (grid_.rank() != 0) return;
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (auto& [name, values] : params)
+    tensors.emplace_back(
+        name, Tensor(values.data(), DType::F32, model_->parameter_by_name(name).global_shape));
+  write_safetensors(path, tensors, {{"format", "pt"}});
 }
 
 StepStats Trainer::step() {
@@ -186,6 +234,7 @@ StepStats Trainer::step() {
   KEEL_CHECK(valid > 0, "step {}: every target of the global batch is ignored", step_ + 1);
 
   model_->zero_grad();
+  if (zero_) zero_->begin_step();
   total[1] = 0.0;
   for (int64_t m = 0; m < A; ++m) {
     total[1] += model_->forward_backward(tokens + m * B * T, targets + m * B * T,
@@ -195,14 +244,9 @@ StepStats Trainer::step() {
 
   double sq = 0.0;
   if (zero_) {
-    // ZeRO-1: every rank's chunk of every gradient side by side, reduce-scattered so this rank
-    // holds the summed gradient of its shards; the norm is summed over the shards.
-    const int64_t region = zero_->region_elems();
-    Tensor staging = zero_plan_[zero_staging_];
-    Tensor mine = staging.slice0(dp.rank() * region, (dp.rank() + 1) * region);
-    zero_->pack_all(staging.f32(), zero_grads_);
-    dp.reduce_scatter(mine, staging);
-    total[3] = k::sum_squares(mine.f32(), region);
+    // This rank's gradient shards, summed over the group; the norm² is summed over the shards.
+    zero_->reduce_gradients();
+    total[3] = zero_->grad_sum_squares();
     dp.all_reduce(totals.slice0(3, 4));
     sq = total[3];
   } else {
@@ -215,12 +259,7 @@ StepStats Trainer::step() {
   if (t.max_grad_norm > 0) clip = std::min(1.0, t.max_grad_norm / (norm + 1e-6));
   const double lr = learning_rate_at(t, step_);
   optimizer_->step(lr, clip);
-  if (zero_) {
-    // The updated shards, gathered from every rank, become the full parameters again.
-    Tensor staging = zero_plan_[zero_staging_];
-    dp.all_gather(staging, zero_plan_[zero_master_]);
-    zero_->unpack_all(staging.f32(), zero_values_);
-  }
+  if (zero_) zero_->publish_weights();  // the updated shards become the full weights (1, 2)
   ++step_;
 
   StepStats s;
@@ -259,6 +298,7 @@ void Trainer::run() {
       console_ << progress_line(s, t.max_steps, eta) << "\n" << std::flush;
     }
   }
+  write_parameters(t.output_dir + "/model.safetensors");
   console_ << "keel: done, " << step_ << " steps in " << seconds << " s; peak RSS "
            << format_mib(peak_rss_bytes()) << " against a memory plan of "
            << format_mib(planned_bytes_) << "\n";

@@ -1,9 +1,9 @@
 // The training loop: data → micro-batches with gradient accumulation → gradients summed over the
 // data-parallel ranks → global-norm clipping → AdamW with the learning-rate schedule → metrics.
 // It owns the model, the optimizer and the data order; everything is built, and all memory
-// planned, in the constructor. Data parallelism is ZeRO stage 0 (replicated parameters and
-// optimizer state, gradients all-reduced); the global batch of a step is the same set of
-// sequences whatever the number of ranks, micro-batch size and accumulation steps.
+// planned, in the constructor. Across data-parallel ranks, parallel.zero_stage picks what is
+// sharded (0: nothing, gradients all-reduced; 1-3: parallel/zero.h); the global batch of a step
+// is the same set of sequences whatever the number of ranks, micro-batch size and accumulation.
 #pragma once
 
 #include <memory>
@@ -11,7 +11,7 @@
 
 #include "optim/adamw.h"
 #include "parallel/process_grid.h"
-#include "parallel/zero_layout.h"
+#include "parallel/zero.h"
 #include "runtime/config.h"
 #include "runtime/data.h"
 #include "runtime/llama.h"
@@ -37,11 +37,19 @@ class Trainer {
 
   LlamaModel& model() { return *model_; }
   int64_t steps_done() const { return step_; }
+  // Collective over the data-parallel group: every parameter in full (Hugging Face names, model
+  // order), gathered from the shards under ZeRO 3.
+  std::vector<std::pair<std::string, std::vector<float>>> full_parameters();
+  // Rank 0 writes full_parameters() to path as safetensors (collective).
+  void write_parameters(const std::string& path);
+  // Time blocked on ZeRO's collectives and in its copies so far (zero without ZeRO).
+  parallel::ZeroTimers zero_timers() const;
 
  private:
   struct OwnGrid;  // the one-rank grid of the second constructor
   void build();
-  std::vector<optim::ParamRef> build_zero1();
+  std::vector<optim::ParamRef> build_zero();
+  void print_plan();
 
   std::unique_ptr<OwnGrid> own_;
   parallel::ProcessGrid& grid_;
@@ -54,13 +62,7 @@ class Trainer {
   MemoryPlan batch_{"batch"};
   MemoryPlan::Slot tokens_, targets_;  // (accumulation, B, T): this rank's slice of the batch
   MemoryPlan::Slot totals_;  // (4) F64 over ranks: valid targets, loss sum, GEMM peak, grad norm²
-  // ZeRO stage 1 (null otherwise): the sharding, this rank's master shard and the staging buffer
-  // (every rank's region side by side), and the full parameters and gradients it packs from.
-  std::unique_ptr<parallel::ZeroLayout> zero_;
-  MemoryPlan zero_plan_{"zero"};
-  MemoryPlan::Slot zero_staging_ = 0, zero_master_ = 0;
-  std::vector<float*> zero_values_;
-  std::vector<const float*> zero_grads_;
+  std::unique_ptr<parallel::Zero> zero_;  // ZeRO stages 1-3; null for stage 0
   int64_t step_ = 0;
   double peak_flops_ = 0;
   size_t planned_bytes_ = 0;  // every plan of the run: model, optimizer, batch

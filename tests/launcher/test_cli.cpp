@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +13,8 @@
 #include <string>
 #include <tuple>
 #include <vector>
+
+#include "runtime/safetensors.h"
 
 namespace {
 
@@ -143,56 +146,121 @@ std::vector<double> field(const std::string& path, const std::string& key) {
 
 std::vector<double> losses(const std::string& path) { return field(path, "loss"); }
 
-// Data parallelism: 2 and 4 ranks, each with its slice of the same global batch of 4 sequences,
-// under ZeRO stages 0 and 1, train exactly as one rank does (the same losses to fp32 rounding,
-// step after step) and communicate what theory says.
-TEST_F(Cli, DataParallelMatchesOneRank) {
-  if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
-  const std::string cfg = write("dp.yaml", R"(
+// The largest difference between two safetensors files' tensors, relative to each tensor's
+// largest magnitude; every name of one must be in the other.
+double max_relative_difference(const std::string& a_path, const std::string& b_path) {
+  const keel::runtime::SafeTensorsReader a(a_path), b(b_path);
+  EXPECT_EQ(a.names(), b.names());
+  double worst = 0.0;
+  for (const std::string& name : a.names()) {
+    const keel::Tensor x = a.get(name), y = b.get(name);
+    EXPECT_EQ(x.numel(), y.numel()) << name;
+    double diff = 0.0, scale = 0.0;
+    for (int64_t i = 0; i < std::min(x.numel(), y.numel()); ++i) {
+      diff = std::max(diff, std::abs(double{x.f32()[i]} - y.f32()[i]));
+      scale = std::max(scale, std::abs(double{x.f32()[i]}));
+    }
+    worst = std::max(worst, diff / scale);
+  }
+  return worst;
+}
+
+// A small model whose every ZeRO shard divides evenly on 2 and 4 ranks, so the bytes each rank
+// sends are exactly what theory says (no padding).
+const char* kParallelModel = R"(
 model: {vocab_size: 256, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 2,
         num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64}
 data: {train: data/kjv.txt.gz, seq_length: 48}
-training: {max_steps: 12, learning_rate: 3.0e-3, warmup_steps: 2, logging_steps: 1,
+training: {max_steps: 20, learning_rate: 3.0e-3, warmup_steps: 2, logging_steps: 1,
            weight_decay: 0.1, max_grad_norm: 0.5, per_device_train_batch_size: 4}
-)");
-  const std::string one = (dir_ / "one").string();
-  Result r = run("train " + cfg + " --set training.output_dir=" + one);
+)";
+
+struct Layout {
+  int ranks, micro, accumulation, stage;
+};
+
+// Trains kParallelModel on one rank, then on each layout with the same global batch of 4
+// sequences: every step's loss and the final parameters must match the one-rank run to fp32
+// rounding, and each rank must communicate exactly what the stage's algorithm needs.
+void expect_layouts_match_one_rank(const fs::path& dir, const std::string& cfg, bool tied,
+                                   const std::vector<Layout>& layouts) {
+  const std::string tie =
+      " --set model.tie_word_embeddings=" + std::string(tied ? "true" : "false");
+  const std::string one = (dir / "one").string();
+  Result r = run("train " + cfg + tie + " --set training.output_dir=" + one);
   ASSERT_EQ(r.code, 0) << r.out;
   const std::vector<double> want = losses(one + "/metrics.jsonl");
-  ASSERT_EQ(want.size(), 12u);
-  // (ranks, micro-batch, accumulation, ZeRO stage)
-  for (const auto& [ranks, micro, accumulation, stage] :
-       {std::tuple{2, 2, 1, 0}, std::tuple{4, 1, 1, 0}, std::tuple{2, 1, 2, 0},
-        std::tuple{2, 2, 1, 1}, std::tuple{4, 1, 1, 1}}) {
+  ASSERT_EQ(want.size(), 20u);
+  // Parameter counts: embedding 256·64, per layer 2·64 norms + (4+2+2)·16·64 qkv + 64·64 o
+  // + 2·96·64 gate/up + 64·96 down = 30,848, head = final norm 64 (+ lm_head 256·64 untied).
+  const double embed = 256 * 64, blocks = 2 * 30848, head = 64 + (tied ? 0 : 256 * 64);
+  const double psi = embed + blocks + head;  // 94,528 untied, 78,144 tied
+  for (const Layout& l : layouts) {
     const std::string out =
-        (dir_ / ("np" + std::to_string(ranks) + "_acc" + std::to_string(accumulation) + "_zero" +
-                 std::to_string(stage)))
+        (dir / ("np" + std::to_string(l.ranks) + "_acc" + std::to_string(l.accumulation) + "_zero" +
+                std::to_string(l.stage)))
             .string();
     r = run_ranks(
-        ranks, std::string(KEEL_BINARY) + " train " + cfg +
-                   " --set training.per_device_train_batch_size=" + std::to_string(micro) +
-                   " --set training.gradient_accumulation_steps=" + std::to_string(accumulation) +
-                   " --set parallel.zero_stage=" + std::to_string(stage) +
-                   " --set training.output_dir=" + out);
-    ASSERT_EQ(r.code, 0) << r.out;
-    EXPECT_NE(r.out.find(std::to_string(ranks) + " data-parallel ranks"), std::string::npos)
+        l.ranks,
+        std::string(KEEL_BINARY) + " train " + cfg + tie +
+            " --set training.per_device_train_batch_size=" + std::to_string(l.micro) +
+            " --set training.gradient_accumulation_steps=" + std::to_string(l.accumulation) +
+            " --set parallel.zero_stage=" + std::to_string(l.stage) +
+            " --set training.output_dir=" + out);
+    const std::string what = std::to_string(l.ranks) + " ranks x " + std::to_string(l.micro) +
+                             " x " + std::to_string(l.accumulation) + ", ZeRO " +
+                             std::to_string(l.stage) + (tied ? ", tied" : "");
+    ASSERT_EQ(r.code, 0) << what << "\n" << r.out;
+    EXPECT_NE(r.out.find(std::to_string(l.ranks) + " data-parallel ranks"), std::string::npos)
         << r.out;
     const std::vector<double> got = losses(out + "/metrics.jsonl");
-    ASSERT_EQ(got.size(), want.size()) << out;
+    ASSERT_EQ(got.size(), want.size()) << what;
     for (size_t i = 0; i < want.size(); ++i)
-      EXPECT_NEAR(got[i], want[i], 1e-5 * want[i])
-          << ranks << " ranks, ZeRO " << stage << ", step " << i + 1;
-    // Bytes per step per rank, 2Ψ(N−1)/N for both stages (stage 0 all-reduces the fp32
-    // gradients; stage 1 reduce-scatters them and all-gathers the updated parameters), with
-    // Ψ = 4 bytes × 94,528 parameters (embedding 256·64, lm_head 256·64, final norm 64, and per
-    // layer 2·64 norms + (4+2+2)·16·64 qkv + 64·64 o + 2·96·64 gate/up + 64·96 down), plus the
-    // alignment padding of the gradient plan or the shards and a few 8-byte scalars.
-    const double theory = 2.0 * 4 * 94528 * (ranks - 1) / ranks;
+      EXPECT_NEAR(got[i], want[i], 1e-5 * want[i]) << what << ", step " << i + 1;
+    EXPECT_LE(max_relative_difference(one + "/model.safetensors", out + "/model.safetensors"), 1e-5)
+        << what;
+
+    // Floats each rank's link carries per step (bus bytes, ×4(N−1)/N below). Stages 0 and 1: 2Ψ
+    // (all-reduce; or reduce-scatter + all-gather). Stage 2 reduce-scatters each micro-batch's
+    // gradients as the backward makes them: (A + 1)Ψ. Stage 3 gathers, per micro-batch, every
+    // block twice (forward, backward), the embedding once for its lookup (again for a tied head)
+    // and the head once (its forward and backward run together), and reduce-scatters Ψ: below
+    // the 3Ψ of the textbook by the embedding and head gathers it saves.
+    const double A = l.accumulation;
+    double floats = 2 * psi;
+    if (l.stage == 2) floats = (A + 1) * psi;
+    if (l.stage == 3) floats = A * ((tied ? 2 : 1) * embed + 2 * blocks + head + psi);
+    const double theory = 4 * floats * (l.ranks - 1) / l.ranks;
     for (double bytes : field(out + "/metrics.jsonl", "comm_bytes")) {
-      EXPECT_GE(bytes, theory) << ranks << " ranks";
-      EXPECT_LE(bytes, 1.01 * theory + 4096) << ranks << " ranks";
+      EXPECT_GE(bytes, theory) << what;
+      EXPECT_LE(bytes, 1.01 * theory + 4096) << what;  // a few 8-byte scalars
     }
   }
+}
+
+// Data parallelism (ZeRO 0) and sharded optimizer state (ZeRO 1) on 2 and 4 ranks, with
+// micro-batches and with accumulation.
+TEST_F(Cli, ZeroStages0And1MatchOneRank) {
+  if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
+  expect_layouts_match_one_rank(
+      dir_, write("dp.yaml", kParallelModel), false,
+      {{2, 2, 1, 0}, {4, 1, 1, 0}, {2, 1, 2, 0}, {2, 2, 1, 1}, {4, 1, 1, 1}});
+}
+
+// Gradients sharded during the backward (ZeRO 2) and parameters too (ZeRO 3).
+TEST_F(Cli, ZeroStages2And3MatchOneRank) {
+  if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
+  expect_layouts_match_one_rank(
+      dir_, write("dp.yaml", kParallelModel), false,
+      {{2, 2, 1, 2}, {4, 1, 1, 2}, {2, 1, 2, 2}, {2, 2, 1, 3}, {4, 1, 1, 3}, {2, 1, 2, 3}});
+}
+
+// With tied embeddings the head needs the embedding's weights, and the embedding's gradient
+// collects from the head and the lookup: the unit bookkeeping of stages 2 and 3.
+TEST_F(Cli, ZeroWithTiedEmbeddingsMatchesOneRank) {
+  if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
+  expect_layouts_match_one_rank(dir_, write("dp.yaml", kParallelModel), true,
+                                {{2, 2, 1, 1}, {2, 2, 1, 2}, {4, 1, 1, 3}, {2, 1, 2, 3}});
 }
 
 // Ranks given different configs stop before any work, naming a rank that differs. Each rank's

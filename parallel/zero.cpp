@@ -1,0 +1,424 @@
+#include "parallel/zero.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "kernels/elementwise.h"
+#include "kernels/error.h"
+
+namespace keel::parallel {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Reduce-scatters in flight at once (each holds a staging buffer), plus one prefetched gather.
+constexpr int kReducesInFlight = 2;
+
+}  // namespace
+
+// One collective in flight on a staging buffer: a unit's gradient reduce-scatter or its gather.
+struct Zero::InFlight {
+  bool reduce;
+  int unit;
+  int staging;
+  Work work;
+};
+
+namespace {
+
+// The buffers of ZeRO on one rank of `ranks`, declared in plan: the shards of every unit side by
+// side (master and gradient), staging buffers of ranks × the widest unit region, and the unit
+// buffers stages 2 and 3 hand to the model.
+struct Declared {
+  MemoryPlan::Slot master = 0, grad = 0;
+  std::vector<MemoryPlan::Slot> staging, unit_w, unit_g;
+  ZeroBytes bytes;
+};
+
+Declared declare(MemoryPlan& plan, const std::vector<ZeroLayout>& layouts,
+                 const std::vector<ZeroUnit>& units, int stage, int ranks, int live_units) {
+  int64_t region_total = 0, widest_region = 0, widest_unit = 0;
+  for (size_t u = 0; u < units.size(); ++u) {
+    region_total += layouts[u].region_elems();
+    widest_region = std::max(widest_region, layouts[u].region_elems());
+    widest_unit = std::max(widest_unit, units[u].elems);
+  }
+  Declared d;
+  d.master = plan.add("master shard", DType::F32, {region_total});
+  d.grad = plan.add("gradient shard", DType::F32, {region_total});
+  const int staging = kReducesInFlight + (stage == 3 ? 1 : 0);
+  for (int i = 0; i < staging; ++i)
+    d.staging.push_back(
+        plan.add("staging " + std::to_string(i), DType::F32, {widest_region * ranks}));
+  if (stage == 3)
+    for (int i = 0; i < live_units; ++i)
+      d.unit_w.push_back(plan.add("unit weights " + std::to_string(i), DType::F32, {widest_unit}));
+  if (stage >= 2)
+    for (int i = 0; i < live_units; ++i)
+      d.unit_g.push_back(
+          plan.add("unit gradients " + std::to_string(i), DType::F32, {widest_unit}));
+  auto bytes = [&](const std::vector<MemoryPlan::Slot>& slots) {
+    size_t n = 0;
+    for (MemoryPlan::Slot s : slots) n += static_cast<size_t>(plan.shape(s).numel()) * 4;
+    return n;
+  };
+  d.bytes.master = d.bytes.grad_shard = static_cast<size_t>(region_total) * 4;
+  d.bytes.staging = bytes(d.staging);
+  d.bytes.unit_weights = bytes(d.unit_w);
+  d.bytes.unit_grads = bytes(d.unit_g);
+  return d;
+}
+
+std::vector<ZeroLayout> make_layouts(const std::vector<ZeroUnit>& units, int stage, int ranks,
+                                     int live_units) {
+  KEEL_CHECK(stage >= 1 && stage <= 3, "ZeRO stage must be 1, 2 or 3, got {}", stage);
+  KEEL_CHECK(!units.empty(), "ZeRO needs at least one unit of parameters");
+  KEEL_CHECK(live_units >= 1, "ZeRO: live_units must be at least 1, got {}", live_units);
+  std::vector<ZeroLayout> layouts;
+  for (const ZeroUnit& u : units) {
+    KEEL_CHECK(u.params.size() == u.offsets.size(), "ZeRO unit '{}': {} parameters, {} offsets",
+               u.name, u.params.size(), u.offsets.size());
+    for (size_t i = 0; i < u.params.size(); ++i)
+      KEEL_CHECK(u.offsets[i] >= 0 && u.offsets[i] + u.params[i].rows * u.params[i].cols <= u.elems,
+                 "ZeRO unit '{}': parameter '{}' lies outside the unit's {} floats", u.name,
+                 u.params[i].name, u.elems);
+    layouts.emplace_back(u.params, ranks);
+  }
+  return layouts;
+}
+
+}  // namespace
+
+ZeroBytes Zero::plan(const std::vector<ZeroUnit>& units, int stage, int ranks, int live_units) {
+  MemoryPlan plan("ZeRO");
+  return declare(plan, make_layouts(units, stage, ranks, live_units), units, stage, ranks,
+                 live_units)
+      .bytes;
+}
+
+Zero::Zero(std::vector<ZeroUnit> units, int stage, Communicator& dp, int live_units)
+    : units_(std::move(units)),
+      layouts_(make_layouts(units_, stage, dp.size(), live_units)),
+      stage_(stage),
+      dp_(dp) {
+  int64_t at = 0;
+  for (const ZeroLayout& l : layouts_) {
+    region_at_.push_back(at);
+    at += l.region_elems();
+  }
+  Declared d = declare(plan_, layouts_, units_, stage, dp.size(), live_units);
+  master_ = d.master;
+  grad_ = d.grad;
+  staging_ = std::move(d.staging);
+  unit_w_ = std::move(d.unit_w);
+  unit_g_ = std::move(d.unit_g);
+  bytes_ = d.bytes;
+  plan_.allocate();
+  staging_owner_.assign(staging_.size(), -1);
+  w_owner_.assign(unit_w_.size(), -1);
+  g_owner_.assign(unit_g_.size(), -1);
+  grad_fresh_.assign(units_.size(), true);
+}
+
+Zero::~Zero() {
+  // Pending work waits in its handle's destructor; the buffers it names are still alive here.
+  flights_.clear();
+}
+
+void Zero::attach_model(std::vector<float*> weights, std::vector<float*> grads) {
+  KEEL_CHECK(stage_ <= 2 && weights.size() == units_.size(),
+             "ZeRO {}: attach_model takes the weights of all {} units (stages 1 and 2 only)",
+             stage_, units_.size());
+  KEEL_CHECK(stage_ == 1 ? grads.size() == units_.size() : grads.empty(),
+             "ZeRO {}: the model keeps gradients in stage 1 only", stage_);
+  model_weights_ = std::move(weights);
+  model_grads_ = std::move(grads);
+}
+
+void Zero::set_weight_order(std::vector<int> order) {
+  for (int u : order)
+    KEEL_CHECK(u >= 0 && u < static_cast<int>(units_.size()), "ZeRO weight order names unit {}", u);
+  order_ = std::move(order);
+}
+
+std::vector<const float*> Zero::unit_ptrs(int u, const float* base) const {
+  std::vector<const float*> out;
+  for (int64_t off : units_[static_cast<size_t>(u)].offsets) out.push_back(base + off);
+  return out;
+}
+
+std::vector<float*> Zero::unit_ptrs(int u, float* base) const {
+  std::vector<float*> out;
+  for (int64_t off : units_[static_cast<size_t>(u)].offsets) out.push_back(base + off);
+  return out;
+}
+
+void Zero::init_master(const std::function<const float*(int, float*)>& full) {
+  float* scratch = unit_w_.empty() ? nullptr : plan_[unit_w_[0]].f32();
+  KEEL_CHECK(stage_ < 3 || w_owner_[0] < 0, "ZeRO: init_master while unit weights are held");
+  float* master = plan_[master_].f32();
+  for (size_t u = 0; u < units_.size(); ++u) {
+    const float* w = full(static_cast<int>(u), scratch);
+    layouts_[u].pack(master + region_at_[u], dp_.rank(), unit_ptrs(static_cast<int>(u), w));
+  }
+}
+
+std::vector<ZeroShardRef> Zero::shards() {
+  std::vector<ZeroShardRef> out;
+  float* master = plan_[master_].f32();
+  const float* grad = plan_[grad_].f32();
+  for (size_t u = 0; u < units_.size(); ++u)
+    for (size_t i = 0; i < units_[u].params.size(); ++i) {
+      const ZeroShard& s = layouts_[u].shard(i);
+      const int64_t at = region_at_[u] + s.offset;
+      out.push_back({&units_[u].params[i], master + at, grad + at, s.elems});
+    }
+  return out;
+}
+
+// --- Staging buffers and the collectives on them --------------------------------------------
+
+int Zero::take_staging() {
+  for (;;) {
+    for (size_t i = 0; i < staging_owner_.size(); ++i)
+      if (staging_owner_[i] < 0) {
+        staging_owner_[i] = 1;
+        return static_cast<int>(i);
+      }
+    finish_oldest();
+  }
+}
+
+void Zero::start_gather(int unit, int staging) {
+  const int64_t region = layouts_[static_cast<size_t>(unit)].region_elems();
+  Tensor out = plan_[staging_[static_cast<size_t>(staging)]].slice0(0, region * dp_.size());
+  Tensor in = plan_[master_].slice0(region_at_[static_cast<size_t>(unit)],
+                                    region_at_[static_cast<size_t>(unit)] + region);
+  flights_.push_back(
+      std::make_unique<InFlight>(InFlight{false, unit, staging, dp_.all_gather_async(out, in)}));
+}
+
+void Zero::start_reduce(int unit, int staging) {
+  const int64_t region = layouts_[static_cast<size_t>(unit)].region_elems();
+  Tensor in = plan_[staging_[static_cast<size_t>(staging)]].slice0(0, region * dp_.size());
+  Tensor out = in.slice0(dp_.rank() * region, (dp_.rank() + 1) * region);
+  flights_.push_back(
+      std::make_unique<InFlight>(InFlight{true, unit, staging, dp_.reduce_scatter_async(out, in)}));
+}
+
+// A finished reduce-scatter adds this rank's chunk into the unit's gradient shard (the first one
+// of a step copies). Reduces finish in the order they started, so micro-batches add up in order.
+void Zero::finish(InFlight& f) {
+  if (f.work.pending()) {
+    const auto t0 = Clock::now();
+    f.work.wait();
+    timers_.wait_seconds += since(t0);
+  }
+  if (!f.reduce) return;  // a gather's buffer is unpacked by whoever asked for it
+  const size_t u = static_cast<size_t>(f.unit);
+  const int64_t region = layouts_[u].region_elems();
+  const float* chunk = plan_[staging_[static_cast<size_t>(f.staging)]].f32() + dp_.rank() * region;
+  float* dst = plan_[grad_].f32() + region_at_[u];
+  const auto t0 = Clock::now();
+  if (grad_fresh_[u])
+    std::memcpy(dst, chunk, static_cast<size_t>(region) * sizeof(float));
+  else
+    kernels::cpu::add_inplace(dst, chunk, region);
+  timers_.copy_seconds += since(t0);
+  grad_fresh_[u] = false;
+  staging_owner_[static_cast<size_t>(f.staging)] = -1;
+}
+
+void Zero::finish_oldest() {
+  for (auto it = flights_.begin(); it != flights_.end(); ++it)
+    if ((*it)->reduce) {
+      finish(**it);
+      flights_.erase(it);
+      return;
+    }
+  KEEL_FAIL("ZeRO: every staging buffer is held by a gather nobody asked for (internal error)");
+}
+
+void Zero::finish_all() {
+  while (!flights_.empty()) {
+    InFlight& f = *flights_.front();
+    finish(f);
+    if (!f.reduce) staging_owner_[static_cast<size_t>(f.staging)] = -1;  // an unused prefetch
+    flights_.erase(flights_.begin());
+  }
+}
+
+void Zero::progress() {
+  // Test every pending collective (that is what moves MPI's), but retire reduces only in order.
+  bool in_order = true;
+  for (auto it = flights_.begin(); it != flights_.end();) {
+    InFlight& f = **it;
+    const bool done = !f.work.pending() || f.work.test();
+    if (f.reduce && done && in_order) {
+      finish(f);
+      it = flights_.erase(it);
+      continue;
+    }
+    if (f.reduce) in_order = false;
+    ++it;
+  }
+}
+
+// --- The step ----------------------------------------------------------------------------------
+
+void Zero::begin_step() {
+  finish_all();
+  std::fill(grad_fresh_.begin(), grad_fresh_.end(), true);
+  order_pos_ = 0;
+}
+
+void Zero::begin_micro_batch() {
+  // A prefetch left over from a pass that stopped early (forward only) is dropped.
+  for (auto it = flights_.begin(); it != flights_.end();) {
+    if ((*it)->reduce) {
+      ++it;
+      continue;
+    }
+    finish(**it);
+    staging_owner_[static_cast<size_t>((*it)->staging)] = -1;
+    it = flights_.erase(it);
+  }
+  order_pos_ = 0;
+}
+
+void Zero::reduce_gradients() {
+  if (stage_ == 1) {
+    // Last unit first, as a backward would produce them; two reductions in flight.
+    for (int u = static_cast<int>(units_.size()) - 1; u >= 0; --u) {
+      const int s = take_staging();
+      const auto t0 = Clock::now();
+      layouts_[static_cast<size_t>(u)].pack_all(
+          plan_[staging_[static_cast<size_t>(s)]].f32(),
+          unit_ptrs(u, static_cast<const float*>(model_grads_[static_cast<size_t>(u)])));
+      timers_.copy_seconds += since(t0);
+      start_reduce(u, s);
+    }
+  }
+  finish_all();
+  for (size_t u = 0; u < units_.size(); ++u)
+    if (grad_fresh_[u]) {  // no gradient reached this unit in the step
+      std::fill_n(plan_[grad_].f32() + region_at_[u], layouts_[u].region_elems(), 0.0f);
+      grad_fresh_[u] = false;
+    }
+}
+
+double Zero::grad_sum_squares() const {
+  const Tensor g = plan_[grad_];
+  return kernels::cpu::sum_squares(g.f32(), g.numel());
+}
+
+void Zero::publish_weights() {
+  if (stage_ == 3) return;
+  finish_all();
+  // Gather unit u+1 while unit u is unpacked.
+  const int n = static_cast<int>(units_.size());
+  int prev = -1;
+  for (int u = 0; u <= n; ++u) {
+    if (u < n) start_gather(u, take_staging());
+    if (prev >= 0) {
+      InFlight& f = *flights_.front();
+      finish(f);
+      const auto t0 = Clock::now();
+      layouts_[static_cast<size_t>(prev)].unpack_all(
+          plan_[staging_[static_cast<size_t>(f.staging)]].f32(),
+          unit_ptrs(prev, model_weights_[static_cast<size_t>(prev)]));
+      timers_.copy_seconds += since(t0);
+      staging_owner_[static_cast<size_t>(f.staging)] = -1;
+      flights_.erase(flights_.begin());
+    }
+    prev = u;
+  }
+}
+
+void Zero::gather_unit(int u, float* out) {
+  finish_all();
+  const int s = take_staging();
+  start_gather(u, s);
+  finish(*flights_.back());
+  layouts_[static_cast<size_t>(u)].unpack_all(plan_[staging_[static_cast<size_t>(s)]].f32(),
+                                              unit_ptrs(u, out));
+  staging_owner_[static_cast<size_t>(s)] = -1;
+  flights_.pop_back();
+}
+
+// --- Hooks -------------------------------------------------------------------------------------
+
+float* Zero::acquire_weights(int unit) {
+  KEEL_CHECK(stage_ == 3, "ZeRO {}: the model keeps its own weights", stage_);
+  // The prefetched gather of this unit, or a gather started now.
+  auto it = std::find_if(flights_.begin(), flights_.end(),
+                         [&](const auto& f) { return !f->reduce && f->unit == unit; });
+  if (it == flights_.end()) {
+    start_gather(unit, take_staging());
+    it = std::prev(flights_.end());
+  }
+  InFlight& f = **it;
+  finish(f);
+  const int staging = f.staging;
+  flights_.erase(it);
+
+  const auto slot = std::find(w_owner_.begin(), w_owner_.end(), -1);
+  KEEL_CHECK(slot != w_owner_.end(),
+             "ZeRO 3: unit '{}' asked for while {} others are held (internal error)",
+             units_[static_cast<size_t>(unit)].name, w_owner_.size());
+  *slot = unit;
+  float* w = plan_[unit_w_[static_cast<size_t>(slot - w_owner_.begin())]].f32();
+  const auto t0 = Clock::now();
+  layouts_[static_cast<size_t>(unit)].unpack_all(
+      plan_[staging_[static_cast<size_t>(staging)]].f32(), unit_ptrs(unit, w));
+  timers_.copy_seconds += since(t0);
+  staging_owner_[static_cast<size_t>(staging)] = -1;
+
+  // Prefetch the unit that comes next in the model's order.
+  if (order_pos_ < order_.size() && order_[order_pos_] == unit) {
+    ++order_pos_;
+    if (order_pos_ < order_.size()) start_gather(order_[order_pos_], take_staging());
+  }
+  return w;
+}
+
+void Zero::release_weights(int unit) {
+  const auto slot = std::find(w_owner_.begin(), w_owner_.end(), unit);
+  KEEL_CHECK(slot != w_owner_.end(), "ZeRO 3: unit '{}' released but not held",
+             units_[static_cast<size_t>(unit)].name);
+  *slot = -1;
+}
+
+float* Zero::acquire_grads(int unit) {
+  KEEL_CHECK(stage_ >= 2, "ZeRO {}: the model keeps its own gradients", stage_);
+  const auto slot = std::find(g_owner_.begin(), g_owner_.end(), -1);
+  KEEL_CHECK(slot != g_owner_.end(),
+             "ZeRO: gradients of unit '{}' asked for while {} others are held (internal error)",
+             units_[static_cast<size_t>(unit)].name, g_owner_.size());
+  *slot = unit;
+  float* g = plan_[unit_g_[static_cast<size_t>(slot - g_owner_.begin())]].f32();
+  std::fill_n(g, units_[static_cast<size_t>(unit)].elems, 0.0f);
+  return g;
+}
+
+void Zero::release_grads(int unit) {
+  const auto slot = std::find(g_owner_.begin(), g_owner_.end(), unit);
+  KEEL_CHECK(slot != g_owner_.end(), "ZeRO: gradients of unit '{}' released but not held",
+             units_[static_cast<size_t>(unit)].name);
+  const float* g = plan_[unit_g_[static_cast<size_t>(slot - g_owner_.begin())]].f32();
+  const int s = take_staging();
+  const auto t0 = Clock::now();
+  layouts_[static_cast<size_t>(unit)].pack_all(plan_[staging_[static_cast<size_t>(s)]].f32(),
+                                               unit_ptrs(unit, g));
+  timers_.copy_seconds += since(t0);
+  *slot = -1;
+  start_reduce(unit, s);
+}
+
+}  // namespace keel::parallel
