@@ -8,6 +8,7 @@
 #include "launcher/launch.h"
 #include "launcher/world.h"
 #include "runtime/config.h"
+#include "runtime/memory_report.h"
 #include "runtime/trainer.h"
 
 namespace {
@@ -19,6 +20,7 @@ Pretrain LLaMA-family language models.
 commands:
   train CONFIG.yaml [--set section.key=value ...]   train as the config describes (every rank)
   launch -n N CONFIG.yaml [--set ...]               train on N ranks of this machine (mpirun)
+  plan CONFIG.yaml [--world-size N] [--set ...]     print each rank's memory plan, train nothing
 
 Run 'keel <command> --help' for a command's options. Config keys: docs/CONFIG.md.
 )";
@@ -38,6 +40,19 @@ Ranks: run under mpirun for data parallelism, e.g.
 every rank takes its slice of each global batch (per_device_train_batch_size x
 gradient_accumulation_steps x ranks sequences); rank 0 prints and writes the files.
 Threads: OMP_NUM_THREADS per rank (default: all cores). Config keys: docs/CONFIG.md.
+)";
+
+constexpr const char* kPlanUsage =
+    R"(usage: keel plan CONFIG.yaml [--world-size N] [--set section.key=value ...]
+
+Prints the memory one rank of an N-rank run of CONFIG.yaml would plan (parameters, gradients,
+optimizer state, activations, buffers) under its parallel.zero_stage, then the same total under
+every ZeRO stage for comparison. Allocates nothing, reads no data, starts no MPI.
+
+options:
+  --world-size N            ranks of the run (default 1); must factor as dp x tp x pp
+  --set section.key=value   override one config key (repeatable)
+  -h, --help                show this help
 )";
 
 // Thrown for command-line mistakes: printed with the usage hint, exit code 2.
@@ -97,6 +112,58 @@ int run_train(const std::vector<std::string>& args, int* argc, char*** argv) {
   return train(path, overrides, argc, argv);
 }
 
+int run_plan(const std::vector<std::string>& args) {
+  std::string path;
+  std::vector<std::string> overrides;
+  int world = 1;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "-h" || a == "--help") {
+      std::cout << kPlanUsage;
+      return 0;
+    }
+    if (a == "--set" || a == "--world-size" || a == "-n") {
+      if (i + 1 >= args.size()) throw UsageError{a + " needs a value"};
+      const std::string& v = args[++i];
+      if (a == "--set") {
+        overrides.push_back(v);
+        continue;
+      }
+      size_t used = 0;
+      try {
+        world = std::stoi(v, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used != v.size() || world < 1)
+        throw UsageError{"--world-size takes a positive number of ranks, got '" + v + "'"};
+    } else if (!a.empty() && a[0] == '-') {
+      throw UsageError{"unknown option '" + a + "' for 'keel plan'"};
+    } else if (path.empty()) {
+      path = a;
+    } else {
+      throw UsageError{"'keel plan' takes one config file, got '" + path + "' and '" + a + "'"};
+    }
+  }
+  if (path.empty()) throw UsageError{"'keel plan' needs a config file: keel plan CONFIG.yaml"};
+  keel::runtime::Config config = keel::runtime::load_config(path, overrides);
+  const keel::parallel::GridLayout layout = keel::parallel::GridLayout::for_world(
+      world, static_cast<int>(config.parallel.tensor_model_parallel_size),
+      static_cast<int>(config.parallel.pipeline_model_parallel_size),
+      static_cast<int>(config.parallel.expert_model_parallel_size));
+  const int dp = layout.size(keel::parallel::Group::kData);
+  std::cout << keel::runtime::describe_layout(config, dp)
+            << keel::runtime::describe_memory(keel::runtime::plan_rank_memory(config, dp));
+  std::cout << "keel: per rank by ZeRO stage:";
+  for (int stage = 0; stage <= 3; ++stage) {
+    config.parallel.zero_stage = stage;
+    std::cout << (stage ? ", " : " ") << stage << ": "
+              << keel::format_mib(keel::runtime::plan_rank_memory(config, dp).total());
+  }
+  std::cout << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -110,7 +177,8 @@ int main(int argc, char** argv) {
     const std::vector<std::string> rest(args.begin() + 1, args.end());
     if (command == "train") return run_train(rest, &argc, &argv);
     if (command == "launch") return keel::launcher::run_launch(rest);
-    throw UsageError{"unknown command '" + command + "'; commands: train, launch"};
+    if (command == "plan") return run_plan(rest);
+    throw UsageError{"unknown command '" + command + "'; commands: train, launch, plan"};
   } catch (const UsageError& e) {
     std::cerr << "keel: error: " << e.message << "\n(run 'keel --help' for usage)\n";
     return 2;

@@ -4,13 +4,27 @@
 
 namespace keel::optim {
 
+void AdamW::declare(MemoryPlan& plan, const std::vector<ParamRef>& params,
+                    std::vector<MemoryPlan::Slot>& m, std::vector<MemoryPlan::Slot>& v) {
+  for (const ParamRef& p : params) {
+    m.push_back(plan.add("exp_avg." + p.name, DType::F32, {p.n}));
+    v.push_back(plan.add("exp_avg_sq." + p.name, DType::F32, {p.n}));
+  }
+}
+
 AdamW::AdamW(std::vector<ParamRef> params, const AdamWConfig& config)
     : params_(std::move(params)), config_(config) {
-  for (const ParamRef& p : params_) {
-    m_.push_back(state_.add("exp_avg." + p.name, DType::F32, {p.n}));
-    v_.push_back(state_.add("exp_avg_sq." + p.name, DType::F32, {p.n}));
-  }
+  declare(state_, params_, m_, v_);
   state_.allocate();
+}
+
+size_t AdamW::plan_bytes(const std::vector<int64_t>& sizes) {
+  std::vector<ParamRef> params;
+  for (int64_t n : sizes) params.push_back({"", nullptr, nullptr, n, false});
+  MemoryPlan plan("optimizer state");
+  std::vector<MemoryPlan::Slot> m, v;
+  declare(plan, params, m, v);
+  return plan.bytes();
 }
 
 void AdamW::step(double lr, double grad_scale) {

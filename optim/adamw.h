@@ -25,6 +25,8 @@ struct AdamWConfig {
 class AdamW {
  public:
   AdamW(std::vector<ParamRef> params, const AdamWConfig& config);
+  // state_bytes() of an AdamW over tensors of these sizes, without allocating.
+  static size_t plan_bytes(const std::vector<int64_t>& sizes);
 
   // One update of every tensor with learning rate lr, gradients multiplied by grad_scale first.
   void step(double lr, double grad_scale);
@@ -35,6 +37,9 @@ class AdamW {
  private:
   std::vector<ParamRef> params_;
   AdamWConfig config_;
+  // Declares the two moments of every tensor in plan.
+  static void declare(MemoryPlan& plan, const std::vector<ParamRef>& params,
+                      std::vector<MemoryPlan::Slot>& m, std::vector<MemoryPlan::Slot>& v);
   MemoryPlan state_{"optimizer state"};
   std::vector<MemoryPlan::Slot> m_, v_;
   int64_t t_ = 0;

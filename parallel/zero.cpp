@@ -102,6 +102,15 @@ ZeroBytes Zero::plan(const std::vector<ZeroUnit>& units, int stage, int ranks, i
       .bytes;
 }
 
+std::vector<int64_t> Zero::shard_elems(const std::vector<ZeroUnit>& units, int ranks) {
+  std::vector<int64_t> out;
+  for (const ZeroUnit& u : units) {
+    const ZeroLayout layout(u.params, ranks);
+    for (size_t i = 0; i < u.params.size(); ++i) out.push_back(layout.shard(i).elems);
+  }
+  return out;
+}
+
 Zero::Zero(std::vector<ZeroUnit> units, int stage, Communicator& dp, int live_units)
     : units_(std::move(units)),
       layouts_(make_layouts(units_, stage, dp.size(), live_units)),
@@ -383,7 +392,7 @@ float* Zero::acquire_weights(int unit) {
   // Prefetch the unit that comes next in the model's order.
   if (order_pos_ < order_.size() && order_[order_pos_] == unit) {
     ++order_pos_;
-    if (order_pos_ < order_.size()) start_gather(order_[order_pos_], take_staging());
+    if (order_pos_ < order_.size() && overlap_) start_gather(order_[order_pos_], take_staging());
   }
   return w;
 }

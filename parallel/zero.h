@@ -82,10 +82,15 @@ class Zero final : public UnitHooks {
   ~Zero() override;
   // What the constructor would allocate on each of `ranks` ranks (keel plan).
   static ZeroBytes plan(const std::vector<ZeroUnit>& units, int stage, int ranks, int live_units);
+  // Floats of each parameter's shard (padding included) on `ranks` ranks, units in order.
+  static std::vector<int64_t> shard_elems(const std::vector<ZeroUnit>& units, int ranks);
 
   int stage() const { return stage_; }
   const std::vector<ZeroUnit>& units() const { return units_; }
 
+  // With overlap off, every collective is waited for as soon as it starts and nothing is
+  // prefetched: the same results, and the time it takes when nothing hides it.
+  void set_overlap(bool overlap) { overlap_ = overlap; }
   // Stages 1 and 2: the model's own buffer of each unit's weights (and, stage 1, gradients).
   void attach_model(std::vector<float*> weights, std::vector<float*> grads);
   // Stage 3: the order in which the model asks for weights during one micro-batch; a unit's
@@ -152,6 +157,7 @@ class Zero final : public UnitHooks {
   std::vector<std::unique_ptr<InFlight>> flights_;  // oldest first
   std::vector<int> order_;
   size_t order_pos_ = 0;
+  bool overlap_ = true;
   ZeroTimers timers_;
 };
 

@@ -56,6 +56,7 @@ struct OptimizerConfig {
 
 struct ParallelConfig {
   int64_t zero_stage = 0;
+  bool overlap_comm = true;  // ZeRO 1-3: run collectives asynchronously behind compute
   int64_t tensor_model_parallel_size = 1;
   int64_t pipeline_model_parallel_size = 1;
   int64_t expert_model_parallel_size = 1;

@@ -70,6 +70,7 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
              config.max_position_embeddings);
   chunk_rows_ = std::clamp<int64_t>(kLogitsChunkFloats / V_ / 16 * 16, 16, N_);
   build_plans();
+  if (!holds_.allocate) return;
   k::rope_tables(work_[s_->rope_cos].f32(), work_[s_->rope_sin].f32(), T_, D_, config_.rope_theta);
 }
 
@@ -152,10 +153,12 @@ void LlamaModel::build_plans() {
   s.rope_cos = work_.add("rope_cos", DType::F32, {T_, D_ / 2});
   s.rope_sin = work_.add("rope_sin", DType::F32, {T_, D_ / 2});
 
-  if (holds_.weights) weights_.allocate();
-  if (holds_.grads) grads_.allocate();
-  acts_.allocate();
-  work_.allocate();
+  if (holds_.allocate) {
+    if (holds_.weights) weights_.allocate();
+    if (holds_.grads) grads_.allocate();
+    acts_.allocate();
+    work_.allocate();
+  }
   for (size_t u = 0; u < units_.size(); ++u) {
     wbase_.push_back(own_weights(static_cast<int>(u)));
     gbase_.push_back(own_grads(static_cast<int>(u)));
@@ -199,11 +202,13 @@ void LlamaModel::build_plans() {
 
 float* LlamaModel::own_weights(int u) const {
   // Slot 0 (the embedding) starts the plan.
-  return holds_.weights ? weights_[0].f32() + unit_begin_[static_cast<size_t>(u)] : nullptr;
+  return holds_.weights && holds_.allocate ? weights_[0].f32() + unit_begin_[static_cast<size_t>(u)]
+                                           : nullptr;
 }
 
 float* LlamaModel::own_grads(int u) const {
-  return holds_.grads ? grads_[0].f32() + unit_begin_[static_cast<size_t>(u)] : nullptr;
+  return holds_.grads && holds_.allocate ? grads_[0].f32() + unit_begin_[static_cast<size_t>(u)]
+                                         : nullptr;
 }
 
 std::vector<int> LlamaModel::weight_order() const {
@@ -290,6 +295,7 @@ Tensor LlamaModel::grad_storage() const {
 }
 
 void LlamaModel::embed(const int32_t* tokens) {
+  KEEL_CHECK(holds_.allocate, "this model was built to plan memory only and cannot run");
   // Attention's workspace holds one scratch slot per thread, sized when the model was built.
   KEEL_CHECK(omp_get_max_threads() <= workspace_threads_,
              "the model was built for {} OpenMP threads and now runs with {}; build it after "

@@ -22,6 +22,7 @@ namespace keel::runtime {
 struct ModelHolds {
   bool weights = true;
   bool grads = true;
+  bool allocate = true;  // false: the plans and units only, for sizes (keel plan); cannot run
 };
 
 class LlamaModel {

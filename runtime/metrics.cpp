@@ -19,10 +19,10 @@ void MetricsLog::write(const StepStats& s) {
   std::snprintf(line, sizeof line,
                 "{\"step\": %lld, \"loss\": %.9g, \"learning_rate\": %.9g, \"grad_norm\": %.9g, "
                 "\"tokens_per_second\": %.6g, \"mfu\": %.6g, \"step_seconds\": %.6g, "
-                "\"peak_rss_mib\": %.1f, \"comm_bytes\": %llu}\n",
+                "\"peak_rss_mib\": %.1f, \"comm_bytes\": %llu, \"comm_wait_seconds\": %.6g}\n",
                 static_cast<long long>(s.step), s.loss, s.learning_rate, s.grad_norm,
                 s.tokens_per_second, s.mfu, s.seconds, s.peak_rss_mib,
-                static_cast<unsigned long long>(s.comm_bytes));
+                static_cast<unsigned long long>(s.comm_bytes), s.comm_wait_seconds);
   out_ << line;
   out_.flush();
   KEEL_CHECK(out_.good(), "cannot write '{}': {}", path_, std::strerror(errno));

@@ -21,6 +21,9 @@ struct StepStats {
   // Bytes this rank communicated during the step, as CommStats counts them (bus bytes: an
   // all-reduce of n bytes over N ranks counts 2n(N-1)/N); 0 on one rank.
   uint64_t comm_bytes = 0;
+  // Seconds this rank spent blocked on gradient and parameter collectives during the step (what
+  // the overlap did not hide); 0 on one rank.
+  double comm_wait_seconds = 0;
 };
 
 class MetricsLog {

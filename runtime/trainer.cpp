@@ -4,12 +4,14 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
 #include "optim/adamw.h"
 #include "parallel/self_communicator.h"
 #include "runtime/hash.h"
+#include "runtime/memory_report.h"
 #include "runtime/safetensors.h"
 #include "runtime/schedule.h"
 
@@ -116,28 +118,24 @@ void Trainer::build() {
 }
 
 void Trainer::print_plan() {
-  const TrainingConfig& t = config_.training;
-  const int64_t B = t.per_device_train_batch_size, T = config_.data.seq_length;
-  const int64_t A = t.gradient_accumulation_steps;
-  const int dp = grid_.dp().size();
+  const int64_t T = config_.data.seq_length;
   const parallel::ZeroBytes z = zero_ ? zero_->bytes() : parallel::ZeroBytes{};
-  const size_t params = model_->weight_bytes() + z.unit_weights;
-  const size_t grads = model_->grad_bytes() + z.unit_grads + z.grad_shard;
-  const size_t optim = optimizer_->state_bytes() + z.master;
-  const size_t buffers = model_->workspace_bytes() + z.staging + batch_.bytes();
-  planned_bytes_ = params + grads + optim + model_->activation_bytes() + buffers;
-  console_ << "keel: model " << model_->num_parameters() / 1e6 << " M parameters, corpus "
-           << corpus_->size() << " tokens (" << order_->num_sequences() << " sequences of " << T
-           << ")\n"
-           << "keel: " << dp << (dp == 1 ? " rank" : " data-parallel ranks") << ", ZeRO stage "
-           << config_.parallel.zero_stage << ", global batch " << dp * A * B << " sequences (" << B
-           << " per micro-batch x " << A << " accumulation steps x " << dp << " ranks)\n"
-           << "keel: memory plan per rank " << format_mib(planned_bytes_) << ": parameters "
-           << format_mib(params) << ", gradients " << format_mib(grads) << ", optimizer state "
-           << format_mib(optim) << ", activations " << format_mib(model_->activation_bytes())
-           << ", buffers " << format_mib(buffers) << "\n"
-           << "keel: fp32 GEMM peak measured at " << peak_flops_ / 1e9 << " GFLOP/s"
-           << (grid_.world().size() > 1 ? " (all ranks together)\n" : "\n");
+  RankMemory m;
+  m.parameters = model_->weight_bytes() + z.unit_weights;
+  m.gradients = model_->grad_bytes() + z.unit_grads + z.grad_shard;
+  m.optimizer = optimizer_->state_bytes() + z.master;
+  m.activations = model_->activation_bytes();
+  m.buffers = model_->workspace_bytes() + z.staging + batch_.bytes();
+  planned_bytes_ = m.total();
+  std::ostringstream text;
+  text << "keel: model " << model_->num_parameters() / 1e6 << " M parameters, corpus "
+       << corpus_->size() << " tokens (" << order_->num_sequences() << " sequences of " << T
+       << ")\n"
+       << describe_layout(config_, grid_.dp().size()) << describe_memory(m)
+       << "keel: fp32 GEMM peak measured at " << peak_flops_ / 1e9 << " GFLOP/s"
+       << (grid_.world().size() > 1 ? " (all ranks together)\n" : "\n");
+  plan_text_ = text.str();
+  console_ << plan_text_;
 }
 
 Trainer::~Trainer() = default;
@@ -169,6 +167,7 @@ std::vector<optim::ParamRef> Trainer::build_zero() {
     zero_->set_weight_order(model_->weight_order());
   }
   if (stage >= 2) model_->set_hooks(zero_.get());
+  zero_->set_overlap(config_.parallel.overlap_comm);
   std::vector<optim::ParamRef> refs;
   for (const parallel::ZeroShardRef& s : zero_->shards())
     refs.push_back({s.spec->name, s.master, s.grad, s.elems,
@@ -180,34 +179,32 @@ parallel::ZeroTimers Trainer::zero_timers() const {
   return zero_ ? zero_->timers() : parallel::ZeroTimers{};
 }
 
-std::vector<std::pair<std::string, std::vector<float>>> Trainer::full_parameters() {
-  std::vector<std::pair<std::string, std::vector<float>>> out;
-  if (config_.parallel.zero_stage < 3) {
-    for (const Parameter& p : model_->parameters())
-      out.emplace_back(p.name, std::vector<float>(p.value.f32(), p.value.f32() + p.value.numel()));
-    return out;
-  }
-  const std::vector<parallel::ZeroUnit>& units = model_->units();
-  for (size_t u = 0; u < units.size(); ++u) {
-    std::vector<float> buf(static_cast<size_t>(units[u].elems));
-    zero_->gather_unit(static_cast<int>(u), buf.data());
-    for (size_t i = 0; i < units[u].params.size(); ++i) {
-      const float* at = buf.data() + units[u].offsets[i];
-      const parallel::ZeroParamSpec& p = units[u].params[i];
-      out.emplace_back(p.name, std::vector<float>(at, at + p.rows * p.cols));
+void Trainer::write_parameters(const std::string& path) {
+  const bool writer = grid_.rank() == 0;
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  std::vector<float> gathered;            // ZeRO 3, rank 0: every unit, gathered one after another
+  if (config_.parallel.zero_stage < 3) {  // every rank holds the full weights: views suffice
+    for (const Parameter& p : model_->parameters()) tensors.emplace_back(p.name, p.value);
+  } else {
+    const std::vector<parallel::ZeroUnit>& units = model_->units();
+    int64_t total = 0, widest = 0;
+    for (const parallel::ZeroUnit& u : units) total += u.elems, widest = std::max(widest, u.elems);
+    // Rank 0 keeps the whole model; the others need room for one unit only.
+    gathered.resize(static_cast<size_t>(writer ? total : widest));
+    int64_t at = 0;
+    for (size_t u = 0; u < units.size(); ++u) {
+      float* base = gathered.data() + at;
+      zero_->gather_unit(static_cast<int>(u), base);
+      if (!writer) continue;
+      for (size_t i = 0; i < units[u].params.size(); ++i)
+        tensors.emplace_back(
+            units[u].params[i].name,
+            Tensor(base + units[u].offsets[i], DType::F32,
+                   model_->parameter_by_name(units[u].params[i].name).global_shape));
+      at += units[u].elems;
     }
   }
-  return out;
-}
-
-void Trainer::write_parameters(const std::string& path) {
-  auto params = full_parameters();
-  if (grid_.rank() != 0) return;
-  std::vector<std::pair<std::string, Tensor>> tensors;
-  for (auto& [name, values] : params)
-    tensors.emplace_back(
-        name, Tensor(values.data(), DType::F32, model_->parameter_by_name(name).global_shape));
-  write_safetensors(path, tensors, {{"format", "pt"}});
+  if (writer) write_safetensors(path, tensors, {{"format", "pt"}});
 }
 
 StepStats Trainer::step() {
@@ -217,7 +214,8 @@ StepStats Trainer::step() {
   const int64_t A = t.gradient_accumulation_steps;
   parallel::Communicator& dp = grid_.dp();
   const uint64_t comm_before = grid_.total_stats().total_bytes();
-  const int64_t local = A * B;               // sequences of this rank
+  double wait = zero_ ? -zero_->timers().wait_seconds : 0.0;  // blocked on collectives
+  const int64_t local = A * B;                                // sequences of this rank
   const int64_t global = local * dp.size();  // sequences of the step, over all ranks
 
   // This rank's slice of the step's global batch: samples [s·G + r·local, s·G + (r+1)·local).
@@ -250,7 +248,9 @@ StepStats Trainer::step() {
     dp.all_reduce(totals.slice0(3, 4));
     sq = total[3];
   } else {
+    const auto t_reduce = Clock::now();
     dp.all_reduce(model_->grad_storage());
+    wait = std::chrono::duration<double>(Clock::now() - t_reduce).count();
     for (const Parameter& p : model_->parameters())
       sq += k::sum_squares(p.grad.f32(), p.grad.numel());
   }
@@ -260,6 +260,7 @@ StepStats Trainer::step() {
   const double lr = learning_rate_at(t, step_);
   optimizer_->step(lr, clip);
   if (zero_) zero_->publish_weights();  // the updated shards become the full weights (1, 2)
+  if (zero_) wait += zero_->timers().wait_seconds;
   ++step_;
 
   StepStats s;
@@ -272,36 +273,57 @@ StepStats Trainer::step() {
   s.mfu = s.tokens_per_second * model_->flops_per_token() / peak_flops_;
   s.peak_rss_mib = static_cast<double>(peak_rss_bytes()) / (1 << 20);
   s.comm_bytes = grid_.total_stats().total_bytes() - comm_before;
+  s.comm_wait_seconds = dp.size() > 1 ? wait : 0.0;
   return s;
 }
 
 void Trainer::run() {
   const TrainingConfig& t = config_.training;
   const bool writer = grid_.rank() == 0;
+  // Every rank logs to its own file: the plan, each logged step with this rank's own numbers,
+  // and the error that ended the run, if one did.
+  const std::string log_path = t.output_dir + "/logs/rank_" + std::to_string(grid_.rank()) + ".log";
+  std::filesystem::create_directories(t.output_dir + "/logs");
+  std::ofstream rank_log(log_path);
+  KEEL_CHECK(rank_log.good(), "cannot write '{}'", log_path);
+  rank_log << "rank " << grid_.rank() << " of " << grid_.world().size() << ", data-parallel rank "
+           << grid_.dp().rank() << " of " << grid_.dp().size() << "\n"
+           << plan_text_ << std::flush;
   std::unique_ptr<MetricsLog> log;
   if (writer) {
-    std::filesystem::create_directories(t.output_dir);
     const std::string path = t.output_dir + "/config.yaml";
     std::ofstream f(path);
     f << config_to_yaml(config_);
     KEEL_CHECK(f.good(), "cannot write '{}'", path);
     log = std::make_unique<MetricsLog>(t.output_dir);
   }
-  double seconds = 0.0;
-  while (step_ < t.max_steps) {
-    const StepStats s = step();
-    seconds += s.seconds;
-    if (s.step % t.logging_steps == 0 || s.step == t.max_steps || s.step == 1) {
-      if (log) log->write(s);
-      const double eta =
-          seconds / static_cast<double>(s.step) * static_cast<double>(t.max_steps - s.step);
-      console_ << progress_line(s, t.max_steps, eta) << "\n" << std::flush;
+  try {
+    double seconds = 0.0;
+    while (step_ < t.max_steps) {
+      const StepStats s = step();
+      seconds += s.seconds;
+      if (s.step % t.logging_steps == 0 || s.step == t.max_steps || s.step == 1) {
+        if (log) log->write(s);
+        const double eta =
+            seconds / static_cast<double>(s.step) * static_cast<double>(t.max_steps - s.step);
+        const std::string line = progress_line(s, t.max_steps, eta);
+        console_ << line << "\n" << std::flush;
+        rank_log << line << " | sent " << format_mib(s.comm_bytes) << " | blocked "
+                 << s.comm_wait_seconds << " s\n"
+                 << std::flush;
+      }
     }
+    write_parameters(t.output_dir + "/model.safetensors");
+    std::ostringstream done;
+    done << "keel: done, " << step_ << " steps in " << seconds << " s; peak RSS "
+         << format_mib(peak_rss_bytes()) << " against a memory plan of "
+         << format_mib(planned_bytes_) << "\n";
+    console_ << done.str();
+    rank_log << done.str();
+  } catch (const std::exception& e) {
+    rank_log << "keel: error: " << e.what() << "\n" << std::flush;
+    throw;
   }
-  write_parameters(t.output_dir + "/model.safetensors");
-  console_ << "keel: done, " << step_ << " steps in " << seconds << " s; peak RSS "
-           << format_mib(peak_rss_bytes()) << " against a memory plan of "
-           << format_mib(planned_bytes_) << "\n";
 }
 
 }  // namespace keel::runtime

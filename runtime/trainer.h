@@ -29,18 +29,17 @@ class Trainer {
   Trainer(const Config& config, std::ostream& console);
   ~Trainer();
 
-  // Runs until training.max_steps. Rank 0 of the world writes metrics.jsonl and config.yaml in
-  // training.output_dir and prints progress; the other ranks stay quiet.
+  // Runs until training.max_steps, then writes model.safetensors. Rank 0 of the world writes
+  // metrics.jsonl, config.yaml and the parameters in training.output_dir and prints progress;
+  // every rank writes its own log, logs/rank_<r>.log there.
   void run();
   // One optimizer step over the next global batch (collective over the data-parallel group).
   StepStats step();
 
   LlamaModel& model() { return *model_; }
   int64_t steps_done() const { return step_; }
-  // Collective over the data-parallel group: every parameter in full (Hugging Face names, model
-  // order), gathered from the shards under ZeRO 3.
-  std::vector<std::pair<std::string, std::vector<float>>> full_parameters();
-  // Rank 0 writes full_parameters() to path as safetensors (collective).
+  // Rank 0 writes every parameter in full (Hugging Face names) to path as safetensors; under
+  // ZeRO 3 they are gathered from the shards unit by unit (collective over the group).
   void write_parameters(const std::string& path);
   // Time blocked on ZeRO's collectives and in its copies so far (zero without ZeRO).
   parallel::ZeroTimers zero_timers() const;
@@ -65,7 +64,8 @@ class Trainer {
   std::unique_ptr<parallel::Zero> zero_;  // ZeRO stages 1-3; null for stage 0
   int64_t step_ = 0;
   double peak_flops_ = 0;
-  size_t planned_bytes_ = 0;  // every plan of the run: model, optimizer, batch
+  size_t planned_bytes_ = 0;  // every plan of the run: model, ZeRO, optimizer, batch
+  std::string plan_text_;     // the start-up lines: model, layout, memory plan
 };
 
 // Sustained fp32 GEMM FLOP/s of this machine, measured in a fraction of a second (MFU's unit).

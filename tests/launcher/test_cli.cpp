@@ -263,6 +263,70 @@ TEST_F(Cli, ZeroWithTiedEmbeddingsMatchesOneRank) {
                                 {{2, 2, 1, 1}, {2, 2, 1, 2}, {4, 1, 1, 3}, {2, 1, 2, 3}});
 }
 
+// The number after `prefix` in text (e.g. "memory plan per rank " → MiB), or -1.
+double number_after(const std::string& text, const std::string& prefix) {
+  const size_t at = text.find(prefix);
+  return at == std::string::npos ? -1.0 : std::stod(text.substr(at + prefix.size()));
+}
+
+// The line of text that contains `what`, or "".
+std::string line_with(const std::string& text, const std::string& what) {
+  const size_t at = text.find(what);
+  if (at == std::string::npos) return "";
+  const size_t begin = text.rfind('\n', at) + 1;
+  return text.substr(begin, text.find('\n', at) - begin);
+}
+
+// `keel plan --world-size 2` forecasts the memory plan each ZeRO stage's run then prints, and
+// each rank's peak RSS follows that plan: RSS minus plan (the program, libraries and MPI) stays
+// the same across stages within 10 % of the plan, so what the plan says a stage saves is saved.
+// Every rank writes its own log.
+TEST_F(Cli, PlanForecastsTheRunAndRssFollowsIt) {
+  if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
+  // 13 M parameters, so optimizer state and gradients dominate the activations.
+  const std::string cfg = write("mem.yaml", R"(
+model: {vocab_size: 256, hidden_size: 512, intermediate_size: 1376, num_hidden_layers: 4,
+        num_attention_heads: 8, num_key_value_heads: 8, max_position_embeddings: 64}
+data: {train: data/kjv.txt.gz, seq_length: 32}
+training: {max_steps: 2, learning_rate: 1.0e-3, logging_steps: 1, per_device_train_batch_size: 1}
+)");
+  std::vector<double> plan, rss;
+  for (int stage = 0; stage <= 3; ++stage) {
+    const std::string set = " --set parallel.zero_stage=" + std::to_string(stage);
+    // The attention workspace is per OpenMP thread: plan with the ranks' one thread.
+    const Result forecast = shell("OMP_NUM_THREADS=1 " + std::string(KEEL_BINARY) + " plan " + cfg +
+                                  set + " --world-size 2");
+    ASSERT_EQ(forecast.code, 0) << forecast.out;
+    const std::string out = (dir_ / ("zero" + std::to_string(stage))).string();
+    const Result r = run_ranks(
+        2, std::string(KEEL_BINARY) + " train " + cfg + set + " --set training.output_dir=" + out);
+    ASSERT_EQ(r.code, 0) << r.out;
+    const std::string planned = line_with(r.out, "memory plan per rank");
+    ASSERT_FALSE(planned.empty()) << r.out;
+    EXPECT_EQ(line_with(forecast.out, "memory plan per rank"), planned) << "stage " << stage;
+    plan.push_back(number_after(planned, "memory plan per rank "));
+    rss.push_back(field(out + "/metrics.jsonl", "peak_rss_mib").back());
+    for (int rank = 0; rank < 2; ++rank) {
+      std::ifstream f(out + "/logs/rank_" + std::to_string(rank) + ".log");
+      std::stringstream log;
+      log << f.rdbuf();
+      EXPECT_NE(log.str().find("data-parallel rank " + std::to_string(rank) + " of 2"),
+                std::string::npos)
+          << log.str();
+      EXPECT_NE(log.str().find("step 2/2"), std::string::npos) << log.str();
+      EXPECT_NE(log.str().find(planned), std::string::npos) << log.str();
+    }
+  }
+  std::printf("stage: plan MiB, peak RSS MiB (rank 0)\n");
+  for (int stage = 0; stage <= 3; ++stage)
+    std::printf("%d: %.1f, %.1f\n", stage, plan[stage], rss[stage]);
+  EXPECT_LT(plan[3], plan[2]);
+  EXPECT_LT(plan[2], plan[0]);
+  const double base = rss[0] - plan[0];
+  for (int stage = 1; stage <= 3; ++stage)
+    EXPECT_NEAR(rss[stage] - base, plan[stage], 0.1 * plan[stage]) << "stage " << stage;
+}
+
 // Ranks given different configs stop before any work, naming a rank that differs. Each rank's
 // shell expands its own OMPI_COMM_WORLD_RANK into the seed.
 TEST_F(Cli, MismatchedConfigsAcrossRanks) {

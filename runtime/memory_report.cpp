@@ -1,0 +1,62 @@
+#include "runtime/memory_report.h"
+
+#include <sstream>
+
+#include "kernels/memory_plan.h"
+#include "optim/adamw.h"
+#include "parallel/zero.h"
+#include "runtime/llama.h"
+
+namespace keel::runtime {
+
+size_t batch_bytes(const TrainingConfig& t, int64_t seq_length) {
+  MemoryPlan plan("batch");
+  const int64_t A = t.gradient_accumulation_steps, B = t.per_device_train_batch_size;
+  plan.add("tokens", DType::I32, {A, B, seq_length});
+  plan.add("targets", DType::I32, {A, B, seq_length});
+  plan.add("totals", DType::F64, {4});
+  return plan.bytes();
+}
+
+RankMemory plan_rank_memory(const Config& config, int dp) {
+  const TrainingConfig& t = config.training;
+  const int stage = static_cast<int>(config.parallel.zero_stage);
+  const LlamaModel model(config.model, t.per_device_train_batch_size, config.data.seq_length,
+                         t.gradient_checkpointing, ModelHolds{stage < 3, stage < 2, false});
+  std::vector<int64_t> sizes;
+  parallel::ZeroBytes z;
+  if (stage == 0) {
+    for (const Parameter& p : model.parameters()) sizes.push_back(p.global_shape.numel());
+  } else {
+    z = parallel::Zero::plan(model.units(), stage, dp, model.live_units());
+    sizes = parallel::Zero::shard_elems(model.units(), dp);
+  }
+  RankMemory m;
+  m.parameters = model.weight_bytes() + z.unit_weights;
+  m.gradients = model.grad_bytes() + z.unit_grads + z.grad_shard;
+  m.optimizer = optim::AdamW::plan_bytes(sizes) + z.master;
+  m.activations = model.activation_bytes();
+  m.buffers = model.workspace_bytes() + z.staging + batch_bytes(t, config.data.seq_length);
+  return m;
+}
+
+std::string describe_layout(const Config& config, int dp) {
+  const TrainingConfig& t = config.training;
+  const int64_t B = t.per_device_train_batch_size, A = t.gradient_accumulation_steps;
+  std::ostringstream os;
+  os << "keel: " << dp << (dp == 1 ? " rank" : " data-parallel ranks") << ", ZeRO stage "
+     << config.parallel.zero_stage << ", global batch " << dp * A * B << " sequences (" << B
+     << " per micro-batch x " << A << " accumulation steps x " << dp << " ranks)\n";
+  return os.str();
+}
+
+std::string describe_memory(const RankMemory& m) {
+  std::ostringstream os;
+  os << "keel: memory plan per rank " << format_mib(m.total()) << ": parameters "
+     << format_mib(m.parameters) << ", gradients " << format_mib(m.gradients)
+     << ", optimizer state " << format_mib(m.optimizer) << ", activations "
+     << format_mib(m.activations) << ", buffers " << format_mib(m.buffers) << "\n";
+  return os.str();
+}
+
+}  // namespace keel::runtime

@@ -1,0 +1,33 @@
+// One rank's memory plan by what it holds (parameters, gradients, optimizer state, activations,
+// buffers), as the trainer prints it at start-up and `keel plan` prints it without training: both
+// go through the same declarations, so the forecast is the plan the run allocates.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "runtime/config.h"
+
+namespace keel::runtime {
+
+struct RankMemory {
+  size_t parameters = 0;   // weights the rank holds (full, or ZeRO 3's unit buffers)
+  size_t gradients = 0;    // full gradients, or ZeRO's unit buffers and gradient shards
+  size_t optimizer = 0;    // AdamW moments, and ZeRO's fp32 master shards
+  size_t activations = 0;  // what the forward keeps for the backward
+  size_t buffers = 0;      // model workspace, collective staging, the batch
+  size_t total() const { return parameters + gradients + optimizer + activations + buffers; }
+};
+
+// Bytes of the batch buffers a rank allocates: tokens and targets (A, B, T) and four doubles.
+size_t batch_bytes(const TrainingConfig& t, int64_t seq_length);
+
+// What one rank of a run of `config` on `dp` data-parallel ranks plans, without allocating it.
+RankMemory plan_rank_memory(const Config& config, int dp);
+
+// "keel: 2 data-parallel ranks, ZeRO stage 1, global batch ..." and "keel: memory plan per rank
+// ...: parameters ..., gradients ..." lines.
+std::string describe_layout(const Config& config, int dp);
+std::string describe_memory(const RankMemory& m);
+
+}  // namespace keel::runtime
