@@ -28,6 +28,7 @@ struct Zero::InFlight {
   int unit;
   int staging;
   Work work;
+  bool direct = false;  // a reduce whose result lands in the gradient shard itself
 };
 
 namespace {
@@ -213,16 +214,23 @@ void Zero::start_gather(int unit, int staging) {
       std::make_unique<InFlight>(InFlight{false, unit, staging, dp_.all_gather_async(out, in)}));
 }
 
+// The first reduction of a unit in a step writes the gradient shard directly; later ones (more
+// micro-batches) land in the staging buffer and are added when they retire, in order.
 void Zero::start_reduce(int unit, int staging) {
-  const int64_t region = layouts_[static_cast<size_t>(unit)].region_elems();
+  const size_t u = static_cast<size_t>(unit);
+  const int64_t region = layouts_[u].region_elems();
   Tensor in = plan_[staging_[static_cast<size_t>(staging)]].slice0(0, region * dp_.size());
-  Tensor out = in.slice0(dp_.rank() * region, (dp_.rank() + 1) * region);
-  flights_.push_back(
-      std::make_unique<InFlight>(InFlight{true, unit, staging, dp_.reduce_scatter_async(out, in)}));
+  const bool direct = grad_fresh_[u];
+  grad_fresh_[u] = false;
+  Tensor out = direct ? plan_[grad_].slice0(region_at_[u], region_at_[u] + region)
+                      : in.slice0(dp_.rank() * region, (dp_.rank() + 1) * region);
+  flights_.push_back(std::make_unique<InFlight>(
+      InFlight{true, unit, staging, dp_.reduce_scatter_async(out, in), direct}));
+  if (!overlap_) finish_all();
 }
 
-// A finished reduce-scatter adds this rank's chunk into the unit's gradient shard (the first one
-// of a step copies). Reduces finish in the order they started, so micro-batches add up in order.
+// A finished reduce-scatter that did not write the shard directly adds this rank's chunk into it.
+// Reduces finish in the order they started, so micro-batches add up in order.
 void Zero::finish(InFlight& f) {
   if (f.work.pending()) {
     const auto t0 = Clock::now();
@@ -230,17 +238,15 @@ void Zero::finish(InFlight& f) {
     timers_.wait_seconds += since(t0);
   }
   if (!f.reduce) return;  // a gather's buffer is unpacked by whoever asked for it
-  const size_t u = static_cast<size_t>(f.unit);
-  const int64_t region = layouts_[u].region_elems();
-  const float* chunk = plan_[staging_[static_cast<size_t>(f.staging)]].f32() + dp_.rank() * region;
-  float* dst = plan_[grad_].f32() + region_at_[u];
-  const auto t0 = Clock::now();
-  if (grad_fresh_[u])
-    std::memcpy(dst, chunk, static_cast<size_t>(region) * sizeof(float));
-  else
-    kernels::cpu::add_inplace(dst, chunk, region);
-  timers_.copy_seconds += since(t0);
-  grad_fresh_[u] = false;
+  if (!f.direct) {
+    const size_t u = static_cast<size_t>(f.unit);
+    const int64_t region = layouts_[u].region_elems();
+    const float* chunk =
+        plan_[staging_[static_cast<size_t>(f.staging)]].f32() + dp_.rank() * region;
+    const auto t0 = Clock::now();
+    kernels::cpu::add_inplace(plan_[grad_].f32() + region_at_[u], chunk, region);
+    timers_.copy_seconds += since(t0);
+  }
   staging_owner_[static_cast<size_t>(f.staging)] = -1;
 }
 
@@ -304,15 +310,8 @@ void Zero::begin_micro_batch() {
 void Zero::reduce_gradients() {
   if (stage_ == 1) {
     // Last unit first, as a backward would produce them; two reductions in flight.
-    for (int u = static_cast<int>(units_.size()) - 1; u >= 0; --u) {
-      const int s = take_staging();
-      const auto t0 = Clock::now();
-      layouts_[static_cast<size_t>(u)].pack_all(
-          plan_[staging_[static_cast<size_t>(s)]].f32(),
-          unit_ptrs(u, static_cast<const float*>(model_grads_[static_cast<size_t>(u)])));
-      timers_.copy_seconds += since(t0);
-      start_reduce(u, s);
-    }
+    for (int u = static_cast<int>(units_.size()) - 1; u >= 0; --u)
+      reduce_unit(u, model_grads_[static_cast<size_t>(u)]);
   }
   finish_all();
   for (size_t u = 0; u < units_.size(); ++u)
@@ -330,6 +329,14 @@ double Zero::grad_sum_squares() const {
 void Zero::publish_weights() {
   if (stage_ == 3) return;
   finish_all();
+  if (dp_.size() == 1) {  // the master shards are the whole parameters
+    const auto t0 = Clock::now();
+    for (size_t u = 0; u < units_.size(); ++u)
+      layouts_[u].unpack(plan_[master_].f32() + region_at_[u], 0,
+                         unit_ptrs(static_cast<int>(u), model_weights_[u]));
+    timers_.copy_seconds += since(t0);
+    return;
+  }
   // Gather unit u+1 while unit u is unpacked.
   const int n = static_cast<int>(units_.size());
   int prev = -1;
@@ -365,6 +372,20 @@ void Zero::gather_unit(int u, float* out) {
 
 float* Zero::acquire_weights(int unit) {
   KEEL_CHECK(stage_ == 3, "ZeRO {}: the model keeps its own weights", stage_);
+  const size_t u = static_cast<size_t>(unit);
+  const auto slot = std::find(w_owner_.begin(), w_owner_.end(), -1);
+  KEEL_CHECK(slot != w_owner_.end(),
+             "ZeRO 3: unit '{}' asked for while {} others are held (internal error)",
+             units_[u].name, w_owner_.size());
+  *slot = unit;
+  float* w = plan_[unit_w_[static_cast<size_t>(slot - w_owner_.begin())]].f32();
+  if (dp_.size() == 1) {  // the master shards are the whole parameters
+    const auto t0 = Clock::now();
+    layouts_[u].unpack(plan_[master_].f32() + region_at_[u], 0, unit_ptrs(unit, w));
+    timers_.copy_seconds += since(t0);
+    return w;
+  }
+
   // The prefetched gather of this unit, or a gather started now.
   auto it = std::find_if(flights_.begin(), flights_.end(),
                          [&](const auto& f) { return !f->reduce && f->unit == unit; });
@@ -376,16 +397,8 @@ float* Zero::acquire_weights(int unit) {
   finish(f);
   const int staging = f.staging;
   flights_.erase(it);
-
-  const auto slot = std::find(w_owner_.begin(), w_owner_.end(), -1);
-  KEEL_CHECK(slot != w_owner_.end(),
-             "ZeRO 3: unit '{}' asked for while {} others are held (internal error)",
-             units_[static_cast<size_t>(unit)].name, w_owner_.size());
-  *slot = unit;
-  float* w = plan_[unit_w_[static_cast<size_t>(slot - w_owner_.begin())]].f32();
   const auto t0 = Clock::now();
-  layouts_[static_cast<size_t>(unit)].unpack_all(
-      plan_[staging_[static_cast<size_t>(staging)]].f32(), unit_ptrs(unit, w));
+  layouts_[u].unpack_all(plan_[staging_[static_cast<size_t>(staging)]].f32(), unit_ptrs(unit, w));
   timers_.copy_seconds += since(t0);
   staging_owner_[static_cast<size_t>(staging)] = -1;
 
@@ -420,13 +433,24 @@ void Zero::release_grads(int unit) {
   const auto slot = std::find(g_owner_.begin(), g_owner_.end(), unit);
   KEEL_CHECK(slot != g_owner_.end(), "ZeRO: gradients of unit '{}' released but not held",
              units_[static_cast<size_t>(unit)].name);
-  const float* g = plan_[unit_g_[static_cast<size_t>(slot - g_owner_.begin())]].f32();
-  const int s = take_staging();
-  const auto t0 = Clock::now();
-  layouts_[static_cast<size_t>(unit)].pack_all(plan_[staging_[static_cast<size_t>(s)]].f32(),
-                                               unit_ptrs(unit, g));
-  timers_.copy_seconds += since(t0);
+  reduce_unit(unit, plan_[unit_g_[static_cast<size_t>(slot - g_owner_.begin())]].f32());
   *slot = -1;
+}
+
+// Packs a unit's full gradients into a staging buffer and starts their reduce-scatter. On one
+// rank there is nothing to reduce: the first gradient of a step is packed straight into the shard.
+void Zero::reduce_unit(int unit, const float* grads) {
+  const size_t u = static_cast<size_t>(unit);
+  const auto t0 = Clock::now();
+  if (dp_.size() == 1 && grad_fresh_[u]) {
+    layouts_[u].pack(plan_[grad_].f32() + region_at_[u], 0, unit_ptrs(unit, grads));
+    grad_fresh_[u] = false;
+    timers_.copy_seconds += since(t0);
+    return;
+  }
+  const int s = take_staging();
+  layouts_[u].pack_all(plan_[staging_[static_cast<size_t>(s)]].f32(), unit_ptrs(unit, grads));
+  timers_.copy_seconds += since(t0);
   start_reduce(unit, s);
 }
 

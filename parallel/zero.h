@@ -133,6 +133,7 @@ class Zero final : public UnitHooks {
   int take_staging();
   void start_gather(int unit, int staging);
   void start_reduce(int unit, int staging);
+  void reduce_unit(int unit, const float* grads);
   void finish(InFlight& f);
   void finish_oldest();
   void finish_all();

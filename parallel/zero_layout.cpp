@@ -1,5 +1,7 @@
 #include "parallel/zero_layout.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -11,6 +13,32 @@ namespace {
 // Shards start on a 16-float (64-byte) boundary inside a region.
 constexpr int64_t kAlign = 16;
 int64_t round_up(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
+
+// Below this many floats a copy stays on one thread.
+constexpr int64_t kParallelFloats = int64_t{1} << 16;
+
+// n floats, split across the OpenMP threads when it is worth it.
+void copy_floats(float* dst, const float* src, int64_t n) {
+  if (n < kParallelFloats) {
+    std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+    return;
+  }
+#pragma omp parallel
+  {
+    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t begin = n * t / nt, end = n * (t + 1) / nt;
+    std::memcpy(dst + begin, src + begin, static_cast<size_t>(end - begin) * sizeof(float));
+  }
+}
+
+// rows × width floats from a matrix with row stride src_stride into one with dst_stride.
+void copy_rows(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows,
+               int64_t width) {
+#pragma omp parallel for schedule(static) if (rows * width >= kParallelFloats)
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(dst + r * dst_stride, src + r * src_stride, static_cast<size_t>(width) * 4);
+}
+
 }  // namespace
 
 ZeroLayout::ZeroLayout(std::vector<ZeroParamSpec> params, int ranks)
@@ -43,50 +71,56 @@ int64_t ZeroLayout::real_elems(size_t i, int k) const {
 void ZeroLayout::pack(float* region, int k, const std::vector<const float*>& full) const {
   KEEL_CHECK(full.size() == params_.size(), "pack: {} tensors for {} parameters", full.size(),
              params_.size());
-  std::fill_n(region, region_, 0.0f);
+  // Every float of the region is written once: the chunk, then zeros for its padding and for the
+  // alignment gap before the next shard.
   for (size_t i = 0; i < params_.size(); ++i) {
     const ZeroParamSpec& p = params_[i];
     const ZeroShard& s = shards_[i];
     float* dst = region + s.offset;
+    const int64_t next = i + 1 < params_.size() ? shards_[i + 1].offset : region_;
+    int64_t written = s.elems;
     if (s.dim == 0) {  // rows [k·chunk, …) are contiguous in the full matrix
       const int64_t r0 = std::min(p.rows, s.chunk * k);
       const int64_t r1 = std::min(p.rows, s.chunk * (k + 1));
-      std::memcpy(dst, full[i] + r0 * p.cols, static_cast<size_t>((r1 - r0) * p.cols) * 4);
+      copy_floats(dst, full[i] + r0 * p.cols, (r1 - r0) * p.cols);
+      written = (r1 - r0) * p.cols;
     } else {  // columns [k·chunk, …) of every row, packed row by row: (rows, chunk)
       const int64_t c0 = std::min(p.cols, s.chunk * k);
       const int64_t c1 = std::min(p.cols, s.chunk * (k + 1));
-      for (int64_t r = 0; r < p.rows; ++r)
-        std::memcpy(dst + r * s.chunk, full[i] + r * p.cols + c0, static_cast<size_t>(c1 - c0) * 4);
+      copy_rows(dst, s.chunk, full[i] + c0, p.cols, p.rows, c1 - c0);
+      if (c1 - c0 < s.chunk)
+        for (int64_t r = 0; r < p.rows; ++r)
+          std::fill(dst + r * s.chunk + (c1 - c0), dst + (r + 1) * s.chunk, 0.0f);
     }
+    std::fill(dst + written, region + next, 0.0f);
   }
 }
 
 void ZeroLayout::pack_all(float* staging, const std::vector<const float*>& full) const {
-#pragma omp parallel for schedule(static)
   for (int k = 0; k < ranks_; ++k) pack(staging + k * region_, k, full);
 }
 
 void ZeroLayout::unpack_all(const float* staging, const std::vector<float*>& full) const {
   KEEL_CHECK(full.size() == params_.size(), "unpack: {} tensors for {} parameters", full.size(),
              params_.size());
-#pragma omp parallel for schedule(static)
-  for (int k = 0; k < ranks_; ++k) {
-    const float* region = staging + k * region_;
-    for (size_t i = 0; i < params_.size(); ++i) {
-      const ZeroParamSpec& p = params_[i];
-      const ZeroShard& s = shards_[i];
-      const float* src = region + s.offset;
-      if (s.dim == 0) {
-        const int64_t r0 = std::min(p.rows, s.chunk * k);
-        const int64_t r1 = std::min(p.rows, s.chunk * (k + 1));
-        std::memcpy(full[i] + r0 * p.cols, src, static_cast<size_t>((r1 - r0) * p.cols) * 4);
-      } else {
-        const int64_t c0 = std::min(p.cols, s.chunk * k);
-        const int64_t c1 = std::min(p.cols, s.chunk * (k + 1));
-        for (int64_t r = 0; r < p.rows; ++r)
-          std::memcpy(full[i] + r * p.cols + c0, src + r * s.chunk,
-                      static_cast<size_t>(c1 - c0) * 4);
-      }
+  for (int k = 0; k < ranks_; ++k) unpack(staging + k * region_, k, full);
+}
+
+void ZeroLayout::unpack(const float* region, int k, const std::vector<float*>& full) const {
+  KEEL_CHECK(full.size() == params_.size(), "unpack: {} tensors for {} parameters", full.size(),
+             params_.size());
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const ZeroParamSpec& p = params_[i];
+    const ZeroShard& s = shards_[i];
+    const float* src = region + s.offset;
+    if (s.dim == 0) {
+      const int64_t r0 = std::min(p.rows, s.chunk * k);
+      const int64_t r1 = std::min(p.rows, s.chunk * (k + 1));
+      copy_floats(full[i] + r0 * p.cols, src, (r1 - r0) * p.cols);
+    } else {
+      const int64_t c0 = std::min(p.cols, s.chunk * k);
+      const int64_t c1 = std::min(p.cols, s.chunk * (k + 1));
+      copy_rows(full[i] + c0, p.cols, src, s.chunk, p.rows, c1 - c0);
     }
   }
 }

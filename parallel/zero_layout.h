@@ -41,7 +41,9 @@ class ZeroLayout {
   void pack(float* region, int k, const std::vector<const float*>& full) const;
   // pack() for every rank: staging holds ranks() regions.
   void pack_all(float* staging, const std::vector<const float*>& full) const;
-  // Copies every rank's region of staging back into the full parameters (padding dropped).
+  // Copies rank k's region back into its chunk of every full parameter (padding dropped).
+  void unpack(const float* region, int k, const std::vector<float*>& full) const;
+  // unpack() for every rank's region of staging.
   void unpack_all(const float* staging, const std::vector<float*>& full) const;
 
  private:
