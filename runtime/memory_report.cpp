@@ -2,20 +2,28 @@
 
 #include <sstream>
 
-#include "kernels/memory_plan.h"
 #include "optim/adamw.h"
-#include "parallel/zero.h"
-#include "runtime/llama.h"
 
 namespace keel::runtime {
 
-size_t batch_bytes(const TrainingConfig& t, int64_t seq_length) {
-  MemoryPlan plan("batch");
+BatchSlots declare_batch(MemoryPlan& plan, const TrainingConfig& t, int64_t seq_length) {
   const int64_t A = t.gradient_accumulation_steps, B = t.per_device_train_batch_size;
-  plan.add("tokens", DType::I32, {A, B, seq_length});
-  plan.add("targets", DType::I32, {A, B, seq_length});
-  plan.add("totals", DType::F64, {4});
-  return plan.bytes();
+  BatchSlots slots;
+  slots.tokens = plan.add("tokens", DType::I32, {A, B, seq_length});
+  slots.targets = plan.add("targets", DType::I32, {A, B, seq_length});
+  slots.totals = plan.add("totals", DType::F64, {4});
+  return slots;
+}
+
+RankMemory account(const LlamaModel& model, const parallel::ZeroBytes& zero, size_t optimizer_bytes,
+                   size_t batch_bytes) {
+  RankMemory m;
+  m.parameters = model.weight_bytes() + zero.unit_weights;
+  m.gradients = model.grad_bytes() + zero.unit_grads + zero.grad_shard;
+  m.optimizer = optimizer_bytes + zero.master;
+  m.activations = model.activation_bytes();
+  m.buffers = model.workspace_bytes() + zero.staging + batch_bytes;
+  return m;
 }
 
 RankMemory plan_rank_memory(const Config& config, int dp) {
@@ -31,13 +39,9 @@ RankMemory plan_rank_memory(const Config& config, int dp) {
     z = parallel::Zero::plan(model.units(), stage, dp, model.live_units());
     sizes = parallel::Zero::shard_elems(model.units(), dp);
   }
-  RankMemory m;
-  m.parameters = model.weight_bytes() + z.unit_weights;
-  m.gradients = model.grad_bytes() + z.unit_grads + z.grad_shard;
-  m.optimizer = optim::AdamW::plan_bytes(sizes) + z.master;
-  m.activations = model.activation_bytes();
-  m.buffers = model.workspace_bytes() + z.staging + batch_bytes(t, config.data.seq_length);
-  return m;
+  MemoryPlan batch("batch");
+  declare_batch(batch, t, config.data.seq_length);
+  return account(model, z, optim::AdamW::plan_bytes(sizes), batch.bytes());
 }
 
 std::string describe_layout(const Config& config, int dp) {

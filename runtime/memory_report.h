@@ -6,7 +6,10 @@
 #include <cstddef>
 #include <string>
 
+#include "kernels/memory_plan.h"
+#include "parallel/zero.h"
 #include "runtime/config.h"
+#include "runtime/llama.h"
 
 namespace keel::runtime {
 
@@ -19,8 +22,16 @@ struct RankMemory {
   size_t total() const { return parameters + gradients + optimizer + activations + buffers; }
 };
 
-// Bytes of the batch buffers a rank allocates: tokens and targets (A, B, T) and four doubles.
-size_t batch_bytes(const TrainingConfig& t, int64_t seq_length);
+// The batch buffers of a rank, declared in plan: tokens and targets (A, B, T) and four doubles.
+struct BatchSlots {
+  MemoryPlan::Slot tokens, targets, totals;
+};
+BatchSlots declare_batch(MemoryPlan& plan, const TrainingConfig& t, int64_t seq_length);
+
+// A rank's memory by what it holds, from the model's plans, ZeRO's buffers (zero for stage 0),
+// the optimizer's state and the batch.
+RankMemory account(const LlamaModel& model, const parallel::ZeroBytes& zero, size_t optimizer_bytes,
+                   size_t batch_bytes);
 
 // What one rank of a run of `config` on `dp` data-parallel ranks plans, without allocating it.
 RankMemory plan_rank_memory(const Config& config, int dp);

@@ -84,7 +84,6 @@ void Trainer::build() {
   check_same_config(config_, grid_.world());
   const TrainingConfig& t = config_.training;
   const int64_t B = t.per_device_train_batch_size, T = config_.data.seq_length;
-  const int64_t A = t.gradient_accumulation_steps;
   const int stage = config_.parallel.zero_stage;
 
   corpus_ = std::make_unique<ByteCorpus>(config_.data.train);
@@ -104,9 +103,10 @@ void Trainer::build() {
       std::move(refs),
       optim::AdamWConfig{t.adam_beta1, t.adam_beta2, t.adam_epsilon, t.weight_decay});
 
-  tokens_ = batch_.add("tokens", DType::I32, {A, B, T});
-  targets_ = batch_.add("targets", DType::I32, {A, B, T});
-  totals_ = batch_.add("totals", DType::F64, {4});
+  const BatchSlots slots = declare_batch(batch_, t, T);
+  tokens_ = slots.tokens;
+  targets_ = slots.targets;
+  totals_ = slots.totals;
   batch_.allocate();
   // MFU's denominator: the GEMM peak of every rank, measured while all of them run, as in training.
   grid_.world().barrier();
@@ -120,12 +120,7 @@ void Trainer::build() {
 void Trainer::print_plan() {
   const int64_t T = config_.data.seq_length;
   const parallel::ZeroBytes z = zero_ ? zero_->bytes() : parallel::ZeroBytes{};
-  RankMemory m;
-  m.parameters = model_->weight_bytes() + z.unit_weights;
-  m.gradients = model_->grad_bytes() + z.unit_grads + z.grad_shard;
-  m.optimizer = optimizer_->state_bytes() + z.master;
-  m.activations = model_->activation_bytes();
-  m.buffers = model_->workspace_bytes() + z.staging + batch_.bytes();
+  const RankMemory m = account(*model_, z, optimizer_->state_bytes(), batch_.bytes());
   planned_bytes_ = m.total();
   std::ostringstream text;
   text << "keel: model " << model_->num_parameters() / 1e6 << " M parameters, corpus "
