@@ -1,0 +1,121 @@
+// Helpers of the tests that run the keel program: a shell with its output, mpirun with one
+// OpenMP thread a rank, a scratch directory per test, and readers of a run's metrics.jsonl and
+// model.safetensors.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "runtime/safetensors.h"
+
+namespace keel::test {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int code;
+  std::string out;  // stdout and stderr together
+};
+
+// Runs a shell command; its exit code and output (stdout and stderr together).
+inline Result shell(const std::string& command) {
+  const std::string cmd = command + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+inline Result run(const std::string& args) { return shell(std::string(KEEL_BINARY) + " " + args); }
+
+inline bool have_mpi() { return KEEL_HAS_MPI && !std::string(KEEL_MPIRUN).empty(); }
+
+// `mpirun -np N` (one OpenMP thread a rank) running `command`.
+inline Result run_ranks(int ranks, const std::string& command) {
+  return shell(std::string(KEEL_MPIRUN) +
+               " --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 -np " +
+               std::to_string(ranks) + " " + command);
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("keel_cli_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string write(const std::string& name, const std::string& text) {
+    std::ofstream(dir_ / name) << text;
+    return (dir_ / name).string();
+  }
+  std::string out_dir() const { return (dir_ / "out").string(); }
+  // A bad run: exit code ≠ 0, one line of error, and nothing written.
+  void expect_clean_failure(const Result& r, const std::string& needle) {
+    EXPECT_NE(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("keel: error: "), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(needle), std::string::npos) << r.out;
+    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+    EXPECT_FALSE(fs::exists(out_dir())) << "a failed run must write nothing";
+  }
+  fs::path dir_;
+};
+
+// Reads one numeric field of every line of a metrics.jsonl.
+inline std::vector<double> field(const std::string& path, const std::string& key) {
+  std::ifstream f(path);
+  std::vector<double> out;
+  std::string line;
+  const std::string tag = "\"" + key + "\": ";
+  while (std::getline(f, line)) {
+    const size_t at = line.find(tag);
+    if (at != std::string::npos) out.push_back(std::stod(line.substr(at + tag.size())));
+  }
+  return out;
+}
+
+inline std::vector<double> losses(const std::string& path) { return field(path, "loss"); }
+
+// The largest difference between two safetensors files' tensors, relative to each tensor's
+// largest magnitude; every name of one must be in the other.
+inline double max_relative_difference(const std::string& a_path, const std::string& b_path) {
+  const keel::runtime::SafeTensorsReader a(a_path), b(b_path);
+  EXPECT_EQ(a.names(), b.names());
+  double worst = 0.0;
+  for (const std::string& name : a.names()) {
+    const keel::Tensor x = a.get(name), y = b.get(name);
+    EXPECT_EQ(x.numel(), y.numel()) << name;
+    double diff = 0.0, scale = 0.0;
+    for (int64_t i = 0; i < std::min(x.numel(), y.numel()); ++i) {
+      diff = std::max(diff, std::abs(double{x.f32()[i]} - y.f32()[i]));
+      scale = std::max(scale, std::abs(double{x.f32()[i]}));
+    }
+    worst = std::max(worst, diff / scale);
+  }
+  return worst;
+}
+
+// A small model whose every ZeRO shard divides evenly on 2 and 4 ranks, so the bytes each rank
+// sends are exactly what theory says (no padding).
+inline const char* kParallelModel = R"(
+model: {vocab_size: 256, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 2,
+        num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64}
+data: {train: data/kjv.txt.gz, seq_length: 48}
+training: {max_steps: 20, learning_rate: 3.0e-3, warmup_steps: 2, logging_steps: 1,
+           weight_decay: 0.1, max_grad_norm: 0.5, per_device_train_batch_size: 4}
+)";
+
+}  // namespace keel::test
