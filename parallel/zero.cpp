@@ -187,7 +187,8 @@ std::vector<ZeroShardRef> Zero::shards() {
     for (size_t i = 0; i < units_[u].params.size(); ++i) {
       const ZeroShard& s = layouts_[u].shard(i);
       const int64_t at = region_at_[u] + s.offset;
-      out.push_back({&units_[u].params[i], master + at, grad + at, s.elems});
+      out.push_back(
+          {&units_[u].params[i], master + at, grad + at, s.elems, layouts_[u].rect(i, dp_.rank())});
     }
   return out;
 }

@@ -56,6 +56,7 @@ struct ZeroShardRef {
   float* master;      // fp32 master shard (padding included, always 0)
   const float* grad;  // summed gradient of the shard (padding 0)
   int64_t elems;
+  ShardRect rect;  // the part of the parameter this rank's shard holds
 };
 
 // Bytes of ZeRO's buffers on one rank, by what they hold.

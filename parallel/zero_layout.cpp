@@ -60,12 +60,17 @@ ZeroLayout::ZeroLayout(std::vector<ZeroParamSpec> params, int ranks)
 }
 
 int64_t ZeroLayout::real_elems(size_t i, int k) const {
+  const ShardRect r = rect(i, k);
+  return r.rows * r.cols;
+}
+
+ShardRect ZeroLayout::rect(size_t i, int k) const {
   const ZeroParamSpec& p = params_[i];
   const ZeroShard& s = shards_[i];
   const int64_t along = s.dim == 0 ? p.rows : p.cols;
-  const int64_t across = s.dim == 0 ? p.cols : p.rows;
   const int64_t begin = std::min(along, s.chunk * k), end = std::min(along, s.chunk * (k + 1));
-  return (end - begin) * across;
+  if (s.dim == 0) return {begin, 0, end - begin, p.cols, p.cols};
+  return {0, begin, p.rows, end - begin, s.chunk};
 }
 
 void ZeroLayout::pack(float* region, int k, const std::vector<const float*>& full) const {

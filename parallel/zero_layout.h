@@ -25,6 +25,14 @@ struct ZeroShard {
   int64_t elems = 0;   // floats of the shard, padding included: chunk × the other dimension
 };
 
+// Where a shard lies in its full parameter: rows [row0, row0 + rows) × columns [col0, col0 + cols),
+// stored row-major with ld floats per row (ld ≥ cols; the rest of a row, and any rows past
+// `rows`, are padding). A checkpoint stores shards with their rectangles, so any layout can read
+// what any other wrote.
+struct ShardRect {
+  int64_t row0 = 0, col0 = 0, rows = 0, cols = 0, ld = 0;
+};
+
 class ZeroLayout {
  public:
   ZeroLayout(std::vector<ZeroParamSpec> params, int ranks);
@@ -36,6 +44,8 @@ class ZeroLayout {
   int64_t region_elems() const { return region_; }
   // Real (unpadded) floats of parameter i on rank k.
   int64_t real_elems(size_t i, int k) const;
+  // The rectangle of parameter i that rank k's shard holds.
+  ShardRect rect(size_t i, int k) const;
 
   // Copies rank k's chunk of every full parameter into region (padding zeroed).
   void pack(float* region, int k, const std::vector<const float*>& full) const;

@@ -57,6 +57,22 @@ TEST(ZeroLayoutTest, PackThenUnpackRestoresEveryParameter) {
       EXPECT_EQ(staging[static_cast<size_t>(k * z.region_elems() + sb.offset)],
                 full[1][static_cast<size_t>(k * sb.chunk)]);
     }
+    // rect() says where every packed value came from: element (r, c) of rank k's shard of
+    // parameter i is element (row0 + r, col0 + c) of the full tensor; padding is zero.
+    for (size_t i = 0; i < specs.size(); ++i)
+      for (int k = 0; k < ranks; ++k) {
+        const ShardRect rc = z.rect(i, k);
+        const float* shard = staging.data() + k * z.region_elems() + z.shard(i).offset;
+        EXPECT_EQ(rc.ld * ((z.shard(i).elems + rc.ld - 1) / rc.ld), z.shard(i).elems);
+        for (int64_t e = 0; e < z.shard(i).elems; ++e) {
+          const int64_t r = e / rc.ld, c = e % rc.ld;
+          const float want =
+              r < rc.rows && c < rc.cols
+                  ? full[i][static_cast<size_t>((rc.row0 + r) * specs[i].cols + rc.col0 + c)]
+                  : 0.0f;
+          ASSERT_EQ(shard[e], want) << specs[i].name << " rank " << k << " of " << ranks;
+        }
+      }
     z.unpack_all(staging.data(), out);
     EXPECT_EQ(full, back) << ranks << " ranks";
   }
