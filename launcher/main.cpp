@@ -18,19 +18,25 @@ constexpr const char* kUsage = R"(usage: keel <command> [options]
 Pretrain LLaMA-family language models.
 
 commands:
-  train CONFIG.yaml [--set section.key=value ...]   train as the config describes (every rank)
+  train CONFIG.yaml [--resume CKPT] [--set ...]     train as the config describes (every rank)
   launch -n N CONFIG.yaml [--set ...]               train on N ranks of this machine (mpirun)
   plan CONFIG.yaml [--world-size N] [--set ...]     print each rank's memory plan, train nothing
 
 Run 'keel <command> --help' for a command's options. Config keys: docs/CONFIG.md.
 )";
 
-constexpr const char* kTrainUsage = R"(usage: keel train CONFIG.yaml [--set section.key=value ...]
+constexpr const char* kTrainUsage =
+    R"(usage: keel train CONFIG.yaml [--resume CKPT] [--set section.key=value ...]
 
 Trains the model that CONFIG.yaml describes and writes <training.output_dir>/metrics.jsonl (one
-JSON object per logged step) and config.yaml (the resolved config).
+JSON object per logged step), config.yaml (the resolved config) and model.safetensors. With
+training.save_steps, checkpoints go to <training.output_dir>/checkpoints; a run whose output_dir
+holds one resumes from its latest (training.resume_from_checkpoint: auto).
 
 options:
+  --resume CKPT             resume from this checkpoint (a step_* directory, a checkpoints
+                            directory or a run's output_dir), on any number of ranks; 'none'
+                            starts afresh (same as --set training.resume_from_checkpoint=CKPT)
   --set section.key=value   override one config key (repeatable), e.g.
                             --set training.max_steps=50 --set model.hidden_size=128
   -h, --help                show this help
@@ -98,6 +104,12 @@ int run_train(const std::vector<std::string>& args, int* argc, char*** argv) {
     if (a == "--set") {
       if (i + 1 >= args.size()) throw UsageError{"--set needs a value: --set section.key=value"};
       overrides.push_back(args[++i]);
+    } else if (a == "--resume") {
+      if (i + 1 >= args.size()) throw UsageError{"--resume needs a checkpoint: --resume CKPT"};
+      // Single-quoted (a quote doubled), so that any path reads back as the same YAML string.
+      std::string quoted = "'";
+      for (const char c : args[++i]) quoted += c == '\'' ? std::string("''") : std::string(1, c);
+      overrides.push_back("training.resume_from_checkpoint=" + quoted + "'");
     } else if (a.rfind("--set=", 0) == 0) {
       overrides.push_back(a.substr(6));
     } else if (!a.empty() && a[0] == '-') {

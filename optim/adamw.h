@@ -31,6 +31,11 @@ class AdamW {
   // One update of every tensor with learning rate lr, gradients multiplied by grad_scale first.
   void step(double lr, double grad_scale);
   int64_t steps_taken() const { return t_; }
+  // A checkpoint's step count (the bias correction depends on it).
+  void set_steps_taken(int64_t t) { t_ = t; }
+  // The first and second moments of tensor i (params[i].n floats each), for checkpoints.
+  float* exp_avg(size_t i) { return state_[m_[i]].f32(); }
+  float* exp_avg_sq(size_t i) { return state_[v_[i]].f32(); }
   size_t state_bytes() const { return state_.bytes(); }
   std::string describe_memory() const { return state_.describe(); }
 

@@ -46,6 +46,13 @@ struct TrainingConfig {
   double adam_epsilon = 1e-8;
   uint64_t seed = 42;
   int64_t logging_steps = 10;
+  int64_t save_steps = 0;        // a checkpoint every this many steps and at the end; 0: none
+  int64_t save_total_limit = 0;  // checkpoints kept (the newest); 0: all
+  // Stop (after a checkpoint) once the step is a multiple of this, as Megatron's exit_interval:
+  // a long run in jobs of bounded time. 0: run to max_steps.
+  int64_t exit_interval = 0;
+  // "auto": the latest checkpoint in output_dir, if any; "none"; or a checkpoint's path.
+  std::string resume_from_checkpoint = "auto";
   std::string output_dir = "runs/default";
   bool gradient_checkpointing = false;
 };
@@ -84,5 +91,10 @@ void validate_config(const Config& config);
 
 // The resolved configuration as YAML (written beside the metrics of every run).
 std::string config_to_yaml(const Config& config);
+
+// Every key whose value differs between `before` and `after`, as "section.key: old -> new" in
+// table order; only the keys of `section` when one is named.
+std::vector<std::string> config_differences(const Config& before, const Config& after,
+                                            const std::string& section = "");
 
 }  // namespace keel::runtime

@@ -157,6 +157,9 @@ void validate_config(const Config& config) {
              "data.train=data/tiny.txt)");
   KEEL_CHECK(!config.training.output_dir.empty(),
              "training.output_dir is empty; set it to the run directory (e.g. runs/tiny)");
+  KEEL_CHECK(!config.training.resume_from_checkpoint.empty(),
+             "training.resume_from_checkpoint is empty; set it to 'auto' (the latest checkpoint "
+             "in output_dir, if any), 'none', or a checkpoint directory");
   check_one_of(config.data.tokenizer, kTokenizers, "data.tokenizer", "tokenizers");
   // Only the byte tokenizer exists, so its vocabulary is the one to check against.
   KEEL_CHECK(config.model.vocab_size >= kByteVocab,

@@ -3,7 +3,9 @@
 #include <cmath>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
+#include <vector>
 
 #include "kernels/error.h"
 #include "runtime/config.h"
@@ -71,6 +73,23 @@ std::string config_to_yaml(const Config& config) {
     const std::string value =
         std::visit([&](auto ref) { return yaml_value(ref(copy)); }, field.ref);
     out += format("  {}: {}\n", field.key, value);
+  }
+  return out;
+}
+
+std::vector<std::string> config_differences(const Config& before, const Config& after,
+                                            const std::string& section) {
+  Config a = before, b = after;
+  std::vector<std::string> out;
+  for (const Field& field : kFields) {
+    if (!section.empty() && field.section != section) continue;
+    const auto [old_value, new_value] = std::visit(
+        [&](auto ref) {
+          return std::pair{yaml_value(ref(a)), yaml_value(ref(b))};
+        },
+        field.ref);
+    if (old_value != new_value)
+      out.push_back(format("{}.{}: {} -> {}", field.section, field.key, old_value, new_value));
   }
   return out;
 }

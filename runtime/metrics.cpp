@@ -9,8 +9,19 @@
 
 namespace keel::runtime {
 
-MetricsLog::MetricsLog(const std::string& output_dir)
-    : path_(output_dir + "/metrics.jsonl"), out_(path_, std::ios::trunc) {
+MetricsLog::MetricsLog(const std::string& output_dir, int64_t keep_through)
+    : path_(output_dir + "/metrics.jsonl") {
+  std::string kept;
+  if (keep_through > 0) {
+    std::ifstream old(path_);
+    std::string line;
+    const std::string tag = "{\"step\": ";
+    while (std::getline(old, line))
+      if (line.rfind(tag, 0) == 0 && std::stoll(line.substr(tag.size())) <= keep_through)
+        kept += line + "\n";
+  }
+  out_.open(path_, std::ios::trunc);
+  out_ << kept;
   KEEL_CHECK(out_.good(), "cannot write '{}': {}", path_, std::strerror(errno));
 }
 

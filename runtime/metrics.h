@@ -28,8 +28,9 @@ struct StepStats {
 
 class MetricsLog {
  public:
-  // Opens (truncates) <output_dir>/metrics.jsonl.
-  explicit MetricsLog(const std::string& output_dir);
+  // Opens <output_dir>/metrics.jsonl: truncated, or, for a run resumed at step keep_through,
+  // keeping the lines of steps up to keep_through (later ones are trained again).
+  explicit MetricsLog(const std::string& output_dir, int64_t keep_through = 0);
   void write(const StepStats& s);
 
  private:

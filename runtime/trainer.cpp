@@ -85,6 +85,9 @@ void Trainer::build() {
   const TrainingConfig& t = config_.training;
   const int64_t B = t.per_device_train_batch_size, T = config_.data.seq_length;
   const int stage = config_.parallel.zero_stage;
+  // A checkpoint to resume from is found and checked before anything is built.
+  const std::string resume = find_checkpoint(t.resume_from_checkpoint, t.output_dir);
+  if (!resume.empty()) check_checkpoint(resume, read_checkpoint_info(resume));
 
   corpus_ = std::make_unique<ByteCorpus>(config_.data.train);
   order_ = std::make_unique<SequenceOrder>(corpus_->size(), T, t.seed);
@@ -115,6 +118,7 @@ void Trainer::build() {
   grid_.world().all_reduce(peak);
   peak_flops_ = peak.data_as<double>()[0];
   print_plan();
+  if (!resume.empty()) load_checkpoint(resume);
 }
 
 void Trainer::print_plan() {
@@ -213,10 +217,11 @@ StepStats Trainer::step() {
   const int64_t local = A * B;                                // sequences of this rank
   const int64_t global = local * dp.size();  // sequences of the step, over all ranks
 
-  // This rank's slice of the step's global batch: samples [s·G + r·local, s·G + (r+1)·local).
+  // This rank's slice of the step's global batch: the next G samples of the data order, of which
+  // rank r takes [r·local, (r+1)·local).
   int32_t* tokens = batch_[tokens_].data_as<int32_t>();
   int32_t* targets = batch_[targets_].data_as<int32_t>();
-  fill_batch(*corpus_, *order_, step_ * global + dp.rank() * local, local, T, tokens, targets);
+  fill_batch(*corpus_, *order_, samples_ + dp.rank() * local, local, T, tokens, targets);
   // The loss is the mean over the global batch's valid targets: count them on every rank first.
   Tensor totals = batch_[totals_];
   double* total = totals.data_as<double>();
@@ -257,6 +262,7 @@ StepStats Trainer::step() {
   if (zero_) zero_->publish_weights();  // the updated shards become the full weights (1, 2)
   if (zero_) wait += zero_->timers().wait_seconds;
   ++step_;
+  samples_ += global;
 
   StepStats s;
   s.step = step_;
@@ -279,7 +285,10 @@ void Trainer::run() {
   // and the error that ended the run, if one did.
   const std::string log_path = t.output_dir + "/logs/rank_" + std::to_string(grid_.rank()) + ".log";
   std::filesystem::create_directories(t.output_dir + "/logs");
-  std::ofstream rank_log(log_path);
+  // A resumed run continues its logs: the rank logs grow, and metrics.jsonl keeps the steps up
+  // to the checkpoint (a crash may have logged later ones, which are trained again).
+  const bool resumed = !resumed_from_.empty();
+  std::ofstream rank_log(log_path, resumed ? std::ios::app : std::ios::trunc);
   KEEL_CHECK(rank_log.good(), "cannot write '{}'", log_path);
   rank_log << "rank " << grid_.rank() << " of " << grid_.world().size() << ", data-parallel rank "
            << grid_.dp().rank() << " of " << grid_.dp().size() << "\n"
@@ -290,27 +299,39 @@ void Trainer::run() {
     std::ofstream f(path);
     f << config_to_yaml(config_);
     KEEL_CHECK(f.good(), "cannot write '{}'", path);
-    log = std::make_unique<MetricsLog>(t.output_dir);
+    log = std::make_unique<MetricsLog>(t.output_dir, resumed ? step_ : 0);
   }
   try {
+    if (step_ >= t.max_steps)
+      console_ << "keel: nothing to train: the run is at step " << step_
+               << " and training.max_steps is " << t.max_steps << "\n";
     double seconds = 0.0;
+    const int64_t first = step_;
     while (step_ < t.max_steps) {
       const StepStats s = step();
       seconds += s.seconds;
-      if (s.step % t.logging_steps == 0 || s.step == t.max_steps || s.step == 1) {
+      if (s.step % t.logging_steps == 0 || s.step == t.max_steps || s.step == first + 1) {
         if (log) log->write(s);
-        const double eta =
-            seconds / static_cast<double>(s.step) * static_cast<double>(t.max_steps - s.step);
+        const double eta = seconds / static_cast<double>(s.step - first) *
+                           static_cast<double>(t.max_steps - s.step);
         const std::string line = progress_line(s, t.max_steps, eta);
         console_ << line << "\n" << std::flush;
         rank_log << line << " | sent " << format_mib(s.comm_bytes) << " | blocked "
                  << s.comm_wait_seconds << " s\n"
                  << std::flush;
       }
+      const bool exit = t.exit_interval > 0 && s.step % t.exit_interval == 0;
+      if (exit || (t.save_steps > 0 && (s.step % t.save_steps == 0 || s.step == t.max_steps)))
+        rank_log << "keel: checkpoint " << save_checkpoint() << "\n" << std::flush;
+      if (exit && s.step < t.max_steps) {
+        console_ << "keel: stopping at step " << s.step << " (training.exit_interval "
+                 << t.exit_interval << "); run again to resume\n";
+        break;
+      }
     }
     write_parameters(t.output_dir + "/model.safetensors");
     std::ostringstream done;
-    done << "keel: done, " << step_ << " steps in " << seconds << " s; peak RSS "
+    done << "keel: done, " << step_ - first << " steps in " << seconds << " s; peak RSS "
          << format_mib(peak_rss_bytes()) << " against a memory plan of "
          << format_mib(planned_bytes_) << "\n";
     console_ << done.str();

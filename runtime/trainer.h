@@ -12,6 +12,7 @@
 #include "optim/adamw.h"
 #include "parallel/process_grid.h"
 #include "parallel/zero.h"
+#include "runtime/checkpoint.h"
 #include "runtime/config.h"
 #include "runtime/data.h"
 #include "runtime/llama.h"
@@ -31,7 +32,8 @@ class Trainer {
 
   // Runs until training.max_steps, then writes model.safetensors. Rank 0 of the world writes
   // metrics.jsonl, config.yaml and the parameters in training.output_dir and prints progress;
-  // every rank writes its own log, logs/rank_<r>.log there.
+  // every rank writes its own log, logs/rank_<r>.log there. With training.save_steps, a
+  // checkpoint every save_steps steps and at the end (checkpoints/, runtime/checkpoint.h).
   void run();
   // One optimizer step over the next global batch (collective over the data-parallel group).
   StepStats step();
@@ -43,12 +45,25 @@ class Trainer {
   void write_parameters(const std::string& path);
   // Time blocked on ZeRO's collectives and in its copies so far (zero without ZeRO).
   parallel::ZeroTimers zero_timers() const;
+  // Writes a checkpoint of the current step to <output_dir>/checkpoints (collective over the
+  // world; every rank throws if any rank fails). Returns its directory.
+  std::string save_checkpoint();
+  // Loads the checkpoint in dir, written by this model under any layout (collective): weights,
+  // optimizer state, the step and the data position. The constructor calls it for
+  // training.resume_from_checkpoint.
+  void load_checkpoint(const std::string& dir);
+  // The checkpoint this run resumed from ("" for a fresh start).
+  const std::string& resumed_from() const { return resumed_from_; }
 
  private:
   struct OwnGrid;  // the one-rank grid of the second constructor
   void build();
   std::vector<optim::ParamRef> build_zero();
   void print_plan();
+  // Checks that this run can continue the checkpoint in dir; returns the config it was saved with.
+  Config check_checkpoint(const std::string& dir, const CheckpointInfo& info) const;
+  // This rank's training state (weights or master shards, AdamW moments) as checkpoint pieces.
+  std::vector<StatePiece> state_pieces();
 
   std::unique_ptr<OwnGrid> own_;
   parallel::ProcessGrid& grid_;
@@ -63,6 +78,8 @@ class Trainer {
   MemoryPlan::Slot totals_;  // (4) F64 over ranks: valid targets, loss sum, GEMM peak, grad norm²
   std::unique_ptr<parallel::Zero> zero_;  // ZeRO stages 1-3; null for stage 0
   int64_t step_ = 0;
+  int64_t samples_ = 0;  // global samples of the data order trained on so far
+  std::string resumed_from_;
   double peak_flops_ = 0;
   size_t planned_bytes_ = 0;  // every plan of the run: model, ZeRO, optimizer, batch
   std::string plan_text_;     // the start-up lines: model, layout, memory plan

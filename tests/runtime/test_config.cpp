@@ -8,6 +8,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -28,8 +29,10 @@ const std::vector<std::string> kAllKeys = {
     "training.lr_scheduler_type", "training.per_device_train_batch_size",
     "training.gradient_accumulation_steps", "training.max_grad_norm", "training.weight_decay",
     "training.adam_beta1", "training.adam_beta2", "training.adam_epsilon", "training.seed",
-    "training.logging_steps", "training.output_dir", "training.gradient_checkpointing",
-    "optimizer.type", "parallel.zero_stage", "parallel.tensor_model_parallel_size",
+    "training.logging_steps", "training.save_steps", "training.save_total_limit",
+    "training.exit_interval", "training.resume_from_checkpoint", "training.output_dir",
+    "training.gradient_checkpointing", "optimizer.type", "parallel.zero_stage",
+    "parallel.overlap_comm", "parallel.tensor_model_parallel_size",
     "parallel.pipeline_model_parallel_size", "parallel.expert_model_parallel_size"};
 // clang-format on
 
@@ -300,6 +303,31 @@ TEST(Config, ToYamlWritesEveryKey) {
     EXPECT_NE(yaml.find("\n" + section + ":\n"), std::string::npos) << section << "\n" << yaml;
     EXPECT_NE(yaml.find("\n  " + name + ": "), std::string::npos) << key << "\n" << yaml;
   }
+}
+
+// docs/CONFIG.md documents every key in a table row of its section, and nothing else: the keys
+// of config_to_yaml and the rows under "### `section`" are the same set.
+TEST(Config, DocsDescribeEveryKeyAndNoOther) {
+  std::ifstream doc(std::string(KEEL_SOURCE_DIR) + "/docs/CONFIG.md");
+  ASSERT_TRUE(doc.good());
+  std::vector<std::string> documented, keys;
+  std::string line, section;
+  while (std::getline(doc, line)) {
+    if (line.rfind("### `", 0) == 0) section = line.substr(5, line.find('`', 5) - 5);
+    if (line.rfind("## ", 0) == 0) section.clear();
+    if (!section.empty() && line.rfind("| `", 0) == 0)
+      documented.push_back(section + "." + line.substr(3, line.find('`', 3) - 3));
+  }
+  std::istringstream yaml(config_to_yaml(Config{}));
+  while (std::getline(yaml, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    if (line[0] != ' ')
+      section = line.substr(0, line.find(':'));
+    else
+      keys.push_back(section + "." + line.substr(2, line.find(':') - 2));
+  }
+  EXPECT_EQ(documented, keys) << "docs/CONFIG.md's tables and the schema (in table order)";
+  EXPECT_EQ(keys, kAllKeys);
 }
 
 TEST(Config, RoundTripIsExact) {

@@ -1,0 +1,317 @@
+#include "runtime/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "kernels/error.h"
+#include "runtime/safetensors.h"
+
+namespace keel::runtime {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kFormat = "keel-checkpoint";
+constexpr int kVersion = 1;
+constexpr const char* kInfoFile = "meta.json";
+constexpr const char* kLatest = "latest";
+constexpr const char* kStateFormatKey = "keel_state";  // marks a state file in its metadata
+
+std::string errno_text() { return std::strerror(errno); }
+
+// fsync of a file or a directory (a directory's fsync makes the renames inside it durable).
+void sync_path(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  KEEL_CHECK(fd >= 0, "cannot open '{}' to sync it: {}", path, errno_text());
+  const int rc = ::fsync(fd);
+  const std::string why = errno_text();
+  ::close(fd);
+  KEEL_CHECK(rc == 0, "cannot sync '{}' to disk: {}", path, why);
+}
+
+// Writes text to path + ".tmp", fsyncs it and renames it over path: readers see the old file or
+// the new one, never a part.
+void write_text_durably(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    f << text;
+    f.flush();
+    KEEL_CHECK(f.good(), "cannot write '{}': {}", tmp, errno_text());
+  }
+  sync_path(tmp, false);
+  KEEL_CHECK(::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '{}' to '{}': {}", tmp, path,
+             errno_text());
+}
+
+std::string step_name(int64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof name, "step_%08lld", static_cast<long long>(step));
+  return name;
+}
+
+// The step of a "step_<digits>" name, or -1 for any other name.
+int64_t step_of(const std::string& name) {
+  if (name.size() <= 5 || name.compare(0, 5, "step_") != 0) return -1;
+  int64_t step = 0;
+  for (size_t i = 5; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return -1;
+    step = step * 10 + (name[i] - '0');
+  }
+  return step;
+}
+
+std::string rect_text(const parallel::ShardRect& r) {
+  return std::to_string(r.row0) + " " + std::to_string(r.col0) + " " + std::to_string(r.rows) +
+         " " + std::to_string(r.cols);
+}
+
+// One state file's tensor: its rectangle and its stored floats.
+struct StoredPiece {
+  parallel::ShardRect rect;
+  const float* data;
+};
+
+StoredPiece stored_piece(const SafeTensorsReader& file, const std::string& name) {
+  const Tensor t = file.get(name);
+  const auto meta = file.metadata().find(name);
+  KEEL_CHECK(meta != file.metadata().end(), "{}: tensor '{}' has no rectangle in the metadata",
+             file.path(), name);
+  KEEL_CHECK(t.dtype() == DType::F32 && t.shape().rank() == 2,
+             "{}: tensor '{}' must be a 2-D F32 array, got {} {}", file.path(), name,
+             dtype_name(t.dtype()), t.shape().str());
+  parallel::ShardRect r;
+  std::istringstream in(meta->second);
+  in >> r.row0 >> r.col0 >> r.rows >> r.cols;
+  r.ld = t.shape()[1];
+  KEEL_CHECK(!in.fail() && r.row0 >= 0 && r.col0 >= 0 && r.rows >= 0 && r.cols >= 0 &&
+                 r.rows <= t.shape()[0] && r.cols <= r.ld,
+             "{}: the rectangle '{}' of tensor '{}' does not fit its stored {}x{} floats",
+             file.path(), meta->second, name, t.shape()[0], r.ld);
+  return {r, t.f32()};
+}
+
+// Copies the overlap of a stored rectangle into a piece; returns the floats copied.
+int64_t copy_overlap(const StoredPiece& from, const StatePiece& to) {
+  const parallel::ShardRect& a = from.rect;
+  const parallel::ShardRect& b = to.rect;
+  const int64_t r0 = std::max(a.row0, b.row0), r1 = std::min(a.row0 + a.rows, b.row0 + b.rows);
+  const int64_t c0 = std::max(a.col0, b.col0), c1 = std::min(a.col0 + a.cols, b.col0 + b.cols);
+  if (r0 >= r1 || c0 >= c1) return 0;
+  for (int64_t r = r0; r < r1; ++r)
+    std::memcpy(to.data + (r - b.row0) * b.ld + (c0 - b.col0),
+                from.data + (r - a.row0) * a.ld + (c0 - a.col0),
+                static_cast<size_t>(c1 - c0) * sizeof(float));
+  return (r1 - r0) * (c1 - c0);
+}
+
+}  // namespace
+
+std::string state_file_name(int rank) {
+  char name[40];
+  std::snprintf(name, sizeof name, "rank_%05d.safetensors", rank);
+  return name;
+}
+
+void write_state_file(const std::string& path, const std::vector<StatePiece>& pieces) {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  std::map<std::string, std::string> metadata = {{kStateFormatKey, std::to_string(kVersion)}};
+  for (const StatePiece& p : pieces) {
+    KEEL_CHECK(p.rect.ld > 0 && p.elems % p.rect.ld == 0,
+               "state '{}': {} floats do not make rows of {}", p.name, p.elems, p.rect.ld);
+    tensors.emplace_back(p.name, Tensor(p.data, DType::F32, {p.elems / p.rect.ld, p.rect.ld}));
+    metadata[p.name] = rect_text(p.rect);
+  }
+  write_safetensors(path, tensors, metadata);
+}
+
+void read_state(const std::string& dir, const CheckpointInfo& info,
+                const std::vector<StatePiece>& pieces) {
+  std::vector<std::unique_ptr<SafeTensorsReader>> files;
+  for (const std::string& name : info.files) {
+    const std::string path = dir + "/" + name;
+    KEEL_CHECK(fs::exists(path),
+               "checkpoint {} is missing {} (it was written by {} ranks, each with its own file); "
+               "the directory is incomplete or was copied only in part",
+               dir, name, info.files.size());
+    files.push_back(std::make_unique<SafeTensorsReader>(path));
+    KEEL_CHECK(files.back()->metadata().count(kStateFormatKey),
+               "{} is not a keel state file (no '{}' in its metadata)", path, kStateFormatKey);
+  }
+  for (const StatePiece& p : pieces) {
+    const auto shape = info.shapes.find(p.name);
+    KEEL_CHECK(shape != info.shapes.end(),
+               "checkpoint {} has no '{}': it was written by another model or optimizer", dir,
+               p.name);
+    KEEL_CHECK(shape->second == std::make_pair(p.rows, p.cols),
+               "'{}' is {}x{} in checkpoint {} but {}x{} in this model: the checkpoint is of "
+               "another model shape",
+               p.name, shape->second.first, shape->second.second, dir, p.rows, p.cols);
+    std::fill(p.data, p.data + p.elems, 0.0f);
+    int64_t covered = 0;
+    for (const auto& file : files)
+      if (file->contains(p.name)) covered += copy_overlap(stored_piece(*file, p.name), p);
+    KEEL_CHECK(covered == p.rect.rows * p.rect.cols,
+               "checkpoint {}: its files hold {} of the {} values of '{}' this rank needs; a "
+               "state file is missing or damaged",
+               dir, covered, p.rect.rows * p.rect.cols, p.name);
+  }
+}
+
+void write_checkpoint_info(const std::string& dir, const CheckpointInfo& info) {
+  nlohmann::json j;
+  j["format"] = kFormat;
+  j["version"] = kVersion;
+  j["step"] = info.step;
+  j["samples_consumed"] = info.samples_consumed;
+  j["seed"] = info.seed;
+  j["data_parallel_size"] = info.data_parallel_size;
+  j["zero_stage"] = info.zero_stage;
+  j["optimizer"] = info.optimizer;
+  j["files"] = info.files;
+  nlohmann::json shapes = nlohmann::json::object();
+  for (const auto& [name, shape] : info.shapes) shapes[name] = {shape.first, shape.second};
+  j["tensors"] = shapes;
+  j["config"] = info.config_yaml;
+  write_text_durably(dir + "/" + kInfoFile, j.dump(1) + "\n");
+}
+
+CheckpointInfo read_checkpoint_info(const std::string& dir) {
+  const std::string path = dir + "/" + kInfoFile;
+  std::ifstream f(path, std::ios::binary);
+  KEEL_CHECK(f.good(),
+             "no checkpoint at {}: {} is missing (a checkpoint directory holds {} and "
+             "rank_*.safetensors files)",
+             dir, kInfoFile, kInfoFile);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(f);
+  } catch (const nlohmann::json::exception& e) {
+    KEEL_FAIL("{} is not valid JSON ({}); the checkpoint is damaged", path, e.what());
+  }
+  CheckpointInfo info;
+  try {
+    KEEL_CHECK(j.value("format", "") == kFormat, "{} is not a keel checkpoint (format '{}')", path,
+               j.value("format", ""));
+    const int version = j.at("version").get<int>();
+    KEEL_CHECK(version == kVersion,
+               "{} is a keel checkpoint of version {}; this keel reads version {}", path, version,
+               kVersion);
+    info.step = j.at("step").get<int64_t>();
+    info.samples_consumed = j.at("samples_consumed").get<int64_t>();
+    info.seed = j.at("seed").get<uint64_t>();
+    info.data_parallel_size = j.at("data_parallel_size").get<int>();
+    info.zero_stage = j.at("zero_stage").get<int>();
+    info.optimizer = j.at("optimizer").get<std::string>();
+    info.files = j.at("files").get<std::vector<std::string>>();
+    for (const auto& [name, shape] : j.at("tensors").items())
+      info.shapes[name] = {shape.at(0).get<int64_t>(), shape.at(1).get<int64_t>()};
+    info.config_yaml = j.at("config").get<std::string>();
+  } catch (const nlohmann::json::exception& e) {
+    KEEL_FAIL("{}: a field is missing or of the wrong type ({}); the checkpoint is damaged", path,
+              e.what());
+  }
+  KEEL_CHECK(info.step >= 0 && info.samples_consumed >= 0 && !info.files.empty(),
+             "{}: step {}, samples {} and {} files make no checkpoint", path, info.step,
+             info.samples_consumed, info.files.size());
+  return info;
+}
+
+// --- the store ----------------------------------------------------------------------------------
+
+std::string CheckpointStore::staging(int64_t step) const {
+  return root_ + "/" + step_name(step) + ".tmp";
+}
+
+void CheckpointStore::begin(int64_t step) const {
+  const std::string dir = staging(step);
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  KEEL_CHECK(!ec, "cannot clear '{}': {}", dir, ec.message());
+  fs::create_directories(dir, ec);
+  KEEL_CHECK(!ec, "cannot create checkpoint directory '{}': {}", dir, ec.message());
+}
+
+std::string CheckpointStore::commit(int64_t step, int64_t keep) const {
+  const std::string tmp = staging(step), name = step_name(step), final_dir = root_ + "/" + name;
+  for (const fs::directory_entry& e : fs::directory_iterator(tmp))
+    sync_path(e.path().string(), false);
+  sync_path(tmp, true);
+  std::error_code ec;
+  // A checkpoint of the same step from an earlier run is replaced.
+  if (fs::exists(final_dir)) {
+    fs::remove_all(final_dir, ec);
+    KEEL_CHECK(!ec, "cannot replace '{}': {}", final_dir, ec.message());
+  }
+  KEEL_CHECK(::rename(tmp.c_str(), final_dir.c_str()) == 0, "cannot rename '{}' to '{}': {}", tmp,
+             final_dir, errno_text());
+  sync_path(root_, true);
+  write_text_durably(root_ + "/" + kLatest, name + "\n");
+  sync_path(root_, true);
+
+  // Older checkpoints beyond the limit, and temporary directories of saves that crashed.
+  std::vector<std::string> steps = list();
+  for (size_t i = 0; keep > 0 && i + static_cast<size_t>(keep) < steps.size(); ++i)
+    if (steps[i] != name) fs::remove_all(root_ + "/" + steps[i], ec);
+  for (const fs::directory_entry& e : fs::directory_iterator(root_)) {
+    const std::string entry = e.path().filename().string();
+    if (entry.size() > 4 && entry.ends_with(".tmp") && e.is_directory() &&
+        step_of(entry.substr(0, entry.size() - 4)) >= 0)
+      fs::remove_all(e.path(), ec);
+  }
+  return final_dir;
+}
+
+std::string CheckpointStore::latest() const {
+  const std::string path = root_ + "/" + kLatest;
+  std::ifstream f(path);
+  if (!f.good()) return "";
+  std::string name;
+  std::getline(f, name);
+  KEEL_CHECK(step_of(name) >= 0, "{} names '{}', which is not a checkpoint (step_<number>)", path,
+             name);
+  const std::string dir = root_ + "/" + name;
+  KEEL_CHECK(fs::exists(dir + "/" + kInfoFile),
+             "{} names {}, which holds no {}: the checkpoint was removed or damaged; point "
+             "training.resume_from_checkpoint at another one, or at 'none' to start afresh",
+             path, name, kInfoFile);
+  return dir;
+}
+
+std::vector<std::string> CheckpointStore::list() const {
+  std::vector<std::pair<int64_t, std::string>> found;
+  std::error_code ec;
+  for (const fs::directory_entry& e : fs::directory_iterator(root_, ec)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_directory() && step_of(name) >= 0) found.emplace_back(step_of(name), name);
+  }
+  std::sort(found.begin(), found.end());
+  std::vector<std::string> out;
+  for (auto& f : found) out.push_back(std::move(f.second));
+  return out;
+}
+
+std::string find_checkpoint(const std::string& spec, const std::string& output_dir) {
+  if (spec == "none") return "";
+  if (spec == "auto") return CheckpointStore(output_dir + "/checkpoints").latest();
+  if (fs::exists(spec + "/" + kInfoFile)) return spec;
+  if (fs::exists(spec + "/" + kLatest)) return CheckpointStore(spec).latest();
+  if (fs::exists(spec + "/checkpoints/" + kLatest))
+    return CheckpointStore(spec + "/checkpoints").latest();
+  KEEL_FAIL(
+      "training.resume_from_checkpoint: '{}' holds no checkpoint (expected a directory with {}, "
+      "or a checkpoints directory or run directory with a '{}' file)",
+      spec, kInfoFile, kLatest);
+}
+
+}  // namespace keel::runtime

@@ -1,0 +1,84 @@
+// Checkpoints: one directory per saved step under <output_dir>/checkpoints, holding meta.json (the
+// step, the data position, the config, who wrote it, every tensor's global shape) and one
+// safetensors file per writing rank with that rank's rectangles of the training state. A directory
+// is written under a temporary name, fsynced and renamed before `latest` names it, so a crash at
+// any point leaves `latest` on a complete checkpoint; any layout reads what any other wrote.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "parallel/zero_layout.h"
+
+namespace keel::runtime {
+
+// One tensor of training state as this rank holds it: a rectangle of a global (rows × cols)
+// tensor (a vector is n × 1), stored in `elems` floats, row-major with rect.ld floats per row.
+struct StatePiece {
+  std::string name;            // "model.norm.weight", "optimizer.exp_avg.model.norm.weight"
+  int64_t rows = 0, cols = 0;  // global shape
+  parallel::ShardRect rect;
+  float* data = nullptr;
+  int64_t elems = 0;
+};
+
+struct CheckpointInfo {
+  int64_t step = 0;              // optimizer steps completed
+  int64_t samples_consumed = 0;  // global samples of the data order trained on so far
+  uint64_t seed = 0;             // of the data order
+  int data_parallel_size = 1;    // of the run that wrote it
+  int zero_stage = 0;
+  std::string optimizer;           // optimizer.type
+  std::string config_yaml;         // the writing run's resolved config
+  std::vector<std::string> files;  // state files, one per writing rank, relative to the directory
+  std::map<std::string, std::pair<int64_t, int64_t>> shapes;  // every tensor's global shape
+};
+
+// The state file of world rank r: "rank_00003.safetensors".
+std::string state_file_name(int rank);
+// Writes pieces to path (safetensors, durably), each with its rectangle in the file's metadata.
+void write_state_file(const std::string& path, const std::vector<StatePiece>& pieces);
+// Fills every piece from the state files of the checkpoint in dir, whatever layout wrote them:
+// the piece is zeroed (padding stays zero) and each rectangle of the files that overlaps it is
+// copied in. Errors name the checkpoint and the tensor: one the checkpoint lacks, a global shape
+// that differs, values that no file covers (a rank's file missing).
+void read_state(const std::string& dir, const CheckpointInfo& info,
+                const std::vector<StatePiece>& pieces);
+
+// meta.json of a checkpoint directory, written durably / read and checked.
+void write_checkpoint_info(const std::string& dir, const CheckpointInfo& info);
+CheckpointInfo read_checkpoint_info(const std::string& dir);
+
+// The checkpoints of one run: step_<8 digits> directories and the `latest` file naming one.
+class CheckpointStore {
+ public:
+  explicit CheckpointStore(std::string root) : root_(std::move(root)) {}
+  const std::string& root() const { return root_; }
+  // The temporary directory a checkpoint of `step` is written into before commit().
+  std::string staging(int64_t step) const;
+  // Creates staging(step) empty (removing what a crashed save left there).
+  void begin(int64_t step) const;
+  // staging(step), complete, becomes step_<step>: its files and the directory are fsynced, it is
+  // renamed, and `latest` is rewritten (temporary file, fsync, rename) to name it. Then all but
+  // the newest `keep` checkpoints are removed (keep 0 removes none; the latest never is), with
+  // any temporary directory a crash left. Returns the checkpoint's directory.
+  std::string commit(int64_t step, int64_t keep) const;
+  // The directory `latest` names, or "" when there is none.
+  std::string latest() const;
+  // The step directories present, oldest first.
+  std::vector<std::string> list() const;
+
+ private:
+  std::string root_;
+};
+
+// The checkpoint that training.resume_from_checkpoint names: "auto" is the latest of the run's
+// own store (<output_dir>/checkpoints), or "" when it has none; "none" is ""; anything else is a
+// path to a checkpoint directory, a store (its latest) or a run's output_dir, and an error when it
+// holds none.
+std::string find_checkpoint(const std::string& spec, const std::string& output_dir);
+
+}  // namespace keel::runtime

@@ -1,0 +1,147 @@
+// Saving and resuming the Trainer (runtime/trainer.h) through runtime/checkpoint.h: which state
+// each rank writes, how the ranks agree that a save worked, and what a resume restores.
+#include <chrono>
+#include <filesystem>
+#include <sstream>
+
+#include "runtime/checkpoint.h"
+#include "runtime/trainer.h"
+
+namespace keel::runtime {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// After a part of a collective save or load that may fail on some ranks only: every rank learns
+// whether any failed and throws, the failing rank with its own message, the others naming it.
+void agree(parallel::Communicator& world, const std::string& error, const std::string& what) {
+  std::vector<int64_t> failed = {error.empty() ? 0 : world.rank() + 1};
+  if (world.size() > 1) world.all_reduce(parallel::host_view(failed), parallel::ReduceOp::kMax);
+  if (!error.empty()) KEEL_FAIL("{}", error);
+  KEEL_CHECK(failed[0] == 0, "{} failed on rank {} (its log: logs/rank_{}.log)", what,
+             failed[0] - 1, failed[0] - 1);
+}
+
+// Runs f, turning an error into its message so that agree() can share it.
+template <class F>
+std::string attempt(F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::string moment_name(const char* moment, const std::string& param) {
+  return std::string("optimizer.") + moment + "." + param;
+}
+
+}  // namespace
+
+std::vector<StatePiece> Trainer::state_pieces() {
+  std::vector<StatePiece> out;
+  auto add = [&](const std::string& param, int64_t rows, int64_t cols, parallel::ShardRect rect,
+                 size_t i, float* value, int64_t elems) {
+    out.push_back({param, rows, cols, rect, value, elems});
+    out.push_back({moment_name("exp_avg", param), rows, cols, rect, optimizer_->exp_avg(i), elems});
+    out.push_back(
+        {moment_name("exp_avg_sq", param), rows, cols, rect, optimizer_->exp_avg_sq(i), elems});
+  };
+  if (!zero_) {  // every rank holds every parameter whole
+    std::vector<Parameter>& params = model_->parameters();
+    for (size_t i = 0; i < params.size(); ++i) {
+      const int64_t rows = params[i].global_shape[0], cols = params[i].value.numel() / rows;
+      add(params[i].name, rows, cols, {0, 0, rows, cols, cols}, i, params[i].value.f32(),
+          params[i].value.numel());
+    }
+  } else {
+    const std::vector<parallel::ZeroShardRef> shards = zero_->shards();
+    for (size_t i = 0; i < shards.size(); ++i)
+      add(shards[i].spec->name, shards[i].spec->rows, shards[i].spec->cols, shards[i].rect, i,
+          shards[i].master, shards[i].elems);
+  }
+  return out;
+}
+
+std::string Trainer::save_checkpoint() {
+  const auto t0 = Clock::now();
+  parallel::Communicator& world = grid_.world();
+  const CheckpointStore store(config_.training.output_dir + "/checkpoints");
+  const bool lead = world.rank() == 0;
+  // Without ZeRO every rank holds the same state: rank 0 alone writes it.
+  const bool writes = zero_ || lead;
+  agree(world, lead ? attempt([&] { store.begin(step_); }) : "", "starting a checkpoint");
+
+  const std::vector<StatePiece> pieces = state_pieces();
+  const std::string tmp = store.staging(step_);
+  agree(world,
+        writes
+            ? attempt([&] { write_state_file(tmp + "/" + state_file_name(world.rank()), pieces); })
+            : "",
+        "writing a checkpoint's state file");
+
+  std::string dir;
+  std::string error;
+  if (lead) {
+    error = attempt([&] {
+      CheckpointInfo info;
+      info.step = step_;
+      info.samples_consumed = samples_;
+      info.seed = config_.training.seed;
+      info.data_parallel_size = grid_.dp().size();
+      info.zero_stage = static_cast<int>(config_.parallel.zero_stage);
+      info.optimizer = config_.optimizer.type;
+      info.config_yaml = config_to_yaml(config_);
+      for (int r = 0; r < (zero_ ? world.size() : 1); ++r) info.files.push_back(state_file_name(r));
+      for (const StatePiece& p : pieces) info.shapes[p.name] = {p.rows, p.cols};
+      write_checkpoint_info(tmp, info);
+      dir = store.commit(step_, config_.training.save_total_limit);
+    });
+  }
+  agree(world, error, "committing a checkpoint");
+  const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  console_ << "keel: checkpoint " << std::filesystem::path(dir).filename().string() << " saved in "
+           << seconds << " s\n"
+           << std::flush;
+  return dir;
+}
+
+Config Trainer::check_checkpoint(const std::string& dir, const CheckpointInfo& info) const {
+  Config saved = parse_config(info.config_yaml, {}, dir + "/meta.json");
+  const std::vector<std::string> model_changes = config_differences(saved, config_, "model");
+  std::ostringstream changes;
+  for (const std::string& c : model_changes) changes << (changes.tellp() ? "; " : "") << c;
+  KEEL_CHECK(model_changes.empty(),
+             "checkpoint {} is of another model shape ({}); resume with the model it was trained "
+             "with, or start afresh (--set training.resume_from_checkpoint=none, or another "
+             "training.output_dir)",
+             dir, changes.str());
+  KEEL_CHECK(info.optimizer == config_.optimizer.type,
+             "checkpoint {} holds '{}' optimizer state but optimizer.type is '{}'", dir,
+             info.optimizer, config_.optimizer.type);
+  return saved;
+}
+
+void Trainer::load_checkpoint(const std::string& dir) {
+  const CheckpointInfo info = read_checkpoint_info(dir);
+  const Config saved = check_checkpoint(dir, info);
+  read_state(dir, info, state_pieces());
+  optimizer_->set_steps_taken(info.step);
+  step_ = info.step;
+  samples_ = info.samples_consumed;
+  // Stages 1 and 2: the model's full weights from the loaded master shards.
+  if (zero_) zero_->publish_weights();
+  resumed_from_ = dir;
+
+  std::ostringstream note;
+  note << "keel: resumed from " << dir << " at step " << step_ << " (written by "
+       << info.data_parallel_size << " data-parallel rank"
+       << (info.data_parallel_size > 1 ? "s" : "") << ", ZeRO " << info.zero_stage << ")\n";
+  for (const std::string& c : config_differences(saved, config_))
+    note << "keel:   changed since: " << c << "\n";
+  console_ << note.str();
+  plan_text_ += note.str();
+}
+
+}  // namespace keel::runtime

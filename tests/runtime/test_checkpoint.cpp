@@ -1,0 +1,225 @@
+// Checkpoints without MPI: state written by one sharding reads back into any other (rectangles,
+// padding), meta.json round trips, the store's commit / latest / pruning, and each kind of bad
+// checkpoint is an error that names the file and the problem.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+
+#include "parallel/zero_layout.h"
+#include "runtime/checkpoint.h"
+
+namespace keel::runtime {
+namespace {
+
+namespace fs = std::filesystem;
+
+class CheckpointTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = (fs::temp_directory_path() /
+            ("keel_ckpt_" + std::to_string(::getpid()) + "_" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+               .string();
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string dir_;
+};
+
+// Parameters of both split directions, a vector, one smaller than the rank count.
+const std::vector<parallel::ZeroParamSpec> kSpecs = {
+    {"tall", 11, 4}, {"wide", 3, 10}, {"vector", 7, 1}, {"tiny", 2, 1}};
+
+std::vector<float> full_values(const parallel::ZeroParamSpec& p, float base) {
+  std::vector<float> v(static_cast<size_t>(p.rows * p.cols));
+  std::iota(v.begin(), v.end(), base);
+  return v;
+}
+
+// Every rank's shards of kSpecs under `ranks` ranks, as ZeRO packs them, and their pieces.
+struct Sharded {
+  parallel::ZeroLayout layout;
+  std::vector<std::vector<float>> regions;  // one per rank
+  std::vector<StatePiece> pieces(int k) {
+    std::vector<StatePiece> out;
+    for (size_t i = 0; i < kSpecs.size(); ++i)
+      out.push_back({kSpecs[i].name, kSpecs[i].rows, kSpecs[i].cols, layout.rect(i, k),
+                     regions[static_cast<size_t>(k)].data() + layout.shard(i).offset,
+                     layout.shard(i).elems});
+    return out;
+  }
+};
+
+Sharded shard(int ranks, const std::vector<std::vector<float>>& full) {
+  Sharded s{parallel::ZeroLayout(kSpecs, ranks), {}};
+  std::vector<const float*> in;
+  for (const auto& f : full) in.push_back(f.data());
+  for (int k = 0; k < ranks; ++k) {
+    s.regions.emplace_back(static_cast<size_t>(s.layout.region_elems()), -1.0f);
+    s.layout.pack(s.regions.back().data(), k, in);
+  }
+  return s;
+}
+
+CheckpointInfo info_for(int ranks) {
+  CheckpointInfo info;
+  info.step = 7;
+  info.samples_consumed = 56;
+  info.seed = 42;
+  info.data_parallel_size = ranks;
+  info.zero_stage = 2;
+  info.optimizer = "adamw";
+  info.config_yaml = "model: {}\n";
+  for (int k = 0; k < ranks; ++k) info.files.push_back(state_file_name(k));
+  for (const auto& p : kSpecs) info.shapes[p.name] = {p.rows, p.cols};
+  return info;
+}
+
+void write_checkpoint(const std::string& dir, int ranks, Sharded& s) {
+  for (int k = 0; k < ranks; ++k) write_state_file(dir + "/" + state_file_name(k), s.pieces(k));
+  write_checkpoint_info(dir, info_for(ranks));
+}
+
+TEST_F(CheckpointTest, AnyShardingReadsWhatAnyOtherWrote) {
+  std::vector<std::vector<float>> full;
+  for (size_t i = 0; i < kSpecs.size(); ++i)
+    full.push_back(full_values(kSpecs[i], 1000.0f * static_cast<float>(i + 1)));
+  for (int written : {1, 2, 3, 4}) {
+    const std::string dir = dir_ + "/w" + std::to_string(written);
+    fs::create_directories(dir);
+    Sharded from = shard(written, full);
+    write_checkpoint(dir, written, from);
+    const CheckpointInfo info = read_checkpoint_info(dir);
+    EXPECT_EQ(info.step, 7);
+    EXPECT_EQ(info.samples_consumed, 56);
+    EXPECT_EQ(info.files.size(), static_cast<size_t>(written));
+    for (int reading : {1, 2, 3, 4, 5}) {
+      // Each reading rank's shards equal what packing the full tensors gives, padding zero.
+      const Sharded want = shard(reading, full);
+      Sharded got = shard(reading, full);
+      for (auto& r : got.regions) std::fill(r.begin(), r.end(), 9.0f);
+      for (int k = 0; k < reading; ++k) read_state(dir, info, got.pieces(k));
+      for (int k = 0; k < reading; ++k)
+        for (size_t i = 0; i < kSpecs.size(); ++i) {
+          const auto& sh = want.layout.shard(i);
+          const auto a = want.regions[static_cast<size_t>(k)].begin() + sh.offset;
+          const auto b = got.regions[static_cast<size_t>(k)].begin() + sh.offset;
+          EXPECT_TRUE(std::equal(a, a + sh.elems, b))
+              << kSpecs[i].name << ": written by " << written << ", rank " << k << " of "
+              << reading;
+        }
+    }
+  }
+}
+
+TEST_F(CheckpointTest, BadCheckpointsAreClearErrors) {
+  std::vector<std::vector<float>> full;
+  for (const auto& p : kSpecs) full.push_back(full_values(p, 1.0f));
+  Sharded s = shard(2, full);
+  write_checkpoint(dir_, 2, s);
+  CheckpointInfo info = read_checkpoint_info(dir_);
+  Sharded into = shard(1, full);
+
+  // Another model shape: the tensor, both shapes and the checkpoint are named.
+  std::vector<StatePiece> pieces = into.pieces(0);
+  pieces[0].rows = 12;
+  pieces[0].rect.rows = 12;
+  EXPECT_THROW(
+      {
+        try {
+          read_state(dir_, info, pieces);
+        } catch (const std::exception& e) {
+          EXPECT_NE(std::string(e.what()).find("'tall' is 11x4 in checkpoint"), std::string::npos)
+              << e.what();
+          EXPECT_NE(std::string(e.what()).find("12x4 in this model"), std::string::npos);
+          throw;
+        }
+      },
+      std::exception);
+  // A tensor the checkpoint lacks.
+  pieces = into.pieces(0);
+  pieces[1].name = "optimizer.exp_avg.wide";
+  EXPECT_THROW(read_state(dir_, info, pieces), std::exception);
+
+  // A rank file missing: named, with how many ranks wrote the checkpoint.
+  fs::rename(dir_ + "/rank_00001.safetensors", dir_ + "/moved");
+  try {
+    read_state(dir_, info, into.pieces(0));
+    ADD_FAILURE() << "a missing rank file must fail";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("missing rank_00001.safetensors"), std::string::npos)
+        << e.what();
+  }
+  // meta.json not listing it: values uncovered.
+  info.files = {state_file_name(0)};
+  try {
+    read_state(dir_, info, into.pieces(0));
+    ADD_FAILURE() << "values no file holds must fail";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("values of 'tall'"), std::string::npos) << e.what();
+  }
+
+  // meta.json: missing, damaged, a field missing, another format.
+  const std::string meta = dir_ + "/meta.json";
+  auto expect_info_error = [&](const std::string& needle) {
+    try {
+      read_checkpoint_info(dir_);
+      ADD_FAILURE() << "expected an error with '" << needle << "'";
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  std::ofstream(meta) << "{\"format\": \"keel-checkpoint\", \"version\": 1, \"step\": ";
+  expect_info_error("is not valid JSON");
+  std::ofstream(meta) << R"({"format": "keel-checkpoint", "version": 1, "step": 3})";
+  expect_info_error("a field is missing");
+  std::ofstream(meta) << R"({"format": "other", "version": 1})";
+  expect_info_error("is not a keel checkpoint");
+  std::ofstream(meta) << R"({"format": "keel-checkpoint", "version": 9})";
+  expect_info_error("version 9");
+  fs::remove(meta);
+  expect_info_error("meta.json is missing");
+}
+
+void make_checkpoint(const CheckpointStore& store, int64_t step) {
+  store.begin(step);
+  std::ofstream(store.staging(step) + "/rank_00000.safetensors") << "x";
+  CheckpointInfo info = info_for(1);
+  info.step = step;
+  write_checkpoint_info(store.staging(step), info);
+}
+
+TEST_F(CheckpointTest, StoreCommitsPointsLatestAndPrunes) {
+  const CheckpointStore store(dir_ + "/checkpoints");
+  EXPECT_EQ(store.latest(), "");
+  EXPECT_EQ(find_checkpoint("auto", dir_), "");
+  EXPECT_EQ(find_checkpoint("none", dir_), "");
+  for (int64_t step : {10, 20, 30, 40}) {
+    make_checkpoint(store, step);
+    EXPECT_EQ(store.commit(step, 2), store.root() + "/step_000000" + std::to_string(step));
+  }
+  // A save that crashed midway leaves its temporary directory; latest is untouched.
+  make_checkpoint(store, 50);
+  EXPECT_EQ(store.list(), (std::vector<std::string>{"step_00000030", "step_00000040"}));
+  const std::string latest = store.root() + "/step_00000040";
+  EXPECT_EQ(store.latest(), latest);
+  EXPECT_EQ(find_checkpoint("auto", dir_), latest);
+  EXPECT_EQ(find_checkpoint(dir_, "elsewhere"), latest);          // a run's output_dir
+  EXPECT_EQ(find_checkpoint(store.root(), "elsewhere"), latest);  // a store
+  EXPECT_EQ(find_checkpoint(store.root() + "/step_00000030", "x"), store.root() + "/step_00000030");
+  EXPECT_THROW(find_checkpoint(dir_ + "/nothing", "x"), std::exception);
+  // The next commit removes what the crash left.
+  make_checkpoint(store, 60);
+  store.commit(60, 0);
+  EXPECT_FALSE(fs::exists(store.staging(50)));
+  EXPECT_EQ(store.list().size(), 3u);  // keep 0: nothing pruned
+  // latest naming a checkpoint that is gone is an error, not a fresh start.
+  fs::remove_all(store.root() + "/step_00000060");
+  EXPECT_THROW(store.latest(), std::exception);
+}
+
+}  // namespace
+}  // namespace keel::runtime
