@@ -76,10 +76,23 @@ std::string rect_text(const parallel::ShardRect& r) {
          " " + std::to_string(r.cols);
 }
 
-// One state file's tensor: its rectangle and its stored floats.
+// A state file: its parsed header (the data is read with pread, so that only the bytes a rank
+// needs are read, straight into its buffers, without faulting in the mapping's pages).
+struct StateFile {
+  explicit StateFile(const std::string& path) : header(path), fd(::open(path.c_str(), O_RDONLY)) {
+    KEEL_CHECK(fd >= 0, "cannot open {}: {}", path, errno_text());
+  }
+  ~StateFile() { ::close(fd); }
+  StateFile(const StateFile&) = delete;
+  StateFile& operator=(const StateFile&) = delete;
+  SafeTensorsReader header;
+  int fd;
+};
+
+// One state file's tensor: its rectangle and where its stored floats start in the file.
 struct StoredPiece {
   parallel::ShardRect rect;
-  const float* data;
+  size_t offset;
 };
 
 StoredPiece stored_piece(const SafeTensorsReader& file, const std::string& name) {
@@ -98,20 +111,40 @@ StoredPiece stored_piece(const SafeTensorsReader& file, const std::string& name)
                  r.rows <= t.shape()[0] && r.cols <= r.ld,
              "{}: the rectangle '{}' of tensor '{}' does not fit its stored {}x{} floats",
              file.path(), meta->second, name, t.shape()[0], r.ld);
-  return {r, t.f32()};
+  return {r, file.file_offset(name)};
 }
 
-// Copies the overlap of a stored rectangle into a piece; returns the floats copied.
-int64_t copy_overlap(const StoredPiece& from, const StatePiece& to) {
+void read_exactly(const StateFile& file, size_t offset, float* dst, int64_t floats) {
+  auto* p = reinterpret_cast<char*>(dst);
+  size_t n = static_cast<size_t>(floats) * sizeof(float);
+  while (n > 0) {
+    const ssize_t got = ::pread(file.fd, p, n, static_cast<off_t>(offset));
+    if (got < 0 && errno == EINTR) continue;
+    KEEL_CHECK(got > 0, "cannot read {}: {}", file.header.path(),
+               got < 0 ? errno_text() : std::string("the file ends early"));
+    p += got;
+    offset += static_cast<size_t>(got);
+    n -= static_cast<size_t>(got);
+  }
+}
+
+// Reads the overlap of a stored rectangle into a piece; returns the floats copied. When whole
+// rows of the same width overlap, they are contiguous on both sides and read in one call.
+int64_t copy_overlap(const StateFile& file, const StoredPiece& from, const StatePiece& to) {
   const parallel::ShardRect& a = from.rect;
   const parallel::ShardRect& b = to.rect;
   const int64_t r0 = std::max(a.row0, b.row0), r1 = std::min(a.row0 + a.rows, b.row0 + b.rows);
   const int64_t c0 = std::max(a.col0, b.col0), c1 = std::min(a.col0 + a.cols, b.col0 + b.cols);
   if (r0 >= r1 || c0 >= c1) return 0;
-  for (int64_t r = r0; r < r1; ++r)
-    std::memcpy(to.data + (r - b.row0) * b.ld + (c0 - b.col0),
-                from.data + (r - a.row0) * a.ld + (c0 - a.col0),
-                static_cast<size_t>(c1 - c0) * sizeof(float));
+  auto src_at = [&](int64_t r) {
+    return from.offset + static_cast<size_t>((r - a.row0) * a.ld + (c0 - a.col0)) * sizeof(float);
+  };
+  float* dst = to.data + (r0 - b.row0) * b.ld + (c0 - b.col0);
+  if (c1 - c0 == a.ld && a.ld == b.ld) {
+    read_exactly(file, src_at(r0), dst, (r1 - r0) * a.ld);
+  } else {
+    for (int64_t r = r0; r < r1; ++r) read_exactly(file, src_at(r), dst + (r - r0) * b.ld, c1 - c0);
+  }
   return (r1 - r0) * (c1 - c0);
 }
 
@@ -137,15 +170,15 @@ void write_state_file(const std::string& path, const std::vector<StatePiece>& pi
 
 void read_state(const std::string& dir, const CheckpointInfo& info,
                 const std::vector<StatePiece>& pieces) {
-  std::vector<std::unique_ptr<SafeTensorsReader>> files;
+  std::vector<std::unique_ptr<StateFile>> files;
   for (const std::string& name : info.files) {
     const std::string path = dir + "/" + name;
     KEEL_CHECK(fs::exists(path),
                "checkpoint {} is missing {} (it was written by {} ranks, each with its own file); "
                "the directory is incomplete or was copied only in part",
                dir, name, info.files.size());
-    files.push_back(std::make_unique<SafeTensorsReader>(path));
-    KEEL_CHECK(files.back()->metadata().count(kStateFormatKey),
+    files.push_back(std::make_unique<StateFile>(path));
+    KEEL_CHECK(files.back()->header.metadata().count(kStateFormatKey),
                "{} is not a keel state file (no '{}' in its metadata)", path, kStateFormatKey);
   }
   for (const StatePiece& p : pieces) {
@@ -160,7 +193,8 @@ void read_state(const std::string& dir, const CheckpointInfo& info,
     std::fill(p.data, p.data + p.elems, 0.0f);
     int64_t covered = 0;
     for (const auto& file : files)
-      if (file->contains(p.name)) covered += copy_overlap(stored_piece(*file, p.name), p);
+      if (file->header.contains(p.name))
+        covered += copy_overlap(*file, stored_piece(file->header, p.name), p);
     KEEL_CHECK(covered == p.rect.rows * p.rect.cols,
                "checkpoint {}: its files hold {} of the {} values of '{}' this rank needs; a "
                "state file is missing or damaged",

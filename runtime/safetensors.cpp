@@ -230,6 +230,10 @@ Tensor SafeTensorsReader::get(const std::string& name) const {
   return Tensor(const_cast<char*>(data_ + e.begin), e.dtype, e.shape);
 }
 
+size_t SafeTensorsReader::file_offset(const std::string& name) const {
+  return static_cast<size_t>(static_cast<const char*>(get(name).data()) - mapping_.bytes());
+}
+
 std::vector<std::string> SafeTensorsReader::names() const {
   std::vector<std::string> out;
   out.reserve(entries_.size());

@@ -31,6 +31,9 @@ class SafeTensorsReader {
   // A missing name is an error that lists the names nearest to it (alphabetically) in the file.
   Tensor get(const std::string& name) const;
   std::vector<std::string> names() const;  // sorted
+  // Byte offset in the file of tensor name's data (get(name).data() is mapped there), for callers
+  // that read a part of it with pread instead of faulting the mapping's pages in.
+  size_t file_offset(const std::string& name) const;
   // The "__metadata__" object (string to string); empty when the file has none.
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 

@@ -124,6 +124,7 @@ Config Trainer::check_checkpoint(const std::string& dir, const CheckpointInfo& i
 }
 
 void Trainer::load_checkpoint(const std::string& dir) {
+  const auto t0 = Clock::now();
   const CheckpointInfo info = read_checkpoint_info(dir);
   const Config saved = check_checkpoint(dir, info);
   read_state(dir, info, state_pieces());
@@ -133,10 +134,11 @@ void Trainer::load_checkpoint(const std::string& dir) {
   // Stages 1 and 2: the model's full weights from the loaded master shards.
   if (zero_) zero_->publish_weights();
   resumed_from_ = dir;
+  const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
 
   std::ostringstream note;
-  note << "keel: resumed from " << dir << " at step " << step_ << " (written by "
-       << info.data_parallel_size << " data-parallel rank"
+  note << "keel: resumed from " << dir << " at step " << step_ << " in " << seconds
+       << " s (written by " << info.data_parallel_size << " data-parallel rank"
        << (info.data_parallel_size > 1 ? "s" : "") << ", ZeRO " << info.zero_stage << ")\n";
   for (const std::string& c : config_differences(saved, config_))
     note << "keel:   changed since: " << c << "\n";
