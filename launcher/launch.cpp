@@ -14,7 +14,7 @@
 namespace keel::launcher {
 
 const char* const kLaunchUsage =
-    R"(usage: keel launch -n N CONFIG.yaml [--set section.key=value ...]
+    R"(usage: keel launch -n N CONFIG.yaml [--resume CKPT] [--set section.key=value ...]
 
 Runs `keel train CONFIG.yaml ...` on N ranks of this machine through mpirun, with:
   --oversubscribe         when N exceeds the cores
