@@ -128,8 +128,21 @@ MpiCommunicator::~MpiCommunicator() {
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (finalized) return;  // MPI already gone: nothing can be freed any more
-  for (Pending& p : pending_) {
+  for (uint32_t s = 0; s < pending_.size(); ++s) {
+    Pending& p = pending_[s];
     if (!p.busy) continue;
+    if (p.ring.active) {  // the other ranks need this rank's part of the ring to finish theirs
+      try {
+        advance_async_ring(s, true);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr,
+                     "keel: warning: a pending ring reduce-scatter failed while its "
+                     "communicator was destroyed: %s\n",
+                     e.what());
+      }
+      p.busy = false;
+      continue;
+    }
     if (MPI_Wait(&p.request, MPI_STATUS_IGNORE) != MPI_SUCCESS)
       std::fprintf(stderr,
                    "keel: warning: a pending MPI operation failed while its "
@@ -191,6 +204,18 @@ void MpiCommunicator::finish(uint32_t slot, const MPI_Status& status) {
 }
 
 bool MpiCommunicator::work_test(uint32_t slot) {
+  if (pending_[slot].ring.active) {
+    bool done = false;
+    try {
+      done = advance_async_ring(slot, false);
+    } catch (...) {
+      pending_[slot].ring.active = false;
+      release_slot(slot);
+      throw;
+    }
+    if (done) release_slot(slot);
+    return done;
+  }
   int flag = 0;
   MPI_Status status;
   const int rc = MPI_Test(&pending_[slot].request, &flag, &status);
@@ -203,6 +228,17 @@ bool MpiCommunicator::work_test(uint32_t slot) {
 }
 
 void MpiCommunicator::work_wait(uint32_t slot) {
+  if (pending_[slot].ring.active) {
+    try {
+      advance_async_ring(slot, true);
+    } catch (...) {
+      pending_[slot].ring.active = false;
+      release_slot(slot);
+      throw;
+    }
+    release_slot(slot);
+    return;
+  }
   MPI_Status status;
   const int rc = MPI_Wait(&pending_[slot].request, &status);
   if (rc != MPI_SUCCESS) {
@@ -255,6 +291,16 @@ Work MpiCommunicator::do_reduce_scatter(Tensor out, Tensor in, ReduceOp op, bool
   if (use_ring(in.nbytes(), async)) {
     ring_reduce_scatter(in, out.data(), op);  // reads in, writes out: aliasing is fine
     return Work();
+  }
+  if (async && size() > 1 && in.nbytes() >= tuning_.ring_min_bytes) {
+    const uint32_t s = acquire_slot();
+    OnFailure guard([this, s] {
+      pending_[s].ring.active = false;
+      release_slot(s);
+    });
+    start_async_ring(s, in, out.data(), op);  // as the blocking ring: aliasing is fine
+    guard.dismiss();
+    return make_work(s);
   }
   if (!async) {
     KEEL_MPI(MPI_Reduce_scatter_block(send, recv, n, t, o, comm_));

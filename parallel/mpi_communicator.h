@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "kernels/memory_plan.h"
 #include "parallel/communicator.h"
 
 namespace keel::parallel {
@@ -39,12 +40,16 @@ namespace keel::parallel {
 // threshold every such call pays fresh page faults; keel's ring reuses two persistent pre-faulted
 // segments. docs/PARALLEL.md has the measurements behind the defaults.
 struct MpiTuning {
-  // Blocking all_reduce and reduce_scatter of at least this many bytes (the full buffer) run the
-  // ring; smaller ones, and every asynchronous call, use MPI's collectives.
+  // all_reduce and reduce_scatter of at least this many bytes (the full buffer) run the ring
+  // (asynchronous reduce_scatter too, without blocking); smaller ones, asynchronous all_reduce,
+  // and the other collectives use MPI's.
   size_t ring_min_bytes = size_t{1} << 20;
   // The ring moves and reduces this many bytes per message; its scratch is two segments, mapped on
   // the first ring call and shared by every communicator split from the same one.
   size_t segment_bytes = size_t{4} << 20;
+  // Asynchronous reduce_scatter of at least ring_min_bytes runs a non-blocking ring, advanced by
+  // test() and wait(), with segments of this size: two per pending call, kept for the next.
+  size_t async_segment_bytes = size_t{1} << 20;
 };
 
 class MpiCommunicator final : public Communicator {
@@ -53,6 +58,10 @@ class MpiCommunicator final : public Communicator {
   static constexpr int kMaxInFlight = 32;
   // The tag of the ring's messages: above every user tag, so they never match a send or recv.
   static constexpr int kRingTag = kMaxTag + 1;
+  // Tags of the non-blocking rings: kAsyncRingTag + (call number mod kAsyncRingTags), so that
+  // rings in flight together never match each other's messages.
+  static constexpr int kAsyncRingTag = kRingTag + 1;
+  static constexpr int kAsyncRingTags = 2 * kMaxInFlight;
 
   // A communicator over a duplicate of comm (so keel's messages never match anyone else's); the
   // caller keeps comm. Collective over comm.
@@ -83,6 +92,25 @@ class MpiCommunicator final : public Communicator {
   void work_wait(uint32_t slot) override;
 
  private:
+  // A non-blocking ring reduce-scatter in progress (mpi_ring.cpp): the blocking ring's
+  // steps, each a posted MPI_Irecv + MPI_Isend completed by test() or wait(). Its two segments
+  // stay with the slot for its next use, so a steady stream of calls allocates nothing.
+  struct AsyncRing {
+    bool active = false;
+    const char* src = nullptr;  // the input, size() chunks
+    char* dst = nullptr;        // the reduced chunk rank()
+    int64_t n = 0;              // elements of the input
+    DType dtype = DType::F32;
+    ReduceOp op = ReduceOp::kSum;
+    int tag = 0;         // one per call in flight, the same on every rank
+    int64_t seg = 0;     // elements per segment
+    int64_t offset = 0;  // the segment under way, from the start of each chunk
+    int step = 0;        // of the size() − 1 steps of that segment
+    bool posted = false;
+    std::array<MPI_Request, 2> requests = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+    HostBuffer recv, partial;
+  };
+
   // One asynchronous operation in flight, and what to do when it completes.
   struct Pending {
     MPI_Request request = MPI_REQUEST_NULL;
@@ -99,6 +127,7 @@ class MpiCommunicator final : public Communicator {
     // all_to_all_v: send counts, send displacements, receive counts, receive displacements
     // (4 × size ints), which MPI reads until completion. Sized on the slot's first use.
     std::vector<int> counts;
+    AsyncRing ring;
   };
 
   struct RingScratch;
@@ -115,6 +144,11 @@ class MpiCommunicator final : public Communicator {
   void ring_reduce_scatter(const Tensor& in, void* out, ReduceOp op);
   // All-gather over the ring, in place: chunk rank() of x (split as above) goes to everyone.
   void ring_all_gather(const Tensor& x);
+  // The ring reduce-scatter started on slot s without blocking (mpi_ring.cpp).
+  void start_async_ring(uint32_t s, const Tensor& in, void* out, ReduceOp op);
+  // Advances slot s's ring as far as its messages have arrived (block: to the end); true when
+  // it is complete.
+  bool advance_async_ring(uint32_t s, bool block);
   MPI_Op mpi_op(ReduceOp op, DType dtype) const;
   uint32_t acquire_slot();
   void release_slot(uint32_t slot);
@@ -130,6 +164,7 @@ class MpiCommunicator final : public Communicator {
   MPI_Op bf16_sum_ = MPI_OP_NULL;
   MPI_Op bf16_max_ = MPI_OP_NULL;
   std::array<Pending, kMaxInFlight> pending_;
+  uint32_t async_rings_started_ = 0;  // names each call's tag, identically on every rank
   std::vector<int> blocking_counts_;  // all_to_all_v's arrays for blocking calls, 4 × size
 };
 
