@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "kernels/error.h"
+#include "runtime/durable_file.h"
 #include "runtime/safetensors.h"
 
 namespace keel::runtime {
@@ -29,29 +30,10 @@ constexpr const char* kStateFormatKey = "keel_state";  // marks a state file in 
 
 std::string errno_text() { return std::strerror(errno); }
 
-// fsync of a file or a directory (a directory's fsync makes the renames inside it durable).
-void sync_path(const std::string& path, bool directory) {
-  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
-  KEEL_CHECK(fd >= 0, "cannot open '{}' to sync it: {}", path, errno_text());
-  const int rc = ::fsync(fd);
-  const std::string why = errno_text();
-  ::close(fd);
-  KEEL_CHECK(rc == 0, "cannot sync '{}' to disk: {}", path, why);
-}
-
-// Writes text to path + ".tmp", fsyncs it and renames it over path: readers see the old file or
-// the new one, never a part.
+// Writes text durably (runtime/durable_file.h): readers see the old file or the new one.
 void write_text_durably(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    f << text;
-    f.flush();
-    KEEL_CHECK(f.good(), "cannot write '{}': {}", tmp, errno_text());
-  }
-  sync_path(tmp, false);
-  KEEL_CHECK(::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '{}' to '{}': {}", tmp, path,
-             errno_text());
+  write_durably(
+      path, [&](int fd, const std::string& tmp) { write_all(fd, text.data(), text.size(), tmp); });
 }
 
 std::string step_name(int64_t step) {
@@ -278,9 +260,7 @@ void CheckpointStore::begin(int64_t step) const {
 
 std::string CheckpointStore::commit(int64_t step, int64_t keep) const {
   const std::string tmp = staging(step), name = step_name(step), final_dir = root_ + "/" + name;
-  for (const fs::directory_entry& e : fs::directory_iterator(tmp))
-    sync_path(e.path().string(), false);
-  sync_path(tmp, true);
+  sync_path(tmp, true);  // its files were fsynced by their writers
   std::error_code ec;
   // A checkpoint of the same step from an earlier run is replaced.
   if (fs::exists(final_dir)) {

@@ -61,10 +61,11 @@ class CheckpointStore {
   std::string staging(int64_t step) const;
   // Creates staging(step) empty (removing what a crashed save left there).
   void begin(int64_t step) const;
-  // staging(step), complete, becomes step_<step>: its files and the directory are fsynced, it is
-  // renamed, and `latest` is rewritten (temporary file, fsync, rename) to name it. Then all but
-  // the newest `keep` checkpoints are removed (keep 0 removes none; the latest never is), with
-  // any temporary directory a crash left. Returns the checkpoint's directory.
+  // staging(step), complete (its files written durably, runtime/durable_file.h), becomes
+  // step_<step>: the directory is fsynced and renamed, and `latest` is rewritten (temporary file,
+  // fsync, rename) to name it. Then all but the newest `keep` checkpoints are removed (keep 0
+  // removes none; the latest never is), with any temporary directory a crash left. Returns the
+  // checkpoint's directory.
   std::string commit(int64_t step, int64_t keep) const;
   // The directory `latest` names, or "" when there is none.
   std::string latest() const;

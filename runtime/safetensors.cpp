@@ -9,11 +9,12 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
-#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <numeric>
 #include <set>
 #include <utility>
+
+#include "runtime/durable_file.h"
 
 namespace keel::runtime {
 namespace {
@@ -42,8 +43,7 @@ std::string known_dtypes() {
   return s;
 }
 
-// A file descriptor closed on scope exit (errors on that close are ignored: the writer closes
-// explicitly where it matters).
+// A file descriptor closed on scope exit (the reader's: it only maps the file).
 class Fd {
  public:
   explicit Fd(int fd) : fd_(fd) {}
@@ -53,7 +53,6 @@ class Fd {
   Fd(const Fd&) = delete;
   Fd& operator=(const Fd&) = delete;
   int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
 
  private:
   int fd_;
@@ -245,16 +244,6 @@ std::vector<std::string> SafeTensorsReader::names() const {
 
 namespace {
 
-void write_all(int fd, const char* p, size_t n, const std::string& path) {
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    KEEL_CHECK(w > 0, "cannot write {}: {}", path, w < 0 ? errno_text(errno) : "no progress");
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-}
-
 std::string header_json(const std::vector<std::pair<std::string, Tensor>>& tensors,
                         const std::vector<size_t>& order,
                         const std::map<std::string, std::string>& metadata,
@@ -306,31 +295,16 @@ void write_safetensors(const std::string& path,
   });
   const std::string header = header_json(tensors, order, metadata, path);
 
-  const std::string tmp = path + ".tmp";
-  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  KEEL_CHECK(fd.get() >= 0, "cannot create {}: {}", tmp, errno_text(errno));
-  try {
+  write_durably(path, [&](int fd, const std::string& tmp) {
     char length[kLengthBytes];
     write_le_u64(length, header.size());
-    write_all(fd.get(), length, sizeof(length), tmp);
-    write_all(fd.get(), header.data(), header.size(), tmp);
+    write_all(fd, length, sizeof(length), tmp);
+    write_all(fd, header.data(), header.size(), tmp);
     for (size_t i : order) {
       const Tensor& t = tensors[i].second;
-      write_all(fd.get(), static_cast<const char*>(t.data()), t.nbytes(), tmp);
+      write_all(fd, static_cast<const char*>(t.data()), t.nbytes(), tmp);
     }
-    KEEL_CHECK(::fsync(fd.get()) == 0, "cannot fsync {}: {}", tmp, errno_text(errno));
-    KEEL_CHECK(::close(fd.release()) == 0, "cannot close {}: {}", tmp, errno_text(errno));
-    KEEL_CHECK(::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename {} to {}: {}", tmp, path,
-               errno_text(errno));
-  } catch (...) {
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  // Make the rename itself durable. Best effort: some filesystems refuse fsync on a directory,
-  // and the file is complete either way.
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  Fd dir_fd(::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dir_fd.get() >= 0) ::fsync(dir_fd.get());
+  });
 }
 
 }  // namespace keel::runtime
