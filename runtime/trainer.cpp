@@ -87,7 +87,12 @@ void Trainer::build() {
   const int stage = config_.parallel.zero_stage;
   // A checkpoint to resume from is found and checked before anything is built.
   const std::string resume = find_checkpoint(t.resume_from_checkpoint, t.output_dir);
-  if (!resume.empty()) check_checkpoint(resume, read_checkpoint_info(resume));
+  CheckpointInfo resume_info;
+  Config resume_config;
+  if (!resume.empty()) {
+    resume_info = read_checkpoint_info(resume);
+    resume_config = check_checkpoint(resume, resume_info);
+  }
 
   corpus_ = std::make_unique<ByteCorpus>(config_.data.train);
   order_ = std::make_unique<SequenceOrder>(corpus_->size(), T, t.seed);
@@ -118,7 +123,7 @@ void Trainer::build() {
   grid_.world().all_reduce(peak);
   peak_flops_ = peak.data_as<double>()[0];
   print_plan();
-  if (!resume.empty()) load_checkpoint(resume);
+  if (!resume.empty()) restore(resume, resume_info, resume_config);
 }
 
 void Trainer::print_plan() {

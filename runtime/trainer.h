@@ -62,6 +62,8 @@ class Trainer {
   void print_plan();
   // Checks that this run can continue the checkpoint in dir; returns the config it was saved with.
   Config check_checkpoint(const std::string& dir, const CheckpointInfo& info) const;
+  // Loads a checkpoint that check_checkpoint accepted (saved: its config).
+  void restore(const std::string& dir, const CheckpointInfo& info, const Config& saved);
   // This rank's training state (weights or master shards, AdamW moments) as checkpoint pieces.
   std::vector<StatePiece> state_pieces();
 

@@ -124,9 +124,12 @@ Config Trainer::check_checkpoint(const std::string& dir, const CheckpointInfo& i
 }
 
 void Trainer::load_checkpoint(const std::string& dir) {
-  const auto t0 = Clock::now();
   const CheckpointInfo info = read_checkpoint_info(dir);
-  const Config saved = check_checkpoint(dir, info);
+  restore(dir, info, check_checkpoint(dir, info));
+}
+
+void Trainer::restore(const std::string& dir, const CheckpointInfo& info, const Config& saved) {
+  const auto t0 = Clock::now();
   read_state(dir, info, state_pieces());
   optimizer_->set_steps_taken(info.step);
   step_ = info.step;
