@@ -133,14 +133,13 @@ MpiCommunicator::~MpiCommunicator() {
     if (!p.busy) continue;
     if (p.ring.active) {  // the other ranks need this rank's part of the ring to finish theirs
       try {
-        advance_async_ring(s, true);
+        drive_async_ring(s, true);
       } catch (const std::exception& e) {
         std::fprintf(stderr,
                      "keel: warning: a pending ring reduce-scatter failed while its "
                      "communicator was destroyed: %s\n",
                      e.what());
       }
-      p.busy = false;
       continue;
     }
     if (MPI_Wait(&p.request, MPI_STATUS_IGNORE) != MPI_SUCCESS)
@@ -203,19 +202,21 @@ void MpiCommunicator::finish(uint32_t slot, const MPI_Status& status) {
   }
 }
 
-bool MpiCommunicator::work_test(uint32_t slot) {
-  if (pending_[slot].ring.active) {
-    bool done = false;
-    try {
-      done = advance_async_ring(slot, false);
-    } catch (...) {
-      pending_[slot].ring.active = false;
-      release_slot(slot);
-      throw;
-    }
-    if (done) release_slot(slot);
-    return done;
+bool MpiCommunicator::drive_async_ring(uint32_t slot, bool block) {
+  bool done = false;
+  try {
+    done = advance_async_ring(slot, block);
+  } catch (...) {
+    pending_[slot].ring.active = false;
+    release_slot(slot);
+    throw;
   }
+  if (done) release_slot(slot);
+  return done;
+}
+
+bool MpiCommunicator::work_test(uint32_t slot) {
+  if (pending_[slot].ring.active) return drive_async_ring(slot, false);
   int flag = 0;
   MPI_Status status;
   const int rc = MPI_Test(&pending_[slot].request, &flag, &status);
@@ -229,14 +230,7 @@ bool MpiCommunicator::work_test(uint32_t slot) {
 
 void MpiCommunicator::work_wait(uint32_t slot) {
   if (pending_[slot].ring.active) {
-    try {
-      advance_async_ring(slot, true);
-    } catch (...) {
-      pending_[slot].ring.active = false;
-      release_slot(slot);
-      throw;
-    }
-    release_slot(slot);
+    drive_async_ring(slot, true);
     return;
   }
   MPI_Status status;

@@ -149,6 +149,8 @@ class MpiCommunicator final : public Communicator {
   // Advances slot s's ring as far as its messages have arrived (block: to the end); true when
   // it is complete.
   bool advance_async_ring(uint32_t s, bool block);
+  // advance_async_ring, then the slot released once the ring completes or fails.
+  bool drive_async_ring(uint32_t s, bool block);
   MPI_Op mpi_op(ReduceOp op, DType dtype) const;
   uint32_t acquire_slot();
   void release_slot(uint32_t slot);
