@@ -104,11 +104,15 @@ void NcclCommunicator::after_compute() {
   KEEL_CUDA(cudaStreamWaitEvent(stream_, compute_done_, 0));
 }
 
-void NcclCommunicator::synchronize() {
-  KEEL_CUDA(cudaStreamSynchronize(stream_));
+void NcclCommunicator::check_async_error() {
   ncclResult_t async_error = ncclSuccess;
   KEEL_NCCL(ncclCommGetAsyncError(comm_, &async_error));
   KEEL_NCCL(async_error);
+}
+
+void NcclCommunicator::synchronize() {
+  KEEL_CUDA(cudaStreamSynchronize(stream_));
+  check_async_error();
 }
 
 Work NcclCommunicator::finish(bool async) {
@@ -132,18 +136,14 @@ bool NcclCommunicator::work_test(uint32_t slot) {
   if (state == cudaErrorNotReady) return false;
   busy_[slot] = false;
   KEEL_CUDA(state);
-  ncclResult_t async_error = ncclSuccess;
-  KEEL_NCCL(ncclCommGetAsyncError(comm_, &async_error));
-  KEEL_NCCL(async_error);
+  check_async_error();
   return true;
 }
 
 void NcclCommunicator::work_wait(uint32_t slot) {
   busy_[slot] = false;
   KEEL_CUDA(cudaEventSynchronize(events_[slot]));
-  ncclResult_t async_error = ncclSuccess;
-  KEEL_NCCL(ncclCommGetAsyncError(comm_, &async_error));
-  KEEL_NCCL(async_error);
+  check_async_error();
 }
 
 Work NcclCommunicator::do_all_reduce(Tensor x, ReduceOp op, bool async) {

@@ -76,7 +76,9 @@ class NcclCommunicator final : public Communicator {
   void after_compute();
   // Completes an enqueued operation: a pending Work (async), or a stream synchronisation.
   Work finish(bool async);
-  // Waits for the stream, then checks the communicator's asynchronous error state.
+  // Throws the communicator's asynchronous error, if NCCL has recorded one.
+  void check_async_error();
+  // Waits for the stream, then check_async_error().
   void synchronize();
 
   ncclComm_t comm_ = nullptr;
