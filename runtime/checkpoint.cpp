@@ -30,12 +30,6 @@ constexpr const char* kStateFormatKey = "keel_state";  // marks a state file in 
 
 std::string errno_text() { return std::strerror(errno); }
 
-// Writes text durably (runtime/durable_file.h): readers see the old file or the new one.
-void write_text_durably(const std::string& path, const std::string& text) {
-  write_durably(
-      path, [&](int fd, const std::string& tmp) { write_all(fd, text.data(), text.size(), tmp); });
-}
-
 std::string step_name(int64_t step) {
   char name[32];
   std::snprintf(name, sizeof name, "step_%08lld", static_cast<long long>(step));

@@ -65,4 +65,9 @@ void write_durably(const std::string& path,
   }
 }
 
+void write_text_durably(const std::string& path, const std::string& text) {
+  write_durably(
+      path, [&](int fd, const std::string& tmp) { write_all(fd, text.data(), text.size(), tmp); });
+}
+
 }  // namespace keel::runtime

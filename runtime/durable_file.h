@@ -21,4 +21,7 @@ void sync_path(const std::string& path, bool directory);
 void write_durably(const std::string& path,
                    const std::function<void(int fd, const std::string& tmp_path)>& write);
 
+// write_durably of a whole text (meta.json, latest, tokenizer.json).
+void write_text_durably(const std::string& path, const std::string& text);
+
 }  // namespace keel::runtime
