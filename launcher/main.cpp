@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "launcher/launch.h"
+#include "launcher/prepare.h"
 #include "launcher/world.h"
 #include "runtime/config.h"
 #include "runtime/memory_report.h"
@@ -19,6 +20,7 @@ Pretrain LLaMA-family language models.
 
 commands:
   train CONFIG.yaml [--resume CKPT] [--set ...]     train as the config describes (every rank)
+  prepare INPUT... --out DIR --vocab-size N         train a tokenizer, write token shards
   launch -n N CONFIG.yaml [--set ...]               train on N ranks of this machine (mpirun)
   plan CONFIG.yaml [--world-size N] [--set ...]     print each rank's memory plan, train nothing
 
@@ -190,7 +192,8 @@ int main(int argc, char** argv) {
     if (command == "train") return run_train(rest, &argc, &argv);
     if (command == "launch") return keel::launcher::run_launch(rest);
     if (command == "plan") return run_plan(rest);
-    throw UsageError{"unknown command '" + command + "'; commands: train, launch, plan"};
+    if (command == "prepare") return keel::launcher::run_prepare(rest);
+    throw UsageError{"unknown command '" + command + "'; commands: prepare, train, launch, plan"};
   } catch (const UsageError& e) {
     std::cerr << "keel: error: " << e.message << "\n(run 'keel --help' for usage)\n";
     return 2;

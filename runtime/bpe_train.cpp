@@ -51,14 +51,10 @@ BpeTrainer::BpeTrainer(BpeTrainOptions options)
              options_.vocab_size, options_.special_tokens.size(), floor);
 }
 
-void BpeTrainer::add_text(std::string_view text) {
+void BpeTrainer::add_texts(std::span<const std::string_view> documents) {
   std::vector<std::string_view> chunks;
-  for (size_t at = 0; at < text.size();) {
-    const size_t end =
-        at + kChunkBytes >= text.size() ? text.size() : safe_split_point(text, at + kChunkBytes);
-    chunks.push_back(text.substr(at, end - at));
-    at = end;
-  }
+  for (std::string_view d : documents)
+    for (std::string_view c : split_into_chunks(d, kChunkBytes)) chunks.push_back(c);
   const auto n = static_cast<int64_t>(chunks.size());
   const SplitPattern pattern = options_.pattern;
 #pragma omp parallel for schedule(dynamic, 1)

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -26,8 +27,9 @@ class BpeTrainer {
  public:
   explicit BpeTrainer(BpeTrainOptions options);
 
-  // Counts the pieces of text (a document: pieces never span two calls), on all OpenMP threads.
-  void add_text(std::string_view text);
+  // Counts the pieces of documents (pieces never span two documents), on all OpenMP threads.
+  void add_texts(std::span<const std::string_view> documents);
+  void add_text(std::string_view document) { add_texts({&document, 1}); }
   int64_t distinct_pieces() const;
 
   // Learns the merges; progress(done, wanted) is called now and then. Fewer merges than asked

@@ -27,8 +27,8 @@ struct ModelConfig {
 };
 
 struct DataConfig {
-  std::string train;                // path of the training text or token file
-  std::string tokenizer = "bytes";  // "bytes": one token per byte (vocab 256)
+  std::string train;               // a text file, a .tokens shard or a prepared directory
+  std::string tokenizer = "auto";  // "auto", "bytes" (one token per byte) or a tokenizer.json
   int64_t seq_length = 256;
 };
 

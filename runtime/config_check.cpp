@@ -31,7 +31,6 @@ namespace {
 constexpr std::array<std::string_view, 4> kSchedulers = {"linear", "cosine", "constant",
                                                          "constant_with_warmup"};
 constexpr std::array<std::string_view, 1> kOptimizers = {"adamw"};
-constexpr std::array<std::string_view, 1> kTokenizers = {"bytes"};
 // The byte tokenizer maps each of the 256 byte values to its own token id.
 constexpr int64_t kByteVocab = 256;
 
@@ -160,9 +159,14 @@ void validate_config(const Config& config) {
   KEEL_CHECK(!config.training.resume_from_checkpoint.empty(),
              "training.resume_from_checkpoint is empty; set it to 'auto' (the latest checkpoint "
              "in output_dir, if any), 'none', or a checkpoint directory");
-  check_one_of(config.data.tokenizer, kTokenizers, "data.tokenizer", "tokenizers");
-  // Only the byte tokenizer exists, so its vocabulary is the one to check against.
-  KEEL_CHECK(config.model.vocab_size >= kByteVocab,
+  const std::string& tok = config.data.tokenizer;
+  KEEL_CHECK(tok == "auto" || tok == "bytes" ||
+                 (tok.size() > 5 && tok.compare(tok.size() - 5, 5, ".json") == 0),
+             "data.tokenizer is '{}'; set it to auto (the tokenizer.json of prepared data, bytes "
+             "for text), bytes, or the path of a tokenizer.json",
+             tok);
+  // Other tokenizers' vocabularies are checked when the tokenizer is read, before training.
+  KEEL_CHECK(tok != "bytes" || config.model.vocab_size >= kByteVocab,
              "model.vocab_size is {}, but data.tokenizer 'bytes' needs at least {} token ids (one "
              "per byte value); set model.vocab_size to {} or more",
              config.model.vocab_size, kByteVocab, kByteVocab);

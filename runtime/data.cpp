@@ -2,15 +2,20 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <numeric>
 
 #include "kernels/error.h"
 #include "runtime/hash.h"
+#include "runtime/tokenizer_json.h"
 
 namespace keel::runtime {
+
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -26,37 +31,125 @@ uint64_t next_random(uint64_t& state) {
   return r;
 }
 
-}  // namespace
+constexpr const char* kShardSuffix = ".tokens";
 
-ByteCorpus::ByteCorpus(const std::string& path) : path_(path) {
-  if (ends_with(path, ".gz")) {
-    gzFile f = gzopen(path.c_str(), "rb");
-    KEEL_CHECK(f != nullptr, "cannot open data.train '{}': {}", path, std::strerror(errno));
-    std::vector<uint8_t> buf(1 << 20);
-    int n;
-    while ((n = gzread(f, buf.data(), static_cast<unsigned>(buf.size()))) > 0)
-      bytes_.insert(bytes_.end(), buf.begin(), buf.begin() + n);
-    int err = 0;
-    const char* msg = gzerror(f, &err);
-    const std::string what = msg ? msg : "";
-    gzclose(f);
-    KEEL_CHECK(n == 0 && (err == Z_OK || err == Z_STREAM_END),
-               "data.train '{}' is not a valid gzip file ({}); decompress it or fix the path", path,
-               what);
-  } else {
-    std::ifstream f(path, std::ios::binary);
-    KEEL_CHECK(f.good(), "cannot open data.train '{}': {}", path, std::strerror(errno));
-    bytes_.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+std::vector<std::string> shard_paths(const std::string& dir, const std::string& split) {
+  std::vector<std::string> paths;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind(split + "_", 0) == 0 && ends_with(name, kShardSuffix))
+      paths.push_back(e.path().string());
   }
-  KEEL_CHECK(!bytes_.empty(), "data.train '{}' is empty", path);
+  std::sort(paths.begin(), paths.end());
+  return paths;
 }
 
-SequenceOrder::SequenceOrder(int64_t corpus_tokens, int64_t seq_length, uint64_t seed)
-    : seq_length_(seq_length), count_((corpus_tokens - 1) / seq_length), seed_(seed) {
-  KEEL_CHECK(count_ >= 1,
-             "the corpus has {} tokens, fewer than one sequence of data.seq_length + 1 = {}; "
-             "use more data or a shorter data.seq_length",
-             corpus_tokens, seq_length + 1);
+}  // namespace
+
+std::string read_text_file(const std::string& path, const std::string& what) {
+  std::string bytes;
+  if (ends_with(path, ".gz")) {
+    gzFile f = gzopen(path.c_str(), "rb");
+    KEEL_CHECK(f != nullptr, "cannot open {} '{}': {}", what, path, std::strerror(errno));
+    std::vector<char> buf(1 << 20);
+    int n;
+    while ((n = gzread(f, buf.data(), static_cast<unsigned>(buf.size()))) > 0)
+      bytes.append(buf.data(), static_cast<size_t>(n));
+    int err = 0;
+    const char* msg = gzerror(f, &err);
+    const std::string why = msg ? msg : "";
+    gzclose(f);
+    KEEL_CHECK(n == 0 && (err == Z_OK || err == Z_STREAM_END),
+               "{} '{}' is not a valid gzip file ({}); decompress it or fix the path", what, path,
+               why);
+  } else {
+    std::ifstream f(path, std::ios::binary);
+    KEEL_CHECK(f.good(), "cannot open {} '{}': {}", what, path, std::strerror(errno));
+    bytes.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  }
+  return bytes;
+}
+
+ResolvedTokenizer resolve_tokenizer(const std::string& setting, const std::string& data_path) {
+  if (setting == "bytes") return {Tokenizer::bytes(), "bytes"};
+  std::string path = setting;
+  if (setting == "auto") {
+    if (fs::is_directory(data_path))
+      path = (fs::path(data_path) / "tokenizer.json").string();
+    else if (ends_with(data_path, kShardSuffix))
+      path = (fs::path(data_path).parent_path() / "tokenizer.json").string();
+    else
+      return {Tokenizer::bytes(), "bytes"};
+    KEEL_CHECK(fs::exists(path),
+               "data.tokenizer is auto, but {} has no tokenizer.json beside its shards; set "
+               "data.tokenizer to the tokenizer.json they were made with",
+               data_path);
+  }
+  return {read_tokenizer_json(path), path};
+}
+
+TokenData::TokenData(const std::string& data_path, const Tokenizer& tokenizer, int64_t seq_length,
+                     const std::string& split)
+    : seq_length_(seq_length) {
+  std::vector<std::string> paths;
+  if (fs::is_directory(data_path)) {
+    paths = shard_paths(data_path, split);
+    KEEL_CHECK(!paths.empty(),
+               "data directory {} holds no {}_*{} shards; make them with keel prepare --out {}",
+               data_path, split, kShardSuffix, data_path);
+  } else if (ends_with(data_path, kShardSuffix)) {
+    paths = {data_path};
+  }
+  first_sequence_.push_back(0);
+  if (paths.empty()) {
+    const std::string text = read_text_file(data_path, "data.train");
+    KEEL_CHECK(!text.empty(), "data.train '{}' is empty", data_path);
+    if (tokenizer.bos_id() >= 0) text_tokens_.push_back(tokenizer.bos_id());
+    if (tokenizer.num_merges() == 0 && tokenizer.specials().empty()) {
+      for (char c : text) text_tokens_.push_back(static_cast<uint8_t>(c));
+    } else {
+      ParallelEncoder(tokenizer).encode(text, text_tokens_);
+    }
+    if (tokenizer.eos_id() >= 0) text_tokens_.push_back(tokenizer.eos_id());
+    num_tokens_ = static_cast<int64_t>(text_tokens_.size());
+    num_sequences_ = std::max<int64_t>(0, (num_tokens_ - 1) / seq_length);
+    first_sequence_.push_back(num_sequences_);
+  }
+  for (const std::string& p : paths) {
+    TokenShard& s = shards_.emplace_back(p);
+    KEEL_CHECK(s.info().tokenizer_fingerprint == tokenizer.fingerprint(),
+               "token shard {} was made with another tokenizer than the one this run uses ({} "
+               "tokens); set data.tokenizer to the tokenizer.json keel prepare wrote beside it",
+               p, tokenizer.vocab_size());
+    num_tokens_ += s.size();
+    num_sequences_ += std::max<int64_t>(0, (s.size() - 1) / seq_length);
+    first_sequence_.push_back(num_sequences_);
+  }
+  KEEL_CHECK(num_sequences_ >= 1,
+             "{} has {} tokens, fewer than one sequence of data.seq_length + 1 = {}; use more "
+             "data or a shorter data.seq_length",
+             data_path, num_tokens_, seq_length + 1);
+}
+
+void TokenData::sequence(int64_t index, int32_t* tokens, int32_t* targets) const {
+  KEEL_CHECK(index >= 0 && index < num_sequences_, "sequence {} of {}", index, num_sequences_);
+  const int64_t T = seq_length_;
+  const auto part =
+      static_cast<size_t>(std::upper_bound(first_sequence_.begin(), first_sequence_.end(), index) -
+                          first_sequence_.begin() - 1);
+  const int64_t at = (index - first_sequence_[part]) * T;
+  if (shards_.empty()) {
+    std::copy_n(text_tokens_.data() + at, T, tokens);
+    std::copy_n(text_tokens_.data() + at + 1, T, targets);
+  } else {
+    shards_[part].read(at, T, tokens);
+    shards_[part].read(at + 1, T, targets);
+  }
+}
+
+SequenceOrder::SequenceOrder(int64_t num_sequences, uint64_t seed)
+    : count_(num_sequences), seed_(seed) {
+  KEEL_CHECK(count_ >= 1, "no sequences to order");
   perm_.resize(static_cast<size_t>(count_));
 }
 
@@ -70,22 +163,19 @@ void SequenceOrder::shuffle(int64_t epoch) {
   epoch_ = epoch;
 }
 
-int64_t SequenceOrder::start(int64_t i) {
+int64_t SequenceOrder::sequence(int64_t i) {
   KEEL_CHECK(i >= 0, "negative sample index {}", i);
   const int64_t epoch = i / count_;
   if (epoch != epoch_) shuffle(epoch);
-  return perm_[static_cast<size_t>(i % count_)] * seq_length_;
+  return perm_[static_cast<size_t>(i % count_)];
 }
 
-void fill_batch(const ByteCorpus& corpus, SequenceOrder& order, int64_t first, int64_t B, int64_t T,
+void fill_batch(const TokenData& data, SequenceOrder& order, int64_t first, int64_t B,
                 int32_t* tokens, int32_t* targets) {
-  const uint8_t* data = corpus.data();
+  const int64_t T = data.seq_length();
   for (int64_t b = 0; b < B; ++b) {
-    const int64_t at = order.start(first + b);
-    for (int64_t t = 0; t < T; ++t) {
-      tokens[b * T + t] = data[at + t];
-      targets[b * T + t] = data[at + t + 1];
-    }
+    const int64_t index = order.sequence(first + b);
+    data.sequence(index, tokens + b * T, targets + b * T);
   }
 }
 

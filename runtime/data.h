@@ -1,49 +1,78 @@
-// Training data: the corpus as tokens, and the one global order of training sequences that every
-// layout shares. Global sample i is the same sequence whatever the DP size, micro-batch size or
-// accumulation steps; a step's global batch is a run of consecutive samples and each rank and
-// micro-batch takes its slice of it.
+// Training data: the tokens (a text file encoded when the run starts, or token shards that
+// `keel prepare` wrote) and the one global order of training sequences every layout shares.
+// Global sample i is the same sequence whatever the DP size, micro-batch size or accumulation
+// steps; a step's global batch is a run of consecutive samples and each rank and micro-batch
+// takes its slice of it.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "runtime/token_shard.h"
+#include "runtime/tokenizer.h"
+
 namespace keel::runtime {
 
-// A corpus tokenized byte by byte (token = byte value, vocabulary 256). Plain files and gzip
-// files (*.gz) are read whole.
-class ByteCorpus {
+// Reads a whole file, plain or gzip (*.gz); `what` names it in errors (e.g. "data.train").
+std::string read_text_file(const std::string& path, const std::string& what);
+
+// The tokenizer that data.tokenizer names for the data at data_path: "bytes" (one token per
+// byte), a tokenizer.json path, or "auto": the tokenizer.json of a prepared directory or beside a
+// .tokens shard, bytes for a text file.
+struct ResolvedTokenizer {
+  Tokenizer tokenizer;
+  std::string path;  // the tokenizer.json read, or "bytes"
+};
+ResolvedTokenizer resolve_tokenizer(const std::string& setting, const std::string& data_path);
+
+// The token stream of data_path, cut into sequences of seq_length + 1 tokens that start every
+// seq_length tokens (inputs and shifted targets share the boundary token) and never cross from
+// one shard into the next.
+//   - a directory: its <split>_*.tokens shards in name order (what keel prepare --out wrote);
+//   - a .tokens file: that shard;
+//   - anything else: a text file (gzip too), encoded whole as one document (BOS and EOS around
+//     it when the tokenizer has them).
+// Shards must carry the fingerprint of tokenizer.
+class TokenData {
  public:
-  explicit ByteCorpus(const std::string& path);
-  int64_t size() const { return static_cast<int64_t>(bytes_.size()); }
-  const uint8_t* data() const { return bytes_.data(); }
-  const std::string& path() const { return path_; }
+  TokenData(const std::string& data_path, const Tokenizer& tokenizer, int64_t seq_length,
+            const std::string& split = "train");
+
+  int64_t num_tokens() const { return num_tokens_; }
+  int64_t num_sequences() const { return num_sequences_; }
+  int64_t seq_length() const { return seq_length_; }
+  int64_t num_shards() const { return static_cast<int64_t>(shards_.size()); }
+  // tokens and targets (T each) of sequence index (0 ≤ index < num_sequences()).
+  void sequence(int64_t index, int32_t* tokens, int32_t* targets) const;
 
  private:
-  std::string path_;
-  std::vector<uint8_t> bytes_;
+  int64_t seq_length_;
+  std::vector<int32_t> text_tokens_;  // a text file's tokens (no shards then)
+  std::vector<TokenShard> shards_;
+  std::vector<int64_t> first_sequence_;  // per shard, and the total at the end
+  int64_t num_tokens_ = 0, num_sequences_ = 0;
 };
 
-// Sequences of seq_length + 1 tokens start every seq_length tokens (inputs and shifted targets
-// share the boundary token). Each epoch visits all of them in an order shuffled from the seed
-// and the epoch number.
+// Each epoch visits all sequences in an order shuffled from the seed and the epoch number.
 class SequenceOrder {
  public:
-  SequenceOrder(int64_t corpus_tokens, int64_t seq_length, uint64_t seed);
+  SequenceOrder(int64_t num_sequences, uint64_t seed);
   int64_t num_sequences() const { return count_; }
-  // Corpus offset of global sample i (i ≥ 0; sample count_·e + j is sequence j of epoch e).
-  int64_t start(int64_t i);
+  // The sequence of global sample i (i ≥ 0; sample count_·e + j is the j-th of epoch e).
+  int64_t sequence(int64_t i);
 
  private:
   void shuffle(int64_t epoch);
-  int64_t seq_length_, count_;
+  int64_t count_;
   uint64_t seed_;
   int64_t epoch_ = -1;
   std::vector<int64_t> perm_;
 };
 
-// tokens and targets (B, T) for global samples [first, first + B): targets are the next tokens.
-void fill_batch(const ByteCorpus& corpus, SequenceOrder& order, int64_t first, int64_t B, int64_t T,
+// tokens and targets (B, T) for global samples [first, first + B).
+void fill_batch(const TokenData& data, SequenceOrder& order, int64_t first, int64_t B,
                 int32_t* tokens, int32_t* targets);
 
 }  // namespace keel::runtime

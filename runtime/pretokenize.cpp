@@ -194,4 +194,15 @@ size_t safe_split_point(std::string_view text, size_t from) {
   return text.size();
 }
 
+std::vector<std::string_view> split_into_chunks(std::string_view text, size_t chunk_bytes) {
+  std::vector<std::string_view> chunks;
+  for (size_t at = 0; at < text.size();) {
+    const size_t end =
+        at + chunk_bytes >= text.size() ? text.size() : safe_split_point(text, at + chunk_bytes);
+    chunks.push_back(text.substr(at, end - at));
+    at = end;
+  }
+  return chunks;
+}
+
 }  // namespace keel::runtime

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
+#include <vector>
 
 namespace keel::runtime {
 
@@ -34,5 +35,8 @@ size_t piece_end(std::string_view text, size_t begin, SplitPattern pattern);
 // piece but give up its last character to the next piece inside one). Searches [from, text.size())
 // and returns text.size() if there is none.
 size_t safe_split_point(std::string_view text, size_t from);
+
+// text cut at safe split points into chunks of about chunk_bytes, for threads to take.
+std::vector<std::string_view> split_into_chunks(std::string_view text, size_t chunk_bytes);
 
 }  // namespace keel::runtime

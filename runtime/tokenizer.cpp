@@ -1,5 +1,7 @@
 #include "runtime/tokenizer.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <array>
 #include <limits>
@@ -213,6 +215,30 @@ void Encoder::encode(std::string_view text, std::vector<int32_t>& out) {
     cache_[piece] = (static_cast<uint64_t>(ids_.size()) << 8) | scratch_.size();
     ids_.insert(ids_.end(), scratch_.begin(), scratch_.end());
   }
+}
+
+ParallelEncoder::ParallelEncoder(const Tokenizer& tokenizer) {
+  for (int t = 0; t < omp_get_max_threads(); ++t)
+    encoders_.push_back(std::make_unique<Encoder>(tokenizer));
+}
+
+void ParallelEncoder::encode_batch(std::span<const std::string_view> texts,
+                                   std::vector<std::vector<int32_t>>& outs) {
+  outs.resize(texts.size());
+  const auto n = static_cast<int64_t>(texts.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t i = 0; i < n; ++i) {
+    auto& out = outs[static_cast<size_t>(i)];
+    out.clear();
+    encoders_[static_cast<size_t>(omp_get_thread_num())]->encode(texts[static_cast<size_t>(i)],
+                                                                 out);
+  }
+}
+
+void ParallelEncoder::encode(std::string_view text, std::vector<int32_t>& out) {
+  const std::vector<std::string_view> chunks = split_into_chunks(text, 1 << 20);
+  encode_batch(chunks, chunk_tokens_);
+  for (const auto& c : chunk_tokens_) out.insert(out.end(), c.begin(), c.end());
 }
 
 }  // namespace keel::runtime

@@ -98,4 +98,19 @@ class Encoder {
   std::vector<int32_t> scratch_;
 };
 
+// Encodes on all OpenMP threads, each with its own Encoder (and cache) kept across calls.
+class ParallelEncoder {
+ public:
+  explicit ParallelEncoder(const Tokenizer& tokenizer);
+  // outs[i] = the tokens of texts[i] (replaced).
+  void encode_batch(std::span<const std::string_view> texts,
+                    std::vector<std::vector<int32_t>>& outs);
+  // Appends the tokens of one long text, cut at safe split points into chunks of about 1 MiB.
+  void encode(std::string_view text, std::vector<int32_t>& out);
+
+ private:
+  std::vector<std::unique_ptr<Encoder>> encoders_;  // one per OpenMP thread
+  std::vector<std::vector<int32_t>> chunk_tokens_;
+};
+
 }  // namespace keel::runtime

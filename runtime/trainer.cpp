@@ -94,8 +94,15 @@ void Trainer::build() {
     resume_config = check_checkpoint(resume, resume_info);
   }
 
-  corpus_ = std::make_unique<ByteCorpus>(config_.data.train);
-  order_ = std::make_unique<SequenceOrder>(corpus_->size(), T, t.seed);
+  tokenizer_ = std::make_unique<ResolvedTokenizer>(
+      resolve_tokenizer(config_.data.tokenizer, config_.data.train));
+  const int64_t V = tokenizer_->tokenizer.vocab_size();
+  KEEL_CHECK(config_.model.vocab_size >= V,
+             "model.vocab_size is {}, but the tokenizer ({}) has {} tokens; set "
+             "model.vocab_size to {} or more",
+             config_.model.vocab_size, tokenizer_->path, V, V);
+  data_ = std::make_unique<TokenData>(config_.data.train, tokenizer_->tokenizer, T);
+  order_ = std::make_unique<SequenceOrder>(data_->num_sequences(), t.seed);
   // ZeRO 2 hands the model its gradients unit by unit, ZeRO 3 its weights too.
   model_ = std::make_unique<LlamaModel>(config_.model, B, T, t.gradient_checkpointing,
                                         ModelHolds{stage < 3, stage < 2});
@@ -132,9 +139,10 @@ void Trainer::print_plan() {
   const RankMemory m = account(*model_, z, optimizer_->state_bytes(), batch_.bytes());
   planned_bytes_ = m.total();
   std::ostringstream text;
-  text << "keel: model " << model_->num_parameters() / 1e6 << " M parameters, corpus "
-       << corpus_->size() << " tokens (" << order_->num_sequences() << " sequences of " << T
-       << ")\n"
+  text << "keel: model " << model_->num_parameters() / 1e6 << " M parameters, data "
+       << data_->num_tokens() << " tokens (" << order_->num_sequences() << " sequences of " << T
+       << "; tokenizer " << tokenizer_->path << ", " << tokenizer_->tokenizer.vocab_size()
+       << " tokens)\n"
        << describe_layout(config_, grid_.dp().size()) << describe_memory(m)
        << "keel: fp32 GEMM peak measured at " << peak_flops_ / 1e9 << " GFLOP/s"
        << (grid_.world().size() > 1 ? " (all ranks together)\n" : "\n");
@@ -226,7 +234,7 @@ StepStats Trainer::step() {
   // rank r takes [r·local, (r+1)·local).
   int32_t* tokens = batch_[tokens_].data_as<int32_t>();
   int32_t* targets = batch_[targets_].data_as<int32_t>();
-  fill_batch(*corpus_, *order_, samples_ + dp.rank() * local, local, T, tokens, targets);
+  fill_batch(*data_, *order_, samples_ + dp.rank() * local, local, tokens, targets);
   // The loss is the mean over the global batch's valid targets: count them on every rank first.
   Tensor totals = batch_[totals_];
   double* total = totals.data_as<double>();

@@ -71,7 +71,8 @@ class Trainer {
   parallel::ProcessGrid& grid_;
   Config config_;
   std::ostream& console_;
-  std::unique_ptr<ByteCorpus> corpus_;
+  std::unique_ptr<ResolvedTokenizer> tokenizer_;
+  std::unique_ptr<TokenData> data_;
   std::unique_ptr<SequenceOrder> order_;
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<optim::AdamW> optimizer_;

@@ -471,7 +471,8 @@ TEST(Config, UnsupportedChoicesListWhatIsSupported) {
   EXPECT_EQ(parse_error(kMinimalYaml, {"optimizer.type=adam"}),
             "optimizer.type is 'adam'; optimizers supported in this build: adamw");
   EXPECT_EQ(parse_error(kMinimalYaml, {"data.tokenizer=bpe"}),
-            "data.tokenizer is 'bpe'; tokenizers supported in this build: bytes");
+            "data.tokenizer is 'bpe'; set it to auto (the tokenizer.json of prepared data, bytes "
+            "for text), bytes, or the path of a tokenizer.json");
   for (const std::string kind : {"tensor", "pipeline", "expert"}) {
     const std::string key = kind + "_model_parallel_size";
     EXPECT_EQ(parse_error(kMinimalYaml, {"parallel." + key + "=2"}),
@@ -481,7 +482,7 @@ TEST(Config, UnsupportedChoicesListWhatIsSupported) {
 }
 
 TEST(Config, ByteTokenizerNeedsA256Vocab) {
-  EXPECT_EQ(parse_error(kMinimalYaml, {"model.vocab_size=100"}),
+  EXPECT_EQ(parse_error(kMinimalYaml, {"model.vocab_size=100", "data.tokenizer=bytes"}),
             "model.vocab_size is 100, but data.tokenizer 'bytes' needs at least 256 token ids "
             "(one per byte value); set model.vocab_size to 256 or more");
 }

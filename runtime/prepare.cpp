@@ -1,0 +1,236 @@
+#include "runtime/prepare.h"
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "kernels/error.h"
+#include "runtime/bpe_train.h"
+#include "runtime/data.h"
+#include "runtime/durable_file.h"
+#include "runtime/hash.h"
+#include "runtime/token_shard.h"
+#include "runtime/tokenizer_json.h"
+
+namespace keel::runtime {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr size_t kEncodeBatchBytes = size_t{64} << 20;  // text encoded per parallel batch
+constexpr size_t kChunkBytes = size_t{1} << 20;
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+bool is_jsonl(const std::string& path) {
+  for (const char* suffix : {".jsonl", ".jsonl.gz"}) {
+    const std::string s = suffix;
+    if (path.size() >= s.size() && path.compare(path.size() - s.size(), s.size(), s) == 0)
+      return true;
+  }
+  return false;
+}
+
+// The documents of every input, split into training and validation.
+struct Corpus {
+  std::vector<std::string> storage;  // file contents and JSONL records' texts
+  std::vector<std::string_view> train, val;
+  int64_t bytes = 0;
+};
+
+void read_jsonl(const std::string& path, const PrepareOptions& o, Corpus& c) {
+  const std::string text = read_text_file(path, "input");
+  c.bytes += static_cast<int64_t>(text.size());
+  std::istringstream lines(text);
+  std::string line;
+  for (int64_t number = 1; std::getline(lines, line); ++number) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      KEEL_FAIL("{}:{}: not valid JSON ({}); each line of a .jsonl file is one JSON object", path,
+                number, e.what());
+    }
+    KEEL_CHECK(j.is_object() && j.contains(o.text_key) && j[o.text_key].is_string(),
+               "{}:{}: the record has no string field '{}'; name the field that holds the text "
+               "with --text-key",
+               path, number, o.text_key);
+    const auto index = static_cast<uint64_t>(c.train.size() + c.val.size());
+    const double draw = static_cast<double>(splitmix64(o.seed ^ splitmix64(index)) >> 11) * 0x1p-53;
+    c.storage.push_back(j[o.text_key].get<std::string>());
+    (draw < o.val_fraction ? c.val : c.train).push_back(c.storage.back());
+  }
+}
+
+void read_text(const std::string& path, const PrepareOptions& o, Corpus& c) {
+  c.storage.push_back(read_text_file(path, "input"));
+  const std::string_view text = c.storage.back();
+  c.bytes += static_cast<int64_t>(text.size());
+  size_t cut = text.size();
+  if (o.val_fraction > 0) {
+    const auto at = static_cast<size_t>(static_cast<double>(text.size()) * (1.0 - o.val_fraction));
+    const size_t newline = text.find('\n', at);
+    cut = newline == std::string_view::npos ? text.size() : newline + 1;
+  }
+  if (cut > 0) c.train.push_back(text.substr(0, cut));
+  if (cut < text.size()) c.val.push_back(text.substr(cut));
+}
+
+// Encodes documents as BOS + tokens + EOS into shards <out>/<split>_NNNNN.tokens.
+struct SplitWriter {
+  std::string out_dir, split;
+  const Tokenizer& tokenizer;
+  int64_t shard_tokens;
+  std::vector<int32_t> pending{};
+  int64_t pending_documents = 0, tokens = 0, shards = 0;
+  double write_seconds = 0;
+
+  void flush(bool all) {
+    while (!pending.empty() && (all || static_cast<int64_t>(pending.size()) >= shard_tokens)) {
+      const size_t n = std::min(pending.size(), static_cast<size_t>(shard_tokens));
+      char name[64];
+      std::snprintf(name, sizeof name, "%s_%05lld.tokens", split.c_str(),
+                    static_cast<long long>(shards));
+      const auto t0 = std::chrono::steady_clock::now();
+      write_token_shard((fs::path(out_dir) / name).string(), std::span(pending).first(n),
+                        {tokenizer.vocab_size(), pending_documents, tokenizer.fingerprint()});
+      write_seconds += seconds_since(t0);
+      pending.erase(pending.begin(), pending.begin() + static_cast<std::ptrdiff_t>(n));
+      pending_documents = 0;
+      tokens += static_cast<int64_t>(n);
+      ++shards;
+    }
+  }
+};
+
+void encode_split(const std::vector<std::string_view>& docs, ParallelEncoder& encoder,
+                  SplitWriter& w) {
+  const Tokenizer& t = w.tokenizer;
+  std::vector<std::string_view> chunks;
+  std::vector<size_t> doc_chunks;  // chunks per document of the batch
+  std::vector<std::vector<int32_t>> out;
+  for (size_t d = 0; d < docs.size();) {
+    chunks.clear();
+    doc_chunks.clear();
+    size_t bytes = 0;
+    for (; d < docs.size() && (bytes < kEncodeBatchBytes || chunks.empty()); ++d) {
+      const auto parts = split_into_chunks(docs[d], kChunkBytes);
+      chunks.insert(chunks.end(), parts.begin(), parts.end());
+      doc_chunks.push_back(parts.size());
+      bytes += docs[d].size();
+    }
+    encoder.encode_batch(chunks, out);
+    size_t c = 0;
+    for (size_t n : doc_chunks) {
+      if (t.bos_id() >= 0) w.pending.push_back(t.bos_id());
+      for (size_t k = 0; k < n; ++k, ++c)
+        w.pending.insert(w.pending.end(), out[c].begin(), out[c].end());
+      if (t.eos_id() >= 0) w.pending.push_back(t.eos_id());
+      ++w.pending_documents;
+    }
+    w.flush(false);
+  }
+  w.flush(true);
+}
+
+}  // namespace
+
+PrepareReport prepare_data(const PrepareOptions& o, std::ostream& log) {
+  KEEL_CHECK(!o.inputs.empty(), "keel prepare needs input files (text or JSONL)");
+  KEEL_CHECK(!o.out_dir.empty(), "keel prepare needs --out DIR");
+  KEEL_CHECK(o.val_fraction >= 0 && o.val_fraction < 1,
+             "--val-fraction is {}; it must be in [0, 1)", o.val_fraction);
+  KEEL_CHECK(o.shard_tokens >= 2, "--shard-tokens is {}; it must be at least 2", o.shard_tokens);
+  KEEL_CHECK((o.vocab_size > 0) != !o.tokenizer.empty(),
+             "keel prepare needs one of --vocab-size N (train a tokenizer) or --tokenizer "
+             "tokenizer.json (use one)");
+  fs::create_directories(o.out_dir);
+  for (const auto& e : fs::directory_iterator(o.out_dir)) {
+    const std::string name = e.path().filename().string();
+    KEEL_CHECK(name != "tokenizer.json" && e.path().extension() != ".tokens",
+               "{} already holds prepared data ({}); remove it or choose another --out", o.out_dir,
+               name);
+  }
+  PrepareReport r;
+
+  auto t0 = std::chrono::steady_clock::now();
+  Corpus corpus;
+  for (const std::string& path : o.inputs)
+    is_jsonl(path) ? read_jsonl(path, o, corpus) : read_text(path, o, corpus);
+  KEEL_CHECK(!corpus.train.empty(), "the inputs hold no training text");
+  r.input_bytes = corpus.bytes;
+  r.documents = static_cast<int64_t>(corpus.train.size() + corpus.val.size());
+  r.read_seconds = seconds_since(t0);
+  log << "keel: read " << o.inputs.size() << " file(s), " << r.input_bytes / 1e6 << " MB, "
+      << r.documents << " document(s) (" << corpus.val.size() << " for validation) in "
+      << r.read_seconds << " s\n";
+
+  t0 = std::chrono::steady_clock::now();
+  std::string tokenizer_source = o.tokenizer;
+  Tokenizer tokenizer = Tokenizer::bytes(o.pattern);
+  if (!o.tokenizer.empty() && o.tokenizer != "bytes") {
+    tokenizer = read_tokenizer_json(o.tokenizer);
+  } else if (o.tokenizer.empty()) {
+    BpeTrainer trainer({.vocab_size = o.vocab_size, .pattern = o.pattern});
+    trainer.add_texts(corpus.train);
+    tokenizer = trainer.train([&](int64_t done, int64_t wanted) {
+      log << "keel: learned " << done << " of " << wanted << " merges\n" << std::flush;
+    });
+    tokenizer_source = "trained";
+  }
+  r.train_seconds = seconds_since(t0);
+  r.vocab_size = tokenizer.vocab_size();
+  if (tokenizer_source == "trained")
+    log << "keel: trained a " << r.vocab_size << "-token byte-level BPE ("
+        << pattern_name(o.pattern) << " split) in " << r.train_seconds << " s ("
+        << r.input_bytes / 1e6 / r.train_seconds << " MB/s)\n";
+  write_tokenizer_json(tokenizer, (fs::path(o.out_dir) / "tokenizer.json").string());
+
+  t0 = std::chrono::steady_clock::now();
+  ParallelEncoder encoder(tokenizer);
+  SplitWriter train{o.out_dir, "train", tokenizer, o.shard_tokens};
+  SplitWriter val{o.out_dir, "val", tokenizer, o.shard_tokens};
+  encode_split(corpus.train, encoder, train);
+  encode_split(corpus.val, encoder, val);
+  r.write_seconds = train.write_seconds + val.write_seconds;
+  r.encode_seconds = seconds_since(t0) - r.write_seconds;
+  r.train_tokens = train.tokens;
+  r.val_tokens = val.tokens;
+  r.train_shards = train.shards;
+  r.val_shards = val.shards;
+  log << "keel: encoded " << r.train_tokens << " training and " << r.val_tokens
+      << " validation tokens ("
+      << static_cast<double>(r.input_bytes) / static_cast<double>(r.train_tokens + r.val_tokens)
+      << " bytes per token) in " << r.encode_seconds << " s ("
+      << r.input_bytes / 1e6 / r.encode_seconds << " MB/s); wrote " << r.train_shards + r.val_shards
+      << " shard(s) to " << o.out_dir << "\n";
+
+  nlohmann::ordered_json j;
+  j["inputs"] = o.inputs;
+  j["tokenizer"] = tokenizer_source;
+  j["pattern"] = pattern_name(tokenizer.pattern());
+  j["vocab_size"] = r.vocab_size;
+  j["tokenizer_fingerprint"] = tokenizer.fingerprint();
+  j["val_fraction"] = o.val_fraction;
+  j["seed"] = o.seed;
+  j["input_bytes"] = r.input_bytes;
+  j["documents"] = r.documents;
+  j["train_tokens"] = r.train_tokens;
+  j["val_tokens"] = r.val_tokens;
+  j["train_shards"] = r.train_shards;
+  j["val_shards"] = r.val_shards;
+  j["seconds"] = {{"read", r.read_seconds},
+                  {"train_tokenizer", r.train_seconds},
+                  {"encode", r.encode_seconds},
+                  {"write", r.write_seconds}};
+  write_text_durably((fs::path(o.out_dir) / "prepare.json").string(), j.dump(1) + "\n");
+  return r;
+}
+
+}  // namespace keel::runtime
