@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <deque>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -38,9 +39,14 @@ bool is_jsonl(const std::string& path) {
 
 // The documents of every input, split into training and validation.
 struct Corpus {
-  std::vector<std::string> storage;  // file contents and JSONL records' texts
+  std::deque<std::string> storage;  // file contents and JSONL records' texts (stable addresses)
   std::vector<std::string_view> train, val;
-  int64_t bytes = 0;
+  int64_t bytes = 0, documents = 0;
+  int64_t val_bytes() const {
+    int64_t n = 0;
+    for (std::string_view d : val) n += static_cast<int64_t>(d.size());
+    return n;
+  }
 };
 
 void read_jsonl(const std::string& path, const PrepareOptions& o, Corpus& c) {
@@ -64,12 +70,14 @@ void read_jsonl(const std::string& path, const PrepareOptions& o, Corpus& c) {
     const auto index = static_cast<uint64_t>(c.train.size() + c.val.size());
     const double draw = static_cast<double>(splitmix64(o.seed ^ splitmix64(index)) >> 11) * 0x1p-53;
     c.storage.push_back(j[o.text_key].get<std::string>());
+    ++c.documents;
     (draw < o.val_fraction ? c.val : c.train).push_back(c.storage.back());
   }
 }
 
 void read_text(const std::string& path, const PrepareOptions& o, Corpus& c) {
   c.storage.push_back(read_text_file(path, "input"));
+  ++c.documents;
   const std::string_view text = c.storage.back();
   c.bytes += static_cast<int64_t>(text.size());
   size_t cut = text.size();
@@ -165,11 +173,11 @@ PrepareReport prepare_data(const PrepareOptions& o, std::ostream& log) {
     is_jsonl(path) ? read_jsonl(path, o, corpus) : read_text(path, o, corpus);
   KEEL_CHECK(!corpus.train.empty(), "the inputs hold no training text");
   r.input_bytes = corpus.bytes;
-  r.documents = static_cast<int64_t>(corpus.train.size() + corpus.val.size());
+  r.documents = corpus.documents;
   r.read_seconds = seconds_since(t0);
   log << "keel: read " << o.inputs.size() << " file(s), " << r.input_bytes / 1e6 << " MB, "
-      << r.documents << " document(s) (" << corpus.val.size() << " for validation) in "
-      << r.read_seconds << " s\n";
+      << r.documents << " document(s) in " << r.read_seconds << " s; " << corpus.val_bytes() / 1e6
+      << " MB held out for validation\n";
 
   t0 = std::chrono::steady_clock::now();
   std::string tokenizer_source = o.tokenizer;
