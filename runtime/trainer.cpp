@@ -234,7 +234,9 @@ StepStats Trainer::step() {
   // rank r takes [r·local, (r+1)·local).
   int32_t* tokens = batch_[tokens_].data_as<int32_t>();
   int32_t* targets = batch_[targets_].data_as<int32_t>();
+  const auto data_start = Clock::now();
   fill_batch(*data_, *order_, samples_ + dp.rank() * local, local, tokens, targets);
+  data_seconds_ += std::chrono::duration<double>(Clock::now() - data_start).count();
   // The loss is the mean over the global batch's valid targets: count them on every rank first.
   Tensor totals = batch_[totals_];
   double* total = totals.data_as<double>();
@@ -344,8 +346,9 @@ void Trainer::run() {
     }
     write_parameters(t.output_dir + "/model.safetensors");
     std::ostringstream done;
-    done << "keel: done, " << step_ - first << " steps in " << seconds << " s; peak RSS "
-         << format_mib(peak_rss_bytes()) << " against a memory plan of "
+    done << "keel: done, " << step_ - first << " steps in " << seconds << " s (reading data "
+         << data_seconds_ << " s, " << (seconds > 0 ? 100.0 * data_seconds_ / seconds : 0.0)
+         << " %); peak RSS " << format_mib(peak_rss_bytes()) << " against a memory plan of "
          << format_mib(planned_bytes_) << "\n";
     console_ << done.str();
     rank_log << done.str();

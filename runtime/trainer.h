@@ -74,6 +74,7 @@ class Trainer {
   std::unique_ptr<ResolvedTokenizer> tokenizer_;
   std::unique_ptr<TokenData> data_;
   std::unique_ptr<SequenceOrder> order_;
+  double data_seconds_ = 0.0;  // this rank's time filling batches, for the closing line
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<optim::AdamW> optimizer_;
   MemoryPlan batch_{"batch"};
