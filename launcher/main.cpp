@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "launcher/hf_commands.h"
 #include "launcher/launch.h"
 #include "launcher/prepare.h"
 #include "launcher/world.h"
@@ -23,6 +24,8 @@ commands:
   prepare INPUT... --out DIR --vocab-size N         train a tokenizer, write token shards
   launch -n N CONFIG.yaml [--set ...]               train on N ranks of this machine (mpirun)
   plan CONFIG.yaml [--world-size N] [--set ...]     print each rank's memory plan, train nothing
+  export --format hf CKPT OUT                       write a checkpoint as a Hugging Face LLaMA
+  import HF_DIR --out DIR --set data.train=PATH     start a run from a Hugging Face LLaMA
 
 Run 'keel <command> --help' for a command's options. Config keys: docs/CONFIG.md.
 )";
@@ -193,7 +196,10 @@ int main(int argc, char** argv) {
     if (command == "launch") return keel::launcher::run_launch(rest);
     if (command == "plan") return run_plan(rest);
     if (command == "prepare") return keel::launcher::run_prepare(rest);
-    throw UsageError{"unknown command '" + command + "'; commands: prepare, train, launch, plan"};
+    if (command == "export") return keel::launcher::run_export(rest);
+    if (command == "import") return keel::launcher::run_import(rest);
+    throw UsageError{"unknown command '" + command +
+                     "'; commands: prepare, train, launch, plan, export, import"};
   } catch (const UsageError& e) {
     std::cerr << "keel: error: " << e.message << "\n(run 'keel --help' for usage)\n";
     return 2;

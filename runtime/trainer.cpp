@@ -14,6 +14,7 @@
 #include "runtime/memory_report.h"
 #include "runtime/safetensors.h"
 #include "runtime/schedule.h"
+#include "runtime/tokenizer_json.h"
 
 namespace keel::runtime {
 
@@ -314,6 +315,8 @@ void Trainer::run() {
     std::ofstream f(path);
     f << config_to_yaml(config_);
     KEEL_CHECK(f.good(), "cannot write '{}'", path);
+    // The run's tokenizer beside its checkpoints, for keel export, generate and eval.
+    write_tokenizer_json(tokenizer_->tokenizer, t.output_dir + "/tokenizer.json");
     log = std::make_unique<MetricsLog>(t.output_dir, resumed ? step_ : 0);
   }
   try {

@@ -1,0 +1,79 @@
+// keel export --format hf and keel import: a trained run's checkpoint exported, imported into a
+// new run and exported again gives the same files; the imported run trains; mistakes are one
+// clear line each.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <iterator>
+
+#include "cli_util.h"
+
+namespace keel::test {
+namespace {
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+TEST_F(Cli, ExportImportExportGivesTheSameFiles) {
+  const std::string prep = (dir_ / "prep").string(), hf = (dir_ / "hf").string(),
+                    imported = (dir_ / "imported").string(), again = (dir_ / "again").string();
+  ASSERT_EQ(run("prepare data/kjv.txt.gz --vocab-size 300 --out " + prep).code, 0);
+  const std::string cfg = write("c.yaml", std::string(kParallelModel));
+  Result r =
+      run("train " + cfg + " --set data.train=" + prep +
+          " --set model.vocab_size=300 --set training.max_steps=4 --set training.save_steps=4"
+          " --set training.output_dir=" +
+          out_dir());
+  ASSERT_EQ(r.code, 0) << r.out;
+
+  r = run("export " + out_dir() + " " + hf);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("keel export needs --format hf"), std::string::npos) << r.out;
+  r = run("export --format hf " + out_dir() + " " + hf);
+  ASSERT_EQ(r.code, 0) << r.out;
+  // The checkpoint at the last step holds the run's final weights.
+  {
+    const runtime::SafeTensorsReader a(out_dir() + "/model.safetensors"),
+        b(hf + "/model.safetensors");
+    ASSERT_EQ(a.names(), b.names());
+    for (const std::string& n : a.names()) {
+      const Tensor x = a.get(n), y = b.get(n);
+      ASSERT_EQ(x.shape(), y.shape()) << n;
+      EXPECT_EQ(0, std::memcmp(x.data(), y.data(), x.nbytes())) << n;
+    }
+  }
+
+  r = run("import " + hf + " --out " + imported);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("give the data to train on with --set data.train=PATH"), std::string::npos)
+      << r.out;
+  EXPECT_FALSE(fs::exists(imported)) << "a refused import must write nothing";
+  r = run("import " + hf + " --out " + imported + " --set data.train=" + prep +
+          " --set data.seq_length=48 --set training.max_steps=2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run("export --format hf " + imported + " " + again);
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const char* f :
+       {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"})
+    EXPECT_EQ(file_bytes(hf + "/" + f), file_bytes(again + "/" + f)) << f;
+
+  r = run("train " + imported + "/config.yaml");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("resumed from " + imported + "/checkpoints/step_00000000 at step 0"),
+            std::string::npos)
+      << r.out;
+  EXPECT_EQ(losses(imported + "/metrics.jsonl").size(), 2u);
+
+  // Not a LLaMA: a clear error naming the file and the field.
+  std::string config = file_bytes(hf + "/config.json");
+  config.replace(config.find("\"llama\""), 7, "\"mistral\"");
+  std::ofstream(hf + "/config.json") << config;
+  r = run("import " + hf + " --out " + (dir_ / "x").string() + " --set data.train=" + prep);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("config.json: model_type is 'mistral'"), std::string::npos) << r.out;
+}
+
+}  // namespace
+}  // namespace keel::test
