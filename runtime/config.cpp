@@ -61,7 +61,7 @@ bool read_integer(const YAML::Node& node, T& out) {
   if (!text.empty() && text.front() == '+') text.remove_prefix(1);
   T value{};
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (text.empty() || ec != std::errc() || end != text.data() + text.size() || value < T{0}) {
+  if (text.empty() || ec != std::errc() || end != text.data() + text.size()) {
     return false;
   }
   out = value;
@@ -102,7 +102,8 @@ constexpr std::string_view type_name() {
   if constexpr (std::is_same_v<T, bool>) return "true or false";
   if constexpr (std::is_same_v<T, std::string>) return "a string";
   if constexpr (std::is_same_v<T, double>) return "a finite number";
-  return "a non-negative integer";
+  if constexpr (std::is_same_v<T, uint64_t>) return "a non-negative integer";
+  return "an integer";
 }
 
 // Stores `node` into the field, or throws naming the key, the expected type and what was found.

@@ -33,9 +33,11 @@ struct DataConfig {
 };
 
 struct TrainingConfig {
-  int64_t max_steps = 100;
+  int64_t max_steps = 100;        // -1: num_train_epochs passes over the data instead
+  double num_train_epochs = 3.0;  // used when max_steps is -1
   double learning_rate = 3e-4;
   int64_t warmup_steps = 0;
+  double warmup_ratio = 0.0;  // used when warmup_steps is 0: ceil(ratio × max_steps) steps
   std::string lr_scheduler_type = "cosine";  // linear | cosine | constant | constant_with_warmup
   int64_t per_device_train_batch_size = 8;
   int64_t gradient_accumulation_steps = 1;

@@ -151,6 +151,9 @@ void validate_config(const Config& config) {
   Config copy = config;  // the field table hands out mutable references
   for (const Field& field : kFields) check_range(field, copy);
 
+  KEEL_CHECK(config.training.max_steps != 0,
+             "training.max_steps is 0; set it to the number of optimizer steps, or to -1 to train "
+             "training.num_train_epochs passes over the data");
   KEEL_CHECK(!config.data.train.empty(),
              "data.train is empty; set it to the training text file (e.g. --set "
              "data.train=data/tiny.txt)");

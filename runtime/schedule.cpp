@@ -23,4 +23,16 @@ double learning_rate_at(const TrainingConfig& t, int64_t k) {
   KEEL_FAIL("unknown training.lr_scheduler_type '{}'", type);
 }
 
+void resolve_schedule_lengths(TrainingConfig& t, int64_t num_sequences, int64_t dp_size) {
+  if (t.max_steps < 0) {
+    const int64_t global = t.per_device_train_batch_size * t.gradient_accumulation_steps * dp_size;
+    const int64_t per_epoch = std::max<int64_t>(1, num_sequences / global);
+    t.max_steps = std::max<int64_t>(
+        1, static_cast<int64_t>(std::ceil(t.num_train_epochs * static_cast<double>(per_epoch))));
+  }
+  if (t.warmup_steps == 0 && t.warmup_ratio > 0)
+    t.warmup_steps =
+        static_cast<int64_t>(std::ceil(t.warmup_ratio * static_cast<double>(t.max_steps)));
+}
+
 }  // namespace keel::runtime

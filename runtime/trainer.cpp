@@ -104,6 +104,7 @@ void Trainer::build() {
              config_.model.vocab_size, tokenizer_->path, V, V);
   data_ = std::make_unique<TokenData>(config_.data.train, tokenizer_->tokenizer, T);
   order_ = std::make_unique<SequenceOrder>(data_->num_sequences(), t.seed);
+  resolve_schedule_lengths(config_.training, data_->num_sequences(), grid_.dp().size());
   // ZeRO 2 hands the model its gradients unit by unit, ZeRO 3 its weights too.
   model_ = std::make_unique<LlamaModel>(config_.model, B, T, t.gradient_checkpointing,
                                         ModelHolds{stage < 3, stage < 2});

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
+#include <iterator>
 
 #include "cli_util.h"
 
@@ -31,6 +33,25 @@ TEST_F(Cli, PreparedDataTrainsAndMismatchesAreClearErrors) {
   const std::vector<double> loss = losses(out_dir() + "/metrics.jsonl");
   ASSERT_EQ(loss.size(), 3u);
   EXPECT_NEAR(loss[0], std::log(512.0), 0.3);  // a fresh model guesses among 512 tokens
+  fs::remove_all(out_dir());
+
+  // max_steps -1: a number of epochs, resolved from the data; config.yaml shows the steps.
+  r = run("train " + cfg + " --set data.train=" + prep + " --set model.vocab_size=512" +
+          " --set training.max_steps=-1 --set training.num_train_epochs=0.0005" +
+          " --set training.warmup_steps=0 --set training.warmup_ratio=0.5" +
+          " --set training.output_dir=" + out_dir());
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::ifstream resolved(out_dir() + "/config.yaml");
+  const std::string yaml((std::istreambuf_iterator<char>(resolved)),
+                         std::istreambuf_iterator<char>());
+  const size_t at = yaml.find("max_steps: ");
+  ASSERT_NE(at, std::string::npos) << yaml;
+  const int steps = std::stoi(yaml.substr(at + 11));
+  EXPECT_GE(steps, 2);
+  EXPECT_LE(steps, 20);
+  EXPECT_EQ(losses(out_dir() + "/metrics.jsonl").size(), static_cast<size_t>(steps));
+  EXPECT_NE(yaml.find("warmup_steps: " + std::to_string((steps + 1) / 2)), std::string::npos)
+      << yaml;
   fs::remove_all(out_dir());
 
   expect_clean_failure(run("train " + cfg + common),

@@ -25,8 +25,8 @@ const std::vector<std::string> kAllKeys = {
     "model.num_attention_heads", "model.num_key_value_heads", "model.max_position_embeddings",
     "model.rope_theta", "model.rms_norm_eps", "model.tie_word_embeddings",
     "model.initializer_range", "data.train", "data.tokenizer", "data.seq_length",
-    "training.max_steps", "training.learning_rate", "training.warmup_steps",
-    "training.lr_scheduler_type", "training.per_device_train_batch_size",
+    "training.max_steps", "training.num_train_epochs", "training.learning_rate",
+    "training.warmup_steps", "training.warmup_ratio", "training.lr_scheduler_type", "training.per_device_train_batch_size",
     "training.gradient_accumulation_steps", "training.max_grad_norm", "training.weight_decay",
     "training.adam_beta1", "training.adam_beta2", "training.adam_epsilon", "training.seed",
     "training.logging_steps", "training.save_steps", "training.save_total_limit",
@@ -284,9 +284,9 @@ TEST(Config, MalformedOverrideSaysTheExpectedForm) {
 }
 
 TEST(Config, OverrideValueIsTypedLikeTheFile) {
-  expect_mentions(parse_error(kMinimalYaml, {"training.max_steps=ten"}),
-                  {"training.max_steps", "--set training.max_steps=ten",
-                   "must be a non-negative integer", "found 'ten'"});
+  expect_mentions(
+      parse_error(kMinimalYaml, {"training.max_steps=ten"}),
+      {"training.max_steps", "--set training.max_steps=ten", "must be an integer", "found 'ten'"});
   expect_mentions(parse_error(kMinimalYaml, {"data.train="}),
                   {"data.train", "must be a string", "found an empty value"});
   expect_mentions(parse_error(kMinimalYaml, {"data.train=[a"}),
@@ -383,13 +383,11 @@ TEST(Config, WrongTypeNamesKeyExpectedTypeAndValue) {
   };
   const std::vector<Case> cases = {
       {"training: {max_steps: ten}",
-       {"training.max_steps in configs/x.yaml:1", "must be a non-negative integer", "found 'ten'"}},
-      {"training: {max_steps: 2.5}", {"training.max_steps", "non-negative integer", "'2.5'"}},
-      {"training: {max_steps: 1e3}", {"training.max_steps", "non-negative integer", "'1e3'"}},
-      {"model: {num_hidden_layers: -3}",
-       {"model.num_hidden_layers", "non-negative integer", "'-3'"}},
-      {"training: {max_steps: \"100\"}",
-       {"training.max_steps", "non-negative integer", "the string '100'"}},
+       {"training.max_steps in configs/x.yaml:1", "must be an integer", "found 'ten'"}},
+      {"training: {max_steps: 2.5}", {"training.max_steps", "an integer", "'2.5'"}},
+      {"training: {max_steps: 1e3}", {"training.max_steps", "an integer", "'1e3'"}},
+      {"model: {num_hidden_layers: -3}", {"model.num_hidden_layers is -3", "allowed range: >= 1"}},
+      {"training: {max_steps: \"100\"}", {"training.max_steps", "an integer", "the string '100'"}},
       {"training: {seed: -1}", {"training.seed", "non-negative integer", "'-1'"}},
       {"training: {learning_rate: fast}", {"training.learning_rate", "a finite number", "'fast'"}},
       {"training: {learning_rate: .nan}", {"training.learning_rate", "a finite number", "'.nan'"}},
@@ -399,7 +397,7 @@ TEST(Config, WrongTypeNamesKeyExpectedTypeAndValue) {
       {"data: {train: [a, b]}", {"data.train", "must be a string", "found a list"}},
       {"training: {output_dir: {a: b}}",
        {"training.output_dir", "must be a string", "found a map"}},
-      {"model: {hidden_size: }", {"model.hidden_size", "non-negative integer", "an empty value"}},
+      {"model: {hidden_size: }", {"model.hidden_size", "an integer", "an empty value"}},
   };
   for (const Case& c : cases) expect_mentions(parse_error(c.yaml), c.pieces);
 }
@@ -435,7 +433,11 @@ TEST(Config, OutOfRangeNamesKeyAndAllowedRange) {
       {"training.weight_decay=-0.5", "training.weight_decay is -0.5; allowed range: >= 0"},
       {"training.learning_rate=-1e-3", "training.learning_rate is -0.001; allowed range: >= 0"},
       {"training.logging_steps=0", "training.logging_steps is 0; allowed range: >= 1"},
-      {"training.max_steps=0", "training.max_steps is 0; allowed range: >= 1"},
+      {"training.max_steps=-2", "training.max_steps is -2; allowed range: >= -1"},
+      {"training.max_steps=0",
+       "training.max_steps is 0; set it to the number of optimizer steps, or to -1 to train "
+       "training.num_train_epochs passes over the data"},
+      {"training.warmup_ratio=1.5", "training.warmup_ratio is 1.5; allowed range: [0, 1]"},
       {"training.per_device_train_batch_size=0",
        "training.per_device_train_batch_size is 0; allowed range: >= 1"},
       {"training.gradient_accumulation_steps=0",

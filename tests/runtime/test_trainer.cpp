@@ -141,3 +141,33 @@ TEST_F(TrainerTest, RunWritesMetricsAndConfig) {
 
 }  // namespace
 }  // namespace keel::runtime
+
+namespace keel::runtime {
+namespace {
+
+TEST(Schedule, EpochsAndWarmupRatioResolveAsHuggingFaceTrainer) {
+  TrainingConfig t;
+  t.max_steps = -1;
+  t.num_train_epochs = 2.5;
+  t.per_device_train_batch_size = 4;
+  t.gradient_accumulation_steps = 2;
+  t.warmup_ratio = 0.1;
+  resolve_schedule_lengths(t, 100, 2);  // global batch 16: 6 steps an epoch
+  EXPECT_EQ(t.max_steps, 15);
+  EXPECT_EQ(t.warmup_steps, 2);  // ceil(1.5)
+  TrainingConfig fixed;
+  fixed.max_steps = 40;
+  fixed.warmup_steps = 3;
+  fixed.warmup_ratio = 0.5;  // warmup_steps wins, as in HF
+  resolve_schedule_lengths(fixed, 100, 1);
+  EXPECT_EQ(fixed.max_steps, 40);
+  EXPECT_EQ(fixed.warmup_steps, 3);
+  TrainingConfig tiny;
+  tiny.max_steps = -1;
+  tiny.num_train_epochs = 0.01;
+  resolve_schedule_lengths(tiny, 3, 1);  // fewer sequences than a batch: one step an epoch
+  EXPECT_EQ(tiny.max_steps, 1);
+}
+
+}  // namespace
+}  // namespace keel::runtime
