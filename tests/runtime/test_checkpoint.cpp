@@ -7,6 +7,7 @@
 #include <fstream>
 #include <numeric>
 
+#include "file_test_util.h"
 #include "parallel/zero_layout.h"
 #include "runtime/checkpoint.h"
 
@@ -15,19 +16,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class CheckpointTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = (fs::temp_directory_path() /
-            ("keel_ckpt_" + std::to_string(::getpid()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string dir_;
-};
+using CheckpointTest = testing::FileTest;
 
 // Parameters of both split directions, a vector, one smaller than the rank count.
 const std::vector<parallel::ZeroParamSpec> kSpecs = {

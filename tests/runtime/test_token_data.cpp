@@ -9,6 +9,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "file_test_util.h"
 #include "kernels/error.h"
 #include "runtime/bpe_train.h"
 #include "runtime/data.h"
@@ -21,33 +22,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class TokenDataTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = (fs::temp_directory_path() /
-            ("keel_data_" + std::to_string(::getpid()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return dir_ + "/" + name; }
-  std::string write(const std::string& name, const std::string& text) const {
-    std::ofstream(path(name), std::ios::binary) << text;
-    return path(name);
-  }
-  std::string dir_;
-};
+using TokenDataTest = testing::FileTest;
 
-void expect_error(const std::function<void()>& f, const std::string& part) {
-  try {
-    f();
-    FAIL() << "no error; expected one containing: " << part;
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
 
 std::vector<int32_t> iota_tokens(int64_t n, int32_t start, int32_t modulo) {
   std::vector<int32_t> t(static_cast<size_t>(n));

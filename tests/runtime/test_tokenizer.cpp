@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "file_test_util.h"
 #include "kernels/error.h"
 #include "runtime/bpe_train.h"
 #include "runtime/tokenizer.h"
@@ -147,24 +148,7 @@ TEST(Tokenizer, RoundTripsAnyBytes) {
   }
 }
 
-class TokenizerFiles : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = (fs::temp_directory_path() /
-            ("keel_tok_" + std::to_string(::getpid()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
-               .string();
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string write(const std::string& name, const std::string& text) {
-    const std::string path = dir_ + "/" + name;
-    std::ofstream(path, std::ios::binary) << text;
-    return path;
-  }
-  std::string dir_;
-};
+using TokenizerFiles = testing::FileTest;
 
 TEST_F(TokenizerFiles, WrittenTokenizerJsonReadsBackIdentically) {
   for (SplitPattern p : {SplitPattern::kGpt2, SplitPattern::kLlama3}) {
@@ -244,14 +228,7 @@ TEST_F(TokenizerFiles, Gpt2StyleTokenizerJsonEncodesAsTheReferenceAlgorithm) {
   EXPECT_EQ(t.decode(expected), text);
 }
 
-void expect_error(const std::function<void()>& f, const std::string& part) {
-  try {
-    f();
-    FAIL() << "no error; expected one containing: " << part;
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
-}
+using testing::expect_error;
 
 TEST_F(TokenizerFiles, BadTokenizerJsonIsAClearError) {
   const Tokenizer t = train(kMultilingual, 20);
