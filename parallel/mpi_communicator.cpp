@@ -15,14 +15,22 @@ void raise_mpi_error(int code, const char* expr, const char* file, int line) {
   int len = 0;
   if (MPI_Error_string(code, text, &len) != MPI_SUCCESS)
     std::snprintf(text, sizeof text, "MPI error code %d", code);
-  int initialized = 0, finalized = 0, rank = -1, size = 0;
+  const WorldPosition at = world_position();
+  raise_error(file, line,
+              format("MPI failed: {} in {} (rank {} of {})", text, expr, at.rank, at.size));
+}
+
+WorldPosition world_position() noexcept {
+  WorldPosition at;
+  int initialized = 0, finalized = 0;
   MPI_Initialized(&initialized);
   MPI_Finalized(&finalized);
   if (initialized && !finalized) {
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    at.running = true;
+    MPI_Comm_rank(MPI_COMM_WORLD, &at.rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &at.size);
   }
-  raise_error(file, line, format("MPI failed: {} in {} (rank {} of {})", text, expr, rank, size));
+  return at;
 }
 
 // ---- bf16 reductions: fp32 arithmetic, rounded back to bf16 once per pairwise step ------------

@@ -16,6 +16,14 @@
 
 namespace keel::parallel {
 
+// Where this process stands in MPI_COMM_WORLD, for messages: not running (rank -1 of 0) before
+// MPI_Init and after MPI_Finalize.
+struct WorldPosition {
+  bool running = false;
+  int rank = -1, size = 0;
+};
+WorldPosition world_position() noexcept;
+
 // Throws keel::Error: "<MPI's error string> in <expr> (rank R of N)", raised at file:line.
 [[noreturn]] void raise_mpi_error(int code, const char* expr, const char* file, int line);
 

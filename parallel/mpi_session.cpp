@@ -50,18 +50,13 @@ MpiSession::~MpiSession() {
 }
 
 void MpiSession::abort(int code, std::string_view why) noexcept {
-  int initialized = 0, finalized = 0, rank = -1, size = 0;
-  MPI_Initialized(&initialized);
-  MPI_Finalized(&finalized);
-  if (initialized && !finalized) {
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-  }
-  const std::string line = format("keel: rank {} of {}: {}; aborting the job\n", rank, size, why);
+  const WorldPosition at = world_position();
+  const std::string line =
+      format("keel: rank {} of {}: {}; aborting the job\n", at.rank, at.size, why);
   std::fputs(line.c_str(), stderr);
   std::fflush(stderr);
   std::fflush(stdout);
-  if (initialized && !finalized) MPI_Abort(MPI_COMM_WORLD, code);
+  if (at.running) MPI_Abort(MPI_COMM_WORLD, code);
   std::_Exit(code);
 }
 

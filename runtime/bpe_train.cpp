@@ -4,10 +4,12 @@
 
 #include <algorithm>
 #include <array>
+#include <numeric>
 #include <queue>
 #include <unordered_map>
 
 #include "kernels/error.h"
+#include "runtime/tokenizer_json.h"
 
 namespace keel::runtime {
 
@@ -15,19 +17,16 @@ namespace {
 
 constexpr size_t kChunkBytes = 1 << 20;
 
-// Hugging Face numbers the 256 byte tokens in the order of GPT-2's printable stand-ins (bytes
-// 33-126, 161-172, 174-255, then the rest); keel numbers them by byte value. Ties between pairs
-// are broken in Hugging Face's numbering so that both learn the same merges.
+// Hugging Face numbers the 256 byte tokens in the order of their GPT-2 stand-in characters
+// (runtime/tokenizer_json.h); keel numbers them by byte value. Ties between pairs are broken in
+// Hugging Face's numbering so that both learn the same merges.
 std::array<uint32_t, 256> hf_byte_order() {
+  std::array<uint8_t, 256> bytes{};
+  std::iota(bytes.begin(), bytes.end(), uint8_t{0});
+  std::sort(bytes.begin(), bytes.end(),
+            [](uint8_t a, uint8_t b) { return byte_code_point(a) < byte_code_point(b); });
   std::array<uint32_t, 256> order{};
-  uint32_t next = 0;
-  auto printable = [](uint32_t b) {
-    return (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
-  };
-  for (uint32_t b = 0; b < 256; ++b)
-    if (printable(b)) order[b] = next++;
-  for (uint32_t b = 0; b < 256; ++b)
-    if (!printable(b)) order[b] = next++;
+  for (uint32_t i = 0; i < 256; ++i) order[bytes[i]] = i;
   return order;
 }
 
@@ -67,13 +66,6 @@ void BpeTrainer::add_texts(std::span<const std::string_view> documents) {
       i = end;
     }
   }
-}
-
-int64_t BpeTrainer::distinct_pieces() const {
-  BytesMap all;
-  for (const BytesMap& m : counts_)
-    for (size_t e = 0; e < m.size(); ++e) all[m.key(e)] += m.value(e);
-  return static_cast<int64_t>(all.size());
 }
 
 Tokenizer BpeTrainer::train(const std::function<void(int64_t, int64_t)>& progress) const {

@@ -30,7 +30,6 @@ class BpeTrainer {
   // Counts the pieces of documents (pieces never span two documents), on all OpenMP threads.
   void add_texts(std::span<const std::string_view> documents);
   void add_text(std::string_view document) { add_texts({&document, 1}); }
-  int64_t distinct_pieces() const;
 
   // Learns the merges; progress(done, wanted) is called now and then. Fewer merges than asked
   // are learned when no pair is left to merge (the vocabulary is then smaller).

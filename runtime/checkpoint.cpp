@@ -26,6 +26,7 @@ constexpr const char* kFormat = "keel-checkpoint";
 constexpr int kVersion = 1;
 constexpr const char* kInfoFile = "meta.json";
 constexpr const char* kLatest = "latest";
+constexpr const char* kOptimizerPrefix = "optimizer.";
 constexpr const char* kStateFormatKey = "keel_state";  // marks a state file in its metadata
 
 std::string errno_text() { return std::strerror(errno); }
@@ -125,6 +126,12 @@ int64_t copy_overlap(const StateFile& file, const StoredPiece& from, const State
 }
 
 }  // namespace
+
+std::string optimizer_state_name(std::string_view state, const std::string& param) {
+  return std::string(kOptimizerPrefix) + std::string(state) + "." + param;
+}
+
+bool is_optimizer_state(const std::string& name) { return name.starts_with(kOptimizerPrefix); }
 
 std::string state_file_name(int rank) {
   char name[40];

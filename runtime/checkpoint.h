@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -36,6 +37,12 @@ struct CheckpointInfo {
   std::vector<std::string> files;  // state files, one per writing rank, relative to the directory
   std::map<std::string, std::pair<int64_t, int64_t>> shapes;  // every tensor's global shape
 };
+
+// The name of an optimizer state tensor of a parameter in checkpoints:
+// optimizer_state_name("exp_avg", "model.norm.weight") == "optimizer.exp_avg.model.norm.weight".
+std::string optimizer_state_name(std::string_view state, const std::string& param);
+// Whether a checkpoint tensor is optimizer state rather than a parameter.
+bool is_optimizer_state(const std::string& name);
 
 // The state file of world rank r: "rank_00003.safetensors".
 std::string state_file_name(int rank);

@@ -19,11 +19,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 // The next SplitMix64 draw from a running state.
 uint64_t next_random(uint64_t& state) {
   const uint64_t r = splitmix64(state);
@@ -33,11 +28,19 @@ uint64_t next_random(uint64_t& state) {
 
 constexpr const char* kShardSuffix = ".tokens";
 
+// What data.train names: a prepared directory of shards, one shard, or a text file.
+enum class DataSource { kDirectory, kShard, kText };
+
+DataSource data_source(const std::string& path) {
+  if (fs::is_directory(path)) return DataSource::kDirectory;
+  return path.ends_with(kShardSuffix) ? DataSource::kShard : DataSource::kText;
+}
+
 std::vector<std::string> shard_paths(const std::string& dir, const std::string& split) {
   std::vector<std::string> paths;
   for (const auto& e : fs::directory_iterator(dir)) {
     const std::string name = e.path().filename().string();
-    if (name.rfind(split + "_", 0) == 0 && ends_with(name, kShardSuffix))
+    if (name.starts_with(split + "_") && name.ends_with(kShardSuffix))
       paths.push_back(e.path().string());
   }
   std::sort(paths.begin(), paths.end());
@@ -48,7 +51,7 @@ std::vector<std::string> shard_paths(const std::string& dir, const std::string& 
 
 std::string read_text_file(const std::string& path, const std::string& what) {
   std::string bytes;
-  if (ends_with(path, ".gz")) {
+  if (path.ends_with(".gz")) {
     gzFile f = gzopen(path.c_str(), "rb");
     KEEL_CHECK(f != nullptr, "cannot open {} '{}': {}", what, path, std::strerror(errno));
     std::vector<char> buf(1 << 20);
@@ -71,59 +74,52 @@ std::string read_text_file(const std::string& path, const std::string& what) {
 }
 
 ResolvedTokenizer resolve_tokenizer(const std::string& setting, const std::string& data_path) {
-  if (setting == "bytes") return {Tokenizer::bytes(), "bytes"};
-  std::string path = setting;
-  if (setting == "auto") {
-    if (fs::is_directory(data_path))
-      path = (fs::path(data_path) / "tokenizer.json").string();
-    else if (ends_with(data_path, kShardSuffix))
-      path = (fs::path(data_path).parent_path() / "tokenizer.json").string();
-    else
-      return {Tokenizer::bytes(), "bytes"};
-    KEEL_CHECK(fs::exists(path),
-               "data.tokenizer is auto, but {} has no tokenizer.json beside its shards; set "
-               "data.tokenizer to the tokenizer.json they were made with",
-               data_path);
-  }
+  if (setting != "auto") return {load_tokenizer(setting), setting};
+  const DataSource source = data_source(data_path);
+  if (source == DataSource::kText) return {Tokenizer::bytes(), "bytes"};
+  const fs::path dir =
+      source == DataSource::kDirectory ? fs::path(data_path) : fs::path(data_path).parent_path();
+  const std::string path = (dir / "tokenizer.json").string();
+  KEEL_CHECK(fs::exists(path),
+             "data.tokenizer is auto, but {} has no tokenizer.json beside its shards; set "
+             "data.tokenizer to the tokenizer.json they were made with",
+             data_path);
   return {read_tokenizer_json(path), path};
 }
 
 TokenData::TokenData(const std::string& data_path, const Tokenizer& tokenizer, int64_t seq_length,
                      const std::string& split)
     : seq_length_(seq_length) {
-  std::vector<std::string> paths;
-  if (fs::is_directory(data_path)) {
-    paths = shard_paths(data_path, split);
-    KEEL_CHECK(!paths.empty(),
-               "data directory {} holds no {}_*{} shards; make them with keel prepare --out {}",
-               data_path, split, kShardSuffix, data_path);
-  } else if (ends_with(data_path, kShardSuffix)) {
-    paths = {data_path};
-  }
+  // Each part (the text, or a shard) holds (tokens - 1) / T sequences.
   first_sequence_.push_back(0);
-  if (paths.empty()) {
+  auto add_part = [&](int64_t tokens) {
+    num_tokens_ += tokens;
+    num_sequences_ += std::max<int64_t>(0, (tokens - 1) / seq_length);
+    first_sequence_.push_back(num_sequences_);
+  };
+  const DataSource source = data_source(data_path);
+  if (source == DataSource::kText) {
     const std::string text = read_text_file(data_path, "data.train");
     KEEL_CHECK(!text.empty(), "data.train '{}' is empty", data_path);
     if (tokenizer.bos_id() >= 0) text_tokens_.push_back(tokenizer.bos_id());
-    if (tokenizer.num_merges() == 0 && tokenizer.specials().empty()) {
-      for (char c : text) text_tokens_.push_back(static_cast<uint8_t>(c));
-    } else {
-      ParallelEncoder(tokenizer).encode(text, text_tokens_);
-    }
+    ParallelEncoder(tokenizer).encode(text, text_tokens_);
     if (tokenizer.eos_id() >= 0) text_tokens_.push_back(tokenizer.eos_id());
-    num_tokens_ = static_cast<int64_t>(text_tokens_.size());
-    num_sequences_ = std::max<int64_t>(0, (num_tokens_ - 1) / seq_length);
-    first_sequence_.push_back(num_sequences_);
-  }
-  for (const std::string& p : paths) {
-    TokenShard& s = shards_.emplace_back(p);
-    KEEL_CHECK(s.info().tokenizer_fingerprint == tokenizer.fingerprint(),
-               "token shard {} was made with another tokenizer than the one this run uses ({} "
-               "tokens); set data.tokenizer to the tokenizer.json keel prepare wrote beside it",
-               p, tokenizer.vocab_size());
-    num_tokens_ += s.size();
-    num_sequences_ += std::max<int64_t>(0, (s.size() - 1) / seq_length);
-    first_sequence_.push_back(num_sequences_);
+    add_part(static_cast<int64_t>(text_tokens_.size()));
+  } else {
+    const std::vector<std::string> paths = source == DataSource::kShard
+                                               ? std::vector<std::string>{data_path}
+                                               : shard_paths(data_path, split);
+    KEEL_CHECK(!paths.empty(),
+               "data directory {} holds no {}_*{} shards; make them with keel prepare --out {}",
+               data_path, split, kShardSuffix, data_path);
+    for (const std::string& p : paths) {
+      const TokenShard& s = shards_.emplace_back(p);
+      KEEL_CHECK(s.info().tokenizer_fingerprint == tokenizer.fingerprint(),
+                 "token shard {} was made with another tokenizer than the one this run uses ({} "
+                 "tokens); set data.tokenizer to the tokenizer.json keel prepare wrote beside it",
+                 p, tokenizer.vocab_size());
+      add_part(s.size());
+    }
   }
   KEEL_CHECK(num_sequences_ >= 1,
              "{} has {} tokens, fewer than one sequence of data.seq_length + 1 = {}; use more "

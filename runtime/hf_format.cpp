@@ -11,6 +11,7 @@
 #include "runtime/config.h"
 #include "runtime/data.h"
 #include "runtime/durable_file.h"
+#include "runtime/llama.h"
 #include "runtime/safetensors.h"
 #include "runtime/tokenizer_json.h"
 
@@ -21,14 +22,10 @@ using Json = nlohmann::ordered_json;
 
 namespace {
 
-constexpr const char* kMomentPrefix = "optimizer.";
-
-bool is_parameter(const std::string& name) { return name.rfind(kMomentPrefix, 0) != 0; }
-
 // The tokenizer an export ships: the one asked for, the run's own copy, or data.tokenizer.
 Tokenizer export_tokenizer(const std::string& asked, const std::string& checkpoint,
                            const Config& config) {
-  if (!asked.empty()) return asked == "bytes" ? Tokenizer::bytes() : read_tokenizer_json(asked);
+  if (!asked.empty()) return load_tokenizer(asked);
   const fs::path run = fs::path(checkpoint).parent_path().parent_path() / "tokenizer.json";
   if (fs::exists(run)) return read_tokenizer_json(run.string());
   try {
@@ -86,28 +83,6 @@ Json read_json(const std::string& path) {
   }
 }
 
-float half_to_float(uint16_t h) {
-  const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0 && man == 0)
-    bits = sign;
-  else if (exp == 0) {  // subnormal: renormalise
-    int e = -1;
-    uint32_t m = man;
-    do {
-      ++e;
-      m <<= 1;
-    } while ((m & 0x400u) == 0);
-    bits = sign | ((127 - 15 - e) << 23) | ((m & 0x3ffu) << 13);
-  } else if (exp == 31)
-    bits = sign | 0x7f800000u | (man << 13);
-  else
-    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 // The tensor as fp32 values.
 std::vector<float> to_f32(const Tensor& t, const std::string& name, const std::string& file) {
   const auto n = static_cast<size_t>(t.numel());
@@ -120,7 +95,7 @@ std::vector<float> to_f32(const Tensor& t, const std::string& name, const std::s
       for (size_t i = 0; i < n; ++i) {
         uint16_t h;
         std::memcpy(&h, bytes + 2 * i, 2);
-        out[i] = t.dtype() == DType::BF16 ? bf16_to_f32(h) : half_to_float(h);
+        out[i] = t.dtype() == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
       }
       break;
     default:
@@ -187,7 +162,7 @@ void export_hf(const std::string& checkpoint, const std::string& out_dir,
   std::vector<std::string> names;
   int64_t total = 0;
   for (const auto& [name, shape] : info.shapes)
-    if (is_parameter(name)) names.push_back(name), total += shape.first * shape.second;
+    if (!is_optimizer_state(name)) names.push_back(name), total += shape.first * shape.second;
   std::vector<float> values(static_cast<size_t>(total));
   std::vector<StatePiece> pieces;
   std::vector<std::pair<std::string, Tensor>> tensors;
@@ -283,41 +258,32 @@ void import_hf(const std::string& hf_dir, const std::string& out_dir,
   KEEL_CHECK(config_differences(base, config, "model").empty(),
              "keel import takes the model keys from {}; do not override them", config_path);
 
-  // The weights, in keel's parameter order, as a step-0 checkpoint with zero AdamW moments.
+  // The weights of every parameter keel's LLaMA of this shape has (its layout only, nothing
+  // allocated), as a step-0 checkpoint with zero AdamW moments.
+  const LlamaModel layout(m, 1, 1, false, ModelHolds{false, false, false});
   const HfWeights weights = open_weights(hf_dir);
-  std::vector<std::string> names = {"model.embed_tokens.weight"};
-  for (int64_t l = 0; l < m.num_hidden_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    for (const char* n :
-         {"input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
-          "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
-          "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"})
-      names.push_back(p + n);
-  }
-  names.push_back("model.norm.weight");
-  if (!m.tie_word_embeddings) names.push_back("lm_head.weight");
   std::vector<std::vector<float>> values;
   std::vector<StatePiece> pieces;
-  values.reserve(names.size() * 3);
-  for (const std::string& name : names) {
-    const auto it = weights.where.find(name);
+  values.reserve(layout.parameters().size() * 3);
+  for (const Parameter& p : layout.parameters()) {
+    const auto it = weights.where.find(p.name);
     KEEL_CHECK(it != weights.where.end(),
-               "{} lacks the tensor {} that a LLaMA of this config.json "
-               "has",
-               hf_dir, name);
+               "{} lacks the tensor {} that a LLaMA of this config.json has", hf_dir, p.name);
     const SafeTensorsReader& file = weights.files[it->second];
-    const Tensor t = file.get(name);
+    const Tensor t = file.get(p.name);
+    KEEL_CHECK(t.shape() == p.global_shape, "{}: tensor {} has shape {}; config.json implies {}",
+               file.path(), p.name, t.shape().str(), p.global_shape.str());
     const int64_t rows = t.shape()[0], cols = t.numel() / rows;
-    values.push_back(to_f32(t, name, file.path()));
+    values.push_back(to_f32(t, p.name, file.path()));
     values.emplace_back(values.back().size(), 0.0f);
     values.emplace_back(values.back().size(), 0.0f);
     const size_t v = values.size() - 3;
     const parallel::ShardRect all{0, 0, rows, cols, cols};
-    pieces.push_back({name, rows, cols, all, values[v].data(), rows * cols});
-    pieces.push_back(
-        {"optimizer.exp_avg." + name, rows, cols, all, values[v + 1].data(), rows * cols});
-    pieces.push_back(
-        {"optimizer.exp_avg_sq." + name, rows, cols, all, values[v + 2].data(), rows * cols});
+    pieces.push_back({p.name, rows, cols, all, values[v].data(), rows * cols});
+    pieces.push_back({optimizer_state_name("exp_avg", p.name), rows, cols, all,
+                      values[v + 1].data(), rows * cols});
+    pieces.push_back({optimizer_state_name("exp_avg_sq", p.name), rows, cols, all,
+                      values[v + 2].data(), rows * cols});
   }
   fs::create_directories(out_dir);
   const Tokenizer tokenizer =
@@ -338,7 +304,7 @@ void import_hf(const std::string& hf_dir, const std::string& out_dir,
   write_checkpoint_info(store.staging(0), info);
   const std::string ckpt = store.commit(0, 0);
   write_text_durably(out_dir + "/config.yaml", info.config_yaml);
-  log << "keel: imported " << hf_dir << " (" << names.size() << " tensors, tokenizer "
+  log << "keel: imported " << hf_dir << " (" << layout.parameters().size() << " tensors, tokenizer "
       << (has_tokenizer ? "tokenizer.json" : "bytes (the directory has no tokenizer.json)")
       << ") as " << ckpt << "; train it with: keel train " << out_dir << "/config.yaml\n";
 }

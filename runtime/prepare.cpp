@@ -29,12 +29,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 bool is_jsonl(const std::string& path) {
-  for (const char* suffix : {".jsonl", ".jsonl.gz"}) {
-    const std::string s = suffix;
-    if (path.size() >= s.size() && path.compare(path.size() - s.size(), s.size(), s) == 0)
-      return true;
-  }
-  return false;
+  return path.ends_with(".jsonl") || path.ends_with(".jsonl.gz");
 }
 
 // The documents of every input, split into training and validation.
@@ -147,6 +142,15 @@ void encode_split(const std::vector<std::string_view>& docs, ParallelEncoder& en
   w.flush(true);
 }
 
+Tokenizer train_tokenizer(const PrepareOptions& o, const std::vector<std::string_view>& docs,
+                          std::ostream& log) {
+  BpeTrainer trainer({.vocab_size = o.vocab_size, .pattern = o.pattern});
+  trainer.add_texts(docs);
+  return trainer.train([&](int64_t done, int64_t wanted) {
+    log << "keel: learned " << done << " of " << wanted << " merges\n" << std::flush;
+  });
+}
+
 }  // namespace
 
 PrepareReport prepare_data(const PrepareOptions& o, std::ostream& log) {
@@ -180,21 +184,12 @@ PrepareReport prepare_data(const PrepareOptions& o, std::ostream& log) {
       << " MB held out for validation\n";
 
   t0 = std::chrono::steady_clock::now();
-  std::string tokenizer_source = o.tokenizer;
-  Tokenizer tokenizer = Tokenizer::bytes(o.pattern);
-  if (!o.tokenizer.empty() && o.tokenizer != "bytes") {
-    tokenizer = read_tokenizer_json(o.tokenizer);
-  } else if (o.tokenizer.empty()) {
-    BpeTrainer trainer({.vocab_size = o.vocab_size, .pattern = o.pattern});
-    trainer.add_texts(corpus.train);
-    tokenizer = trainer.train([&](int64_t done, int64_t wanted) {
-      log << "keel: learned " << done << " of " << wanted << " merges\n" << std::flush;
-    });
-    tokenizer_source = "trained";
-  }
+  const bool trained = o.tokenizer.empty();
+  const Tokenizer tokenizer =
+      trained ? train_tokenizer(o, corpus.train, log) : load_tokenizer(o.tokenizer);
   r.train_seconds = seconds_since(t0);
   r.vocab_size = tokenizer.vocab_size();
-  if (tokenizer_source == "trained")
+  if (trained)
     log << "keel: trained a " << r.vocab_size << "-token byte-level BPE ("
         << pattern_name(o.pattern) << " split) in " << r.train_seconds << " s ("
         << r.input_bytes / 1e6 / r.train_seconds << " MB/s)\n";
@@ -221,7 +216,7 @@ PrepareReport prepare_data(const PrepareOptions& o, std::ostream& log) {
 
   nlohmann::ordered_json j;
   j["inputs"] = o.inputs;
-  j["tokenizer"] = tokenizer_source;
+  j["tokenizer"] = trained ? "trained" : o.tokenizer;
   j["pattern"] = pattern_name(tokenizer.pattern());
   j["vocab_size"] = r.vocab_size;
   j["tokenizer_fingerprint"] = tokenizer.fingerprint();

@@ -48,10 +48,13 @@ Tokenizer::Tokenizer(std::vector<std::string> tokens,
       ignore_merges_(ignore_merges) {
   const auto n = static_cast<int64_t>(tokens_.size());
   KEEL_CHECK(n <= std::numeric_limits<int32_t>::max(), "a vocabulary of {} tokens is too large", n);
-  for (const SpecialToken& s : specials_) {
+  special_index_.assign(tokens_.size(), -1);
+  for (size_t i = 0; i < specials_.size(); ++i) {
+    const SpecialToken& s = specials_[i];
     KEEL_CHECK(s.id >= 0 && s.id < n,
                "special token '{}' has id {}, outside the vocabulary [0, {})", s.content, s.id, n);
     KEEL_CHECK(!s.content.empty(), "special token {} has no text", s.id);
+    special_index_[static_cast<size_t>(s.id)] = static_cast<int32_t>(i);
   }
   std::fill(std::begin(byte_token_), std::end(byte_token_), -1);
   token_ids_.reserve(tokens_.size());
@@ -108,12 +111,6 @@ Tokenizer Tokenizer::bytes(SplitPattern pattern) {
   for (int b = 0; b < 256; ++b)
     tokens[static_cast<size_t>(b)] = std::string(1, static_cast<char>(b));
   return Tokenizer(std::move(tokens), {}, {}, pattern);
-}
-
-bool Tokenizer::is_special(int32_t id) const {
-  for (const SpecialToken& s : specials_)
-    if (s.id == id) return true;
-  return false;
 }
 
 const Tokenizer::Merge* Tokenizer::find_merge(int32_t left, int32_t right) const {
@@ -176,12 +173,9 @@ std::string Tokenizer::decode(std::span<const int32_t> ids) const {
   for (int32_t id : ids) {
     KEEL_CHECK(id >= 0 && id < vocab_size(), "token id {} is outside the vocabulary [0, {})", id,
                vocab_size());
-    if (is_special(id)) {
-      for (const SpecialToken& s : specials_)
-        if (s.id == id) text += s.content;
-    } else {
-      text += tokens_[static_cast<size_t>(id)];
-    }
+    const int32_t special = special_index_[static_cast<size_t>(id)];
+    text += special >= 0 ? specials_[static_cast<size_t>(special)].content
+                         : tokens_[static_cast<size_t>(id)];
   }
   return text;
 }

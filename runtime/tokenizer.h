@@ -53,7 +53,7 @@ class Tokenizer {
   const std::vector<SpecialToken>& specials() const { return specials_; }
   SplitPattern pattern() const { return pattern_; }
   bool ignore_merges() const { return ignore_merges_; }
-  bool is_special(int32_t id) const;
+  bool is_special(int32_t id) const { return special_index_[static_cast<size_t>(id)] >= 0; }
   // Ids of the special tokens by role, -1 where the tokenizer has none.
   int32_t bos_id() const { return bos_; }
   int32_t eos_id() const { return eos_; }
@@ -80,7 +80,8 @@ class Tokenizer {
   bool ignore_merges_;
   int32_t byte_token_[256];
   std::vector<Merge> merge_table_;  // open addressing on pair, capacity a power of two
-  std::unordered_map<std::string, int32_t> token_ids_;  // for ignore_merges
+  std::unordered_map<std::string, int32_t> token_ids_;  // bytes → id, ordinary tokens only
+  std::vector<int32_t> special_index_;                  // per id: its index in specials_, or -1
   int32_t bos_ = -1, eos_ = -1, pad_ = -1;
   uint64_t fingerprint_ = 0;
 };

@@ -17,8 +17,6 @@ namespace {
 
 using Json = nlohmann::ordered_json;
 
-// GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves, the other 68 bytes for
-// U+0100 onward in byte order.
 std::array<uint32_t, 256> byte_code_points() {
   std::array<uint32_t, 256> cps{};
   uint32_t next = 256;
@@ -49,8 +47,7 @@ bool token_bytes(const std::string& token, std::string& bytes) {
   static const std::array<int, 324> byte_of = [] {
     std::array<int, 324> inv{};
     inv.fill(-1);
-    const auto cps = byte_code_points();
-    for (int b = 0; b < 256; ++b) inv[cps[static_cast<size_t>(b)]] = b;
+    for (int b = 0; b < 256; ++b) inv[byte_code_point(static_cast<uint8_t>(b))] = b;
     return inv;
   }();
   bytes.clear();
@@ -128,10 +125,12 @@ SplitPattern read_pattern(const Json& pre, const std::string& path) {
 
 }  // namespace
 
-std::string byte_char(uint8_t byte) {
+uint32_t byte_code_point(uint8_t byte) {
   static const std::array<uint32_t, 256> cps = byte_code_points();
-  return utf8(cps[byte]);
+  return cps[byte];
 }
+
+std::string byte_char(uint8_t byte) { return utf8(byte_code_point(byte)); }
 
 Tokenizer read_tokenizer_json(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -218,6 +217,10 @@ Tokenizer read_tokenizer_json(const std::string& path) {
   } catch (const nlohmann::json::exception& e) {
     KEEL_FAIL("tokenizer {}: a field is missing or of the wrong type ({})", path, e.what());
   }
+}
+
+Tokenizer load_tokenizer(const std::string& spec) {
+  return spec == "bytes" ? Tokenizer::bytes() : read_tokenizer_json(spec);
 }
 
 std::string tokenizer_json(const Tokenizer& t) {

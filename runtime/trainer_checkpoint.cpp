@@ -33,10 +33,6 @@ std::string attempt(F&& f) {
   return "";
 }
 
-std::string moment_name(const char* moment, const std::string& param) {
-  return std::string("optimizer.") + moment + "." + param;
-}
-
 }  // namespace
 
 std::vector<StatePiece> Trainer::state_pieces() {
@@ -44,9 +40,10 @@ std::vector<StatePiece> Trainer::state_pieces() {
   auto add = [&](const std::string& param, int64_t rows, int64_t cols, parallel::ShardRect rect,
                  size_t i, float* value, int64_t elems) {
     out.push_back({param, rows, cols, rect, value, elems});
-    out.push_back({moment_name("exp_avg", param), rows, cols, rect, optimizer_->exp_avg(i), elems});
     out.push_back(
-        {moment_name("exp_avg_sq", param), rows, cols, rect, optimizer_->exp_avg_sq(i), elems});
+        {optimizer_state_name("exp_avg", param), rows, cols, rect, optimizer_->exp_avg(i), elems});
+    out.push_back({optimizer_state_name("exp_avg_sq", param), rows, cols, rect,
+                   optimizer_->exp_avg_sq(i), elems});
   };
   if (!zero_) {  // every rank holds every parameter whole
     std::vector<Parameter>& params = model_->parameters();
