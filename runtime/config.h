@@ -30,6 +30,10 @@ struct DataConfig {
   std::string train;               // a text file, a .tokens shard or a prepared directory
   std::string tokenizer = "auto";  // "auto", "bytes" (one token per byte) or a tokenizer.json
   int64_t seq_length = 256;
+  // Held-out data for evaluation: "auto" (the val_*.tokens split of a prepared directory in
+  // train, none otherwise), "none", or a path like train's (a prepared directory: its val split).
+  std::string validation = "auto";
+  int64_t max_eval_samples = 0;  // validation sequences evaluated (the first ones); 0: all
 };
 
 struct TrainingConfig {
@@ -48,6 +52,7 @@ struct TrainingConfig {
   double adam_epsilon = 1e-8;
   uint64_t seed = 42;
   int64_t logging_steps = 10;
+  int64_t eval_steps = 0;        // validation loss every this many steps and at the end; 0: never
   int64_t save_steps = 0;        // a checkpoint every this many steps and at the end; 0: none
   int64_t save_total_limit = 0;  // checkpoints kept (the newest); 0: all
   // Stop (after a checkpoint) once the step is a multiple of this, as Megatron's exit_interval:

@@ -99,8 +99,9 @@ TokenData::TokenData(const std::string& data_path, const Tokenizer& tokenizer, i
   };
   const DataSource source = data_source(data_path);
   if (source == DataSource::kText) {
-    const std::string text = read_text_file(data_path, "data.train");
-    KEEL_CHECK(!text.empty(), "data.train '{}' is empty", data_path);
+    const std::string what = split == "train" ? "data.train" : "data.validation";
+    const std::string text = read_text_file(data_path, what);
+    KEEL_CHECK(!text.empty(), "{} '{}' is empty", what, data_path);
     if (tokenizer.bos_id() >= 0) text_tokens_.push_back(tokenizer.bos_id());
     ParallelEncoder(tokenizer).encode(text, text_tokens_);
     if (tokenizer.eos_id() >= 0) text_tokens_.push_back(tokenizer.eos_id());
@@ -125,6 +126,21 @@ TokenData::TokenData(const std::string& data_path, const Tokenizer& tokenizer, i
              "{} has {} tokens, fewer than one sequence of data.seq_length + 1 = {}; use more "
              "data or a shorter data.seq_length",
              data_path, num_tokens_, seq_length + 1);
+}
+
+std::unique_ptr<TokenData> open_validation(const DataConfig& data, const Tokenizer& tokenizer) {
+  const std::string& v = data.validation;
+  if (v == "none") return nullptr;
+  if (v == "auto") {
+    if (data_source(data.train) != DataSource::kDirectory || shard_paths(data.train, "val").empty())
+      return nullptr;
+    return std::make_unique<TokenData>(data.train, tokenizer, data.seq_length, "val");
+  }
+  KEEL_CHECK(fs::exists(v),
+             "data.validation '{}' does not exist; give a prepared directory, a .tokens shard or "
+             "a text file, or 'auto' or 'none'",
+             v);
+  return std::make_unique<TokenData>(v, tokenizer, data.seq_length, "val");
 }
 
 void TokenData::sequence(int64_t index, int32_t* tokens, int32_t* targets) const {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/config.h"
 #include "runtime/token_shard.h"
 #include "runtime/tokenizer.h"
 
@@ -54,6 +55,9 @@ class TokenData {
   std::vector<int64_t> first_sequence_;  // per shard, and the total at the end
   int64_t num_tokens_ = 0, num_sequences_ = 0;
 };
+
+// The held-out data data.validation names (DataConfig), or null when there is none.
+std::unique_ptr<TokenData> open_validation(const DataConfig& data, const Tokenizer& tokenizer);
 
 // Each epoch visits all sequences in an order shuffled from the seed and the epoch number.
 class SequenceOrder {

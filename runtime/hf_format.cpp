@@ -13,6 +13,7 @@
 #include "runtime/durable_file.h"
 #include "runtime/llama.h"
 #include "runtime/safetensors.h"
+#include "runtime/saved_model.h"
 #include "runtime/tokenizer_json.h"
 
 namespace keel::runtime {
@@ -21,20 +22,6 @@ namespace fs = std::filesystem;
 using Json = nlohmann::ordered_json;
 
 namespace {
-
-// The tokenizer an export ships: the one asked for, the run's own copy, or data.tokenizer.
-Tokenizer export_tokenizer(const std::string& asked, const std::string& checkpoint,
-                           const Config& config) {
-  if (!asked.empty()) return load_tokenizer(asked);
-  const fs::path run = fs::path(checkpoint).parent_path().parent_path() / "tokenizer.json";
-  if (fs::exists(run)) return read_tokenizer_json(run.string());
-  try {
-    return resolve_tokenizer(config.data.tokenizer, config.data.train).tokenizer;
-  } catch (const Error& e) {
-    KEEL_FAIL("cannot find the tokenizer of checkpoint {} ({}); give it with --tokenizer PATH",
-              checkpoint, e.what());
-  }
-}
 
 Json hf_config(const ModelConfig& m, const Tokenizer& t) {
   const int64_t kv = m.num_key_value_heads > 0 ? m.num_key_value_heads : m.num_attention_heads;
@@ -149,14 +136,10 @@ T field(const Json& j, const char* key, const std::string& path) {
 
 void export_hf(const std::string& checkpoint, const std::string& out_dir,
                const std::string& tokenizer_path, std::ostream& log) {
-  const std::string dir = find_checkpoint(checkpoint, checkpoint);
-  KEEL_CHECK(!dir.empty(), "no checkpoint at {}", checkpoint);
-  const CheckpointInfo info = read_checkpoint_info(dir);
-  const Config config = parse_config(info.config_yaml, {}, dir + "/meta.json");
-  const Tokenizer tokenizer = export_tokenizer(tokenizer_path, dir, config);
-  KEEL_CHECK(tokenizer.vocab_size() <= config.model.vocab_size,
-             "the tokenizer has {} tokens, more than the model's vocabulary of {}",
-             tokenizer.vocab_size(), config.model.vocab_size);
+  const SavedModel saved = open_saved_model(checkpoint, tokenizer_path);
+  const CheckpointInfo& info = saved.info;
+  const Config& config = saved.config;
+  const Tokenizer& tokenizer = saved.tokenizer;
 
   // Every parameter whole, read from whichever state files hold its parts.
   std::vector<std::string> names;
@@ -175,7 +158,7 @@ void export_hf(const std::string& checkpoint, const std::string& out_dir,
                          Tensor(data, DType::F32, cols == 1 ? Shape{rows} : Shape{rows, cols}));
     at += rows * cols;
   }
-  read_state(dir, info, pieces);
+  read_parameters(saved, pieces);
 
   fs::create_directories(out_dir);
   write_safetensors(out_dir + "/model.safetensors", tensors, {{"format", "pt"}});
@@ -195,8 +178,8 @@ void export_hf(const std::string& checkpoint, const std::string& out_dir,
   if (tokenizer.bos_id() >= 0) gen["bos_token_id"] = tokenizer.bos_id();
   if (tokenizer.eos_id() >= 0) gen["eos_token_id"] = tokenizer.eos_id();
   write_json(out_dir + "/generation_config.json", gen);
-  log << "keel: exported step " << info.step << " of " << dir << " (" << names.size()
-      << " tensors, " << total / 1e6 << " M parameters) to " << out_dir
+  log << "keel: exported " << saved.what << " (" << names.size() << " tensors, " << total / 1e6
+      << " M parameters) to " << out_dir
       << " as a Hugging Face LLaMA (config.json, model.safetensors, tokenizer.json)\n";
 }
 

@@ -68,7 +68,7 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
   KEEL_CHECK(T <= config.max_position_embeddings,
              "sequence length {} exceeds model.max_position_embeddings {}", T,
              config.max_position_embeddings);
-  chunk_rows_ = std::clamp<int64_t>(kLogitsChunkFloats / V_ / 16 * 16, 16, N_);
+  chunk_rows_ = std::min(N_, std::max<int64_t>(kLogitsChunkFloats / V_ / 16 * 16, 16));
   build_plans();
   if (!holds_.allocate) return;
   k::rope_tables(work_[s_->rope_cos].f32(), work_[s_->rope_sin].f32(), T_, D_, config_.rope_theta);

@@ -39,6 +39,17 @@ void MetricsLog::write(const StepStats& s) {
   KEEL_CHECK(out_.good(), "cannot write '{}': {}", path_, std::strerror(errno));
 }
 
+void MetricsLog::write_eval(int64_t step, double loss, int64_t tokens) {
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "{\"step\": %lld, \"eval_loss\": %.9g, \"eval_perplexity\": %.9g, "
+                "\"eval_tokens\": %lld}\n",
+                static_cast<long long>(step), loss, std::exp(loss), static_cast<long long>(tokens));
+  out_ << line;
+  out_.flush();
+  KEEL_CHECK(out_.good(), "cannot write '{}': {}", path_, std::strerror(errno));
+}
+
 std::string progress_line(const StepStats& s, int64_t max_steps, double eta_seconds) {
   const auto eta = static_cast<long long>(std::max(0.0, eta_seconds));
   char line[256];

@@ -32,6 +32,8 @@ class MetricsLog {
   // keeping the lines of steps up to keep_through (later ones are trained again).
   explicit MetricsLog(const std::string& output_dir, int64_t keep_through = 0);
   void write(const StepStats& s);
+  // A validation result at `step`: {"step", "eval_loss", "eval_perplexity", "eval_tokens"}.
+  void write_eval(int64_t step, double loss, int64_t tokens);
 
  private:
   std::string path_;

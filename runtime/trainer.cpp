@@ -104,6 +104,12 @@ void Trainer::build() {
              config_.model.vocab_size, tokenizer_->path, V, V);
   data_ = std::make_unique<TokenData>(config_.data.train, tokenizer_->tokenizer, T);
   order_ = std::make_unique<SequenceOrder>(data_->num_sequences(), t.seed);
+  validation_ = open_validation(config_.data, tokenizer_->tokenizer);
+  KEEL_CHECK(validation_ || t.eval_steps == 0,
+             "training.eval_steps is {} but the run has no validation data (data.validation is "
+             "'{}'); set data.validation to a prepared directory, a .tokens shard or a text "
+             "file, or prepare data.train with keel prepare, which writes a validation split",
+             t.eval_steps, config_.data.validation);
   resolve_schedule_lengths(config_.training, data_->num_sequences(), grid_.dp().size());
   // ZeRO 2 hands the model its gradients unit by unit, ZeRO 3 its weights too.
   model_ = std::make_unique<LlamaModel>(config_.model, B, T, t.gradient_checkpointing,
@@ -144,8 +150,11 @@ void Trainer::print_plan() {
   text << "keel: model " << model_->num_parameters() / 1e6 << " M parameters, data "
        << data_->num_tokens() << " tokens (" << order_->num_sequences() << " sequences of " << T
        << "; tokenizer " << tokenizer_->path << ", " << tokenizer_->tokenizer.vocab_size()
-       << " tokens)\n"
-       << describe_layout(config_, grid_.dp().size()) << describe_memory(m)
+       << " tokens)\n";
+  if (validation_)
+    text << "keel: validation " << validation_->num_sequences() << " sequences ("
+         << validation_->num_tokens() << " tokens)\n";
+  text << describe_layout(config_, grid_.dp().size()) << describe_memory(m)
        << "keel: fp32 GEMM peak measured at " << peak_flops_ / 1e9 << " GFLOP/s"
        << (grid_.world().size() > 1 ? " (all ranks together)\n" : "\n");
   plan_text_ = text.str();
@@ -295,6 +304,14 @@ StepStats Trainer::step() {
   return s;
 }
 
+EvalResult Trainer::evaluate() {
+  KEEL_CHECK(validation_, "the run has no validation data (data.validation is '{}')",
+             config_.data.validation);
+  // The batch buffers are free between steps; the first micro-batch's share serves.
+  return runtime::evaluate(*model_, *validation_, config_.data.max_eval_samples, grid_.dp(),
+                           batch_[tokens_].data_as<int32_t>(), batch_[targets_].data_as<int32_t>());
+}
+
 void Trainer::run() {
   const TrainingConfig& t = config_.training;
   const bool writer = grid_.rank() == 0;
@@ -338,6 +355,15 @@ void Trainer::run() {
         rank_log << line << " | sent " << format_mib(s.comm_bytes) << " | blocked "
                  << s.comm_wait_seconds << " s\n"
                  << std::flush;
+      }
+      if (t.eval_steps > 0 && (s.step % t.eval_steps == 0 || s.step == t.max_steps)) {
+        const EvalResult r = evaluate();
+        if (log) log->write_eval(s.step, r.loss, r.tokens);
+        std::ostringstream line;
+        line << "eval step " << s.step << " | loss " << r.loss << " | perplexity " << r.perplexity()
+             << " | " << r.sequences << " sequences";
+        console_ << line.str() << "\n" << std::flush;
+        rank_log << line.str() << "\n" << std::flush;
       }
       const bool exit = t.exit_interval > 0 && s.step % t.exit_interval == 0;
       if (exit || (t.save_steps > 0 && (s.step % t.save_steps == 0 || s.step == t.max_steps)))

@@ -15,6 +15,7 @@
 #include "runtime/checkpoint.h"
 #include "runtime/config.h"
 #include "runtime/data.h"
+#include "runtime/evaluate.h"
 #include "runtime/llama.h"
 #include "runtime/metrics.h"
 
@@ -52,6 +53,9 @@ class Trainer {
   // optimizer state, the step and the data position. The constructor calls it for
   // training.resume_from_checkpoint.
   void load_checkpoint(const std::string& dir);
+  // The validation loss of the current weights (collective over the data-parallel group): every
+  // sequence of data.validation, or the first data.max_eval_samples. Needs validation data.
+  EvalResult evaluate();
   // The checkpoint this run resumed from ("" for a fresh start).
   const std::string& resumed_from() const { return resumed_from_; }
 
@@ -73,6 +77,7 @@ class Trainer {
   std::ostream& console_;
   std::unique_ptr<ResolvedTokenizer> tokenizer_;
   std::unique_ptr<TokenData> data_;
+  std::unique_ptr<TokenData> validation_;  // null when the run has none
   std::unique_ptr<SequenceOrder> order_;
   double data_seconds_ = 0.0;  // this rank's time filling batches, for the closing line
   std::unique_ptr<LlamaModel> model_;

@@ -88,13 +88,19 @@ struct Layout {
 // rounding, and each rank must communicate exactly what the stage's algorithm needs.
 void expect_layouts_match_one_rank(const fs::path& dir, const std::string& cfg, bool tied,
                                    const std::vector<Layout>& layouts) {
+  // Validation on the first 9 sequences of the text every 10 steps: batches of 4 or 8 over the
+  // ranks leave the last one partial.
   const std::string tie =
-      " --set model.tie_word_embeddings=" + std::string(tied ? "true" : "false");
+      " --set model.tie_word_embeddings=" + std::string(tied ? "true" : "false") +
+      " --set training.eval_steps=10 --set data.validation=data/kjv.txt.gz" +
+      " --set data.max_eval_samples=9";
   const std::string one = (dir / "one").string();
   Result r = run("train " + cfg + tie + " --set training.output_dir=" + one);
   ASSERT_EQ(r.code, 0) << r.out;
   const std::vector<double> want = losses(one + "/metrics.jsonl");
   ASSERT_EQ(want.size(), 20u);
+  const std::vector<double> want_eval = field(one + "/metrics.jsonl", "eval_loss");
+  ASSERT_EQ(want_eval.size(), 2u);
   // Parameter counts: embedding 256·64, per layer 2·64 norms + (4+2+2)·16·64 qkv + 64·64 o
   // + 2·96·64 gate/up + 64·96 down = 30,848, head = final norm 64 (+ lm_head 256·64 untied).
   const double embed = 256 * 64, blocks = 2 * 30848, head = 64 + (tied ? 0 : 256 * 64);
@@ -123,6 +129,10 @@ void expect_layouts_match_one_rank(const fs::path& dir, const std::string& cfg, 
       EXPECT_NEAR(got[i], want[i], 1e-5 * want[i]) << what << ", step " << i + 1;
     EXPECT_LE(max_relative_difference(one + "/model.safetensors", out + "/model.safetensors"), 1e-5)
         << what;
+    const std::vector<double> eval = field(out + "/metrics.jsonl", "eval_loss");
+    ASSERT_EQ(eval.size(), want_eval.size()) << what;
+    for (size_t i = 0; i < eval.size(); ++i)
+      EXPECT_NEAR(eval[i], want_eval[i], 1e-5 * want_eval[i]) << what << ", eval " << i;
 
     // Floats each rank's link carries per step (bus bytes, ×4(N−1)/N below). Stages 0 and 1: 2Ψ
     // (all-reduce; or reduce-scatter + all-gather). Stage 2 reduce-scatters each micro-batch's

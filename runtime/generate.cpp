@@ -1,0 +1,236 @@
+#include "runtime/generate.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "kernels/attention_cached.h"
+#include "kernels/elementwise.h"
+#include "kernels/embedding.h"
+#include "kernels/error.h"
+#include "kernels/matmul.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+
+namespace keel::runtime {
+
+namespace k = keel::kernels::cpu;
+using Slot = MemoryPlan::Slot;
+
+namespace {
+// Prompt positions run through the blocks together, at most this many at a time.
+constexpr int64_t kChunk = 128;
+}  // namespace
+
+// The weights of one block, as the model lays them out: q, k, v rows of one (QKV, C) matrix and
+// gate, up rows of one (2I, C) matrix, so each group is one GEMM as in the model's forward.
+struct BlockWeights {
+  const float *in_norm, *qkv, *o, *post_norm, *gate_up, *down;
+};
+
+struct Generator::Slots {
+  std::vector<BlockWeights> blocks;
+  const float *embed, *norm, *head;
+  float eps;
+  Slot k_cache, v_cache;    // (L, max_positions, Hkv·D) each, rope applied to the keys
+  Slot x, xmid, ln;         // (chunk, C) residual stream, its middle, normalised input
+  Slot rstd;                // (chunk)
+  Slot qkv;                 // (chunk, QKV)
+  Slot q, att;              // (chunk, H·D)
+  Slot gate_up;             // (chunk, 2I)
+  Slot h;                   // (chunk, I)
+  Slot logits;              // (V) after the last position
+  Slot rope_cos, rope_sin;  // (max_positions, D/2)
+  Slot attn_ws;
+};
+
+Generator::Generator(const LlamaModel& model, int64_t max_positions)
+    : model_(model),
+      max_positions_(max_positions),
+      chunk_(std::min(max_positions, kChunk)),
+      s_(std::make_unique<Slots>()) {
+  const ModelConfig& m = model.config();
+  L_ = m.num_hidden_layers, H_ = m.num_attention_heads, Hkv_ = m.num_key_value_heads;
+  C_ = m.hidden_size, D_ = C_ / H_, I_ = m.intermediate_size, V_ = m.vocab_size;
+  KEEL_CHECK(max_positions > 0 && max_positions <= m.max_position_embeddings,
+             "generation over {} positions: the model has max_position_embeddings {}",
+             max_positions, m.max_position_embeddings);
+  Slots& s = *s_;
+  auto weight = [&](const std::string& name) {
+    const float* p = model.parameter_by_name(name).value.f32();
+    KEEL_CHECK(p, "generation needs the model's weights, and it does not hold '{}'", name);
+    return p;
+  };
+  // Rows `next` must follow rows `first` (n floats) in one matrix.
+  auto fused = [&](const std::string& first, const std::string& next, int64_t n) {
+    KEEL_CHECK(weight(first) + n == weight(next), "'{}' does not follow '{}' in memory", next,
+               first);
+    return weight(first);
+  };
+  const int64_t HD = H_ * D_, KV = Hkv_ * D_;
+  for (int64_t l = 0; l < L_; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    fused(p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight", KV * C_);
+    fused(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", I_ * C_);
+    s.blocks.push_back(
+        {weight(p + "input_layernorm.weight"),
+         fused(p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", HD * C_),
+         weight(p + "self_attn.o_proj.weight"), weight(p + "post_attention_layernorm.weight"),
+         weight(p + "mlp.gate_proj.weight"), weight(p + "mlp.down_proj.weight")});
+  }
+  s.embed = weight("model.embed_tokens.weight");
+  s.norm = weight("model.norm.weight");
+  s.head = m.tie_word_embeddings ? s.embed : weight("lm_head.weight");
+  s.eps = static_cast<float>(m.rms_norm_eps);
+
+  const int64_t QKV = HD + 2 * KV;
+  s.k_cache = plan_.add("k_cache", DType::F32, {L_, max_positions, KV});
+  s.v_cache = plan_.add("v_cache", DType::F32, {L_, max_positions, KV});
+  s.x = plan_.add("x", DType::F32, {chunk_, C_});
+  s.xmid = plan_.add("xmid", DType::F32, {chunk_, C_});
+  s.ln = plan_.add("ln", DType::F32, {chunk_, C_});
+  s.rstd = plan_.add("rstd", DType::F32, {chunk_});
+  s.qkv = plan_.add("qkv", DType::F32, {chunk_, QKV});
+  s.q = plan_.add("q", DType::F32, {chunk_, HD});
+  s.att = plan_.add("att", DType::F32, {chunk_, HD});
+  s.gate_up = plan_.add("gate_up", DType::F32, {chunk_, 2 * I_});
+  s.h = plan_.add("h", DType::F32, {chunk_, I_});
+  s.logits = plan_.add("logits", DType::F32, {V_});
+  s.rope_cos = plan_.add("rope_cos", DType::F32, {max_positions, D_ / 2});
+  s.rope_sin = plan_.add("rope_sin", DType::F32, {max_positions, D_ / 2});
+  const size_t ws = k::attention_cached_workspace_floats(max_positions, omp_get_max_threads());
+  s.attn_ws = plan_.add("attention", DType::F32, {static_cast<int64_t>(ws)});
+  plan_.allocate();
+  k::rope_tables(plan_[s.rope_cos].f32(), plan_[s.rope_sin].f32(), max_positions, D_, m.rope_theta);
+}
+
+Generator::~Generator() = default;
+
+const float* Generator::append(const int32_t* tokens, int64_t n) {
+  KEEL_CHECK(n > 0, "nothing to append");
+  KEEL_CHECK(length_ + n <= max_positions_,
+             "{} positions do not fit: the cache holds {} of at most {}", n, length_,
+             max_positions_);
+  for (int64_t i = 0; i < n; i += chunk_) run_chunk(tokens + i, std::min(chunk_, n - i));
+  // The logits after the last position: its row of the chunk that ran last.
+  const Slots& s = *s_;
+  const int64_t last = (n - 1) % chunk_;
+  float* ln = plan_[s.ln].f32();
+  k::rmsnorm_forward(ln, plan_[s.rstd].f32(), plan_[s.x].f32() + last * C_, s.norm, 1, C_, s.eps);
+  float* logits = plan_[s.logits].f32();
+  k::matmul_forward(logits, ln, s.head, 1, C_, V_);
+  return logits;
+}
+
+// The model's block forward (runtime/llama.cpp) for n positions from length_, op for op, the
+// keys and values going to the cache and attention reading every cached position.
+void Generator::run_chunk(const int32_t* tokens, int64_t n) {
+  const Slots& s = *s_;
+  const int64_t p0 = length_, HD = H_ * D_, KV = Hkv_ * D_, QKV = HD + 2 * KV;
+  for (int64_t i = 0; i < n; ++i)
+    KEEL_CHECK(tokens[i] >= 0 && tokens[i] < V_, "token {} is outside the vocabulary of {}",
+               tokens[i], V_);
+  float *x = plan_[s.x].f32(), *xmid = plan_[s.xmid].f32(), *ln = plan_[s.ln].f32();
+  float *qkv = plan_[s.qkv].f32(), *att = plan_[s.att].f32(), *h = plan_[s.h].f32();
+  float *gu = plan_[s.gate_up].f32(), *rstd = plan_[s.rstd].f32();
+  const float* cos = plan_[s.rope_cos].f32() + p0 * (D_ / 2);
+  const float* sin = plan_[s.rope_sin].f32() + p0 * (D_ / 2);
+  k::embedding_forward(x, tokens, s.embed, n, C_, V_);
+  for (int64_t l = 0; l < L_; ++l) {
+    const BlockWeights& w = s.blocks[static_cast<size_t>(l)];
+    float* kc = plan_[s.k_cache].f32() + l * max_positions_ * KV;
+    float* vc = plan_[s.v_cache].f32() + l * max_positions_ * KV;
+    k::rmsnorm_forward(ln, rstd, x, w.in_norm, n, C_, s.eps);
+    k::matmul_forward(qkv, ln, w.qkv, n, C_, QKV);
+    k::rope_forward(qkv, cos, sin, 1, n, H_, D_, QKV);
+    k::rope_forward(qkv + HD, cos, sin, 1, n, Hkv_, D_, QKV);
+    float* q = plan_[s.q].f32();
+    for (int64_t i = 0; i < n; ++i) {
+      const float* row = qkv + i * QKV;
+      std::copy_n(row, HD, q + i * HD);
+      std::copy_n(row + HD, KV, kc + (p0 + i) * KV);
+      std::copy_n(row + HD + KV, KV, vc + (p0 + i) * KV);
+    }
+    k::attention_cached(att, q, kc, vc, n, p0, H_, Hkv_, D_, plan_[s.attn_ws].f32());
+    k::matmul_forward(xmid, att, w.o, n, HD, C_);
+    k::add_inplace(xmid, x, n * C_);
+    k::rmsnorm_forward(ln, rstd, xmid, w.post_norm, n, C_, s.eps);
+    k::matmul_forward(gu, ln, w.gate_up, n, C_, 2 * I_);
+    k::swiglu_forward(h, gu, n, I_);
+    k::matmul_forward(x, h, w.down, n, I_, C_);
+    k::add_inplace(x, xmid, n * C_);
+  }
+  length_ += n;
+}
+
+Sampler::Sampler(const SamplingOptions& options, uint64_t seed) : options_(options), rng_(seed) {
+  KEEL_CHECK(options.temperature >= 0 && std::isfinite(options.temperature),
+             "temperature must be 0 (greedy) or positive, got {}", options.temperature);
+  KEEL_CHECK(options.top_k >= 0, "top_k must be 0 (off) or positive, got {}", options.top_k);
+  KEEL_CHECK(options.top_p > 0 && options.top_p <= 1, "top_p must be in (0, 1], got {}",
+             options.top_p);
+}
+
+int32_t Sampler::next(const float* logits, int64_t V) {
+  if (options_.temperature == 0 || options_.top_k == 1)
+    return static_cast<int32_t>(std::max_element(logits, logits + V) - logits);
+  // Candidates most likely first (ties by id, so the order is deterministic).
+  order_.resize(static_cast<size_t>(V));
+  std::iota(order_.begin(), order_.end(), 0);
+  auto likelier = [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  };
+  auto keep = static_cast<size_t>(V);
+  if (options_.top_k > 0 && options_.top_k < V) {
+    // Hugging Face keeps every token whose logit reaches the k-th largest (ties included).
+    const auto k = static_cast<size_t>(options_.top_k);
+    std::nth_element(order_.begin(), order_.begin() + static_cast<ptrdiff_t>(k - 1), order_.end(),
+                     likelier);
+    const float kth = logits[order_[k - 1]];
+    keep = static_cast<size_t>(
+        std::partition(order_.begin(), order_.end(), [&](int32_t t) { return logits[t] >= kth; }) -
+        order_.begin());
+  }
+  std::sort(order_.begin(), order_.begin() + static_cast<ptrdiff_t>(keep), likelier);
+  // Softmax of logits / temperature over the candidates, in double.
+  const double inv_t = 1.0 / options_.temperature, top = logits[order_[0]];
+  weight_.resize(keep);
+  double total = 0.0;
+  for (size_t i = 0; i < keep; ++i)
+    total += weight_[i] = std::exp((logits[order_[i]] - top) * inv_t);
+  if (options_.top_p < 1.0) {
+    double before = 0.0;
+    size_t n = 0;
+    while (n < keep && before < options_.top_p * total) before += weight_[n++];
+    keep = std::max<size_t>(n, 1);
+    total = std::accumulate(weight_.begin(), weight_.begin() + static_cast<ptrdiff_t>(keep), 0.0);
+  }
+  // Inverse CDF at a uniform in [0, 1) with 53 random bits.
+  const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53 * total;
+  double cum = 0.0;
+  for (size_t i = 0; i + 1 < keep; ++i)
+    if ((cum += weight_[i]) > u) return order_[i];
+  return order_[keep - 1];
+}
+
+std::vector<int32_t> generate(Generator& generator, Sampler& sampler,
+                              const std::vector<int32_t>& prompt, int64_t max_new, int32_t stop_id,
+                              const std::function<void(int32_t)>& on_token) {
+  KEEL_CHECK(!prompt.empty(), "the prompt has no tokens");
+  const float* logits = generator.append(prompt.data(), static_cast<int64_t>(prompt.size()));
+  std::vector<int32_t> out;
+  while (static_cast<int64_t>(out.size()) < max_new) {
+    const int32_t t = sampler.next(logits, generator.vocab_size());
+    out.push_back(t);
+    if (on_token) on_token(t);
+    // The sequence (prompt and new tokens) never outgrows the cache's positions.
+    if (t == stop_id || generator.length() + 1 >= generator.max_positions()) break;
+    logits = generator.append(&t, 1);
+  }
+  return out;
+}
+
+}  // namespace keel::runtime

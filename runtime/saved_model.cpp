@@ -1,0 +1,94 @@
+#include "runtime/saved_model.h"
+
+#include <filesystem>
+
+#include "kernels/error.h"
+#include "runtime/data.h"
+#include "runtime/safetensors.h"
+#include "runtime/tokenizer_json.h"
+
+namespace keel::runtime {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// The tokenizer asked for, the run's own copy in run_dir, or the config's data.tokenizer.
+ResolvedTokenizer saved_tokenizer(const std::string& asked, const fs::path& run_dir,
+                                  const Config& config, const std::string& what) {
+  if (!asked.empty()) return {load_tokenizer(asked), asked};
+  const fs::path own = run_dir / "tokenizer.json";
+  if (fs::exists(own)) return {read_tokenizer_json(own.string()), own.string()};
+  try {
+    return resolve_tokenizer(config.data.tokenizer, config.data.train);
+  } catch (const Error& e) {
+    KEEL_FAIL("cannot find the tokenizer of {} ({}); give it with --tokenizer PATH", what,
+              e.what());
+  }
+}
+
+bool holds_checkpoint(const std::string& spec) {
+  return fs::exists(spec + "/meta.json") || fs::exists(spec + "/latest") ||
+         fs::exists(spec + "/checkpoints/latest");
+}
+
+}  // namespace
+
+SavedModel open_saved_model(const std::string& spec, const std::string& tokenizer) {
+  std::string checkpoint, weights, what;
+  CheckpointInfo info;
+  Config config;
+  fs::path run_dir;
+  if (holds_checkpoint(spec)) {
+    checkpoint = find_checkpoint(spec, spec);
+    info = read_checkpoint_info(checkpoint);
+    config = parse_config(info.config_yaml, {}, checkpoint + "/meta.json");
+    what = "step " + std::to_string(info.step) + " of " + checkpoint;
+    run_dir = fs::path(checkpoint).parent_path().parent_path();  // <run>/checkpoints/step_N
+  } else {
+    weights = spec + "/model.safetensors";
+    KEEL_CHECK(fs::exists(weights) && fs::exists(spec + "/config.yaml"),
+               "{} holds no checkpoint and no trained model: give a checkpoint directory (with "
+               "meta.json), a run's checkpoints/ (with latest) or a run directory (its latest "
+               "checkpoint, else the model.safetensors and config.yaml it wrote at its end)",
+               spec);
+    config = load_config(spec + "/config.yaml");
+    const SafeTensorsReader file(weights);
+    for (const std::string& name : file.names()) {
+      const Shape s = file.get(name).shape();
+      info.shapes[name] = {s[0], s.numel() / s[0]};
+    }
+    info.step = config.training.max_steps;
+    what = "the final weights of " + spec;
+    run_dir = spec;
+  }
+  ResolvedTokenizer t = saved_tokenizer(tokenizer, run_dir, config, what);
+  KEEL_CHECK(t.tokenizer.vocab_size() <= config.model.vocab_size,
+             "the tokenizer ({}) has {} tokens, more than the model's vocabulary of {}", t.path,
+             t.tokenizer.vocab_size(), config.model.vocab_size);
+  return {std::move(what),   std::move(checkpoint),  std::move(weights), std::move(info),
+          std::move(config), std::move(t.tokenizer), std::move(t.path)};
+}
+
+void read_parameters(const SavedModel& saved, const std::vector<StatePiece>& pieces) {
+  if (!saved.checkpoint.empty()) return read_state(saved.checkpoint, saved.info, pieces);
+  const SafeTensorsReader file(saved.weights);
+  for (const StatePiece& p : pieces) {
+    const Tensor t = file.get(p.name);
+    KEEL_CHECK(t.dtype() == DType::F32 && t.numel() == p.rows * p.cols,
+               "{}: tensor '{}' is not {} x {} fp32 values", saved.weights, p.name, p.rows, p.cols);
+    std::copy_n(t.data_as<const float>(), t.numel(), p.data);
+  }
+}
+
+void load_parameters(const SavedModel& saved, LlamaModel& model) {
+  std::vector<StatePiece> pieces;
+  for (Parameter& p : model.parameters()) {
+    KEEL_CHECK(p.value.f32(), "cannot load '{}': the model does not hold its weights", p.name);
+    const int64_t rows = p.global_shape[0], cols = p.global_shape.numel() / rows;
+    pieces.push_back({p.name, rows, cols, {0, 0, rows, cols, cols}, p.value.f32(), rows * cols});
+  }
+  read_parameters(saved, pieces);
+}
+
+}  // namespace keel::runtime
