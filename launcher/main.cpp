@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "launcher/hf_commands.h"
+#include "launcher/inference_commands.h"
 #include "launcher/launch.h"
 #include "launcher/prepare.h"
 #include "launcher/world.h"
@@ -26,6 +27,8 @@ commands:
   plan CONFIG.yaml [--world-size N] [--set ...]     print each rank's memory plan, train nothing
   export --format hf CKPT OUT                       write a checkpoint as a Hugging Face LLaMA
   import HF_DIR --out DIR --set data.train=PATH     start a run from a Hugging Face LLaMA
+  generate CKPT --prompt TEXT                       continue a text with a checkpoint's model
+  eval CKPT [--data PATH]                           validation loss and perplexity
 
 Run 'keel <command> --help' for a command's options. Config keys: docs/CONFIG.md.
 )";
@@ -198,8 +201,10 @@ int main(int argc, char** argv) {
     if (command == "prepare") return keel::launcher::run_prepare(rest);
     if (command == "export") return keel::launcher::run_export(rest);
     if (command == "import") return keel::launcher::run_import(rest);
+    if (command == "generate") return keel::launcher::run_generate(rest);
+    if (command == "eval") return keel::launcher::run_eval(rest);
     throw UsageError{"unknown command '" + command +
-                     "'; commands: prepare, train, launch, plan, export, import"};
+                     "'; commands: prepare, train, launch, plan, export, import, generate, eval"};
   } catch (const UsageError& e) {
     std::cerr << "keel: error: " << e.message << "\n(run 'keel --help' for usage)\n";
     return 2;
