@@ -13,7 +13,8 @@ With --keel-tests the events file is first rewritten by keel's current writer, t
 that also checks it (environment variable KEEL_WRITE_TENSORBOARD_GOLDEN).
 
     python3 -m venv /tmp/tb && /tmp/tb/bin/pip install tensorboard
-    /tmp/tb/bin/python tests/reference/tensorboard_ref.py --keel-tests build/tests/keel_runtime_tests
+    /tmp/tb/bin/python tests/reference/tensorboard_ref.py \
+        --keel-tests build/tests/keel_runtime_tests
 """
 import argparse
 import json
@@ -35,8 +36,8 @@ EVENTS_NAME = "events.out.tfevents.0.keel"
 
 def write_events(tests_binary):
     env = dict(os.environ, KEEL_WRITE_TENSORBOARD_GOLDEN=EVENTS_DIR)
-    subprocess.run([tests_binary, "--gtest_filter=TensorBoard.CommittedGoldenIsWhatTheWriterWrites"],
-                   check=True, env=env)
+    test = "TensorBoard.CommittedGoldenIsWhatTheWriterWrites"
+    subprocess.run([tests_binary, "--gtest_filter=" + test], check=True, env=env)
 
 
 def count_records(path):
@@ -57,7 +58,7 @@ def count_records(path):
         assert masked_crc32c(data[at + 12:end]) == data_crc, f"record {n}: bad data CRC"
         event = event_pb2.Event.FromString(data[at + 12:end])
         event.DiscardUnknownFields()
-        assert event.SerializeToString() == data[at + 12:end], f"record {n}: not TensorBoard's bytes"
+        assert event.SerializeToString() == data[at + 12:end], f"record {n}: not canonical"
         at, n = end + 4, n + 1
     return n
 
@@ -76,7 +77,8 @@ def main():
     acc.Reload()
     tags = acc.Tags()
     scalars = {
-        tag: [{"step": e.step, "wall_time": e.wall_time, "value": e.value} for e in acc.Scalars(tag)]
+        tag: [{"step": e.step, "wall_time": e.wall_time, "value": e.value}
+              for e in acc.Scalars(tag)]
         for tag in sorted(tags[event_accumulator.SCALARS])
     }
     seen = sum(len(v) for v in scalars.values())
