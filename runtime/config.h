@@ -52,7 +52,9 @@ struct TrainingConfig {
   double adam_epsilon = 1e-8;
   uint64_t seed = 42;
   int64_t logging_steps = 10;
-  int64_t eval_steps = 0;        // validation loss every this many steps and at the end; 0: never
+  int64_t eval_steps = 0;  // validation loss every this many steps and at the end; 0: never
+  std::string report_to = "tensorboard";  // "tensorboard": event files in logging_dir; "none"
+  std::string logging_dir;                // "": <output_dir>/tensorboard
   int64_t save_steps = 0;        // a checkpoint every this many steps and at the end; 0: none
   int64_t save_total_limit = 0;  // checkpoints kept (the newest); 0: all
   // Stop (after a checkpoint) once the step is a multiple of this, as Megatron's exit_interval:

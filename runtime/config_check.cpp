@@ -31,6 +31,7 @@ namespace {
 constexpr std::array<std::string_view, 4> kSchedulers = {"linear", "cosine", "constant",
                                                          "constant_with_warmup"};
 constexpr std::array<std::string_view, 1> kOptimizers = {"adamw"};
+constexpr std::array<std::string_view, 2> kReportTo = {"tensorboard", "none"};
 // The byte tokenizer maps each of the 256 byte values to its own token id.
 constexpr int64_t kByteVocab = 256;
 
@@ -176,6 +177,7 @@ void validate_config(const Config& config) {
   check_one_of(config.training.lr_scheduler_type, kSchedulers, "training.lr_scheduler_type",
                "schedulers");
   check_one_of(config.optimizer.type, kOptimizers, "optimizer.type", "optimizers");
+  check_one_of(config.training.report_to, kReportTo, "training.report_to", "choices");
   check_parallel_size(config.parallel.tensor_model_parallel_size, "tensor_model_parallel_size",
                       "tensor");
   check_parallel_size(config.parallel.pipeline_model_parallel_size, "pipeline_model_parallel_size",

@@ -82,6 +82,8 @@ inline constexpr auto kFields = std::to_array<Field>({
     KEEL_CONFIG_FIELD(training, seed, any_value()),
     KEEL_CONFIG_FIELD(training, logging_steps, at_least(1)),
     KEEL_CONFIG_FIELD(training, eval_steps, at_least(0)),
+    KEEL_CONFIG_FIELD(training, report_to, any_value()),
+    KEEL_CONFIG_FIELD(training, logging_dir, any_value()),
     KEEL_CONFIG_FIELD(training, save_steps, at_least(0)),
     KEEL_CONFIG_FIELD(training, save_total_limit, at_least(0)),
     KEEL_CONFIG_FIELD(training, exit_interval, at_least(0)),

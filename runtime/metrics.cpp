@@ -1,15 +1,18 @@
 #include "runtime/metrics.h"
 
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 
 #include "kernels/error.h"
+#include "runtime/tensorboard.h"
 
 namespace keel::runtime {
 
-MetricsLog::MetricsLog(const std::string& output_dir, int64_t keep_through)
+MetricsLog::MetricsLog(const std::string& output_dir, int64_t keep_through,
+                       const std::string& tensorboard_dir)
     : path_(output_dir + "/metrics.jsonl") {
   std::string kept;
   if (keep_through > 0) {
@@ -23,6 +26,21 @@ MetricsLog::MetricsLog(const std::string& output_dir, int64_t keep_through)
   out_.open(path_, std::ios::trunc);
   out_ << kept;
   KEEL_CHECK(out_.good(), "cannot write '{}': {}", path_, std::strerror(errno));
+  if (!tensorboard_dir.empty()) tensorboard_ = std::make_unique<TensorBoardWriter>(tensorboard_dir);
+}
+
+MetricsLog::~MetricsLog() = default;
+
+namespace {
+double seconds_since_epoch() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+void MetricsLog::write_line(const char* line) {
+  out_ << line;
+  out_.flush();
+  KEEL_CHECK(out_.good(), "cannot write '{}': {}", path_, std::strerror(errno));
 }
 
 void MetricsLog::write(const StepStats& s) {
@@ -34,9 +52,15 @@ void MetricsLog::write(const StepStats& s) {
                 static_cast<long long>(s.step), s.loss, s.learning_rate, s.grad_norm,
                 s.tokens_per_second, s.mfu, s.seconds, s.peak_rss_mib,
                 static_cast<unsigned long long>(s.comm_bytes), s.comm_wait_seconds);
-  out_ << line;
-  out_.flush();
-  KEEL_CHECK(out_.good(), "cannot write '{}': {}", path_, std::strerror(errno));
+  write_line(line);
+  if (!tensorboard_) return;
+  const double now = seconds_since_epoch();
+  tensorboard_->add_scalar("train/loss", s.step, s.loss, now);
+  tensorboard_->add_scalar("train/learning_rate", s.step, s.learning_rate, now);
+  tensorboard_->add_scalar("train/grad_norm", s.step, s.grad_norm, now);
+  tensorboard_->add_scalar("train/tokens_per_second", s.step, s.tokens_per_second, now);
+  tensorboard_->add_scalar("train/mfu", s.step, s.mfu, now);
+  tensorboard_->flush();
 }
 
 void MetricsLog::write_eval(int64_t step, double loss, int64_t tokens) {
@@ -45,9 +69,12 @@ void MetricsLog::write_eval(int64_t step, double loss, int64_t tokens) {
                 "{\"step\": %lld, \"eval_loss\": %.9g, \"eval_perplexity\": %.9g, "
                 "\"eval_tokens\": %lld}\n",
                 static_cast<long long>(step), loss, std::exp(loss), static_cast<long long>(tokens));
-  out_ << line;
-  out_.flush();
-  KEEL_CHECK(out_.good(), "cannot write '{}': {}", path_, std::strerror(errno));
+  write_line(line);
+  if (!tensorboard_) return;
+  const double now = seconds_since_epoch();
+  tensorboard_->add_scalar("eval/loss", step, loss, now);
+  tensorboard_->add_scalar("eval/perplexity", step, std::exp(loss), now);
+  tensorboard_->flush();
 }
 
 std::string progress_line(const StepStats& s, int64_t max_steps, double eta_seconds) {

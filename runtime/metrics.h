@@ -1,9 +1,10 @@
-// What a run reports: one JSON object per logged step in <output_dir>/metrics.jsonl, and a
-// progress line on the console.
+// What a run reports: one JSON object per logged step in <output_dir>/metrics.jsonl, the same
+// numbers as TensorBoard scalars (runtime/tensorboard.h), and a progress line on the console.
 #pragma once
 
 #include <cstdint>
 #include <fstream>
+#include <memory>
 #include <ostream>
 #include <string>
 
@@ -26,18 +27,26 @@ struct StepStats {
   double comm_wait_seconds = 0;
 };
 
+class TensorBoardWriter;  // runtime/tensorboard.h
+
 class MetricsLog {
  public:
   // Opens <output_dir>/metrics.jsonl: truncated, or, for a run resumed at step keep_through,
-  // keeping the lines of steps up to keep_through (later ones are trained again).
-  explicit MetricsLog(const std::string& output_dir, int64_t keep_through = 0);
+  // keeping the lines of steps up to keep_through (later ones are trained again). With a
+  // tensorboard_dir, also a new TensorBoard event file there.
+  explicit MetricsLog(const std::string& output_dir, int64_t keep_through = 0,
+                      const std::string& tensorboard_dir = "");
+  ~MetricsLog();
   void write(const StepStats& s);
   // A validation result at `step`: {"step", "eval_loss", "eval_perplexity", "eval_tokens"}.
   void write_eval(int64_t step, double loss, int64_t tokens);
+  const std::string& path() const { return path_; }
 
  private:
+  void write_line(const char* line);
   std::string path_;
   std::ofstream out_;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;  // null without a tensorboard_dir
 };
 
 // "step 10/200 | loss 2.3456 | lr 3.00e-04 | 1234 tok/s | MFU 45.1% | mem 812 MiB | ETA 3m12s"

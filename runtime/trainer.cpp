@@ -11,9 +11,11 @@
 #include "optim/adamw.h"
 #include "parallel/self_communicator.h"
 #include "runtime/hash.h"
+#include "runtime/loss_curve.h"
 #include "runtime/memory_report.h"
 #include "runtime/safetensors.h"
 #include "runtime/schedule.h"
+#include "runtime/tensorboard.h"
 #include "runtime/tokenizer_json.h"
 
 namespace keel::runtime {
@@ -335,7 +337,14 @@ void Trainer::run() {
     KEEL_CHECK(f.good(), "cannot write '{}'", path);
     // The run's tokenizer beside its checkpoints, for keel export, generate and eval.
     write_tokenizer_json(tokenizer_->tokenizer, t.output_dir + "/tokenizer.json");
-    log = std::make_unique<MetricsLog>(t.output_dir, resumed ? step_ : 0);
+    std::string tensorboard_dir;
+    if (t.report_to == "tensorboard" && tensorboard_available())
+      tensorboard_dir = t.logging_dir.empty() ? t.output_dir + "/tensorboard" : t.logging_dir;
+    else if (t.report_to == "tensorboard")
+      console_ << "keel: this keel was built without Protobuf, so it writes no TensorBoard event "
+                  "files (install protobuf-compiler and libprotobuf-dev and rebuild; "
+                  "training.report_to: none says nothing)\n";
+    log = std::make_unique<MetricsLog>(t.output_dir, resumed ? step_ : 0, tensorboard_dir);
   }
   try {
     if (step_ >= t.max_steps)
@@ -380,6 +389,12 @@ void Trainer::run() {
          << data_seconds_ << " s, " << (seconds > 0 ? 100.0 * data_seconds_ / seconds : 0.0)
          << " %); peak RSS " << format_mib(peak_rss_bytes()) << " against a memory plan of "
          << format_mib(planned_bytes_) << "\n";
+    if (log) {
+      const std::string curve = t.output_dir + "/loss.svg";
+      log.reset();  // metrics.jsonl and the event file complete
+      write_loss_curve_svg(t.output_dir + "/metrics.jsonl", curve);
+      done << "keel: loss curve in " << curve << "\n";
+    }
     console_ << done.str();
     rank_log << done.str();
   } catch (const std::exception& e) {

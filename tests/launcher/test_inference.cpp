@@ -3,7 +3,10 @@
 // seed); the mistakes are clear errors.
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "cli_util.h"
+#include "runtime/tensorboard.h"
 
 namespace keel::test {
 namespace {
@@ -30,7 +33,29 @@ TEST_F(Cli, EvalAndGenerateFromATrainedRun) {
   const std::vector<double> eval = field(run_dir + "/metrics.jsonl", "eval_loss");
   ASSERT_EQ(eval.size(), 2u);  // steps 6 and 12
   EXPECT_LT(eval[1], eval[0]);
-  EXPECT_EQ(field(run_dir + "/metrics.jsonl", "loss").size(), 12u);  // eval lines are apart
+  const std::vector<double> loss = field(run_dir + "/metrics.jsonl", "loss");
+  EXPECT_EQ(loss.size(), 12u);  // eval lines are apart
+  EXPECT_NE(r.out.find("keel: loss curve in " + run_dir + "/loss.svg"), std::string::npos) << r.out;
+  EXPECT_TRUE(fs::exists(run_dir + "/loss.svg"));
+
+  // The same numbers as TensorBoard scalars (float), in one event file.
+  if (runtime::tensorboard_available()) {
+    std::vector<std::string> files;
+    for (const auto& e : fs::directory_iterator(run_dir + "/tensorboard"))
+      files.push_back(e.path().string());
+    ASSERT_EQ(files.size(), 1u);
+    std::map<std::string, std::vector<std::pair<int64_t, float>>> scalars;
+    for (const runtime::TensorBoardScalar& s : runtime::read_tensorboard_scalars(files[0]))
+      scalars[s.tag].emplace_back(s.step, s.value);
+    ASSERT_EQ(scalars["train/loss"].size(), loss.size());
+    for (size_t i = 0; i < loss.size(); ++i)
+      EXPECT_EQ(scalars["train/loss"][i],
+                std::make_pair(static_cast<int64_t>(i + 1), static_cast<float>(loss[i])));
+    EXPECT_EQ(scalars["eval/loss"],
+              (std::vector<std::pair<int64_t, float>>{{6, static_cast<float>(eval[0])},
+                                                      {12, static_cast<float>(eval[1])}}));
+    EXPECT_EQ(scalars["train/learning_rate"].size(), loss.size());
+  }
 
   // keel eval: the same sequences and weights give the same loss.
   r = run("eval " + run_dir + " --max-samples 10");
@@ -84,8 +109,8 @@ TEST_F(Cli, EvalNeedsValidationData) {
       run("train " + cfg + " --set training.eval_steps=5 --set training.output_dir=" + out_dir()),
       "training.eval_steps is 5 but the run has no validation data");
   // No checkpoints: generate and eval take the run's final model.safetensors.
-  Result r = run("train " + cfg + " --set training.max_steps=2 --set training.output_dir=" +
-                 out_dir());
+  Result r =
+      run("train " + cfg + " --set training.max_steps=2 --set training.output_dir=" + out_dir());
   ASSERT_EQ(r.code, 0) << r.out;
   r = run("generate " + out_dir() + " --prompt 'In the' --max-new-tokens 3");
   EXPECT_EQ(r.code, 0) << r.out;
@@ -95,6 +120,25 @@ TEST_F(Cli, EvalNeedsValidationData) {
   EXPECT_NE(r.out.find("has no validation data (data.validation is 'auto'); give some with --data"),
             std::string::npos)
       << r.out;
+}
+
+// configs/demo.yaml, the README's demo (scripts/demo.sh), on the data its header prepares: a few
+// steps with a validation loss, then samples.
+TEST_F(Cli, DemoConfigTrainsOnPreparedDataAndSamples) {
+  const std::string prep = (dir_ / "kjv-bpe4k").string();
+  Result r = run("prepare data/kjv.txt.gz --vocab-size 4096 --out " + prep);
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run("train configs/demo.yaml --set data.train=" + prep +
+          " --set training.max_steps=2 --set training.eval_steps=2 --set data.max_eval_samples=2" +
+          " --set training.per_device_train_batch_size=1 --set training.save_steps=2" +
+          " --set training.output_dir=" + out_dir());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(field(out_dir() + "/metrics.jsonl", "eval_loss").size(), 1u);
+  r = run("generate " + out_dir() +
+          " --prompt 'And God said' --max-new-tokens 8 --temperature 0.8 --top-k 40" +
+          " --num-samples 3 --seed 1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("--- sample 3 ---"), std::string::npos) << r.out;
 }
 
 }  // namespace

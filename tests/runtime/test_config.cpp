@@ -30,7 +30,7 @@ const std::vector<std::string> kAllKeys = {
     "training.warmup_steps", "training.warmup_ratio", "training.lr_scheduler_type", "training.per_device_train_batch_size",
     "training.gradient_accumulation_steps", "training.max_grad_norm", "training.weight_decay",
     "training.adam_beta1", "training.adam_beta2", "training.adam_epsilon", "training.seed",
-    "training.logging_steps", "training.eval_steps", "training.save_steps", "training.save_total_limit",
+    "training.logging_steps", "training.eval_steps", "training.report_to", "training.logging_dir", "training.save_steps", "training.save_total_limit",
     "training.exit_interval", "training.resume_from_checkpoint", "training.output_dir",
     "training.gradient_checkpointing", "optimizer.type", "parallel.zero_stage",
     "parallel.overlap_comm", "parallel.tensor_model_parallel_size",
