@@ -23,8 +23,8 @@ CommandLine::CommandLine(const std::vector<std::string>& args, const std::string
     } else if (named(flags, a)) {
       values_[a] = "";
     } else {
-      KEEL_CHECK(a.size() < 2 || a[0] != '-' || a[1] != '-',
-                 "unknown option '{}' for 'keel {}' (keel {} --help)", a, command, command);
+      KEEL_CHECK(a.size() < 2 || a[0] != '-', "unknown option '{}' for 'keel {}' (keel {} --help)",
+                 a, command, command);
       positional_.push_back(a);
     }
   }

@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "kernels/error.h"
+#include "launcher/command_line.h"
 #include "runtime/hf_format.h"
 
 namespace keel::launcher {
@@ -42,49 +43,38 @@ options:
 }  // namespace
 
 int run_export(const std::vector<std::string>& args) {
-  std::string format, tokenizer;
-  std::vector<std::string> positional;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a == "-h" || a == "--help") {
-      std::cout << kExportUsage;
-      return 0;
-    }
-    if (a == "--format" || a == "--tokenizer") {
-      KEEL_CHECK(i + 1 < args.size(), "{} needs a value (keel export --help)", a);
-      (a == "--format" ? format : tokenizer) = args[++i];
-    } else {
-      KEEL_CHECK(a.empty() || a[0] != '-', "unknown option '{}' for 'keel export'", a);
-      positional.push_back(a);
-    }
+  const CommandLine cl(args, "export", {"--format", "--tokenizer"});
+  if (cl.help()) {
+    std::cout << kExportUsage;
+    return 0;
   }
+  const std::string format = cl.text("--format");
   KEEL_CHECK(format == "hf", "keel export needs --format hf (the Hugging Face LLaMA layout){}",
              format.empty() ? "" : "; got '" + format + "'");
-  KEEL_CHECK(positional.size() == 2, "usage: keel export --format hf CKPT OUT");
-  runtime::export_hf(positional[0], positional[1], tokenizer, std::cout);
+  KEEL_CHECK(cl.positional().size() == 2, "usage: keel export --format hf CKPT OUT");
+  runtime::export_hf(cl.positional()[0], cl.positional()[1], cl.text("--tokenizer"), std::cout);
   return 0;
 }
 
 int run_import(const std::vector<std::string>& args) {
-  std::string out;
-  std::vector<std::string> positional, overrides;
+  // --set repeats, so it is gathered here; the rest through CommandLine.
+  std::vector<std::string> rest, overrides;
   for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a == "-h" || a == "--help") {
-      std::cout << kImportUsage;
-      return 0;
+    if (args[i] != "--set") {
+      rest.push_back(args[i]);
+      continue;
     }
-    if (a == "--out" || a == "--set") {
-      KEEL_CHECK(i + 1 < args.size(), "{} needs a value (keel import --help)", a);
-      (a == "--out" ? out : overrides.emplace_back()) = args[++i];
-    } else {
-      KEEL_CHECK(a.empty() || a[0] != '-', "unknown option '{}' for 'keel import'", a);
-      positional.push_back(a);
-    }
+    KEEL_CHECK(i + 1 < args.size(), "--set needs a value (keel import --help)");
+    overrides.push_back(args[++i]);
   }
-  KEEL_CHECK(positional.size() == 1 && !out.empty(),
+  const CommandLine cl(rest, "import", {"--out"});
+  if (cl.help()) {
+    std::cout << kImportUsage;
+    return 0;
+  }
+  KEEL_CHECK(cl.positional().size() == 1 && cl.has("--out"),
              "usage: keel import HF_DIR --out DIR --set data.train=PATH");
-  runtime::import_hf(positional[0], out, overrides, std::cout);
+  runtime::import_hf(cl.positional()[0], cl.text("--out"), overrides, std::cout);
   return 0;
 }
 

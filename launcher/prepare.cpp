@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "kernels/error.h"
+#include "launcher/command_line.h"
 #include "runtime/prepare.h"
 
 namespace keel::launcher {
@@ -39,61 +40,29 @@ example:
   keel prepare data/kjv.txt.gz --vocab-size 4096 --out data/kjv-bpe4k
 )";
 
-int64_t parse_int(const std::string& option, const std::string& v) {
-  size_t used = 0;
-  long long n = 0;
-  try {
-    n = std::stoll(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  KEEL_CHECK(used == v.size() && n >= 0, "{} takes a whole number, got '{}'", option, v);
-  return n;
-}
-
 }  // namespace
 
 int run_prepare(const std::vector<std::string>& args) {
-  runtime::PrepareOptions o;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a == "-h" || a == "--help") {
-      std::cout << kPrepareUsage;
-      return 0;
-    }
-    if (!a.empty() && a[0] == '-') {
-      KEEL_CHECK(i + 1 < args.size(), "{} needs a value (keel prepare --help)", a);
-      const std::string& v = args[++i];
-      if (a == "--out") {
-        o.out_dir = v;
-      } else if (a == "--vocab-size") {
-        o.vocab_size = parse_int(a, v);
-      } else if (a == "--tokenizer") {
-        o.tokenizer = v;
-      } else if (a == "--pattern") {
-        KEEL_CHECK(v == "llama3" || v == "gpt2", "--pattern is '{}'; choose llama3 or gpt2", v);
-        o.pattern = v == "gpt2" ? runtime::SplitPattern::kGpt2 : runtime::SplitPattern::kLlama3;
-      } else if (a == "--val-fraction") {
-        size_t used = 0;
-        try {
-          o.val_fraction = std::stod(v, &used);
-        } catch (const std::exception&) {
-          used = 0;
-        }
-        KEEL_CHECK(used == v.size(), "--val-fraction takes a number in [0, 1), got '{}'", v);
-      } else if (a == "--text-key") {
-        o.text_key = v;
-      } else if (a == "--shard-tokens") {
-        o.shard_tokens = parse_int(a, v);
-      } else if (a == "--seed") {
-        o.seed = static_cast<uint64_t>(parse_int(a, v));
-      } else {
-        KEEL_FAIL("unknown option '{}' for 'keel prepare' (keel prepare --help)", a);
-      }
-    } else {
-      o.inputs.push_back(a);
-    }
+  const CommandLine cl(args, "prepare",
+                       {"--out", "--vocab-size", "--tokenizer", "--pattern", "--val-fraction",
+                        "--text-key", "--shard-tokens", "--seed"});
+  if (cl.help()) {
+    std::cout << kPrepareUsage;
+    return 0;
   }
+  runtime::PrepareOptions o;
+  o.inputs = cl.positional();
+  o.out_dir = cl.text("--out", o.out_dir);
+  o.vocab_size = cl.whole("--vocab-size", o.vocab_size);
+  o.tokenizer = cl.text("--tokenizer", o.tokenizer);
+  const std::string pattern = cl.text("--pattern", "llama3");
+  KEEL_CHECK(pattern == "llama3" || pattern == "gpt2", "--pattern is '{}'; choose llama3 or gpt2",
+             pattern);
+  o.pattern = pattern == "gpt2" ? runtime::SplitPattern::kGpt2 : runtime::SplitPattern::kLlama3;
+  o.val_fraction = cl.number("--val-fraction", o.val_fraction);
+  o.text_key = cl.text("--text-key", o.text_key);
+  o.shard_tokens = cl.whole("--shard-tokens", o.shard_tokens);
+  o.seed = static_cast<uint64_t>(cl.whole("--seed", static_cast<int64_t>(o.seed)));
   runtime::prepare_data(o, std::cout);
   return 0;
 }
