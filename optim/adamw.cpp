@@ -12,7 +12,7 @@ void AdamW::declare(MemoryPlan& plan, const std::vector<ParamRef>& params,
   }
 }
 
-AdamW::AdamW(std::vector<ParamRef> params, const AdamWConfig& config)
+AdamW::AdamW(std::vector<ParamRef> params, const OptimizerConfig& config)
     : params_(std::move(params)), config_(config) {
   declare(state_, params_, m_, v_);
   state_.allocate();
@@ -25,6 +25,12 @@ size_t AdamW::plan_bytes(const std::vector<int64_t>& sizes) {
   std::vector<MemoryPlan::Slot> m, v;
   declare(plan, params, m, v);
   return plan.bytes();
+}
+
+std::vector<StateTensor> AdamW::state(size_t i) {
+  const int64_t n = params_[i].n;
+  return {{"exp_avg", state_[m_[i]].f32(), nullptr, n, false},
+          {"exp_avg_sq", state_[v_[i]].f32(), nullptr, n, false}};
 }
 
 void AdamW::step(double lr, double grad_scale) {

@@ -66,10 +66,12 @@ struct StateFile {
   int fd;
 };
 
-// One state file's tensor: its rectangle and where its stored floats start in the file.
+// One state file's tensor: its rectangle, where its stored elements start in the file, and their
+// size (F32 or U8).
 struct StoredPiece {
   parallel::ShardRect rect;
   size_t offset;
+  size_t elem_size;
 };
 
 StoredPiece stored_piece(const SafeTensorsReader& file, const std::string& name) {
@@ -77,8 +79,8 @@ StoredPiece stored_piece(const SafeTensorsReader& file, const std::string& name)
   const auto meta = file.metadata().find(name);
   KEEL_CHECK(meta != file.metadata().end(), "{}: tensor '{}' has no rectangle in the metadata",
              file.path(), name);
-  KEEL_CHECK(t.dtype() == DType::F32 && t.shape().rank() == 2,
-             "{}: tensor '{}' must be a 2-D F32 array, got {} {}", file.path(), name,
+  KEEL_CHECK((t.dtype() == DType::F32 || t.dtype() == DType::U8) && t.shape().rank() == 2,
+             "{}: tensor '{}' must be a 2-D F32 or U8 array, got {} {}", file.path(), name,
              dtype_name(t.dtype()), t.shape().str());
   parallel::ShardRect r;
   std::istringstream in(meta->second);
@@ -88,12 +90,11 @@ StoredPiece stored_piece(const SafeTensorsReader& file, const std::string& name)
                  r.rows <= t.shape()[0] && r.cols <= r.ld,
              "{}: the rectangle '{}' of tensor '{}' does not fit its stored {}x{} floats",
              file.path(), meta->second, name, t.shape()[0], r.ld);
-  return {r, file.file_offset(name)};
+  return {r, file.file_offset(name), dtype_size(t.dtype())};
 }
 
-void read_exactly(const StateFile& file, size_t offset, float* dst, int64_t floats) {
-  auto* p = reinterpret_cast<char*>(dst);
-  size_t n = static_cast<size_t>(floats) * sizeof(float);
+void read_exactly(const StateFile& file, size_t offset, char* dst, size_t n) {
+  char* p = dst;
   while (n > 0) {
     const ssize_t got = ::pread(file.fd, p, n, static_cast<off_t>(offset));
     if (got < 0 && errno == EINTR) continue;
@@ -105,22 +106,27 @@ void read_exactly(const StateFile& file, size_t offset, float* dst, int64_t floa
   }
 }
 
-// Reads the overlap of a stored rectangle into a piece; returns the floats copied. When whole
+// Reads the overlap of a stored rectangle into a piece; returns the elements copied. When whole
 // rows of the same width overlap, they are contiguous on both sides and read in one call.
 int64_t copy_overlap(const StateFile& file, const StoredPiece& from, const StatePiece& to) {
+  const size_t e = from.elem_size;
   const parallel::ShardRect& a = from.rect;
   const parallel::ShardRect& b = to.rect;
   const int64_t r0 = std::max(a.row0, b.row0), r1 = std::min(a.row0 + a.rows, b.row0 + b.rows);
   const int64_t c0 = std::max(a.col0, b.col0), c1 = std::min(a.col0 + a.cols, b.col0 + b.cols);
   if (r0 >= r1 || c0 >= c1) return 0;
   auto src_at = [&](int64_t r) {
-    return from.offset + static_cast<size_t>((r - a.row0) * a.ld + (c0 - a.col0)) * sizeof(float);
+    return from.offset + static_cast<size_t>((r - a.row0) * a.ld + (c0 - a.col0)) * e;
   };
-  float* dst = to.data + (r0 - b.row0) * b.ld + (c0 - b.col0);
+  char* dst = static_cast<char*>(to.storage()) +
+              static_cast<size_t>((r0 - b.row0) * b.ld + (c0 - b.col0)) * e;
+  const size_t row_bytes = static_cast<size_t>(b.ld) * e;
   if (c1 - c0 == a.ld && a.ld == b.ld) {
-    read_exactly(file, src_at(r0), dst, (r1 - r0) * a.ld);
+    read_exactly(file, src_at(r0), dst, static_cast<size_t>((r1 - r0) * a.ld) * e);
   } else {
-    for (int64_t r = r0; r < r1; ++r) read_exactly(file, src_at(r), dst + (r - r0) * b.ld, c1 - c0);
+    for (int64_t r = r0; r < r1; ++r)
+      read_exactly(file, src_at(r), dst + static_cast<size_t>(r - r0) * row_bytes,
+                   static_cast<size_t>(c1 - c0) * e);
   }
   return (r1 - r0) * (c1 - c0);
 }
@@ -145,7 +151,7 @@ void write_state_file(const std::string& path, const std::vector<StatePiece>& pi
   for (const StatePiece& p : pieces) {
     KEEL_CHECK(p.rect.ld > 0 && p.elems % p.rect.ld == 0,
                "state '{}': {} floats do not make rows of {}", p.name, p.elems, p.rect.ld);
-    tensors.emplace_back(p.name, Tensor(p.data, DType::F32, {p.elems / p.rect.ld, p.rect.ld}));
+    tensors.emplace_back(p.name, Tensor(p.storage(), p.dtype(), {p.elems / p.rect.ld, p.rect.ld}));
     metadata[p.name] = rect_text(p.rect);
   }
   write_safetensors(path, tensors, metadata);
@@ -173,11 +179,17 @@ void read_state(const std::string& dir, const CheckpointInfo& info,
                "'{}' is {}x{} in checkpoint {} but {}x{} in this model: the checkpoint is of "
                "another model shape",
                p.name, shape->second.first, shape->second.second, dir, p.rows, p.cols);
-    std::fill(p.data, p.data + p.elems, 0.0f);
+    std::memset(p.storage(), 0, static_cast<size_t>(p.elems) * dtype_size(p.dtype()));
     int64_t covered = 0;
-    for (const auto& file : files)
-      if (file->header.contains(p.name))
-        covered += copy_overlap(*file, stored_piece(file->header, p.name), p);
+    for (const auto& file : files) {
+      if (!file->header.contains(p.name)) continue;
+      const StoredPiece stored = stored_piece(file->header, p.name);
+      KEEL_CHECK(stored.elem_size == dtype_size(p.dtype()),
+                 "checkpoint {}: '{}' is stored as {}-byte elements, and this run keeps it in {}: "
+                 "it was written by another optimizer",
+                 dir, p.name, stored.elem_size, dtype_size(p.dtype()));
+      covered += copy_overlap(*file, stored, p);
+    }
     KEEL_CHECK(covered == p.rect.rows * p.rect.cols,
                "checkpoint {}: its files hold {} of the {} values of '{}' this rank needs; a "
                "state file is missing or damaged",

@@ -12,18 +12,23 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/dtype.h"
 #include "parallel/zero_layout.h"
 
 namespace keel::runtime {
 
 // One tensor of training state as this rank holds it: a rectangle of a global (rows × cols)
-// tensor (a vector is n × 1), stored in `elems` floats, row-major with rect.ld floats per row.
+// tensor (a vector is n × 1), stored in `elems` elements, row-major with rect.ld per row: floats
+// at data, or (8-bit optimizer codes) bytes at `bytes`, stored as U8.
 struct StatePiece {
   std::string name;            // "model.norm.weight", "optimizer.exp_avg.model.norm.weight"
   int64_t rows = 0, cols = 0;  // global shape
   parallel::ShardRect rect;
   float* data = nullptr;
   int64_t elems = 0;
+  uint8_t* bytes = nullptr;  // instead of data
+  DType dtype() const { return bytes ? DType::U8 : DType::F32; }
+  void* storage() const { return bytes ? static_cast<void*>(bytes) : static_cast<void*>(data); }
 };
 
 struct CheckpointInfo {

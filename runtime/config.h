@@ -67,7 +67,9 @@ struct TrainingConfig {
 };
 
 struct OptimizerConfig {
-  std::string type = "adamw";
+  std::string type = "adamw";    // adamw | adamw_8bit
+  int64_t block_size = 256;      // adamw_8bit: elements per quantization block
+  int64_t min_8bit_size = 4096;  // adamw_8bit: tensors with fewer elements keep fp32 moments
 };
 
 struct ParallelConfig {

@@ -91,6 +91,8 @@ inline constexpr auto kFields = std::to_array<Field>({
     KEEL_CONFIG_FIELD(training, output_dir, any_value()),
     KEEL_CONFIG_FIELD(training, gradient_checkpointing, any_value()),
     KEEL_CONFIG_FIELD(optimizer, type, any_value()),
+    KEEL_CONFIG_FIELD(optimizer, block_size, closed(64, 4096)),
+    KEEL_CONFIG_FIELD(optimizer, min_8bit_size, at_least(0)),
     KEEL_CONFIG_FIELD(parallel, zero_stage, closed(0, 3)),
     KEEL_CONFIG_FIELD(parallel, overlap_comm, any_value()),
     KEEL_CONFIG_FIELD(parallel, tensor_model_parallel_size, at_least(1)),

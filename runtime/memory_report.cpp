@@ -2,7 +2,7 @@
 
 #include <sstream>
 
-#include "optim/adamw.h"
+#include "optim/optimizer.h"
 
 namespace keel::runtime {
 
@@ -26,6 +26,17 @@ RankMemory account(const LlamaModel& model, const parallel::ZeroBytes& zero, siz
   return m;
 }
 
+optim::OptimizerConfig optimizer_config(const Config& config) {
+  const TrainingConfig& t = config.training;
+  optim::OptimizerConfig o;
+  o.type = config.optimizer.type;
+  o.beta1 = t.adam_beta1, o.beta2 = t.adam_beta2, o.eps = t.adam_epsilon;
+  o.weight_decay = t.weight_decay;
+  o.block_size = config.optimizer.block_size;
+  o.min_8bit_size = config.optimizer.min_8bit_size;
+  return o;
+}
+
 RankMemory plan_rank_memory(const Config& config, int dp) {
   const TrainingConfig& t = config.training;
   const int stage = static_cast<int>(config.parallel.zero_stage);
@@ -41,7 +52,8 @@ RankMemory plan_rank_memory(const Config& config, int dp) {
   }
   MemoryPlan batch("batch");
   declare_batch(batch, t, config.data.seq_length);
-  return account(model, z, optim::AdamW::plan_bytes(sizes), batch.bytes());
+  return account(model, z, optim::optimizer_plan_bytes(optimizer_config(config), sizes),
+                 batch.bytes());
 }
 
 std::string describe_layout(const Config& config, int dp) {

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "kernels/memory_plan.h"
+#include "optim/optimizer.h"
 #include "parallel/zero.h"
 #include "runtime/config.h"
 #include "runtime/llama.h"
@@ -16,7 +17,7 @@ namespace keel::runtime {
 struct RankMemory {
   size_t parameters = 0;   // weights the rank holds (full, or ZeRO 3's unit buffers)
   size_t gradients = 0;    // full gradients, or ZeRO's unit buffers and gradient shards
-  size_t optimizer = 0;    // AdamW moments, and ZeRO's fp32 master shards
+  size_t optimizer = 0;    // the optimizer's state, and ZeRO's fp32 master shards
   size_t activations = 0;  // what the forward keeps for the backward
   size_t buffers = 0;      // model workspace, collective staging, the batch
   size_t total() const { return parameters + gradients + optimizer + activations + buffers; }
@@ -32,6 +33,9 @@ BatchSlots declare_batch(MemoryPlan& plan, const TrainingConfig& t, int64_t seq_
 // the optimizer's state and the batch.
 RankMemory account(const LlamaModel& model, const parallel::ZeroBytes& zero, size_t optimizer_bytes,
                    size_t batch_bytes);
+
+// The optimizer keel::optim builds for this config (optimizer.* and the training.adam_* keys).
+optim::OptimizerConfig optimizer_config(const Config& config);
 
 // What one rank of a run of `config` on `dp` data-parallel ranks plans, without allocating it.
 RankMemory plan_rank_memory(const Config& config, int dp);

@@ -8,7 +8,6 @@
 
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
-#include "optim/adamw.h"
 #include "parallel/self_communicator.h"
 #include "runtime/hash.h"
 #include "runtime/loss_curve.h"
@@ -124,9 +123,7 @@ void Trainer::build() {
   } else {
     refs = build_zero();
   }
-  optimizer_ = std::make_unique<optim::AdamW>(
-      std::move(refs),
-      optim::AdamWConfig{t.adam_beta1, t.adam_beta2, t.adam_epsilon, t.weight_decay});
+  optimizer_ = optim::make_optimizer(std::move(refs), optimizer_config(config_));
 
   const BatchSlots slots = declare_batch(batch_, t, T);
   tokens_ = slots.tokens;

@@ -9,7 +9,7 @@
 #include <memory>
 #include <ostream>
 
-#include "optim/adamw.h"
+#include "optim/optimizer.h"
 #include "parallel/process_grid.h"
 #include "parallel/zero.h"
 #include "runtime/checkpoint.h"
@@ -81,7 +81,7 @@ class Trainer {
   std::unique_ptr<SequenceOrder> order_;
   double data_seconds_ = 0.0;  // this rank's time filling batches, for the closing line
   std::unique_ptr<LlamaModel> model_;
-  std::unique_ptr<optim::AdamW> optimizer_;
+  std::unique_ptr<optim::Optimizer> optimizer_;
   MemoryPlan batch_{"batch"};
   MemoryPlan::Slot tokens_, targets_;  // (accumulation, B, T): this rank's slice of the batch
   MemoryPlan::Slot totals_;  // (4) F64 over ranks: valid targets, loss sum, GEMM peak, grad norm²

@@ -37,13 +37,21 @@ std::string attempt(F&& f) {
 
 std::vector<StatePiece> Trainer::state_pieces() {
   std::vector<StatePiece> out;
+  // Per-block state (8-bit absmax) belongs to this rank's shard: the global tensor stacks the
+  // shards' blocks, (shards × blocks) × 1, and this rank holds its rows.
+  const int ranks = zero_ ? grid_.dp().size() : 1, rank = zero_ ? grid_.dp().rank() : 0;
   auto add = [&](const std::string& param, int64_t rows, int64_t cols, parallel::ShardRect rect,
                  size_t i, float* value, int64_t elems) {
     out.push_back({param, rows, cols, rect, value, elems});
-    out.push_back(
-        {optimizer_state_name("exp_avg", param), rows, cols, rect, optimizer_->exp_avg(i), elems});
-    out.push_back({optimizer_state_name("exp_avg_sq", param), rows, cols, rect,
-                   optimizer_->exp_avg_sq(i), elems});
+    for (const optim::StateTensor& s : optimizer_->state(i)) {
+      const std::string name = optimizer_state_name(s.name, param);
+      if (s.per_block) {
+        out.push_back(
+            {name, ranks * s.elems, 1, {rank * s.elems, 0, s.elems, 1, 1}, s.data, s.elems});
+      } else {
+        out.push_back({name, rows, cols, rect, s.data, elems, s.bytes});
+      }
+    }
   };
   if (!zero_) {  // every rank holds every parameter whole
     std::vector<Parameter>& params = model_->parameters();
@@ -117,6 +125,18 @@ Config Trainer::check_checkpoint(const std::string& dir, const CheckpointInfo& i
   KEEL_CHECK(info.optimizer == config_.optimizer.type,
              "checkpoint {} holds '{}' optimizer state but optimizer.type is '{}'", dir,
              info.optimizer, config_.optimizer.type);
+  // 8-bit state is quantized in blocks of each rank's shard: it resumes on the same shards only.
+  const int saved_shards = info.zero_stage > 0 ? info.data_parallel_size : 1;
+  const int shards = config_.parallel.zero_stage > 0 ? grid_.dp().size() : 1;
+  KEEL_CHECK(
+      config_.optimizer.type != "adamw_8bit" ||
+          (saved_shards == shards && saved.optimizer.block_size == config_.optimizer.block_size &&
+           saved.optimizer.min_8bit_size == config_.optimizer.min_8bit_size),
+      "checkpoint {} holds 8-bit optimizer state quantized in blocks of {} over {} shard(s) "
+      "per parameter; this run would cut {} shard(s) into blocks of {}. Resume it with the "
+      "same data-parallel size (under ZeRO 1-3) and the same optimizer.block_size and "
+      "optimizer.min_8bit_size (resharding 8-bit state is not built yet)",
+      dir, saved.optimizer.block_size, saved_shards, shards, config_.optimizer.block_size);
   return saved;
 }
 

@@ -51,13 +51,21 @@ TEST_F(Cli, ResumeIsBitExact) {
   const std::string cfg = write("m.yaml", kParallelModel);
   struct Case {
     int ranks, micro, stage;
+    std::string optimizer;
   };
-  std::vector<Case> cases = {{1, 4, 0}};
-  if (have_mpi()) cases.insert(cases.end(), {{2, 2, 2}, {2, 2, 3}});
+  // 8-bit AdamW: the codes and absmax of every block come back exactly.
+  std::vector<Case> cases = {{1, 4, 0, "adamw"}, {1, 4, 0, "adamw_8bit"}};
+  if (have_mpi())
+    cases.insert(
+        cases.end(),
+        {{2, 2, 2, "adamw"}, {2, 2, 3, "adamw"}, {2, 2, 1, "adamw_8bit"}, {2, 2, 3, "adamw_8bit"}});
   for (const Case& c : cases) {
-    const std::string what = std::to_string(c.ranks) + " ranks, ZeRO " + std::to_string(c.stage);
-    const std::string sets = layout_sets(c.micro, c.stage) + " --set training.max_steps=12";
-    const std::string tag = std::to_string(c.ranks) + "_" + std::to_string(c.stage);
+    const std::string what =
+        std::to_string(c.ranks) + " ranks, ZeRO " + std::to_string(c.stage) + ", " + c.optimizer;
+    const std::string sets = layout_sets(c.micro, c.stage) + " --set training.max_steps=12" +
+                             " --set optimizer.type=" + c.optimizer;
+    const std::string tag =
+        std::to_string(c.ranks) + "_" + std::to_string(c.stage) + "_" + c.optimizer;
     const std::string straight = (dir_ / ("straight" + tag)).string();
     const std::string resumed = (dir_ / ("resumed" + tag)).string();
     Result r = train(c.ranks, cfg, sets + " --set training.output_dir=" + straight);
@@ -152,6 +160,24 @@ TEST_F(Cli, UnresumableCheckpointsAreClearErrors) {
   std::ofstream(ckpt + "/meta.json") << "{ damaged";
   expect_clean_failure(run("train " + cfg + " --resume " + ckpt + to_out),
                        ckpt + "/meta.json is not valid JSON");
+
+  // 8-bit state resumes on the blocks it was quantized in, with the optimizer that wrote it.
+  const std::string saved8 = (dir_ / "saved8").string();
+  r = train(1, cfg,
+            " --set optimizer.type=adamw_8bit --set training.max_steps=2 --set "
+            "training.save_steps=2 --set training.output_dir=" +
+                saved8);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string ckpt8 = saved8 + "/checkpoints/step_00000002";
+  expect_clean_failure(
+      run("train " + cfg + " --resume " + saved8 + " --set optimizer.type=adamw_8bit" +
+          " --set optimizer.block_size=128" + to_out),
+      "checkpoint " + ckpt8 +
+          " holds 8-bit optimizer state quantized in blocks of 256 over 1 shard(s) per "
+          "parameter; this run would cut 1 shard(s) into blocks of 128");
+  expect_clean_failure(
+      run("train " + cfg + " --resume " + saved8 + to_out),
+      "checkpoint " + ckpt8 + " holds 'adamw_8bit' optimizer state but optimizer.type is 'adamw'");
 }
 
 // SIGKILL at moments spread over a run that checkpoints every step (the saves take most of its

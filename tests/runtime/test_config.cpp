@@ -32,7 +32,7 @@ const std::vector<std::string> kAllKeys = {
     "training.adam_beta1", "training.adam_beta2", "training.adam_epsilon", "training.seed",
     "training.logging_steps", "training.eval_steps", "training.report_to", "training.logging_dir", "training.save_steps", "training.save_total_limit",
     "training.exit_interval", "training.resume_from_checkpoint", "training.output_dir",
-    "training.gradient_checkpointing", "optimizer.type", "parallel.zero_stage",
+    "training.gradient_checkpointing", "optimizer.type", "optimizer.block_size", "optimizer.min_8bit_size", "parallel.zero_stage",
     "parallel.overlap_comm", "parallel.tensor_model_parallel_size",
     "parallel.pipeline_model_parallel_size", "parallel.expert_model_parallel_size"};
 // clang-format on
@@ -367,7 +367,8 @@ TEST(Config, UnknownKeyNamesItTheFileLineAndTheClosestKey) {
                   {"'training.seq_length'", "did you mean 'data.seq_length'?"});
   // A far-off name still gets the closest key, and the list of valid keys.
   expect_mentions(parse_error("optimizer: {galore: 1}\n"),
-                  {"'optimizer.galore'", "did you mean 'optimizer.type'?", "(valid: type)"});
+                  {"'optimizer.galore'", "did you mean 'optimizer.type'?",
+                   "(valid: type, block_size, min_8bit_size)"});
 }
 
 TEST(Config, UnknownSectionSuggestsTheClosest) {
@@ -472,7 +473,8 @@ TEST(Config, UnsupportedChoicesListWhatIsSupported) {
             "training.lr_scheduler_type is 'cosin'; schedulers supported in this build: linear, "
             "cosine, constant, constant_with_warmup; did you mean 'cosine'?");
   EXPECT_EQ(parse_error(kMinimalYaml, {"optimizer.type=adam"}),
-            "optimizer.type is 'adam'; optimizers supported in this build: adamw");
+            "optimizer.type is 'adam'; optimizers supported in this build: adamw, adamw_8bit; did "
+            "you mean 'adamw'?");
   EXPECT_EQ(parse_error(kMinimalYaml, {"data.tokenizer=bpe"}),
             "data.tokenizer is 'bpe'; set it to auto (the tokenizer.json of prepared data, bytes "
             "for text), bytes, or the path of a tokenizer.json");

@@ -140,7 +140,7 @@ TEST_P(LlamaGolden, ThreeClippedAdamWSteps) {
   std::vector<optim::ParamRef> refs;
   for (Parameter& p : c.model.parameters())
     refs.push_back({p.name, p.value.f32(), p.grad.f32(), p.value.numel(), p.weight_decay});
-  optim::AdamW adamw(refs, {t.adam_beta1, t.adam_beta2, t.adam_epsilon, t.weight_decay});
+  optim::AdamW adamw(refs, {"adamw", t.adam_beta1, t.adam_beta2, t.adam_epsilon, t.weight_decay});
   const int steps = static_cast<int>(meta(c.file, "steps"));
   bool clipped = false;
   for (int k = 0; k < steps; ++k) {

@@ -1,0 +1,98 @@
+#include "optim/adamw_8bit.h"
+
+#include <cstring>
+
+#include "kernels/adamw.h"
+#include "kernels/adamw_8bit.h"
+#include "kernels/error.h"
+
+namespace keel::optim {
+
+namespace k = keel::kernels::cpu;
+
+void AdamW8bit::declare(MemoryPlan& plan, const std::vector<ParamRef>& params,
+                        const OptimizerConfig& config, std::vector<Slots>& slots) {
+  for (const ParamRef& p : params) {
+    Slots s{};
+    s.quantized = p.n >= config.min_8bit_size;
+    const DType t = s.quantized ? DType::U8 : DType::F32;
+    s.m = plan.add("exp_avg." + p.name, t, {p.n});
+    s.v = plan.add("exp_avg_sq." + p.name, t, {p.n});
+    if (s.quantized) {
+      const int64_t blocks = (p.n + config.block_size - 1) / config.block_size;
+      s.m_absmax = plan.add("exp_avg_absmax." + p.name, DType::F32, {blocks});
+      s.v_absmax = plan.add("exp_avg_sq_absmax." + p.name, DType::F32, {blocks});
+    }
+    slots.push_back(s);
+  }
+}
+
+AdamW8bit::AdamW8bit(std::vector<ParamRef> params, const OptimizerConfig& config)
+    : params_(std::move(params)),
+      config_(config),
+      signed_map_(k::dynamic_map(true)),
+      unsigned_map_(k::dynamic_map(false)) {
+  KEEL_CHECK(config.block_size > 0 && config.block_size <= k::kMaxQuantBlock,
+             "optimizer.block_size is {}; it must be in [1, {}]", config.block_size,
+             k::kMaxQuantBlock);
+  declare(state_, params_, config_, slots_);
+  state_.allocate();
+  // Zero moments: absmax 0, and the codes of 0 (what requantizing zeros gives).
+  const uint8_t zero = k::quantize_value(signed_map_, 0.0f);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (!slots_[i].quantized) continue;
+    std::memset(state_[slots_[i].m].data(), zero, static_cast<size_t>(params_[i].n));
+    std::memset(state_[slots_[i].v].data(), k::quantize_value(unsigned_map_, 0.0f),
+                static_cast<size_t>(params_[i].n));
+  }
+}
+
+size_t AdamW8bit::plan_bytes(const OptimizerConfig& config, const std::vector<int64_t>& sizes) {
+  std::vector<ParamRef> params;
+  for (int64_t n : sizes) params.push_back({"", nullptr, nullptr, n, false});
+  MemoryPlan plan("optimizer state");
+  std::vector<Slots> slots;
+  declare(plan, params, config, slots);
+  return plan.bytes();
+}
+
+int64_t AdamW8bit::blocks(size_t i) const {
+  return (params_[i].n + config_.block_size - 1) / config_.block_size;
+}
+
+std::vector<StateTensor> AdamW8bit::state(size_t i) {
+  const Slots& s = slots_[i];
+  const int64_t n = params_[i].n;
+  if (!s.quantized)
+    return {{"exp_avg", state_[s.m].f32(), nullptr, n, false},
+            {"exp_avg_sq", state_[s.v].f32(), nullptr, n, false}};
+  return {{"exp_avg", nullptr, state_[s.m].data_as<uint8_t>(), n, false},
+          {"exp_avg_sq", nullptr, state_[s.v].data_as<uint8_t>(), n, false},
+          {"exp_avg_absmax", state_[s.m_absmax].f32(), nullptr, blocks(i), true},
+          {"exp_avg_sq_absmax", state_[s.v_absmax].f32(), nullptr, blocks(i), true}};
+}
+
+void AdamW8bit::step(double lr, double grad_scale) {
+  ++t_;
+  k::AdamWHyper h;
+  h.lr = static_cast<float>(lr);
+  h.beta1 = static_cast<float>(config_.beta1);
+  h.beta2 = static_cast<float>(config_.beta2);
+  h.eps = static_cast<float>(config_.eps);
+  h.step = t_;
+  h.grad_scale = static_cast<float>(grad_scale);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const ParamRef& p = params_[i];
+    const Slots& s = slots_[i];
+    h.weight_decay = p.weight_decay ? static_cast<float>(config_.weight_decay) : 0.0f;
+    if (!s.quantized) {
+      k::adamw_step(p.value, state_[s.m].f32(), state_[s.v].f32(), p.grad, p.n, h);
+      continue;
+    }
+    k::adamw_8bit_step(p.value, state_[s.m].data_as<uint8_t>(), state_[s.m_absmax].f32(),
+                       state_[s.v].data_as<uint8_t>(), state_[s.v_absmax].f32(), p.grad, p.n,
+                       config_.block_size, signed_map_, unsigned_map_, h);
+  }
+}
+
+}  // namespace keel::optim

@@ -1,0 +1,21 @@
+#include "optim/optimizer.h"
+
+#include "kernels/error.h"
+#include "optim/adamw.h"
+#include "optim/adamw_8bit.h"
+
+namespace keel::optim {
+
+std::unique_ptr<Optimizer> make_optimizer(std::vector<ParamRef> params,
+                                          const OptimizerConfig& config) {
+  if (config.type == "adamw") return std::make_unique<AdamW>(std::move(params), config);
+  if (config.type == "adamw_8bit") return std::make_unique<AdamW8bit>(std::move(params), config);
+  KEEL_FAIL("optimizer.type '{}' is not one of adamw, adamw_8bit", config.type);
+}
+
+size_t optimizer_plan_bytes(const OptimizerConfig& config, const std::vector<int64_t>& sizes) {
+  if (config.type == "adamw_8bit") return AdamW8bit::plan_bytes(config, sizes);
+  return AdamW::plan_bytes(sizes);
+}
+
+}  // namespace keel::optim

@@ -1,0 +1,62 @@
+// What the trainer sees of an optimizer: it steps every tensor it was given (parameters, or ZeRO
+// shards), lists each tensor's state for checkpoints, and says how many bytes that state takes.
+// make_optimizer builds the one optimizer.type names.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace keel::optim {
+
+// One tensor the optimizer updates: n floats of value and gradient.
+struct ParamRef {
+  std::string name;
+  float* value;
+  const float* grad;
+  int64_t n;
+  bool weight_decay;
+};
+
+struct OptimizerConfig {
+  std::string type = "adamw";  // adamw | adamw_8bit
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
+  int64_t block_size = 256;      // adamw_8bit: elements per quantization block
+  int64_t min_8bit_size = 4096;  // adamw_8bit: smaller tensors keep fp32 moments
+};
+
+// One tensor of a parameter's optimizer state, for checkpoints: either element-wise (one value
+// per element of the tensor, as floats at data or as 8-bit codes at bytes) or one float per
+// quantization block (its absmax).
+struct StateTensor {
+  std::string name;  // "exp_avg", "exp_avg_absmax", ...
+  float* data = nullptr;
+  uint8_t* bytes = nullptr;
+  int64_t elems = 0;
+  bool per_block = false;
+};
+
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  // One update of every tensor with learning rate lr, gradients multiplied by grad_scale first.
+  virtual void step(double lr, double grad_scale) = 0;
+  // The state of tensor i (in the order the tensors were given).
+  virtual std::vector<StateTensor> state(size_t i) = 0;
+  virtual size_t state_bytes() const = 0;
+  virtual std::string describe_memory() const = 0;
+  int64_t steps_taken() const { return t_; }
+  // A checkpoint's step count (the bias correction depends on it).
+  void set_steps_taken(int64_t t) { t_ = t; }
+
+ protected:
+  int64_t t_ = 0;
+};
+
+std::unique_ptr<Optimizer> make_optimizer(std::vector<ParamRef> params,
+                                          const OptimizerConfig& config);
+// state_bytes() of that optimizer over tensors of these sizes, without allocating.
+size_t optimizer_plan_bytes(const OptimizerConfig& config, const std::vector<int64_t>& sizes);
+
+}  // namespace keel::optim
