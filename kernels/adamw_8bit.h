@@ -19,10 +19,11 @@ constexpr int64_t kMaxQuantBlock = 4096;
 //   m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²
 //   param ← param·(1 − lr·wd) − (lr / (1−β1^t)) · m / (sqrt(v) / sqrt(1−β2^t) + eps)
 // then each block's m and v are requantized (quantize_blockwise). param, grad, m_codes, v_codes
-// have n elements; m_absmax and v_absmax ceil(n / block). m_map is signed, v_map unsigned.
+// have n elements; m_absmax and v_absmax ceil(n / block). m_table's map is signed, v_table's
+// unsigned.
 void adamw_8bit_step(float* param, uint8_t* m_codes, float* m_absmax, uint8_t* v_codes,
                      float* v_absmax, const float* grad, int64_t n, int64_t block,
-                     const QuantMap& m_map, const QuantMap& v_map, const AdamWHyper& h,
+                     const QuantTable& m_table, const QuantTable& v_table, const AdamWHyper& h,
                      Stream stream = {});
 
 }  // namespace keel::kernels::cpu

@@ -30,19 +30,19 @@ void AdamW8bit::declare(MemoryPlan& plan, const std::vector<ParamRef>& params,
 AdamW8bit::AdamW8bit(std::vector<ParamRef> params, const OptimizerConfig& config)
     : params_(std::move(params)),
       config_(config),
-      signed_map_(k::dynamic_map(true)),
-      unsigned_map_(k::dynamic_map(false)) {
+      signed_(k::dynamic_map(true)),
+      unsigned_(k::dynamic_map(false)) {
   KEEL_CHECK(config.block_size > 0 && config.block_size <= k::kMaxQuantBlock,
              "optimizer.block_size is {}; it must be in [1, {}]", config.block_size,
              k::kMaxQuantBlock);
   declare(state_, params_, config_, slots_);
   state_.allocate();
   // Zero moments: absmax 0, and the codes of 0 (what requantizing zeros gives).
-  const uint8_t zero = k::quantize_value(signed_map_, 0.0f);
+  const uint8_t zero = signed_.quantize(0.0f);
   for (size_t i = 0; i < params_.size(); ++i) {
     if (!slots_[i].quantized) continue;
     std::memset(state_[slots_[i].m].data(), zero, static_cast<size_t>(params_[i].n));
-    std::memset(state_[slots_[i].v].data(), k::quantize_value(unsigned_map_, 0.0f),
+    std::memset(state_[slots_[i].v].data(), unsigned_.quantize(0.0f),
                 static_cast<size_t>(params_[i].n));
   }
 }
@@ -91,7 +91,7 @@ void AdamW8bit::step(double lr, double grad_scale) {
     }
     k::adamw_8bit_step(p.value, state_[s.m].data_as<uint8_t>(), state_[s.m_absmax].f32(),
                        state_[s.v].data_as<uint8_t>(), state_[s.v_absmax].f32(), p.grad, p.n,
-                       config_.block_size, signed_map_, unsigned_map_, h);
+                       config_.block_size, signed_, unsigned_, h);
   }
 }
 

@@ -41,7 +41,7 @@ class AdamW8bit final : public Optimizer {
   OptimizerConfig config_;
   MemoryPlan state_{"optimizer state"};
   std::vector<Slots> slots_;
-  kernels::cpu::QuantMap signed_map_, unsigned_map_;
+  kernels::cpu::QuantTable signed_, unsigned_;
 };
 
 }  // namespace keel::optim

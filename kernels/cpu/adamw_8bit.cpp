@@ -12,7 +12,8 @@ namespace keel::kernels::cpu {
 
 void adamw_8bit_step(float* param, uint8_t* m_codes, float* m_absmax, uint8_t* v_codes,
                      float* v_absmax, const float* grad, int64_t n, int64_t block,
-                     const QuantMap& m_map, const QuantMap& v_map, const AdamWHyper& h, Stream) {
+                     const QuantTable& m_table, const QuantTable& v_table, const AdamWHyper& h,
+                     Stream) {
   KEEL_CHECK(h.step >= 1, "adamw_8bit: step is 1-based and must be >= 1, got {}", h.step);
   KEEL_CHECK(block > 0 && block <= kMaxQuantBlock, "adamw_8bit: block size {} is not in [1, {}]",
              block, kMaxQuantBlock);
@@ -26,6 +27,8 @@ void adamw_8bit_step(float* param, uint8_t* m_codes, float* m_absmax, uint8_t* v
   const float b2 = h.beta2, one_minus_b2 = static_cast<float>(1.0 - beta2);
   const float eps = h.eps, scale = h.grad_scale;
   const int64_t blocks = (n + block - 1) / block;
+  const QuantMap& m_map = m_table.map();
+  const QuantMap& v_map = v_table.map();
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < blocks; ++b) {
     float m[kMaxQuantBlock], v[kMaxQuantBlock];
@@ -53,8 +56,8 @@ void adamw_8bit_step(float* param, uint8_t* m_codes, float* m_absmax, uint8_t* v
     v_absmax[b] = v_max;
     const float m_inv = 1.0f / std::max(m_max, 1e-38f), v_inv = 1.0f / std::max(v_max, 1e-38f);
     for (int64_t j = 0; j < len; ++j) {
-      m_codes[begin + j] = quantize_value(m_map, std::clamp(m[j] * m_inv, -1.0f, 1.0f));
-      v_codes[begin + j] = quantize_value(v_map, std::clamp(v[j] * v_inv, -1.0f, 1.0f));
+      m_codes[begin + j] = m_table.quantize(std::clamp(m[j] * m_inv, -1.0f, 1.0f));
+      v_codes[begin + j] = v_table.quantize(std::clamp(v[j] * v_inv, -1.0f, 1.0f));
     }
   }
 }

@@ -2,6 +2,7 @@
 #include "kernels/quantize.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <vector>
 
@@ -50,23 +51,39 @@ QuantMap dynamic_map(bool is_signed) {
   return map;
 }
 
+QuantBounds midpoints(const QuantMap& map) {
+  QuantBounds b;
+  for (size_t i = 0; i < b.size(); ++i) b[i] = (map[i] + map[i + 1]) / 2.0f;
+  return b;
+}
+
 uint8_t quantize_value(const QuantMap& map, float x) {
-  // Binary search over the midpoints (map[i] + map[i+1]) / 2, i < 255.
-  int lo = 0, hi = 255;  // the answer is in [lo, hi]
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    const float bound = (map[static_cast<size_t>(mid)] + map[static_cast<size_t>(mid) + 1]) / 2.0f;
-    if (x <= bound) {
-      hi = mid;
-    } else {
-      lo = mid + 1;
-    }
+  const QuantBounds bounds = midpoints(map);
+  int i = 0;
+  for (int step = 128; step > 0; step >>= 1)
+    i += x > bounds[static_cast<size_t>(i + step - 1)] ? step : 0;
+  return static_cast<uint8_t>(i);
+}
+
+QuantTable::QuantTable(const QuantMap& map)
+    : map_(map), bounds_(midpoints(map)), lut_(size_t{1} << (32 - kShift)) {
+  const uint32_t low = (uint32_t{1} << kShift) - 1;
+  for (uint32_t k = 0; k < lut_.size(); ++k) {
+    // The bucket's numerically smallest and largest x: its lowest bits for positive numbers, its
+    // highest for negative ones (larger magnitude).
+    const bool negative = k >> (31 - kShift);
+    const float lo = std::bit_cast<float>((k << kShift) | (negative ? low : 0));
+    const float hi = std::bit_cast<float>((k << kShift) | (negative ? 0 : low));
+    if (std::isnan(lo) || std::isnan(hi)) continue;  // NaN buckets: any code
+    const uint8_t c = quantize_value(map, lo);
+    lut_[k] = c;
+    KEEL_CHECK(quantize_value(map, hi) <= c + 1,
+               "quantization table: more than one midpoint between {} and {}", lo, hi);
   }
-  return static_cast<uint8_t>(lo);
 }
 
 void quantize_blockwise(uint8_t* codes, float* absmax, const float* x, int64_t n, int64_t block,
-                        const QuantMap& map, Stream) {
+                        const QuantTable& table, Stream) {
   KEEL_CHECK(block > 0, "quantize_blockwise: block size {} must be positive", block);
   const int64_t blocks = (n + block - 1) / block;
 #pragma omp parallel for schedule(static)
@@ -77,7 +94,7 @@ void quantize_blockwise(uint8_t* codes, float* absmax, const float* x, int64_t n
     absmax[b] = amax;
     const float inv = 1.0f / std::max(amax, 1e-38f);
     for (int64_t i = begin; i < end; ++i)
-      codes[i] = quantize_value(map, std::clamp(x[i] * inv, -1.0f, 1.0f));
+      codes[i] = table.quantize(std::clamp(x[i] * inv, -1.0f, 1.0f));
   }
 }
 

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <vector>
 
 #include "kernels/adamw.h"
@@ -56,6 +57,29 @@ TEST(QuantMap, NearestValue) {
   }
 }
 
+// The table gives the search's answer: at every midpoint, just above it, and on 10^6 random values
+// over the dynamic range of both maps.
+TEST(QuantMap, TableAgreesWithTheSearch) {
+  for (const bool is_signed : {true, false}) {
+    const QuantMap m = dynamic_map(is_signed);
+    const QuantTable table(m);
+    const QuantBounds b = midpoints(m);
+    for (float x : b) {
+      EXPECT_EQ(table.quantize(x), quantize_value(m, x)) << x;
+      EXPECT_EQ(table.quantize(std::nextafter(x, 2.0f)),
+                quantize_value(m, std::nextafter(x, 2.0f)));
+    }
+    std::mt19937 rng(5);
+    std::uniform_real_distribution<float> exponent(-9.0f, 0.0f), sign(-1.0f, 1.0f);
+    for (int i = 0; i < 1000000; ++i) {
+      const float x =
+          std::clamp(std::pow(10.0f, exponent(rng)) * (sign(rng) < 0 && is_signed ? -1.0f : 1.0f),
+                     -1.0f, 1.0f);
+      ASSERT_EQ(table.quantize(x), quantize_value(m, x)) << x;
+    }
+  }
+}
+
 TEST(QuantizeBlockwise, IsBitsandbytes) {
   const nlohmann::json& q = golden().at("quantize");
   const std::vector<float> x = floats(q.at("x"));
@@ -63,7 +87,7 @@ TEST(QuantizeBlockwise, IsBitsandbytes) {
   const QuantMap map = dynamic_map(true);
   std::vector<uint8_t> c(x.size());
   std::vector<float> absmax(static_cast<size_t>((n + block - 1) / block));
-  quantize_blockwise(c.data(), absmax.data(), x.data(), n, block, map);
+  quantize_blockwise(c.data(), absmax.data(), x.data(), n, block, QuantTable(map));
   EXPECT_EQ(c, codes(q.at("codes")));
   EXPECT_EQ(absmax, floats(q.at("absmax")));
   // Dequantized, every value is within half a map step of x (relative to its block's absmax).
@@ -79,8 +103,8 @@ TEST(AdamW8bit, StepsAsBitsandbytes) {
   std::vector<float> param = floats(a.at("param0"));
   const int64_t n = static_cast<int64_t>(param.size()), block = 256, blocks = (n + 255) / 256;
   // Fresh state: zero moments quantize to the code of 0 with absmax 0.
-  const QuantMap sm = dynamic_map(true), um = dynamic_map(false);
-  std::vector<uint8_t> mc(param.size(), quantize_value(sm, 0.0f)), vc(param.size(), 0);
+  const QuantTable sm(dynamic_map(true)), um(dynamic_map(false));
+  std::vector<uint8_t> mc(param.size(), sm.quantize(0.0f)), vc(param.size(), 0);
   std::vector<float> ma(static_cast<size_t>(blocks), 0.0f), va(ma);
   AdamWHyper h;
   h.lr = c.at("lr").get<float>();
@@ -119,8 +143,8 @@ TEST(AdamW8bit, StaysCloseToFp32AdamW) {
                    (1.0f + 0.5f * std::tanh(a[i]));
   const std::vector<float> p0 = testing::random_floats(n, 3, 1.0f);
   std::vector<float> p32 = p0, m(n, 0.0f), v(n, 0.0f), p8 = p0;
-  const QuantMap sm = dynamic_map(true), um = dynamic_map(false);
-  std::vector<uint8_t> mc(n, quantize_value(sm, 0.0f)), vc(n, 0);
+  const QuantTable sm(dynamic_map(true)), um(dynamic_map(false));
+  std::vector<uint8_t> mc(n, sm.quantize(0.0f)), vc(n, 0);
   std::vector<float> ma(blocks, 0.0f), va(blocks, 0.0f), g32(n), g8(n);
   AdamWHyper h;
   h.lr = 1e-2f, h.beta1 = 0.9f, h.beta2 = 0.999f, h.weight_decay = 0.01f;
