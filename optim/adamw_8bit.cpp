@@ -14,7 +14,7 @@ void AdamW8bit::declare(MemoryPlan& plan, const std::vector<ParamRef>& params,
                         const OptimizerConfig& config, std::vector<Slots>& slots) {
   for (const ParamRef& p : params) {
     Slots s{};
-    s.quantized = p.n >= config.min_8bit_size;
+    s.quantized = p.quantize && p.n >= config.min_8bit_size;
     const DType t = s.quantized ? DType::U8 : DType::F32;
     s.m = plan.add("exp_avg." + p.name, t, {p.n});
     s.v = plan.add("exp_avg_sq." + p.name, t, {p.n});
@@ -47,9 +47,7 @@ AdamW8bit::AdamW8bit(std::vector<ParamRef> params, const OptimizerConfig& config
   }
 }
 
-size_t AdamW8bit::plan_bytes(const OptimizerConfig& config, const std::vector<int64_t>& sizes) {
-  std::vector<ParamRef> params;
-  for (int64_t n : sizes) params.push_back({"", nullptr, nullptr, n, false});
+size_t AdamW8bit::plan_bytes(const OptimizerConfig& config, const std::vector<ParamRef>& params) {
   MemoryPlan plan("optimizer state");
   std::vector<Slots> slots;
   declare(plan, params, config, slots);

@@ -2,7 +2,8 @@
 // al., bitsandbytes' AdamW8bit): per tensor, codes for m (signed dynamic map) and v (unsigned) and
 // one fp32 absmax per block of config.block_size elements. The blocks are cut from each tensor
 // the optimizer is given, so under ZeRO they never cross a shard. Tensors under
-// config.min_8bit_size elements keep fp32 moments. The maps are built on every rank (replicated).
+// config.min_8bit_size elements, or not marked ParamRef::quantize, keep fp32 moments. The maps are
+// built on every rank (replicated).
 #pragma once
 
 #include <string>
@@ -17,7 +18,7 @@ namespace keel::optim {
 class AdamW8bit final : public Optimizer {
  public:
   AdamW8bit(std::vector<ParamRef> params, const OptimizerConfig& config);
-  static size_t plan_bytes(const OptimizerConfig& config, const std::vector<int64_t>& sizes);
+  static size_t plan_bytes(const OptimizerConfig& config, const std::vector<ParamRef>& params);
 
   void step(double lr, double grad_scale) override;
   // Quantized tensors: exp_avg and exp_avg_sq as codes, exp_avg_absmax and exp_avg_sq_absmax per

@@ -13,8 +13,10 @@ std::unique_ptr<Optimizer> make_optimizer(std::vector<ParamRef> params,
   KEEL_FAIL("optimizer.type '{}' is not one of adamw, adamw_8bit", config.type);
 }
 
-size_t optimizer_plan_bytes(const OptimizerConfig& config, const std::vector<int64_t>& sizes) {
-  if (config.type == "adamw_8bit") return AdamW8bit::plan_bytes(config, sizes);
+size_t optimizer_plan_bytes(const OptimizerConfig& config, const std::vector<ParamRef>& params) {
+  if (config.type == "adamw_8bit") return AdamW8bit::plan_bytes(config, params);
+  std::vector<int64_t> sizes;
+  for (const ParamRef& p : params) sizes.push_back(p.n);
   return AdamW::plan_bytes(sizes);
 }
 

@@ -17,6 +17,7 @@ struct ParamRef {
   const float* grad;
   int64_t n;
   bool weight_decay;
+  bool quantize = true;  // an 8-bit optimizer may quantize its state (see min_8bit_size)
 };
 
 struct OptimizerConfig {
@@ -56,7 +57,7 @@ class Optimizer {
 
 std::unique_ptr<Optimizer> make_optimizer(std::vector<ParamRef> params,
                                           const OptimizerConfig& config);
-// state_bytes() of that optimizer over tensors of these sizes, without allocating.
-size_t optimizer_plan_bytes(const OptimizerConfig& config, const std::vector<int64_t>& sizes);
+// state_bytes() of that optimizer over these tensors (value and grad unused), without allocating.
+size_t optimizer_plan_bytes(const OptimizerConfig& config, const std::vector<ParamRef>& params);
 
 }  // namespace keel::optim

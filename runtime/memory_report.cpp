@@ -26,6 +26,8 @@ RankMemory account(const LlamaModel& model, const parallel::ZeroBytes& zero, siz
   return m;
 }
 
+bool quantize_state(const std::string& param) { return param != "model.embed_tokens.weight"; }
+
 optim::OptimizerConfig optimizer_config(const Config& config) {
   const TrainingConfig& t = config.training;
   optim::OptimizerConfig o;
@@ -42,17 +44,24 @@ RankMemory plan_rank_memory(const Config& config, int dp) {
   const int stage = static_cast<int>(config.parallel.zero_stage);
   const LlamaModel model(config.model, t.per_device_train_batch_size, config.data.seq_length,
                          t.gradient_checkpointing, ModelHolds{stage < 3, stage < 2, false});
-  std::vector<int64_t> sizes;
+  // The tensors the optimizer will hold: whole parameters, or this rank's shards (unit by unit).
+  std::vector<optim::ParamRef> tensors;
+  auto add = [&](const std::string& name, int64_t n) {
+    tensors.push_back({name, nullptr, nullptr, n, false, quantize_state(name)});
+  };
   parallel::ZeroBytes z;
   if (stage == 0) {
-    for (const Parameter& p : model.parameters()) sizes.push_back(p.global_shape.numel());
+    for (const Parameter& p : model.parameters()) add(p.name, p.global_shape.numel());
   } else {
     z = parallel::Zero::plan(model.units(), stage, dp, model.live_units());
-    sizes = parallel::Zero::shard_elems(model.units(), dp);
+    const std::vector<int64_t> elems = parallel::Zero::shard_elems(model.units(), dp);
+    size_t i = 0;
+    for (const parallel::ZeroUnit& u : model.units())
+      for (const parallel::ZeroParamSpec& p : u.params) add(p.name, elems[i++]);
   }
   MemoryPlan batch("batch");
   declare_batch(batch, t, config.data.seq_length);
-  return account(model, z, optim::optimizer_plan_bytes(optimizer_config(config), sizes),
+  return account(model, z, optim::optimizer_plan_bytes(optimizer_config(config), tensors),
                  batch.bytes());
 }
 

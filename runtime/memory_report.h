@@ -34,6 +34,12 @@ BatchSlots declare_batch(MemoryPlan& plan, const TrainingConfig& t, int64_t seq_
 RankMemory account(const LlamaModel& model, const parallel::ZeroBytes& zero, size_t optimizer_bytes,
                    size_t batch_bytes);
 
+// Whether an 8-bit optimizer may quantize a parameter's state: every one but the token embedding,
+// which keeps fp32 moments as Hugging Face's Trainer keeps them for bitsandbytes' 8-bit optimizers
+// (in blocks shared with frequent tokens, a rare token's second moment rounds to zero and its
+// update to m / eps).
+bool quantize_state(const std::string& param);
+
 // The optimizer keel::optim builds for this config (optimizer.* and the training.adam_* keys).
 optim::OptimizerConfig optimizer_config(const Config& config);
 

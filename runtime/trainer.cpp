@@ -119,7 +119,8 @@ void Trainer::build() {
   if (stage == 0) {
     model_->init_weights(t.seed);
     for (Parameter& p : model_->parameters())
-      refs.push_back({p.name, p.value.f32(), p.grad.f32(), p.value.numel(), p.weight_decay});
+      refs.push_back({p.name, p.value.f32(), p.grad.f32(), p.value.numel(), p.weight_decay,
+                      quantize_state(p.name)});
   } else {
     refs = build_zero();
   }
@@ -193,7 +194,8 @@ std::vector<optim::ParamRef> Trainer::build_zero() {
   std::vector<optim::ParamRef> refs;
   for (const parallel::ZeroShardRef& s : zero_->shards())
     refs.push_back({s.spec->name, s.master, s.grad, s.elems,
-                    model_->parameter_by_name(s.spec->name).weight_decay});
+                    model_->parameter_by_name(s.spec->name).weight_decay,
+                    quantize_state(s.spec->name)});
   return refs;
 }
 

@@ -6,6 +6,7 @@
 // is the same set of sequences whatever the number of ranks, micro-batch size and accumulation.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <ostream>
 
@@ -18,6 +19,7 @@
 #include "runtime/evaluate.h"
 #include "runtime/llama.h"
 #include "runtime/metrics.h"
+#include "runtime/quantized_state.h"
 
 namespace keel::runtime {
 
@@ -68,8 +70,21 @@ class Trainer {
   Config check_checkpoint(const std::string& dir, const CheckpointInfo& info) const;
   // Loads a checkpoint that check_checkpoint accepted (saved: its config).
   void restore(const std::string& dir, const CheckpointInfo& info, const Config& saved);
-  // This rank's training state (weights or master shards, AdamW moments) as checkpoint pieces.
+  // Each tensor this rank's optimizer steps: a whole parameter (no ZeRO) or this rank's shard.
+  struct TensorSlot {
+    std::string name;
+    int64_t rows, cols;  // the parameter's global shape
+    parallel::ShardRect rect;
+    size_t index;  // in the optimizer's list
+    float* value;  // weights or fp32 master shard
+    int64_t elems;
+  };
+  void for_each_tensor(const std::function<void(const TensorSlot&)>& f);
+  // This rank's training state (weights or master shards, optimizer state) as checkpoint pieces.
   std::vector<StatePiece> state_pieces();
+  // Restores a checkpoint whose 8-bit state was quantized in other blocks (saved).
+  void restore_requantized(const std::string& dir, const CheckpointInfo& info,
+                           const QuantizedLayout& saved);
 
   std::unique_ptr<OwnGrid> own_;
   parallel::ProcessGrid& grid_;

@@ -1,10 +1,13 @@
 // Saving and resuming the Trainer (runtime/trainer.h) through runtime/checkpoint.h: which state
 // each rank writes, how the ranks agree that a save worked, and what a resume restores.
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <sstream>
 
+#include "kernels/quantize.h"
 #include "runtime/checkpoint.h"
+#include "runtime/quantized_state.h"
 #include "runtime/trainer.h"
 
 namespace keel::runtime {
@@ -35,38 +38,78 @@ std::string attempt(F&& f) {
 
 }  // namespace
 
+void Trainer::for_each_tensor(const std::function<void(const TensorSlot&)>& f) {
+  if (!zero_) {  // every rank holds every parameter whole
+    std::vector<Parameter>& params = model_->parameters();
+    for (size_t i = 0; i < params.size(); ++i) {
+      const int64_t rows = params[i].global_shape[0], cols = params[i].value.numel() / rows;
+      f({params[i].name,
+         rows,
+         cols,
+         {0, 0, rows, cols, cols},
+         i,
+         params[i].value.f32(),
+         params[i].value.numel()});
+    }
+    return;
+  }
+  const std::vector<parallel::ZeroShardRef> shards = zero_->shards();
+  for (size_t i = 0; i < shards.size(); ++i)
+    f({shards[i].spec->name, shards[i].spec->rows, shards[i].spec->cols, shards[i].rect, i,
+       shards[i].master, shards[i].elems});
+}
+
 std::vector<StatePiece> Trainer::state_pieces() {
   std::vector<StatePiece> out;
   // Per-block state (8-bit absmax) belongs to this rank's shard: the global tensor stacks the
   // shards' blocks, (shards × blocks) × 1, and this rank holds its rows.
   const int ranks = zero_ ? grid_.dp().size() : 1, rank = zero_ ? grid_.dp().rank() : 0;
-  auto add = [&](const std::string& param, int64_t rows, int64_t cols, parallel::ShardRect rect,
-                 size_t i, float* value, int64_t elems) {
-    out.push_back({param, rows, cols, rect, value, elems});
-    for (const optim::StateTensor& s : optimizer_->state(i)) {
-      const std::string name = optimizer_state_name(s.name, param);
+  for_each_tensor([&](const TensorSlot& t) {
+    out.push_back({t.name, t.rows, t.cols, t.rect, t.value, t.elems});
+    for (const optim::StateTensor& s : optimizer_->state(t.index)) {
+      const std::string name = optimizer_state_name(s.name, t.name);
       if (s.per_block) {
         out.push_back(
             {name, ranks * s.elems, 1, {rank * s.elems, 0, s.elems, 1, 1}, s.data, s.elems});
       } else {
-        out.push_back({name, rows, cols, rect, s.data, elems, s.bytes});
+        out.push_back({name, t.rows, t.cols, t.rect, s.data, t.elems, s.bytes});
       }
     }
-  };
-  if (!zero_) {  // every rank holds every parameter whole
-    std::vector<Parameter>& params = model_->parameters();
-    for (size_t i = 0; i < params.size(); ++i) {
-      const int64_t rows = params[i].global_shape[0], cols = params[i].value.numel() / rows;
-      add(params[i].name, rows, cols, {0, 0, rows, cols, cols}, i, params[i].value.f32(),
-          params[i].value.numel());
-    }
-  } else {
-    const std::vector<parallel::ZeroShardRef> shards = zero_->shards();
-    for (size_t i = 0; i < shards.size(); ++i)
-      add(shards[i].spec->name, shards[i].spec->rows, shards[i].spec->cols, shards[i].rect, i,
-          shards[i].master, shards[i].elems);
-  }
+  });
   return out;
+}
+
+void Trainer::restore_requantized(const std::string& dir, const CheckpointInfo& info,
+                                  const QuantizedLayout& saved) {
+  std::vector<StatePiece> params;
+  for_each_tensor([&](const TensorSlot& t) {
+    params.push_back({t.name, t.rows, t.cols, t.rect, t.value, t.elems});
+  });
+  read_state(dir, info, params);
+  const kernels::cpu::QuantTable signed_map(kernels::cpu::dynamic_map(true));
+  const kernels::cpu::QuantTable unsigned_map(kernels::cpu::dynamic_map(false));
+  std::vector<float> values;
+  for_each_tensor([&](const TensorSlot& t) {
+    const std::vector<optim::StateTensor> state = optimizer_->state(t.index);
+    for (const optim::StateTensor& s : state) {
+      if (s.per_block) continue;
+      values.resize(static_cast<size_t>(t.elems));
+      read_moment_f32(dir, info, saved, t.name, t.rows, t.cols, t.rect, s.name, values.data(),
+                      t.elems);
+      if (!s.bytes) {
+        std::copy(values.begin(), values.end(), s.data);
+        continue;
+      }
+      // This run's blocks: the codes and the absmax beside them.
+      const auto absmax = std::find_if(state.begin(), state.end(), [&](const auto& a) {
+        return a.per_block && a.name == s.name + "_absmax";
+      });
+      KEEL_CHECK(absmax != state.end(), "no absmax for the 8-bit state '{}' of {}", s.name, t.name);
+      kernels::cpu::quantize_blockwise(s.bytes, absmax->data, values.data(), t.elems,
+                                       config_.optimizer.block_size,
+                                       s.name == "exp_avg" ? signed_map : unsigned_map);
+    }
+  });
 }
 
 std::string Trainer::save_checkpoint() {
@@ -125,18 +168,6 @@ Config Trainer::check_checkpoint(const std::string& dir, const CheckpointInfo& i
   KEEL_CHECK(info.optimizer == config_.optimizer.type,
              "checkpoint {} holds '{}' optimizer state but optimizer.type is '{}'", dir,
              info.optimizer, config_.optimizer.type);
-  // 8-bit state is quantized in blocks of each rank's shard: it resumes on the same shards only.
-  const int saved_shards = info.zero_stage > 0 ? info.data_parallel_size : 1;
-  const int shards = config_.parallel.zero_stage > 0 ? grid_.dp().size() : 1;
-  KEEL_CHECK(
-      config_.optimizer.type != "adamw_8bit" ||
-          (saved_shards == shards && saved.optimizer.block_size == config_.optimizer.block_size &&
-           saved.optimizer.min_8bit_size == config_.optimizer.min_8bit_size),
-      "checkpoint {} holds 8-bit optimizer state quantized in blocks of {} over {} shard(s) "
-      "per parameter; this run would cut {} shard(s) into blocks of {}. Resume it with the "
-      "same data-parallel size (under ZeRO 1-3) and the same optimizer.block_size and "
-      "optimizer.min_8bit_size (resharding 8-bit state is not built yet)",
-      dir, saved.optimizer.block_size, saved_shards, shards, config_.optimizer.block_size);
   return saved;
 }
 
@@ -147,7 +178,16 @@ void Trainer::load_checkpoint(const std::string& dir) {
 
 void Trainer::restore(const std::string& dir, const CheckpointInfo& info, const Config& saved) {
   const auto t0 = Clock::now();
-  read_state(dir, info, state_pieces());
+  // 8-bit state in the blocks it was saved in comes back exactly; in other blocks (another
+  // DP size or block setting) it is dequantized and requantized in this run's.
+  const QuantizedLayout before = quantized_layout(saved, info.data_parallel_size);
+  const bool requantize = config_.optimizer.type == "adamw_8bit" &&
+                          !(before == quantized_layout(config_, grid_.dp().size()));
+  if (requantize) {
+    restore_requantized(dir, info, before);
+  } else {
+    read_state(dir, info, state_pieces());
+  }
   optimizer_->set_steps_taken(info.step);
   step_ = info.step;
   samples_ = info.samples_consumed;

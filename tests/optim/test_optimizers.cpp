@@ -45,12 +45,17 @@ TEST(AdamW8bitState, QuantizesLargeTensorsAndCountsItsBytes) {
       EXPECT_EQ(s[3].elems, (sizes[i] + 255) / 256);
     }
   }
-  EXPECT_EQ(opt.state_bytes(), optimizer_plan_bytes(c, sizes));
+  EXPECT_EQ(opt.state_bytes(), optimizer_plan_bytes(c, t.refs));
   // Every buffer starts on a 64-byte boundary: at most 63 bytes of padding each.
   EXPECT_GE(static_cast<double>(opt.state_bytes()), want);
   EXPECT_LE(static_cast<double>(opt.state_bytes()), want + 63.0 * 14);
   // The largest tensor alone: 2.03 bytes per parameter, a quarter of AdamW's 8 (plus 1/32).
-  EXPECT_NEAR(AdamW8bit::plan_bytes(c, {1 << 20}) / double(1 << 20), 2.03125, 1e-4);
+  const Tensors big({1 << 20});
+  EXPECT_NEAR(AdamW8bit::plan_bytes(c, big.refs) / double(1 << 20), 2.03125, 1e-4);
+  // A tensor not marked for quantization keeps fp32 moments whatever its size.
+  Tensors kept({1 << 20});
+  kept.refs[0].quantize = false;
+  EXPECT_EQ(AdamW8bit::plan_bytes(c, kept.refs), size_t{8} << 20);
   EXPECT_EQ(AdamW::plan_bytes({1 << 20}), size_t{8} << 20);
 }
 
