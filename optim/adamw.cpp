@@ -34,14 +34,7 @@ std::vector<StateTensor> AdamW::state(size_t i) {
 }
 
 void AdamW::step(double lr, double grad_scale) {
-  ++t_;
-  kernels::cpu::AdamWHyper h;
-  h.lr = static_cast<float>(lr);
-  h.beta1 = static_cast<float>(config_.beta1);
-  h.beta2 = static_cast<float>(config_.beta2);
-  h.eps = static_cast<float>(config_.eps);
-  h.step = t_;
-  h.grad_scale = static_cast<float>(grad_scale);
+  kernels::cpu::AdamWHyper h = adamw_hyper(config_, lr, grad_scale, ++t_);
   for (size_t i = 0; i < params_.size(); ++i) {
     const ParamRef& p = params_[i];
     h.weight_decay = p.weight_decay ? static_cast<float>(config_.weight_decay) : 0.0f;

@@ -6,6 +6,18 @@
 
 namespace keel::optim {
 
+kernels::cpu::AdamWHyper adamw_hyper(const OptimizerConfig& config, double lr, double grad_scale,
+                                     int64_t step) {
+  kernels::cpu::AdamWHyper h;
+  h.lr = static_cast<float>(lr);
+  h.beta1 = static_cast<float>(config.beta1);
+  h.beta2 = static_cast<float>(config.beta2);
+  h.eps = static_cast<float>(config.eps);
+  h.step = step;
+  h.grad_scale = static_cast<float>(grad_scale);
+  return h;
+}
+
 std::unique_ptr<Optimizer> make_optimizer(std::vector<ParamRef> params,
                                           const OptimizerConfig& config) {
   if (config.type == "adamw") return std::make_unique<AdamW>(std::move(params), config);

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/adamw.h"
+
 namespace keel::optim {
 
 // One tensor the optimizer updates: n floats of value and gradient.
@@ -54,6 +56,11 @@ class Optimizer {
  protected:
   int64_t t_ = 0;
 };
+
+// The AdamW kernels' hyper-parameters for a step (step: the 1-based count including it);
+// weight_decay is left 0 for the caller to set per tensor (ParamRef::weight_decay).
+kernels::cpu::AdamWHyper adamw_hyper(const OptimizerConfig& config, double lr, double grad_scale,
+                                     int64_t step);
 
 std::unique_ptr<Optimizer> make_optimizer(std::vector<ParamRef> params,
                                           const OptimizerConfig& config);
