@@ -278,15 +278,19 @@ void import_hf(const std::string& hf_dir, const std::string& out_dir,
   const CheckpointStore store(out_dir + "/checkpoints");
   store.begin(0);
   write_state_file(store.staging(0) + "/" + state_file_name(0), pieces);
+  // The moments written are fp32 AdamW's (zero); a run with optimizer.type adamw_8bit
+  // quantizes them when it resumes.
+  Config stored = config;
+  stored.optimizer.type = "adamw";
   CheckpointInfo info;
   info.seed = config.training.seed;
-  info.optimizer = config.optimizer.type;
-  info.config_yaml = config_to_yaml(config);
+  info.optimizer = stored.optimizer.type;
+  info.config_yaml = config_to_yaml(stored);
   info.files = {state_file_name(0)};
   for (const StatePiece& p : pieces) info.shapes[p.name] = {p.rows, p.cols};
   write_checkpoint_info(store.staging(0), info);
   const std::string ckpt = store.commit(0, 0);
-  write_text_durably(out_dir + "/config.yaml", info.config_yaml);
+  write_text_durably(out_dir + "/config.yaml", config_to_yaml(config));
   log << "keel: imported " << hf_dir << " (" << layout.parameters().size() << " tensors, tokenizer "
       << (has_tokenizer ? "tokenizer.json" : "bytes (the directory has no tokenizer.json)")
       << ") as " << ckpt << "; train it with: keel train " << out_dir << "/config.yaml\n";

@@ -1,5 +1,6 @@
 #include "runtime/quantized_state.h"
 
+#include <limits>
 #include <vector>
 
 #include "kernels/error.h"
@@ -9,8 +10,12 @@
 namespace keel::runtime {
 
 QuantizedLayout quantized_layout(const Config& config, int data_parallel_size) {
+  // fp32 AdamW quantizes nothing: as if every tensor were under min_8bit_size.
+  const int64_t min_8bit = config.optimizer.type == "adamw_8bit"
+                               ? config.optimizer.min_8bit_size
+                               : std::numeric_limits<int64_t>::max();
   return {config.parallel.zero_stage > 0 ? data_parallel_size : 1, config.optimizer.block_size,
-          config.optimizer.min_8bit_size};
+          min_8bit};
 }
 
 void read_moment_f32(const std::string& dir, const CheckpointInfo& info,

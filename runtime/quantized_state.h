@@ -14,7 +14,8 @@
 namespace keel::runtime {
 
 // The blocks a run cut optimizer state into: shards per parameter (the DP size under ZeRO 1-3,
-// else 1), optimizer.block_size and optimizer.min_8bit_size.
+// else 1), optimizer.block_size and optimizer.min_8bit_size (the largest int64 for fp32 AdamW,
+// which quantizes nothing).
 struct QuantizedLayout {
   int shards = 1;
   int64_t block_size = 256;
@@ -25,8 +26,8 @@ QuantizedLayout quantized_layout(const Config& config, int data_parallel_size);
 
 // The moment `moment` ("exp_avg" or "exp_avg_sq") of parameter `param` (rows × cols) as fp32,
 // for the rectangle rect, into out (elems floats, rect.ld per row; padding zeroed), from
-// checkpoint dir written under `saved` (an adamw_8bit run): dequantized from its codes and
-// absmax where the saving run quantized that shard, read as stored where it kept fp32.
+// checkpoint dir written under `saved` (an adamw or adamw_8bit run): dequantized from its codes
+// and absmax where the saving run quantized that shard, read as stored where it kept fp32.
 void read_moment_f32(const std::string& dir, const CheckpointInfo& info,
                      const QuantizedLayout& saved, const std::string& param, int64_t rows,
                      int64_t cols, const parallel::ShardRect& rect, const std::string& moment,

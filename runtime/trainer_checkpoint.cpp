@@ -165,7 +165,10 @@ Config Trainer::check_checkpoint(const std::string& dir, const CheckpointInfo& i
              "with, or start afresh (--set training.resume_from_checkpoint=none, or another "
              "training.output_dir)",
              dir, changes.str());
-  KEEL_CHECK(info.optimizer == config_.optimizer.type,
+  // AdamW's moments in fp32 or 8 bits are the same state: either resumes the other.
+  auto adamw = [](const std::string& type) { return type == "adamw" || type == "adamw_8bit"; };
+  KEEL_CHECK(info.optimizer == config_.optimizer.type ||
+                 (adamw(info.optimizer) && adamw(config_.optimizer.type)),
              "checkpoint {} holds '{}' optimizer state but optimizer.type is '{}'", dir,
              info.optimizer, config_.optimizer.type);
   return saved;
@@ -179,10 +182,12 @@ void Trainer::load_checkpoint(const std::string& dir) {
 void Trainer::restore(const std::string& dir, const CheckpointInfo& info, const Config& saved) {
   const auto t0 = Clock::now();
   // 8-bit state in the blocks it was saved in comes back exactly; in other blocks (another
-  // DP size or block setting) it is dequantized and requantized in this run's.
+  // DP size or block setting), or saved by fp32 AdamW for this 8-bit run or the other way
+  // round, each moment is read as fp32 and stored as this run keeps it.
   const QuantizedLayout before = quantized_layout(saved, info.data_parallel_size);
-  const bool requantize = config_.optimizer.type == "adamw_8bit" &&
-                          !(before == quantized_layout(config_, grid_.dp().size()));
+  const bool requantize =
+      (config_.optimizer.type == "adamw_8bit" || info.optimizer == "adamw_8bit") &&
+      !(before == quantized_layout(config_, grid_.dp().size()));
   if (requantize) {
     restore_requantized(dir, info, before);
   } else {

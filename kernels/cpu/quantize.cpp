@@ -57,13 +57,19 @@ QuantBounds midpoints(const QuantMap& map) {
   return b;
 }
 
-uint8_t quantize_value(const QuantMap& map, float x) {
-  const QuantBounds bounds = midpoints(map);
+namespace {
+
+// The number of midpoints below x, by eight halvings.
+uint8_t search(const QuantBounds& bounds, float x) {
   int i = 0;
   for (int step = 128; step > 0; step >>= 1)
     i += x > bounds[static_cast<size_t>(i + step - 1)] ? step : 0;
   return static_cast<uint8_t>(i);
 }
+
+}  // namespace
+
+uint8_t quantize_value(const QuantMap& map, float x) { return search(midpoints(map), x); }
 
 QuantTable::QuantTable(const QuantMap& map)
     : map_(map), bounds_(midpoints(map)), lut_(size_t{1} << (32 - kShift)) {
@@ -75,9 +81,9 @@ QuantTable::QuantTable(const QuantMap& map)
     const float lo = std::bit_cast<float>((k << kShift) | (negative ? low : 0));
     const float hi = std::bit_cast<float>((k << kShift) | (negative ? 0 : low));
     if (std::isnan(lo) || std::isnan(hi)) continue;  // NaN buckets: any code
-    const uint8_t c = quantize_value(map, lo);
+    const uint8_t c = search(bounds_, lo);
     lut_[k] = c;
-    KEEL_CHECK(quantize_value(map, hi) <= c + 1,
+    KEEL_CHECK(search(bounds_, hi) <= c + 1,
                "quantization table: more than one midpoint between {} and {}", lo, hi);
   }
 }
