@@ -1,6 +1,7 @@
 #include "optim/optimizer.h"
 
 #include "kernels/error.h"
+#include "optim/adafactor.h"
 #include "optim/adamw.h"
 #include "optim/adamw_8bit.h"
 
@@ -22,11 +23,13 @@ std::unique_ptr<Optimizer> make_optimizer(std::vector<ParamRef> params,
                                           const OptimizerConfig& config) {
   if (config.type == "adamw") return std::make_unique<AdamW>(std::move(params), config);
   if (config.type == "adamw_8bit") return std::make_unique<AdamW8bit>(std::move(params), config);
-  KEEL_FAIL("optimizer.type '{}' is not one of adamw, adamw_8bit", config.type);
+  if (config.type == "adafactor") return std::make_unique<Adafactor>(std::move(params), config);
+  KEEL_FAIL("optimizer.type '{}' is not one of adamw, adamw_8bit, adafactor", config.type);
 }
 
 size_t optimizer_plan_bytes(const OptimizerConfig& config, const std::vector<ParamRef>& params) {
   if (config.type == "adamw_8bit") return AdamW8bit::plan_bytes(config, params);
+  if (config.type == "adafactor") return Adafactor::plan_bytes(config, params);
   std::vector<int64_t> sizes;
   for (const ParamRef& p : params) sizes.push_back(p.n);
   return AdamW::plan_bytes(sizes);

@@ -19,25 +19,29 @@ struct ParamRef {
   const float* grad;
   int64_t n;
   bool weight_decay;
-  bool quantize = true;  // an 8-bit optimizer may quantize its state (see min_8bit_size)
+  bool quantize = true;        // an 8-bit optimizer may quantize its state (see min_8bit_size)
+  int64_t rows = 0, cols = 0;  // a whole matrix's shape (Adafactor factors it); 0 otherwise
 };
 
 struct OptimizerConfig {
-  std::string type = "adamw";  // adamw | adamw_8bit
+  std::string type = "adamw";  // adamw | adamw_8bit | adafactor
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;
   int64_t block_size = 256;      // adamw_8bit: elements per quantization block
   int64_t min_8bit_size = 4096;  // adamw_8bit: smaller tensors keep fp32 moments
+  // adafactor (kernels/adafactor.h): beta1 0 keeps no first moment.
+  bool relative_step = false, scale_parameter = false, warmup_init = false;
+  double decay_rate = -0.8, clip_threshold = 1.0, adafactor_beta1 = 0.0;
 };
 
 // One tensor of a parameter's optimizer state, for checkpoints: either element-wise (one value
-// per element of the tensor, as floats at data or as 8-bit codes at bytes) or one float per
-// quantization block (its absmax).
+// per element of the tensor, as floats at data or as 8-bit codes at bytes) or a vector of the
+// tensor's own (8-bit absmax per block; Adafactor's row and column means).
 struct StateTensor {
-  std::string name;  // "exp_avg", "exp_avg_absmax", ...
+  std::string name;  // "exp_avg", "exp_avg_absmax", "exp_avg_sq_row", ...
   float* data = nullptr;
   uint8_t* bytes = nullptr;
   int64_t elems = 0;
-  bool per_block = false;
+  bool per_block = false;  // the vector kind
 };
 
 class Optimizer {

@@ -35,6 +35,7 @@ constexpr Range at_least(double lo) { return {lo, false, kInf, false}; }
 constexpr Range above(double lo) { return {lo, true, kInf, false}; }
 constexpr Range closed(double lo, double hi) { return {lo, false, hi, false}; }
 constexpr Range half_open(double lo, double hi) { return {lo, false, hi, true}; }
+constexpr Range below(double hi) { return {-kInf, false, hi, true}; }
 constexpr Range any_value() { return {}; }
 
 struct Field {
@@ -93,6 +94,12 @@ inline constexpr auto kFields = std::to_array<Field>({
     KEEL_CONFIG_FIELD(optimizer, type, any_value()),
     KEEL_CONFIG_FIELD(optimizer, block_size, closed(64, 4096)),
     KEEL_CONFIG_FIELD(optimizer, min_8bit_size, at_least(0)),
+    KEEL_CONFIG_FIELD(optimizer, relative_step, any_value()),
+    KEEL_CONFIG_FIELD(optimizer, scale_parameter, any_value()),
+    KEEL_CONFIG_FIELD(optimizer, warmup_init, any_value()),
+    KEEL_CONFIG_FIELD(optimizer, decay_rate, below(0)),
+    KEEL_CONFIG_FIELD(optimizer, clip_threshold, above(0)),
+    KEEL_CONFIG_FIELD(optimizer, adafactor_beta1, half_open(0, 1)),
     KEEL_CONFIG_FIELD(parallel, zero_stage, closed(0, 3)),
     KEEL_CONFIG_FIELD(parallel, overlap_comm, any_value()),
     KEEL_CONFIG_FIELD(parallel, tensor_model_parallel_size, at_least(1)),

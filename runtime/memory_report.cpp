@@ -36,6 +36,12 @@ optim::OptimizerConfig optimizer_config(const Config& config) {
   o.weight_decay = t.weight_decay;
   o.block_size = config.optimizer.block_size;
   o.min_8bit_size = config.optimizer.min_8bit_size;
+  o.relative_step = config.optimizer.relative_step;
+  o.scale_parameter = config.optimizer.scale_parameter;
+  o.warmup_init = config.optimizer.warmup_init;
+  o.decay_rate = config.optimizer.decay_rate;
+  o.clip_threshold = config.optimizer.clip_threshold;
+  o.adafactor_beta1 = config.optimizer.adafactor_beta1;
   return o;
 }
 
@@ -51,7 +57,11 @@ RankMemory plan_rank_memory(const Config& config, int dp) {
   };
   parallel::ZeroBytes z;
   if (stage == 0) {
-    for (const Parameter& p : model.parameters()) add(p.name, p.global_shape.numel());
+    for (const Parameter& p : model.parameters()) {
+      add(p.name, p.global_shape.numel());
+      if (p.global_shape.rank() == 2)
+        tensors.back().rows = p.global_shape[0], tensors.back().cols = p.global_shape[1];
+    }
   } else {
     z = parallel::Zero::plan(model.units(), stage, dp, model.live_units());
     const std::vector<int64_t> elems = parallel::Zero::shard_elems(model.units(), dp);

@@ -118,9 +118,12 @@ void Trainer::build() {
   std::vector<optim::ParamRef> refs;
   if (stage == 0) {
     model_->init_weights(t.seed);
-    for (Parameter& p : model_->parameters())
+    for (Parameter& p : model_->parameters()) {
       refs.push_back({p.name, p.value.f32(), p.grad.f32(), p.value.numel(), p.weight_decay,
                       quantize_state(p.name)});
+      if (p.global_shape.rank() == 2)  // a whole matrix (Adafactor factors it)
+        refs.back().rows = p.global_shape[0], refs.back().cols = p.global_shape[1];
+    }
   } else {
     refs = build_zero();
   }

@@ -54,7 +54,7 @@ TEST_F(Cli, ResumeIsBitExact) {
     std::string optimizer;
   };
   // 8-bit AdamW: the codes and absmax of every block come back exactly.
-  std::vector<Case> cases = {{1, 4, 0, "adamw"}, {1, 4, 0, "adamw_8bit"}};
+  std::vector<Case> cases = {{1, 4, 0, "adamw"}, {1, 4, 0, "adamw_8bit"}, {1, 4, 0, "adafactor"}};
   if (have_mpi())
     cases.insert(
         cases.end(),

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/error.h"
+#include "optim/adafactor.h"
 #include "optim/adamw.h"
 #include "optim/adamw_8bit.h"
 
@@ -75,6 +76,30 @@ TEST(AdamW8bitState, FreshMomentsDequantizeToZeroAndAStepMovesEveryTensor) {
   // The first AdamW step moves every element by lr (the gradient's sign), decay aside.
   for (size_t i = 0; i < 2; ++i)
     for (float v : t.values[i]) EXPECT_NEAR(v, 0.5f * (1 - 1e-2f * 0.0f) - 1e-2f, 1e-5f);
+}
+
+TEST(AdafactorState, FactorsMatricesOnly) {
+  Tensors t({12 * 20, 20});
+  t.refs[0].rows = 12, t.refs[0].cols = 20;  // a matrix; the second stays a vector
+  OptimizerConfig c;
+  c.type = "adafactor";
+  auto names = [](const std::vector<StateTensor>& s) {
+    std::vector<std::string> out;
+    for (const StateTensor& x : s) out.push_back(x.name + (x.per_block ? "/vector" : ""));
+    return out;
+  };
+  {
+    const auto opt = make_optimizer(t.refs, c);
+    EXPECT_EQ(names(opt->state(0)),
+              (std::vector<std::string>{"exp_avg_sq_row/vector", "exp_avg_sq_col/vector"}));
+    EXPECT_EQ(names(opt->state(1)), (std::vector<std::string>{"exp_avg_sq"}));
+    EXPECT_EQ(opt->state_bytes(), optimizer_plan_bytes(c, t.refs));
+    EXPECT_LE(opt->state_bytes(), 4u * (12 + 20 + 20) + 3 * 63);  // rows + cols, and the vector
+  }
+  c.adafactor_beta1 = 0.9;
+  const auto with_m = make_optimizer(t.refs, c);
+  EXPECT_EQ(names(with_m->state(0)).back(), "exp_avg");
+  EXPECT_GE(with_m->state_bytes(), 4u * (12 + 20 + 20 + 240 + 20));
 }
 
 TEST(Optimizers, UnknownTypeIsAnError) {

@@ -32,7 +32,9 @@ const std::vector<std::string> kAllKeys = {
     "training.adam_beta1", "training.adam_beta2", "training.adam_epsilon", "training.seed",
     "training.logging_steps", "training.eval_steps", "training.report_to", "training.logging_dir", "training.save_steps", "training.save_total_limit",
     "training.exit_interval", "training.resume_from_checkpoint", "training.output_dir",
-    "training.gradient_checkpointing", "optimizer.type", "optimizer.block_size", "optimizer.min_8bit_size", "parallel.zero_stage",
+    "training.gradient_checkpointing", "optimizer.type", "optimizer.block_size", "optimizer.min_8bit_size",
+    "optimizer.relative_step", "optimizer.scale_parameter", "optimizer.warmup_init",
+    "optimizer.decay_rate", "optimizer.clip_threshold", "optimizer.adafactor_beta1", "parallel.zero_stage",
     "parallel.overlap_comm", "parallel.tensor_model_parallel_size",
     "parallel.pipeline_model_parallel_size", "parallel.expert_model_parallel_size"};
 // clang-format on
@@ -368,7 +370,8 @@ TEST(Config, UnknownKeyNamesItTheFileLineAndTheClosestKey) {
   // A far-off name still gets the closest key, and the list of valid keys.
   expect_mentions(parse_error("optimizer: {galore: 1}\n"),
                   {"'optimizer.galore'", "did you mean 'optimizer.type'?",
-                   "(valid: type, block_size, min_8bit_size)"});
+                   "(valid: type, block_size, min_8bit_size, relative_step, scale_parameter, "
+                   "warmup_init, decay_rate, clip_threshold, adafactor_beta1)"});
 }
 
 TEST(Config, UnknownSectionSuggestsTheClosest) {
@@ -473,8 +476,8 @@ TEST(Config, UnsupportedChoicesListWhatIsSupported) {
             "training.lr_scheduler_type is 'cosin'; schedulers supported in this build: linear, "
             "cosine, constant, constant_with_warmup; did you mean 'cosine'?");
   EXPECT_EQ(parse_error(kMinimalYaml, {"optimizer.type=adam"}),
-            "optimizer.type is 'adam'; optimizers supported in this build: adamw, adamw_8bit; did "
-            "you mean 'adamw'?");
+            "optimizer.type is 'adam'; optimizers supported in this build: adamw, adamw_8bit, "
+            "adafactor; did you mean 'adamw'?");
   EXPECT_EQ(parse_error(kMinimalYaml, {"data.tokenizer=bpe"}),
             "data.tokenizer is 'bpe'; set it to auto (the tokenizer.json of prepared data, bytes "
             "for text), bytes, or the path of a tokenizer.json");
