@@ -20,7 +20,7 @@ constexpr const char* kGenerateUsage =
     R"(usage: keel generate CKPT --prompt TEXT [options]
 
 Continues TEXT with the model of a checkpoint (a checkpoint directory, a run's checkpoints/ or
-the run directory: its latest), printing the tokens as they come. Decoding keeps a key/value
+the run directory: its latest checkpoint, else the model.safetensors it wrote at its end), printing the tokens as they come. Decoding keeps a key/value
 cache, so each new token costs one pass over the weights. The prompt starts with the tokenizer's
 BOS token; generation stops at its EOS token, after --max-new-tokens, or at the model's
 max_position_embeddings.
@@ -41,7 +41,7 @@ constexpr const char* kEvalUsage =
     R"(usage: keel eval CKPT [--data PATH] [--max-samples N] [--batch-size N]
 
 Prints the validation loss and perplexity of a checkpoint's model (a checkpoint directory, a
-run's checkpoints/ or the run directory: its latest): the mean cross-entropy over every
+run's checkpoints/ or the run directory: its latest checkpoint, else its model.safetensors): the mean cross-entropy over every
 validation sequence of data.seq_length tokens, in order.
 
 options:

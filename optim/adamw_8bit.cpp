@@ -70,6 +70,17 @@ std::vector<StateTensor> AdamW8bit::state(size_t i) {
           {"exp_avg_sq_absmax", state_[s.v_absmax].f32(), nullptr, blocks(i), true}};
 }
 
+void AdamW8bit::load_state(size_t i, const std::string& name, const float* values) {
+  const Slots& s = slots_[i];
+  if (!s.quantized) return Optimizer::load_state(i, name, values);
+  KEEL_CHECK(name == "exp_avg" || name == "exp_avg_sq",
+             "the 8-bit optimizer keeps no element-wise state '{}'", name);
+  const bool m = name == "exp_avg";
+  k::quantize_blockwise(state_[m ? s.m : s.v].data_as<uint8_t>(),
+                        state_[m ? s.m_absmax : s.v_absmax].f32(), values, params_[i].n,
+                        config_.block_size, m ? signed_ : unsigned_);
+}
+
 void AdamW8bit::step(double lr, double grad_scale) {
   k::AdamWHyper h = adamw_hyper(config_, lr, grad_scale, ++t_);
   for (size_t i = 0; i < params_.size(); ++i) {

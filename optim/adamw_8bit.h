@@ -24,6 +24,8 @@ class AdamW8bit final : public Optimizer {
   // Quantized tensors: exp_avg and exp_avg_sq as codes, exp_avg_absmax and exp_avg_sq_absmax per
   // block; the others exp_avg and exp_avg_sq in fp32.
   std::vector<StateTensor> state(size_t i) override;
+  // Quantized tensors: the values quantized in this optimizer's blocks (codes and absmax).
+  void load_state(size_t i, const std::string& name, const float* values) override;
   size_t state_bytes() const override { return state_.bytes(); }
   std::string describe_memory() const override { return state_.describe(); }
   bool quantized(size_t i) const { return slots_[i].quantized; }

@@ -1,11 +1,23 @@
 #include "optim/optimizer.h"
 
+#include <algorithm>
+
 #include "kernels/error.h"
 #include "optim/adafactor.h"
 #include "optim/adamw.h"
 #include "optim/adamw_8bit.h"
 
 namespace keel::optim {
+
+void Optimizer::load_state(size_t i, const std::string& name, const float* values) {
+  for (const StateTensor& s : state(i)) {
+    if (s.name != name || s.per_block) continue;
+    KEEL_CHECK(s.data, "optimizer state '{}' of tensor {} is not kept in fp32", name, i);
+    std::copy_n(values, s.elems, s.data);
+    return;
+  }
+  KEEL_FAIL("the optimizer keeps no element-wise state '{}' for tensor {}", name, i);
+}
 
 kernels::cpu::AdamWHyper adamw_hyper(const OptimizerConfig& config, double lr, double grad_scale,
                                      int64_t step) {

@@ -51,6 +51,9 @@ class Optimizer {
   virtual void step(double lr, double grad_scale) = 0;
   // The state of tensor i (in the order the tensors were given).
   virtual std::vector<StateTensor> state(size_t i) = 0;
+  // Sets the element-wise state `name` of tensor i from fp32 values (params[i].n of them), as
+  // another layout or optimizer saved it: copied, or quantized in this optimizer's blocks.
+  virtual void load_state(size_t i, const std::string& name, const float* values);
   virtual size_t state_bytes() const = 0;
   virtual std::string describe_memory() const = 0;
   int64_t steps_taken() const { return t_; }

@@ -328,6 +328,11 @@ std::vector<std::string> CheckpointStore::list() const {
   return out;
 }
 
+bool holds_checkpoint(const std::string& path) {
+  return fs::exists(path + "/" + kInfoFile) || fs::exists(path + "/" + kLatest) ||
+         fs::exists(path + "/checkpoints/" + kLatest);
+}
+
 std::string find_checkpoint(const std::string& spec, const std::string& output_dir) {
   if (spec == "none") return "";
   if (spec == "auto") return CheckpointStore(output_dir + "/checkpoints").latest();

@@ -93,5 +93,8 @@ class CheckpointStore {
 // path to a checkpoint directory, a store (its latest) or a run's output_dir, and an error when it
 // holds none.
 std::string find_checkpoint(const std::string& spec, const std::string& output_dir);
+// Whether path is a checkpoint directory, a store with `latest`, or a run directory whose store
+// has one: what find_checkpoint(path, path) resolves.
+bool holds_checkpoint(const std::string& path);
 
 }  // namespace keel::runtime

@@ -48,8 +48,7 @@ struct Generator::Slots {
 };
 
 Generator::Generator(const LlamaModel& model, int64_t max_positions)
-    : model_(model),
-      max_positions_(max_positions),
+    : max_positions_(max_positions),
       chunk_(std::min(max_positions, kChunk)),
       s_(std::make_unique<Slots>()) {
   const ModelConfig& m = model.config();

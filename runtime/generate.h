@@ -33,7 +33,6 @@ class Generator {
 
  private:
   void run_chunk(const int32_t* tokens, int64_t n);
-  const LlamaModel& model_;
   int64_t max_positions_, chunk_, length_ = 0;
   int64_t L_, H_, Hkv_, D_, C_, I_, V_;
   MemoryPlan plan_{"generation"};

@@ -43,13 +43,15 @@ void read_moment_f32(const std::string& dir, const CheckpointInfo& info,
                absmax.data(),
                all}});
   const kernels::cpu::QuantMap map = kernels::cpu::dynamic_map(moment == "exp_avg");
+  std::vector<parallel::ShardRect> saved_rects;
+  for (int k = 0; k < saved.shards; ++k) saved_rects.push_back(old.rect(0, k));
   std::fill(out, out + elems, 0.0f);
   for (int64_t r = 0; r < rect.rows; ++r) {
     for (int64_t c = 0; c < rect.cols; ++c) {
       const int64_t row = rect.row0 + r, col = rect.col0 + c;
       // The saving rank, and the element's place in its shard.
       const int k = static_cast<int>((shard.dim == 0 ? row : col) / shard.chunk);
-      const parallel::ShardRect o = old.rect(0, k);
+      const parallel::ShardRect& o = saved_rects[static_cast<size_t>(k)];
       const int64_t at = (row - o.row0) * o.ld + (col - o.col0);
       const int64_t here = r * rect.ld + c;
       out[here] = map[codes[static_cast<size_t>(here)]] *

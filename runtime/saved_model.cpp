@@ -27,11 +27,6 @@ ResolvedTokenizer saved_tokenizer(const std::string& asked, const fs::path& run_
   }
 }
 
-bool holds_checkpoint(const std::string& spec) {
-  return fs::exists(spec + "/meta.json") || fs::exists(spec + "/latest") ||
-         fs::exists(spec + "/checkpoints/latest");
-}
-
 }  // namespace
 
 SavedModel open_saved_model(const std::string& spec, const std::string& tokenizer) {
@@ -58,7 +53,6 @@ SavedModel open_saved_model(const std::string& spec, const std::string& tokenize
       const Shape s = file.get(name).shape();
       info.shapes[name] = {s[0], s.numel() / s[0]};
     }
-    info.step = config.training.max_steps;
     what = "the final weights of " + spec;
     run_dir = spec;
   }

@@ -17,7 +17,7 @@ struct SavedModel {
   std::string what;        // for messages: "step 12 of runs/x/checkpoints/step_00000012"
   std::string checkpoint;  // the checkpoint directory, or "" for a run's final weights
   std::string weights;     // the run's model.safetensors when there is no checkpoint
-  CheckpointInfo info;     // of the checkpoint; for final weights, their shapes only
+  CheckpointInfo info;     // of the checkpoint; for final weights, their tensors' shapes only
   Config config;           // the config the model was trained with
   Tokenizer tokenizer;
   std::string tokenizer_path;  // where the tokenizer came from, for messages

@@ -1,11 +1,9 @@
 // Saving and resuming the Trainer (runtime/trainer.h) through runtime/checkpoint.h: which state
 // each rank writes, how the ranks agree that a save worked, and what a resume restores.
-#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <sstream>
 
-#include "kernels/quantize.h"
 #include "runtime/checkpoint.h"
 #include "runtime/quantized_state.h"
 #include "runtime/trainer.h"
@@ -86,28 +84,15 @@ void Trainer::restore_requantized(const std::string& dir, const CheckpointInfo& 
     params.push_back({t.name, t.rows, t.cols, t.rect, t.value, t.elems});
   });
   read_state(dir, info, params);
-  const kernels::cpu::QuantTable signed_map(kernels::cpu::dynamic_map(true));
-  const kernels::cpu::QuantTable unsigned_map(kernels::cpu::dynamic_map(false));
+  // Each element-wise moment as fp32, for the optimizer to keep in its own form.
   std::vector<float> values;
   for_each_tensor([&](const TensorSlot& t) {
-    const std::vector<optim::StateTensor> state = optimizer_->state(t.index);
-    for (const optim::StateTensor& s : state) {
+    for (const optim::StateTensor& s : optimizer_->state(t.index)) {
       if (s.per_block) continue;
       values.resize(static_cast<size_t>(t.elems));
       read_moment_f32(dir, info, saved, t.name, t.rows, t.cols, t.rect, s.name, values.data(),
                       t.elems);
-      if (!s.bytes) {
-        std::copy(values.begin(), values.end(), s.data);
-        continue;
-      }
-      // This run's blocks: the codes and the absmax beside them.
-      const auto absmax = std::find_if(state.begin(), state.end(), [&](const auto& a) {
-        return a.per_block && a.name == s.name + "_absmax";
-      });
-      KEEL_CHECK(absmax != state.end(), "no absmax for the 8-bit state '{}' of {}", s.name, t.name);
-      kernels::cpu::quantize_blockwise(s.bytes, absmax->data, values.data(), t.elems,
-                                       config_.optimizer.block_size,
-                                       s.name == "exp_avg" ? signed_map : unsigned_map);
+      optimizer_->load_state(t.index, s.name, values.data());
     }
   });
 }
