@@ -9,7 +9,7 @@ void Adafactor::declare(MemoryPlan& plan, const std::vector<ParamRef>& params,
                         const OptimizerConfig& config, std::vector<Slots>& slots) {
   for (const ParamRef& p : params) {
     Slots s{};
-    s.factored = p.rows > 0 && p.cols > 0;
+    s.factored = p.matrix();
     if (s.factored) {
       KEEL_CHECK(p.rows * p.cols == p.n, "adafactor: '{}' is {}x{} but holds {} values", p.name,
                  p.rows, p.cols, p.n);
@@ -41,18 +41,16 @@ std::vector<StateTensor> Adafactor::state(size_t i) {
   const ParamRef& p = params_[i];
   std::vector<StateTensor> out;
   if (s.factored) {
-    out.push_back({"exp_avg_sq_row", state_[s.row].f32(), nullptr, p.rows, true});
-    out.push_back({"exp_avg_sq_col", state_[s.col].f32(), nullptr, p.cols, true});
+    out.push_back({"exp_avg_sq_row", state_[s.row].f32(), nullptr, p.rows, StateLayout::kPerBlock});
+    out.push_back({"exp_avg_sq_col", state_[s.col].f32(), nullptr, p.cols, StateLayout::kPerBlock});
   } else {
-    out.push_back({"exp_avg_sq", state_[s.sq].f32(), nullptr, p.n, false});
+    out.push_back({"exp_avg_sq", state_[s.sq].f32(), nullptr, p.n});
   }
-  if (config_.adafactor_beta1 > 0)
-    out.push_back({"exp_avg", state_[s.m].f32(), nullptr, p.n, false});
+  if (config_.adafactor_beta1 > 0) out.push_back({"exp_avg", state_[s.m].f32(), nullptr, p.n});
   return out;
 }
 
-void Adafactor::step(double lr, double grad_scale) {
-  ++t_;
+void Adafactor::step_tensors(size_t first, size_t last, double lr, double grad_scale) {
   kernels::cpu::AdafactorHyper h;
   h.lr = lr;
   h.relative_step = config_.relative_step;
@@ -63,7 +61,7 @@ void Adafactor::step(double lr, double grad_scale) {
   h.beta1 = config_.adafactor_beta1;
   h.step = t_;
   h.grad_scale = static_cast<float>(grad_scale);
-  for (size_t i = 0; i < params_.size(); ++i) {
+  for (size_t i = first; i < last; ++i) {
     const ParamRef& p = params_[i];
     const Slots& s = slots_[i];
     h.weight_decay = p.weight_decay ? config_.weight_decay : 0.0;

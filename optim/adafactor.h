@@ -18,7 +18,8 @@ class Adafactor final : public Optimizer {
   Adafactor(std::vector<ParamRef> params, const OptimizerConfig& config);
   static size_t plan_bytes(const OptimizerConfig& config, const std::vector<ParamRef>& params);
 
-  void step(double lr, double grad_scale) override;
+  void step_tensors(size_t first, size_t last, double lr, double grad_scale) override;
+  size_t num_tensors() const override { return params_.size(); }
   // Matrices: exp_avg_sq_row and exp_avg_sq_col; vectors: exp_avg_sq; with beta1, exp_avg.
   std::vector<StateTensor> state(size_t i) override;
   size_t state_bytes() const override { return state_.bytes(); }

@@ -29,13 +29,13 @@ size_t AdamW::plan_bytes(const std::vector<int64_t>& sizes) {
 
 std::vector<StateTensor> AdamW::state(size_t i) {
   const int64_t n = params_[i].n;
-  return {{"exp_avg", state_[m_[i]].f32(), nullptr, n, false},
-          {"exp_avg_sq", state_[v_[i]].f32(), nullptr, n, false}};
+  return {{"exp_avg", state_[m_[i]].f32(), nullptr, n},
+          {"exp_avg_sq", state_[v_[i]].f32(), nullptr, n}};
 }
 
-void AdamW::step(double lr, double grad_scale) {
-  kernels::cpu::AdamWHyper h = adamw_hyper(config_, lr, grad_scale, ++t_);
-  for (size_t i = 0; i < params_.size(); ++i) {
+void AdamW::step_tensors(size_t first, size_t last, double lr, double grad_scale) {
+  kernels::cpu::AdamWHyper h = adamw_hyper(config_, lr, grad_scale, t_);
+  for (size_t i = first; i < last; ++i) {
     const ParamRef& p = params_[i];
     h.weight_decay = p.weight_decay ? static_cast<float>(config_.weight_decay) : 0.0f;
     kernels::cpu::adamw_step(p.value, state_[m_[i]].f32(), state_[v_[i]].f32(), p.grad, p.n, h);

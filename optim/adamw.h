@@ -16,7 +16,8 @@ class AdamW final : public Optimizer {
   // state_bytes() of an AdamW over tensors of these sizes, without allocating.
   static size_t plan_bytes(const std::vector<int64_t>& sizes);
 
-  void step(double lr, double grad_scale) override;
+  void step_tensors(size_t first, size_t last, double lr, double grad_scale) override;
+  size_t num_tensors() const override { return params_.size(); }
   // exp_avg and exp_avg_sq, params[i].n floats each.
   std::vector<StateTensor> state(size_t i) override;
   size_t state_bytes() const override { return state_.bytes(); }

@@ -62,12 +62,13 @@ std::vector<StateTensor> AdamW8bit::state(size_t i) {
   const Slots& s = slots_[i];
   const int64_t n = params_[i].n;
   if (!s.quantized)
-    return {{"exp_avg", state_[s.m].f32(), nullptr, n, false},
-            {"exp_avg_sq", state_[s.v].f32(), nullptr, n, false}};
-  return {{"exp_avg", nullptr, state_[s.m].data_as<uint8_t>(), n, false},
-          {"exp_avg_sq", nullptr, state_[s.v].data_as<uint8_t>(), n, false},
-          {"exp_avg_absmax", state_[s.m_absmax].f32(), nullptr, blocks(i), true},
-          {"exp_avg_sq_absmax", state_[s.v_absmax].f32(), nullptr, blocks(i), true}};
+    return {{"exp_avg", state_[s.m].f32(), nullptr, n},
+            {"exp_avg_sq", state_[s.v].f32(), nullptr, n}};
+  const auto per_block = StateLayout::kPerBlock;
+  return {{"exp_avg", nullptr, state_[s.m].data_as<uint8_t>(), n},
+          {"exp_avg_sq", nullptr, state_[s.v].data_as<uint8_t>(), n},
+          {"exp_avg_absmax", state_[s.m_absmax].f32(), nullptr, blocks(i), per_block},
+          {"exp_avg_sq_absmax", state_[s.v_absmax].f32(), nullptr, blocks(i), per_block}};
 }
 
 void AdamW8bit::load_state(size_t i, const std::string& name, const float* values) {
@@ -81,9 +82,9 @@ void AdamW8bit::load_state(size_t i, const std::string& name, const float* value
                         config_.block_size, m ? signed_ : unsigned_);
 }
 
-void AdamW8bit::step(double lr, double grad_scale) {
-  k::AdamWHyper h = adamw_hyper(config_, lr, grad_scale, ++t_);
-  for (size_t i = 0; i < params_.size(); ++i) {
+void AdamW8bit::step_tensors(size_t first, size_t last, double lr, double grad_scale) {
+  k::AdamWHyper h = adamw_hyper(config_, lr, grad_scale, t_);
+  for (size_t i = first; i < last; ++i) {
     const ParamRef& p = params_[i];
     const Slots& s = slots_[i];
     h.weight_decay = p.weight_decay ? static_cast<float>(config_.weight_decay) : 0.0f;

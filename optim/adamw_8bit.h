@@ -20,7 +20,8 @@ class AdamW8bit final : public Optimizer {
   AdamW8bit(std::vector<ParamRef> params, const OptimizerConfig& config);
   static size_t plan_bytes(const OptimizerConfig& config, const std::vector<ParamRef>& params);
 
-  void step(double lr, double grad_scale) override;
+  void step_tensors(size_t first, size_t last, double lr, double grad_scale) override;
+  size_t num_tensors() const override { return params_.size(); }
   // Quantized tensors: exp_avg and exp_avg_sq as codes, exp_avg_absmax and exp_avg_sq_absmax per
   // block; the others exp_avg and exp_avg_sq in fp32.
   std::vector<StateTensor> state(size_t i) override;

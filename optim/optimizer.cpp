@@ -11,7 +11,7 @@ namespace keel::optim {
 
 void Optimizer::load_state(size_t i, const std::string& name, const float* values) {
   for (const StateTensor& s : state(i)) {
-    if (s.name != name || s.per_block) continue;
+    if (s.name != name || s.layout != StateLayout::kElementwise) continue;
     KEEL_CHECK(s.data, "optimizer state '{}' of tensor {} is not kept in fp32", name, i);
     std::copy_n(values, s.elems, s.data);
     return;
@@ -32,7 +32,10 @@ kernels::cpu::AdamWHyper adamw_hyper(const OptimizerConfig& config, double lr, d
 }
 
 std::unique_ptr<Optimizer> make_optimizer(std::vector<ParamRef> params,
-                                          const OptimizerConfig& config) {
+                                          const OptimizerConfig& config,
+                                          parallel::Communicator* shards) {
+  KEEL_CHECK(!shards || shards->size() == 1 || config.type != "adafactor",
+             "optimizer.type adafactor does not run on ZeRO shards yet");
   if (config.type == "adamw") return std::make_unique<AdamW>(std::move(params), config);
   if (config.type == "adamw_8bit") return std::make_unique<AdamW8bit>(std::move(params), config);
   if (config.type == "adafactor") return std::make_unique<Adafactor>(std::move(params), config);

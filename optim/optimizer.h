@@ -9,18 +9,26 @@
 #include <vector>
 
 #include "kernels/adamw.h"
+#include "parallel/communicator.h"
+#include "parallel/zero_layout.h"
 
 namespace keel::optim {
 
-// One tensor the optimizer updates: n floats of value and gradient.
+// One tensor the optimizer updates: n floats of value and gradient. For a matrix, its whole shape
+// and the rectangle of it these n floats hold (all of it, or under ZeRO this rank's shard), stored
+// row-major with rect.ld floats per row; the floats past the rectangle are padding, kept zero.
 struct ParamRef {
   std::string name;
   float* value;
   const float* grad;
   int64_t n;
   bool weight_decay;
-  bool quantize = true;        // an 8-bit optimizer may quantize its state (see min_8bit_size)
-  int64_t rows = 0, cols = 0;  // a whole matrix's shape (Adafactor factors it); 0 otherwise
+  bool quantize = true;           // an 8-bit optimizer may quantize its state (see min_8bit_size)
+  int64_t rows = 0, cols = 0;     // a matrix's global shape; 0 for a vector
+  parallel::ShardRect rect = {};  // a matrix: the part of it held here
+  bool matrix() const { return rows > 0 && cols > 0; }
+  // Whether the tensor holds its whole matrix (no ZeRO shard of it).
+  bool whole() const { return rect.rows == rows && rect.cols == cols && n == rows * cols; }
 };
 
 struct OptimizerConfig {
@@ -33,22 +41,38 @@ struct OptimizerConfig {
   double decay_rate = -0.8, clip_threshold = 1.0, adafactor_beta1 = 0.0;
 };
 
-// One tensor of a parameter's optimizer state, for checkpoints: either element-wise (one value
-// per element of the tensor, as floats at data or as 8-bit codes at bytes) or a vector of the
-// tensor's own (8-bit absmax per block; Adafactor's row and column means).
+// How a state tensor lies beside its parameter, for checkpoints.
+enum class StateLayout : uint8_t {
+  kElementwise,  // one value per element of the tensor (its rectangle of the parameter)
+  kPerBlock,     // a vector of the tensor's own (8-bit absmax per block, Adafactor's means)
+  kOwnRect,      // a rectangle (rect) of a global tensor of its own (rows × cols)
+};
+
+// One tensor of a parameter's optimizer state: floats at data, or 8-bit codes at bytes.
 struct StateTensor {
   std::string name;  // "exp_avg", "exp_avg_absmax", "exp_avg_sq_row", ...
   float* data = nullptr;
   uint8_t* bytes = nullptr;
   int64_t elems = 0;
-  bool per_block = false;  // the vector kind
+  StateLayout layout = StateLayout::kElementwise;
+  int64_t rows = 0, cols = 0;     // kOwnRect: the global tensor's shape
+  parallel::ShardRect rect = {};  // kOwnRect: the part held here, row-major, rect.ld per row
 };
 
 class Optimizer {
  public:
   virtual ~Optimizer() = default;
   // One update of every tensor with learning rate lr, gradients multiplied by grad_scale first.
-  virtual void step(double lr, double grad_scale) = 0;
+  void step(double lr, double grad_scale) {
+    begin_step();
+    step_tensors(0, num_tensors(), lr, grad_scale);
+  }
+  // A step in parts (per-layer update): begin_step(), then step_tensors over ranges that cover
+  // every tensor once, taken in the same order on every rank (an optimizer over ZeRO shards may
+  // run collectives for the tensors of a range).
+  void begin_step() { ++t_; }
+  virtual void step_tensors(size_t first, size_t last, double lr, double grad_scale) = 0;
+  virtual size_t num_tensors() const = 0;
   // The state of tensor i (in the order the tensors were given).
   virtual std::vector<StateTensor> state(size_t i) = 0;
   // Sets the element-wise state `name` of tensor i from fp32 values (params[i].n of them), as
@@ -69,8 +93,11 @@ class Optimizer {
 kernels::cpu::AdamWHyper adamw_hyper(const OptimizerConfig& config, double lr, double grad_scale,
                                      int64_t step);
 
+// shards: the group the tensors are ZeRO shards across (each rank holds its own part of every
+// matrix), or nullptr when every rank holds them whole.
 std::unique_ptr<Optimizer> make_optimizer(std::vector<ParamRef> params,
-                                          const OptimizerConfig& config);
+                                          const OptimizerConfig& config,
+                                          parallel::Communicator* shards = nullptr);
 // state_bytes() of that optimizer over these tensors (value and grad unused), without allocating.
 size_t optimizer_plan_bytes(const OptimizerConfig& config, const std::vector<ParamRef>& params);
 

@@ -103,15 +103,6 @@ ZeroBytes Zero::plan(const std::vector<ZeroUnit>& units, int stage, int ranks, i
       .bytes;
 }
 
-std::vector<int64_t> Zero::shard_elems(const std::vector<ZeroUnit>& units, int ranks) {
-  std::vector<int64_t> out;
-  for (const ZeroUnit& u : units) {
-    const ZeroLayout layout(u.params, ranks);
-    for (size_t i = 0; i < u.params.size(); ++i) out.push_back(layout.shard(i).elems);
-  }
-  return out;
-}
-
 Zero::Zero(std::vector<ZeroUnit> units, int stage, Communicator& dp, int live_units)
     : units_(std::move(units)),
       layouts_(make_layouts(units_, stage, dp.size(), live_units)),

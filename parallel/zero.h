@@ -83,8 +83,6 @@ class Zero final : public UnitHooks {
   ~Zero() override;
   // What the constructor would allocate on each of `ranks` ranks (keel plan).
   static ZeroBytes plan(const std::vector<ZeroUnit>& units, int stage, int ranks, int live_units);
-  // Floats of each parameter's shard (padding included) on `ranks` ranks, units in order.
-  static std::vector<int64_t> shard_elems(const std::vector<ZeroUnit>& units, int ranks);
 
   int stage() const { return stage_; }
   const std::vector<ZeroUnit>& units() const { return units_; }

@@ -59,15 +59,25 @@ RankMemory plan_rank_memory(const Config& config, int dp) {
   if (stage == 0) {
     for (const Parameter& p : model.parameters()) {
       add(p.name, p.global_shape.numel());
-      if (p.global_shape.rank() == 2)
-        tensors.back().rows = p.global_shape[0], tensors.back().cols = p.global_shape[1];
+      if (p.global_shape.rank() == 2) {
+        const int64_t rows = p.global_shape[0], cols = p.global_shape[1];
+        tensors.back().rows = rows, tensors.back().cols = cols;
+        tensors.back().rect = {0, 0, rows, cols, cols};
+      }
     }
   } else {
     z = parallel::Zero::plan(model.units(), stage, dp, model.live_units());
-    const std::vector<int64_t> elems = parallel::Zero::shard_elems(model.units(), dp);
-    size_t i = 0;
-    for (const parallel::ZeroUnit& u : model.units())
-      for (const parallel::ZeroParamSpec& p : u.params) add(p.name, elems[i++]);
+    // Rank 0's shards: every rank's are the same size (the last one padded).
+    for (const parallel::ZeroUnit& u : model.units()) {
+      const parallel::ZeroLayout layout(u.params, dp);
+      for (size_t i = 0; i < u.params.size(); ++i) {
+        add(u.params[i].name, layout.shard(i).elems);
+        if (model.parameter_by_name(u.params[i].name).global_shape.rank() == 2) {
+          tensors.back().rows = u.params[i].rows, tensors.back().cols = u.params[i].cols;
+          tensors.back().rect = layout.rect(i, 0);
+        }
+      }
+    }
   }
   MemoryPlan batch("batch");
   declare_batch(batch, t, config.data.seq_length);

@@ -121,13 +121,17 @@ void Trainer::build() {
     for (Parameter& p : model_->parameters()) {
       refs.push_back({p.name, p.value.f32(), p.grad.f32(), p.value.numel(), p.weight_decay,
                       quantize_state(p.name)});
-      if (p.global_shape.rank() == 2)  // a whole matrix (Adafactor factors it)
-        refs.back().rows = p.global_shape[0], refs.back().cols = p.global_shape[1];
+      if (p.global_shape.rank() == 2) {  // a whole matrix
+        const int64_t rows = p.global_shape[0], cols = p.global_shape[1];
+        refs.back().rows = rows, refs.back().cols = cols,
+        refs.back().rect = {0, 0, rows, cols, cols};
+      }
     }
   } else {
     refs = build_zero();
   }
-  optimizer_ = optim::make_optimizer(std::move(refs), optimizer_config(config_));
+  optimizer_ = optim::make_optimizer(std::move(refs), optimizer_config(config_),
+                                     zero_ ? &grid_.dp() : nullptr);
 
   const BatchSlots slots = declare_batch(batch_, t, T);
   tokens_ = slots.tokens;
@@ -195,10 +199,13 @@ std::vector<optim::ParamRef> Trainer::build_zero() {
   if (stage >= 2) model_->set_hooks(zero_.get());
   zero_->set_overlap(config_.parallel.overlap_comm);
   std::vector<optim::ParamRef> refs;
-  for (const parallel::ZeroShardRef& s : zero_->shards())
-    refs.push_back({s.spec->name, s.master, s.grad, s.elems,
-                    model_->parameter_by_name(s.spec->name).weight_decay,
-                    quantize_state(s.spec->name)});
+  for (const parallel::ZeroShardRef& s : zero_->shards()) {
+    const Parameter& p = model_->parameter_by_name(s.spec->name);
+    refs.push_back(
+        {s.spec->name, s.master, s.grad, s.elems, p.weight_decay, quantize_state(s.spec->name)});
+    if (p.global_shape.rank() == 2)  // a matrix: its shape and this rank's part of it
+      refs.back().rows = s.spec->rows, refs.back().cols = s.spec->cols, refs.back().rect = s.rect;
+  }
   return refs;
 }
 

@@ -66,9 +66,11 @@ std::vector<StatePiece> Trainer::state_pieces() {
     out.push_back({t.name, t.rows, t.cols, t.rect, t.value, t.elems});
     for (const optim::StateTensor& s : optimizer_->state(t.index)) {
       const std::string name = optimizer_state_name(s.name, t.name);
-      if (s.per_block) {
+      if (s.layout == optim::StateLayout::kPerBlock) {
         out.push_back(
             {name, ranks * s.elems, 1, {rank * s.elems, 0, s.elems, 1, 1}, s.data, s.elems});
+      } else if (s.layout == optim::StateLayout::kOwnRect) {
+        out.push_back({name, s.rows, s.cols, s.rect, s.data, s.elems, s.bytes});
       } else {
         out.push_back({name, t.rows, t.cols, t.rect, s.data, t.elems, s.bytes});
       }
@@ -88,7 +90,7 @@ void Trainer::restore_requantized(const std::string& dir, const CheckpointInfo& 
   std::vector<float> values;
   for_each_tensor([&](const TensorSlot& t) {
     for (const optim::StateTensor& s : optimizer_->state(t.index)) {
-      if (s.per_block) continue;
+      if (s.layout != optim::StateLayout::kElementwise) continue;
       values.resize(static_cast<size_t>(t.elems));
       read_moment_f32(dir, info, saved, t.name, t.rows, t.cols, t.rect, s.name, values.data(),
                       t.elems);

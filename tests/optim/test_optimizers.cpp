@@ -85,7 +85,8 @@ TEST(AdafactorState, FactorsMatricesOnly) {
   c.type = "adafactor";
   auto names = [](const std::vector<StateTensor>& s) {
     std::vector<std::string> out;
-    for (const StateTensor& x : s) out.push_back(x.name + (x.per_block ? "/vector" : ""));
+    for (const StateTensor& x : s)
+      out.push_back(x.name + (x.layout == StateLayout::kPerBlock ? "/vector" : ""));
     return out;
   };
   {
