@@ -6,6 +6,7 @@
 #include "optim/adafactor.h"
 #include "optim/adamw.h"
 #include "optim/adamw_8bit.h"
+#include "optim/galore.h"
 
 namespace keel::optim {
 
@@ -36,18 +37,21 @@ std::unique_ptr<Optimizer> make_optimizer(std::vector<ParamRef> params,
                                           parallel::Communicator* shards) {
   KEEL_CHECK(!shards || shards->size() == 1 || config.type != "adafactor",
              "optimizer.type adafactor does not run on ZeRO shards yet");
+  if (config.galore.rank > 0) return std::make_unique<GaLore>(std::move(params), config, shards);
   if (config.type == "adamw") return std::make_unique<AdamW>(std::move(params), config);
   if (config.type == "adamw_8bit") return std::make_unique<AdamW8bit>(std::move(params), config);
   if (config.type == "adafactor") return std::make_unique<Adafactor>(std::move(params), config);
   KEEL_FAIL("optimizer.type '{}' is not one of adamw, adamw_8bit, adafactor", config.type);
 }
 
-size_t optimizer_plan_bytes(const OptimizerConfig& config, const std::vector<ParamRef>& params) {
-  if (config.type == "adamw_8bit") return AdamW8bit::plan_bytes(config, params);
-  if (config.type == "adafactor") return Adafactor::plan_bytes(config, params);
+OptimizerBytes optimizer_plan_bytes(const OptimizerConfig& config,
+                                    const std::vector<ParamRef>& params, int shards) {
+  if (config.galore.rank > 0) return GaLore::plan_bytes(config, params, shards);
+  if (config.type == "adamw_8bit") return {AdamW8bit::plan_bytes(config, params)};
+  if (config.type == "adafactor") return {Adafactor::plan_bytes(config, params)};
   std::vector<int64_t> sizes;
   for (const ParamRef& p : params) sizes.push_back(p.n);
-  return AdamW::plan_bytes(sizes);
+  return {AdamW::plan_bytes(sizes)};
 }
 
 }  // namespace keel::optim

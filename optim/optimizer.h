@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/adamw.h"
+#include "optim/galore_config.h"
 #include "parallel/communicator.h"
 #include "parallel/zero_layout.h"
 
@@ -39,6 +40,13 @@ struct OptimizerConfig {
   // adafactor (kernels/adafactor.h): beta1 0 keeps no first moment.
   bool relative_step = false, scale_parameter = false, warmup_init = false;
   double decay_rate = -0.8, clip_threshold = 1.0, adafactor_beta1 = 0.0;
+  GaloreConfig galore = {};  // rank > 0: GaLore around the optimizer of `type`
+  uint64_t seed = 0;         // of GaLore's randomized projector
+};
+
+// What an optimizer allocates: state (checkpointed) and workspace (reused every step).
+struct OptimizerBytes {
+  size_t state = 0, workspace = 0;
 };
 
 // How a state tensor lies beside its parameter, for checkpoints.
@@ -79,6 +87,7 @@ class Optimizer {
   // another layout or optimizer saved it: copied, or quantized in this optimizer's blocks.
   virtual void load_state(size_t i, const std::string& name, const float* values);
   virtual size_t state_bytes() const = 0;
+  virtual size_t workspace_bytes() const { return 0; }
   virtual std::string describe_memory() const = 0;
   int64_t steps_taken() const { return t_; }
   // A checkpoint's step count (the bias correction depends on it).
@@ -98,7 +107,9 @@ kernels::cpu::AdamWHyper adamw_hyper(const OptimizerConfig& config, double lr, d
 std::unique_ptr<Optimizer> make_optimizer(std::vector<ParamRef> params,
                                           const OptimizerConfig& config,
                                           parallel::Communicator* shards = nullptr);
-// state_bytes() of that optimizer over these tensors (value and grad unused), without allocating.
-size_t optimizer_plan_bytes(const OptimizerConfig& config, const std::vector<ParamRef>& params);
+// What that optimizer would allocate over these tensors (value and grad unused) on `shards`
+// ranks, without allocating.
+OptimizerBytes optimizer_plan_bytes(const OptimizerConfig& config,
+                                    const std::vector<ParamRef>& params, int shards = 1);
 
 }  // namespace keel::optim

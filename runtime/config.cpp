@@ -28,6 +28,7 @@ using detail::fail_unknown_key;
 using detail::fail_unknown_section;
 using detail::Field;
 using detail::find_field;
+using detail::is_key_group;
 using detail::is_section;
 using detail::join;
 using detail::kSections;
@@ -112,6 +113,18 @@ void assign(const Field& field, const YAML::Node& node, const std::string& where
       [&](auto ref) {
         auto value = ref(config);
         using T = decltype(value);
+        if constexpr (std::is_same_v<T, std::string>) {
+          if (field.list && node.IsSequence()) {  // [a, b] is kept as "a,b"
+            std::string joined;
+            for (const auto& item : node) {
+              KEEL_CHECK(item.IsScalar(), "{}.{} in {} must be a list of names, found {}",
+                         field.section, field.key, where, describe(item));
+              joined += (joined.empty() ? "" : ",") + item.Scalar();
+            }
+            ref(config) = joined;
+            return;
+          }
+        }
         // A path like "a: b" or "[x]" reads as a map or a list unless quoted.
         const bool quote = std::is_same_v<T, std::string> && (node.IsMap() || node.IsSequence());
         KEEL_CHECK(read(node, value), "{}.{} in {} must be {}, found {}{}", field.section,
@@ -151,16 +164,29 @@ void apply_document(const YAML::Node& root, const std::string& origin, Config& c
     KEEL_CHECK(section.second.IsMap(), "section '{}' in {} must be a map of key: value, found {}",
                name, where, describe(section.second));
     std::set<std::string> keys;
+    // One key: value, or a group of them (galore: {rank: 64}) read as galore.rank.
+    const auto read_entry = [&](const std::string& key, const YAML::Node& value,
+                                const std::string& key_where, auto& self) -> void {
+      const Field* field = find_field(name, key);
+      if (field == nullptr && value.IsMap() && is_key_group(name, key)) {
+        for (const auto& inner : value) {
+          const std::string inner_where = where_in(origin, inner.first.Mark());
+          KEEL_CHECK(inner.first.IsScalar(), "keys of '{}.{}' in {} must be plain words", name, key,
+                     inner_where);
+          self(key + "." + inner.first.Scalar(), inner.second, inner_where, self);
+        }
+        return;
+      }
+      if (field == nullptr) fail_unknown_key(name, key, key_where);
+      KEEL_CHECK(keys.insert(key).second, "key '{}.{}' appears twice in {}; keep one", name, key,
+                 key_where);
+      assign(*field, value, key_where, config);
+    };
     for (const auto& entry : section.second) {
       const std::string key_where = where_in(origin, entry.first.Mark());
       KEEL_CHECK(entry.first.IsScalar(), "keys of section '{}' in {} must be plain words", name,
                  key_where);
-      const std::string& key = entry.first.Scalar();
-      const Field* field = find_field(name, key);
-      if (field == nullptr) fail_unknown_key(name, key, key_where);
-      KEEL_CHECK(keys.insert(key).second, "key '{}.{}' appears twice in {}; keep one", name, key,
-                 key_where);
-      assign(*field, entry.second, key_where, config);
+      read_entry(entry.first.Scalar(), entry.second, key_where, read_entry);
     }
   }
 }

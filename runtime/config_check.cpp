@@ -31,6 +31,8 @@ namespace {
 constexpr std::array<std::string_view, 4> kSchedulers = {"linear", "cosine", "constant",
                                                          "constant_with_warmup"};
 constexpr std::array<std::string_view, 3> kOptimizers = {"adamw", "adamw_8bit", "adafactor"};
+constexpr std::array<std::string_view, 4> kProjTypes = {"std", "reverse_std", "left", "right"};
+constexpr std::array<std::string_view, 2> kProjectors = {"exact", "randomized"};
 constexpr std::array<std::string_view, 2> kReportTo = {"tensorboard", "none"};
 // The byte tokenizer maps each of the 256 byte values to its own token id.
 constexpr int64_t kByteVocab = 256;
@@ -76,6 +78,26 @@ void check_one_of(const std::string& value, const std::array<std::string_view, N
   const std::string hint = N > 1 ? did_you_mean(value, to_strings(supported), "") : "";
   KEEL_FAIL("{} is '{}'; {} supported in this build: {}{}", key, value, what,
             join(to_strings(supported)), hint);
+}
+
+void check_galore(const OptimizerConfig& o) {
+  const optim::GaloreConfig& g = o.galore;
+  check_one_of(g.proj_type, kProjTypes, "optimizer.galore.proj_type", "projection types");
+  check_one_of(g.projector, kProjectors, "optimizer.galore.projector", "projectors");
+  if (g.rank == 0) return;
+  bool named = false;
+  for (std::string_view rest = g.targets; !rest.empty();) {
+    const size_t comma = rest.find(',');
+    named = named || !rest.substr(0, comma).empty();
+    rest = comma == std::string_view::npos ? "" : rest.substr(comma + 1);
+  }
+  KEEL_CHECK(named,
+             "optimizer.galore.targets is empty; name the matrices GaLore projects by a part of "
+             "their names, e.g. [attn, mlp]");
+  // GaLore's Adafactor steps in the projected space, where the parameter's own scale is absent.
+  KEEL_CHECK(o.type != "adafactor" || !o.scale_parameter,
+             "optimizer.scale_parameter scales a step by the parameter's RMS, which GaLore's "
+             "projected space does not have; set it to false with optimizer.galore");
 }
 
 std::vector<int64_t> divisors(int64_t n) {
@@ -182,6 +204,7 @@ void validate_config(const Config& config) {
              "whole parameters): its row and column statistics of a sharded matrix need a "
              "reduction across the shards that is not built yet. Set parallel.zero_stage to 0, "
              "or use adamw or adamw_8bit with ZeRO");
+  check_galore(config.optimizer);
   const int64_t block = config.optimizer.block_size;
   KEEL_CHECK((block & (block - 1)) == 0,
              "optimizer.block_size is {}; it must be a power of two from 64 to 4096 (256 is "

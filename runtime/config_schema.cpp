@@ -73,6 +73,15 @@ const Field* find_field(std::string_view section, std::string_view key) {
   return nullptr;
 }
 
+bool is_key_group(std::string_view section, std::string_view key) {
+  for (const Field& f : kFields) {
+    if (f.section == section && f.key.size() > key.size() && f.key.starts_with(key) &&
+        f.key[key.size()] == '.')
+      return true;
+  }
+  return false;
+}
+
 bool is_section(std::string_view name) {
   return std::find(kSections.begin(), kSections.end(), name) != kSections.end();
 }

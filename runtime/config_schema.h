@@ -43,13 +43,17 @@ struct Field {
   std::string_view key;
   Ref ref;
   Range range;
+  bool list = false;  // a string key that also takes a YAML list, kept comma-separated
 };
 
 // clang-format off
 #define KEEL_CONFIG_FIELD(section, key, range) \
   Field { #section, #key, Ref{+[](Config& c) -> auto& { return c.section.key; }}, range }
+#define KEEL_CONFIG_LIST(section, key) \
+  Field { #section, #key, Ref{+[](Config& c) -> auto& { return c.section.key; }}, any_value(), true }
 
-// Order here is the order of config_to_yaml and of docs/CONFIG.md.
+// Order here is the order of config_to_yaml and of docs/CONFIG.md. A key with a dot
+// ("galore.rank") belongs to a map inside its section (optimizer: {galore: {rank: 64}}).
 inline constexpr auto kFields = std::to_array<Field>({
     KEEL_CONFIG_FIELD(model, vocab_size, at_least(1)),
     KEEL_CONFIG_FIELD(model, hidden_size, at_least(1)),
@@ -100,6 +104,14 @@ inline constexpr auto kFields = std::to_array<Field>({
     KEEL_CONFIG_FIELD(optimizer, decay_rate, below(0)),
     KEEL_CONFIG_FIELD(optimizer, clip_threshold, above(0)),
     KEEL_CONFIG_FIELD(optimizer, adafactor_beta1, half_open(0, 1)),
+    KEEL_CONFIG_FIELD(optimizer, galore.rank, at_least(0)),
+    KEEL_CONFIG_FIELD(optimizer, galore.update_proj_gap, at_least(1)),
+    KEEL_CONFIG_FIELD(optimizer, galore.scale, above(0)),
+    KEEL_CONFIG_FIELD(optimizer, galore.proj_type, any_value()),
+    KEEL_CONFIG_FIELD(optimizer, galore.projector, any_value()),
+    KEEL_CONFIG_LIST(optimizer, galore.targets),
+    KEEL_CONFIG_FIELD(optimizer, galore.oversample, at_least(0)),
+    KEEL_CONFIG_FIELD(optimizer, galore.power_iterations, at_least(0)),
     KEEL_CONFIG_FIELD(parallel, zero_stage, closed(0, 3)),
     KEEL_CONFIG_FIELD(parallel, overlap_comm, any_value()),
     KEEL_CONFIG_FIELD(parallel, tensor_model_parallel_size, at_least(1)),
@@ -108,6 +120,7 @@ inline constexpr auto kFields = std::to_array<Field>({
 });
 
 #undef KEEL_CONFIG_FIELD
+#undef KEEL_CONFIG_LIST
 // clang-format on
 
 inline constexpr std::array<std::string_view, 5> kSections = {"model", "data", "training",
@@ -130,6 +143,8 @@ std::string did_you_mean(std::string_view name, const std::vector<std::string>& 
 const Field* find_field(std::string_view section, std::string_view key);
 
 bool is_section(std::string_view name);
+// Whether `key` of `section` is a map of keys ("galore" in optimizer: galore.rank, ...).
+bool is_key_group(std::string_view section, std::string_view key);
 
 // Throw the "unknown section" / "unknown key" errors, with the likeliest fix; `where` names the
 // place in the file or the `--set` that named them.

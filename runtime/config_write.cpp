@@ -64,15 +64,23 @@ std::string yaml_value(const std::string& s) {
 std::string config_to_yaml(const Config& config) {
   Config copy = config;  // the field table hands out mutable references
   std::string out = "# keel run config, fully resolved (docs/CONFIG.md describes every key)\n";
-  std::string_view section;
+  std::string_view section, group;
   for (const Field& field : kFields) {
     if (field.section != section) {
       section = field.section;
+      group = {};
       out += format("{}:\n", section);
     }
+    // galore.rank is written as rank: under galore:
+    std::string_view key = field.key;
+    const size_t dot = key.find('.');
+    const std::string_view key_group = dot == std::string_view::npos ? "" : key.substr(0, dot);
+    if (key_group != group && !key_group.empty()) out += format("  {}:\n", key_group);
+    group = key_group;
+    if (!group.empty()) key = key.substr(dot + 1);
     const std::string value =
         std::visit([&](auto ref) { return yaml_value(ref(copy)); }, field.ref);
-    out += format("  {}: {}\n", field.key, value);
+    out += format("{}{}: {}\n", group.empty() ? "  " : "    ", key, value);
   }
   return out;
 }

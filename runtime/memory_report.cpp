@@ -15,14 +15,14 @@ BatchSlots declare_batch(MemoryPlan& plan, const TrainingConfig& t, int64_t seq_
   return slots;
 }
 
-RankMemory account(const LlamaModel& model, const parallel::ZeroBytes& zero, size_t optimizer_bytes,
-                   size_t batch_bytes) {
+RankMemory account(const LlamaModel& model, const parallel::ZeroBytes& zero,
+                   const optim::OptimizerBytes& optimizer, size_t batch_bytes) {
   RankMemory m;
   m.parameters = model.weight_bytes() + zero.unit_weights;
   m.gradients = model.grad_bytes() + zero.unit_grads + zero.grad_shard;
-  m.optimizer = optimizer_bytes + zero.master;
+  m.optimizer = optimizer.state + zero.master;
   m.activations = model.activation_bytes();
-  m.buffers = model.workspace_bytes() + zero.staging + batch_bytes;
+  m.buffers = model.workspace_bytes() + zero.staging + optimizer.workspace + batch_bytes;
   return m;
 }
 
@@ -42,6 +42,8 @@ optim::OptimizerConfig optimizer_config(const Config& config) {
   o.decay_rate = config.optimizer.decay_rate;
   o.clip_threshold = config.optimizer.clip_threshold;
   o.adafactor_beta1 = config.optimizer.adafactor_beta1;
+  o.galore = config.optimizer.galore;
+  o.seed = t.seed;
   return o;
 }
 
@@ -81,7 +83,8 @@ RankMemory plan_rank_memory(const Config& config, int dp) {
   }
   MemoryPlan batch("batch");
   declare_batch(batch, t, config.data.seq_length);
-  return account(model, z, optim::optimizer_plan_bytes(optimizer_config(config), tensors),
+  return account(model, z,
+                 optim::optimizer_plan_bytes(optimizer_config(config), tensors, stage ? dp : 1),
                  batch.bytes());
 }
 

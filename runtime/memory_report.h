@@ -30,9 +30,9 @@ struct BatchSlots {
 BatchSlots declare_batch(MemoryPlan& plan, const TrainingConfig& t, int64_t seq_length);
 
 // A rank's memory by what it holds, from the model's plans, ZeRO's buffers (zero for stage 0),
-// the optimizer's state and the batch.
-RankMemory account(const LlamaModel& model, const parallel::ZeroBytes& zero, size_t optimizer_bytes,
-                   size_t batch_bytes);
+// the optimizer's state and workspace, and the batch.
+RankMemory account(const LlamaModel& model, const parallel::ZeroBytes& zero,
+                   const optim::OptimizerBytes& optimizer, size_t batch_bytes);
 
 // Whether an 8-bit optimizer may quantize a parameter's state: every one but the token embedding,
 // which keeps fp32 moments as Hugging Face's Trainer keeps them for bitsandbytes' 8-bit optimizers

@@ -151,7 +151,8 @@ void Trainer::build() {
 void Trainer::print_plan() {
   const int64_t T = config_.data.seq_length;
   const parallel::ZeroBytes z = zero_ ? zero_->bytes() : parallel::ZeroBytes{};
-  const RankMemory m = account(*model_, z, optimizer_->state_bytes(), batch_.bytes());
+  const RankMemory m = account(
+      *model_, z, {optimizer_->state_bytes(), optimizer_->workspace_bytes()}, batch_.bytes());
   planned_bytes_ = m.total();
   std::ostringstream text;
   text << "keel: model " << model_->num_parameters() / 1e6 << " M parameters, data "

@@ -158,6 +158,14 @@ Config Trainer::check_checkpoint(const std::string& dir, const CheckpointInfo& i
                  (adamw(info.optimizer) && adamw(config_.optimizer.type)),
              "checkpoint {} holds '{}' optimizer state but optimizer.type is '{}'", dir,
              info.optimizer, config_.optimizer.type);
+  // GaLore's state is shaped by its rank, its projection side and the matrices it targets.
+  const optim::GaloreConfig &was = saved.optimizer.galore, &now = config_.optimizer.galore;
+  KEEL_CHECK(was.rank == now.rank &&
+                 (now.rank == 0 || (was.proj_type == now.proj_type && was.targets == now.targets)),
+             "checkpoint {} holds optimizer state of optimizer.galore rank {}, proj_type {}, "
+             "targets '{}', but this run has rank {}, proj_type {}, targets '{}'; resume with the "
+             "saved settings (update_proj_gap, scale and projector may change)",
+             dir, was.rank, was.proj_type, was.targets, now.rank, now.proj_type, now.targets);
   return saved;
 }
 
@@ -176,6 +184,12 @@ void Trainer::restore(const std::string& dir, const CheckpointInfo& info, const 
       (config_.optimizer.type == "adamw_8bit" || info.optimizer == "adamw_8bit") &&
       !(before == quantized_layout(config_, grid_.dp().size()));
   if (requantize) {
+    KEEL_CHECK(config_.optimizer.galore.rank == 0,
+               "checkpoint {} holds 8-bit GaLore state in blocks of {} data-parallel shards of "
+               "{} elements; this run cuts them otherwise (resharding 8-bit GaLore state is not "
+               "built yet): resume with {} data-parallel ranks, the same ZeRO sharding and "
+               "optimizer.block_size, or with fp32 moments (optimizer.type adamw both times)",
+               dir, before.shards, before.block_size, before.shards);
     restore_requantized(dir, info, before);
   } else {
     read_state(dir, info, state_pieces());

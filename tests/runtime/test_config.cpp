@@ -34,7 +34,10 @@ const std::vector<std::string> kAllKeys = {
     "training.exit_interval", "training.resume_from_checkpoint", "training.output_dir",
     "training.gradient_checkpointing", "optimizer.type", "optimizer.block_size", "optimizer.min_8bit_size",
     "optimizer.relative_step", "optimizer.scale_parameter", "optimizer.warmup_init",
-    "optimizer.decay_rate", "optimizer.clip_threshold", "optimizer.adafactor_beta1", "parallel.zero_stage",
+    "optimizer.decay_rate", "optimizer.clip_threshold", "optimizer.adafactor_beta1", "optimizer.galore.rank",
+    "optimizer.galore.update_proj_gap", "optimizer.galore.scale", "optimizer.galore.proj_type",
+    "optimizer.galore.projector", "optimizer.galore.targets", "optimizer.galore.oversample",
+    "optimizer.galore.power_iterations", "parallel.zero_stage",
     "parallel.overlap_comm", "parallel.tensor_model_parallel_size",
     "parallel.pipeline_model_parallel_size", "parallel.expert_model_parallel_size"};
 // clang-format on
@@ -304,8 +307,45 @@ TEST(Config, ToYamlWritesEveryKey) {
     const std::string section = key.substr(0, key.find('.'));
     const std::string name = key.substr(key.find('.') + 1);
     EXPECT_NE(yaml.find("\n" + section + ":\n"), std::string::npos) << section << "\n" << yaml;
-    EXPECT_NE(yaml.find("\n  " + name + ": "), std::string::npos) << key << "\n" << yaml;
+    const size_t dot = name.find('.');  // galore.rank is written as rank: under galore:
+    if (dot == std::string::npos) {
+      EXPECT_NE(yaml.find("\n  " + name + ": "), std::string::npos) << key << "\n" << yaml;
+    } else {
+      EXPECT_NE(yaml.find("\n  " + name.substr(0, dot) + ":\n"), std::string::npos) << key;
+      EXPECT_NE(yaml.find("\n    " + name.substr(dot + 1) + ": "), std::string::npos) << key;
+    }
   }
+}
+
+// optimizer.galore is a map of keys: read nested, from --set with two dots, targets as a list,
+// written back nested, and a misspelt key inside it named with its group.
+TEST(Config, GaloreKeysAreAMapInsideOptimizer) {
+  const Config c = parse_config(
+      "data: {train: x}\noptimizer: {type: adamw_8bit, galore: {rank: 16, proj_type: left, "
+      "targets: [q_proj, mlp]}}\n",
+      {"optimizer.galore.update_proj_gap=50"});
+  EXPECT_EQ(c.optimizer.galore.rank, 16);
+  EXPECT_EQ(c.optimizer.galore.proj_type, "left");
+  EXPECT_EQ(c.optimizer.galore.targets, "q_proj,mlp");
+  EXPECT_EQ(c.optimizer.galore.update_proj_gap, 50);
+  EXPECT_EQ(c.optimizer.galore.scale, 0.25);
+  expect_same(parse_config(config_to_yaml(c)), c);
+  expect_mentions(parse_error("data: {train: x}\n"
+                              "optimizer: {galore: {rnak: 4}}\n"),
+                  {"'optimizer.galore.rnak'", "did you mean 'optimizer.galore.rank'?"});
+  expect_mentions(parse_error("data: {train: x}\n"
+                              "optimizer: {galore: {rank: 4, proj_type: middle}}\n"),
+                  {"optimizer.galore.proj_type is 'middle'", "std, reverse_std, left, right"});
+  expect_mentions(parse_error("data: {train: x}\n"
+                              "optimizer: {galore: {rank: 4, projector: svd}}\n"),
+                  {"optimizer.galore.projector is 'svd'", "exact, randomized"});
+  expect_mentions(parse_error("data: {train: x}\n"
+                              "optimizer: {galore: {rank: 4, targets: []}}\n"),
+                  {"optimizer.galore.targets is empty"});
+  expect_mentions(
+      parse_error("data: {train: x}\n"
+                  "optimizer: {type: adafactor, scale_parameter: true, galore: {rank: 4}}\n"),
+      {"optimizer.scale_parameter", "set it to false with optimizer.galore"});
 }
 
 // docs/CONFIG.md documents every key in a table row of its section, and nothing else: the keys
@@ -322,12 +362,20 @@ TEST(Config, DocsDescribeEveryKeyAndNoOther) {
       documented.push_back(section + "." + line.substr(3, line.find('`', 3) - 3));
   }
   std::istringstream yaml(config_to_yaml(Config{}));
+  std::string group;  // "galore." while reading the keys of optimizer.galore
   while (std::getline(yaml, line)) {
     if (line.empty() || line[0] == '#') continue;
-    if (line[0] != ' ')
-      section = line.substr(0, line.find(':'));
-    else
-      keys.push_back(section + "." + line.substr(2, line.find(':') - 2));
+    const std::string key = line.substr(0, line.find(':'));
+    if (line[0] != ' ') {
+      section = key;
+    } else if (line.rfind("    ", 0) == 0) {
+      keys.push_back(section + "." + group + key.substr(4));
+    } else if (line.back() == ':') {
+      group = key.substr(2) + ".";
+    } else {
+      group.clear();
+      keys.push_back(section + "." + key.substr(2));
+    }
   }
   EXPECT_EQ(documented, keys) << "docs/CONFIG.md's tables and the schema (in table order)";
   EXPECT_EQ(keys, kAllKeys);
@@ -368,10 +416,10 @@ TEST(Config, UnknownKeyNamesItTheFileLineAndTheClosestKey) {
   expect_mentions(parse_error("training: {seq_length: 64}\n"),
                   {"'training.seq_length'", "did you mean 'data.seq_length'?"});
   // A far-off name still gets the closest key, and the list of valid keys.
-  expect_mentions(parse_error("optimizer: {galore: 1}\n"),
-                  {"'optimizer.galore'", "did you mean 'optimizer.type'?",
-                   "(valid: type, block_size, min_8bit_size, relative_step, scale_parameter, "
-                   "warmup_init, decay_rate, clip_threshold, adafactor_beta1)"});
+  expect_mentions(parse_error("parallel: {lookahead: 1}\n"),
+                  {"'parallel.lookahead'", "did you mean",
+                   "(valid: zero_stage, overlap_comm, tensor_model_parallel_size, "
+                   "pipeline_model_parallel_size, expert_model_parallel_size)"});
 }
 
 TEST(Config, UnknownSectionSuggestsTheClosest) {

@@ -1,0 +1,440 @@
+#include "optim/galore.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <sstream>
+#include <string_view>
+
+#include "kernels/error.h"
+#include "kernels/low_rank.h"
+#include "kernels/matmul.h"
+
+namespace keel::optim {
+
+namespace k = keel::kernels::cpu;
+
+namespace detail {
+
+// A targeted matrix seen from its short side S and long side L. ZeRO splits the long side, so this
+// rank holds Lk long-side vectors (padding included) of all S short-side positions: rows_long,
+// the tensor is (Lk × S) with rect.ld == S; else (S × Lk) with rect.ld == Lk.
+struct GaloreLayout {
+  bool on = false;
+  bool rows_long = true;
+  bool short_side = true;  // the projected side is the short one
+  int64_t S = 0, L = 0, Lk = 0, r = 0;
+  int64_t chunk = 0;  // long side projected: R's elements per rank (S · r split evenly)
+  int64_t inner = 0;  // elements of R the inner optimizer steps on this rank
+  MemoryPlan::Slot projector = 0;  // short: V (r × S); long: this rank's U rows (r × Lk)
+};
+
+struct GaloreSlots {
+  MemoryPlan::Slot grad = 0, delta = 0;  // R and the inner optimizer's update of it
+  MemoryPlan::Slot staging = 0;          // long side: R's partial sums, the gathered update
+  MemoryPlan::Slot gram = 0, gram_scratch = 0, eig = 0, eig_int = 0, values = 0, basis = 0;
+  MemoryPlan::Slot sketch = 0, qr = 0, small = 0, small_f = 0, small_vectors = 0;
+  MemoryPlan::Slot sketch_f = 0, product = 0, basis_f = 0;
+};
+
+}  // namespace detail
+
+namespace {
+
+using detail::GaloreLayout;
+using detail::GaloreSlots;
+
+bool targeted(const std::string& name, const std::string& targets) {
+  for (std::string_view rest = targets; !rest.empty();) {
+    const size_t comma = rest.find(',');
+    const std::string_view t = rest.substr(0, comma);
+    if (!t.empty() && name.find(t) != std::string::npos) return true;
+    rest = comma == std::string_view::npos ? "" : rest.substr(comma + 1);
+  }
+  return false;
+}
+
+GaloreLayout layout_of(const ParamRef& p, const GaloreConfig& g, int shards) {
+  GaloreLayout l;
+  if (g.rank <= 0 || !p.matrix() || !targeted(p.name, g.targets)) return l;
+  l.on = true;
+  l.rows_long = p.rows >= p.cols;  // ZeRO's rule: the longer side is split, rows on a tie
+  l.S = l.rows_long ? p.cols : p.rows;
+  l.L = l.rows_long ? p.rows : p.cols;
+  const int64_t ld = p.rect.ld;
+  KEEL_CHECK(ld > 0 && p.n % ld == 0, "GaLore: '{}' holds {} values in rows of {}", p.name, p.n,
+             ld);
+  l.Lk = l.rows_long ? p.n / ld : ld;
+  KEEL_CHECK((l.rows_long ? ld : p.n / ld) == l.S,
+             "GaLore: '{}' ({}x{}) is not split along its longer side", p.name, p.rows, p.cols);
+  // The reference rule: std projects the short side, reverse_std the long one; left projects
+  // the rows and right the columns, whichever side they are.
+  if (g.proj_type == "std") l.short_side = true;
+  if (g.proj_type == "reverse_std") l.short_side = false;
+  if (g.proj_type == "right") l.short_side = l.rows_long;
+  if (g.proj_type == "left") l.short_side = !l.rows_long;
+  l.r = std::min(g.rank, l.S);  // G's rank is at most S
+  l.chunk = (l.S * l.r + shards - 1) / shards;
+  l.inner = l.short_side ? l.Lk * l.r : l.chunk;
+  return l;
+}
+
+int64_t sketch_size(const GaloreLayout& l, const GaloreConfig& g) {
+  return std::min(l.r + g.oversample, l.S);
+}
+
+// Lays out the projectors in state and the largest workspace any tensor needs in work.
+void declare(const std::vector<ParamRef>& params, const OptimizerConfig& config, int shards,
+             MemoryPlan& state, MemoryPlan& work, std::vector<GaloreLayout>& layouts,
+             GaloreSlots& s) {
+  const GaloreConfig& g = config.galore;
+  const bool randomized = g.projector == "randomized";
+  int64_t inner = 1, staging = 1, gram = 1, gram_scratch = 1, eig = 1, eig_int = 1, r_max = 1;
+  int64_t basis = 1, sketch = 1, qr = 1, small = 1, small_vectors = 1, product = 1;
+  for (const ParamRef& p : params) {
+    GaloreLayout l = layout_of(p, g, shards);
+    if (l.on) {
+      l.projector =
+          state.add("galore_projector." + p.name, DType::F32, {l.r, l.short_side ? l.S : l.Lk});
+      inner = std::max(inner, l.inner);
+      if (!l.short_side) staging = std::max(staging, shards * l.chunk);
+      r_max = std::max(r_max, l.r);
+      basis = std::max(basis, l.r * l.S);
+      if (randomized) {
+        const int64_t q = sketch_size(l, g);
+        sketch = std::max(sketch, q * l.S);
+        qr = std::max(qr, k::orthonormalize_scratch(q));
+        small = std::max(small, q * q);
+        small_vectors = std::max(small_vectors, l.r * q);
+        product = std::max(product, q * l.Lk);
+        const k::EigenScratch e = k::eigen_scratch(q, l.r);
+        eig = std::max(eig, e.doubles), eig_int = std::max(eig_int, e.ints);
+      } else {
+        gram = std::max(gram, l.S * l.S);
+        gram_scratch = std::max(gram_scratch, k::kGramBlock * l.S);
+        const k::EigenScratch e = k::eigen_scratch(l.S, l.r);
+        eig = std::max(eig, e.doubles), eig_int = std::max(eig_int, e.ints);
+      }
+    }
+    layouts.push_back(l);
+  }
+  s.grad = work.add("projected gradient", DType::F32, {inner});
+  s.delta = work.add("projected update", DType::F32, {inner});
+  s.staging = work.add("projected staging", DType::F32, {staging});
+  s.basis = work.add("basis", DType::F64, {basis});
+  s.basis_f = work.add("basis fp32", DType::F32, {basis});
+  s.values = work.add("eigenvalues", DType::F64, {r_max});
+  s.eig = work.add("eigen scratch", DType::F64, {eig});
+  s.eig_int = work.add("eigen scratch (int)", DType::I32, {eig_int});
+  if (randomized) {
+    s.sketch = work.add("sketch", DType::F64, {sketch});
+    s.sketch_f = work.add("sketch fp32", DType::F32, {sketch});
+    s.qr = work.add("QR scratch", DType::F64, {qr});
+    s.small = work.add("projected Gram", DType::F64, {small});
+    s.small_f = work.add("projected Gram fp32", DType::F32, {small});
+    s.small_vectors = work.add("projected Gram vectors", DType::F64, {small_vectors});
+    s.product = work.add("sketch product", DType::F32, {product});
+  } else {
+    s.gram = work.add("Gram", DType::F64, {gram});
+    s.gram_scratch = work.add("Gram scratch", DType::F64, {gram_scratch});
+  }
+}
+
+// The tensors the inner optimizer steps: R (in the workspace, one tensor at a time) for the
+// projected ones, the tensor itself for the others.
+std::vector<ParamRef> inner_refs(const std::vector<ParamRef>& params,
+                                 const std::vector<GaloreLayout>& layouts, float* grad,
+                                 float* delta) {
+  std::vector<ParamRef> out;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const ParamRef& p = params[i];
+    const GaloreLayout& l = layouts[i];
+    if (!l.on) {
+      out.push_back(p);
+      continue;
+    }
+    ParamRef r{p.name, delta, grad, l.inner, false, p.quantize};
+    if (l.short_side) {  // R keeps the long side: a matrix sliced as the parameter is
+      if (l.rows_long) {
+        r.rows = l.L, r.cols = l.r, r.rect = {p.rect.row0, 0, p.rect.rows, l.r, l.r};
+      } else {
+        r.rows = l.r, r.cols = l.L, r.rect = {0, p.rect.col0, l.r, p.rect.cols, l.Lk};
+      }
+    }
+    out.push_back(r);
+  }
+  return out;
+}
+
+OptimizerConfig inner_config(const OptimizerConfig& config) {
+  OptimizerConfig c = config;
+  c.galore.rank = 0;
+  return c;
+}
+
+uint64_t fnv1a(std::string_view s, uint64_t h) {
+  for (const char c : s) h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ULL;
+  return h;
+}
+
+void to_float(float* out, const double* in, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);
+}
+void to_double(double* out, const float* in, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = in[i];
+}
+
+}  // namespace
+
+GaLore::GaLore(std::vector<ParamRef> params, const OptimizerConfig& config,
+               parallel::Communicator* shards)
+    : params_(std::move(params)),
+      config_(config),
+      shards_(shards && shards->size() > 1 ? shards : nullptr),
+      slots_(std::make_unique<GaloreSlots>()) {
+  declare(params_, config_, shards_ ? shards_->size() : 1, state_, work_, layouts_, *slots_);
+  state_.allocate();
+  work_.allocate();
+  inner_ = make_optimizer(
+      inner_refs(params_, layouts_, work_[slots_->grad].f32(), work_[slots_->delta].f32()),
+      inner_config(config_), shards);
+}
+
+GaLore::~GaLore() = default;
+
+OptimizerBytes GaLore::plan_bytes(const OptimizerConfig& config,
+                                  const std::vector<ParamRef>& params, int shards) {
+  MemoryPlan state("GaLore projectors"), work("GaLore workspace");
+  std::vector<GaloreLayout> layouts;
+  GaloreSlots slots;
+  declare(params, config, shards, state, work, layouts, slots);
+  const OptimizerBytes inner = optimizer_plan_bytes(
+      inner_config(config), inner_refs(params, layouts, nullptr, nullptr), shards);
+  return {state.bytes() + inner.state, work.bytes() + inner.workspace};
+}
+
+bool GaLore::projected(size_t i) const { return layouts_[i].on; }
+
+size_t GaLore::state_bytes() const { return state_.bytes() + inner_->state_bytes(); }
+
+size_t GaLore::workspace_bytes() const { return work_.bytes() + inner_->workspace_bytes(); }
+
+std::string GaLore::describe_memory() const {
+  return state_.describe() + work_.describe() + inner_->describe_memory();
+}
+
+void GaLore::step_tensors(size_t first, size_t last, double lr, double grad_scale) {
+  inner_->set_steps_taken(t_);
+  // The reference refreshes at its steps 0, T, 2T, ... (counted before the step).
+  const bool refresh_now = (t_ - 1) % config_.galore.update_proj_gap == 0;
+  size_t plain = first;  // start of a run of tensors stepped as they are
+  for (size_t i = first; i < last; ++i) {
+    if (!layouts_[i].on) continue;
+    if (plain < i) inner_->step_tensors(plain, i, lr, grad_scale);
+    if (refresh_now) refresh(i);
+    project(i);
+    inner_->step_tensors(i, i + 1, lr, grad_scale);
+    project_back(i, lr);
+    plain = i + 1;
+  }
+  if (plain < last) inner_->step_tensors(plain, last, lr, grad_scale);
+}
+
+void GaLore::project(size_t i) {
+  const GaloreLayout& l = layouts_[i];
+  const ParamRef& p = params_[i];
+  float* R = work_[slots_->grad].f32();
+  float* D = work_[slots_->delta].f32();
+  const float* P = state_[l.projector].f32();
+  const int64_t ld = p.rect.ld;
+  std::fill_n(D, l.inner, 0.0f);
+  if (l.short_side) {
+    if (l.rows_long) {  // R (Lk × r) = G (Lk × S) · Vᵀ
+      k::gemm(false, true, l.Lk, l.r, l.S, 1.0f, p.grad, ld, P, l.S, 0.0f, R, l.r);
+    } else {  // R (r × Lk) = V · G (S × Lk)
+      k::gemm(false, false, l.r, l.Lk, l.S, 1.0f, P, l.S, p.grad, ld, 0.0f, R, l.Lk);
+    }
+    return;
+  }
+  // The long side: this rank's part of the sum over ranks, then each rank keeps its chunk.
+  const int n = shards_ ? shards_->size() : 1;
+  float* full = shards_ ? work_[slots_->staging].f32() : R;
+  if (l.rows_long) {  // R (r × S) = U (r × Lk) · G (Lk × S)
+    k::gemm(false, false, l.r, l.S, l.Lk, 1.0f, P, l.Lk, p.grad, ld, 0.0f, full, l.S);
+  } else {  // R (S × r) = G (S × Lk) · Uᵀ
+    k::gemm(false, true, l.S, l.r, l.Lk, 1.0f, p.grad, ld, P, l.Lk, 0.0f, full, l.r);
+  }
+  std::fill(full + l.S * l.r, full + n * l.chunk, 0.0f);
+  if (shards_)
+    shards_->reduce_scatter(parallel::host_view(R, static_cast<size_t>(l.chunk)),
+                            parallel::host_view(full, static_cast<size_t>(n * l.chunk)));
+}
+
+void GaLore::project_back(size_t i, double lr) {
+  const GaloreLayout& l = layouts_[i];
+  const ParamRef& p = params_[i];
+  const float* D = work_[slots_->delta].f32();  // −lr · the inner optimizer's step direction
+  const float* P = state_[l.projector].f32();
+  const int64_t ld = p.rect.ld;
+  // W ← (1 − lr·wd) W + α · back(D): decay first, as torch's AdamW does.
+  const float decay = p.weight_decay ? static_cast<float>(1.0 - lr * config_.weight_decay) : 1.0f;
+  const auto alpha = static_cast<float>(config_.galore.scale);
+  if (l.short_side) {
+    if (l.rows_long) {  // (Lk × S) += D (Lk × r) · V
+      k::gemm(false, false, l.Lk, l.S, l.r, alpha, D, l.r, P, l.S, decay, p.value, ld);
+    } else {  // (S × Lk) += Vᵀ · D (r × Lk)
+      k::gemm(true, false, l.S, l.Lk, l.r, alpha, P, l.S, D, l.Lk, decay, p.value, ld);
+    }
+    return;
+  }
+  const float* full = D;
+  if (shards_) {
+    float* staging = work_[slots_->staging].f32();
+    shards_->all_gather(
+        parallel::host_view(staging, static_cast<size_t>(shards_->size() * l.chunk)),
+        parallel::host_view(const_cast<float*>(D), static_cast<size_t>(l.chunk)));
+    full = staging;
+  }
+  if (l.rows_long) {  // (Lk × S) += Uᵀ · D (r × S)
+    k::gemm(true, false, l.Lk, l.S, l.r, alpha, P, l.Lk, full, l.S, decay, p.value, ld);
+  } else {  // (S × Lk) += D (S × r) · U
+    k::gemm(false, false, l.S, l.Lk, l.r, alpha, full, l.r, P, l.Lk, decay, p.value, ld);
+  }
+}
+
+void GaLore::apply_gram(size_t i, double* sketch, int64_t q) {
+  const GaloreLayout& l = layouts_[i];
+  const ParamRef& p = params_[i];
+  const int64_t ld = p.rect.ld;
+  float* qf = work_[slots_->sketch_f].f32();
+  float* z = work_[slots_->product].f32();
+  to_float(qf, sketch, q * l.S);
+  if (l.rows_long) {  // Gram = Gᵀ G: Z (Lk × q) = G Qᵀ, then Q Gram = Zᵀ G
+    k::gemm(false, true, l.Lk, q, l.S, 1.0f, p.grad, ld, qf, l.S, 0.0f, z, q);
+    k::gemm(true, false, q, l.S, l.Lk, 1.0f, z, q, p.grad, ld, 0.0f, qf, l.S);
+  } else {  // Gram = G Gᵀ: Z (q × Lk) = Q G, then Q Gram = Z Gᵀ
+    k::gemm(false, false, q, l.Lk, l.S, 1.0f, qf, l.S, p.grad, ld, 0.0f, z, l.Lk);
+    k::gemm(false, true, q, l.S, l.Lk, 1.0f, z, l.Lk, p.grad, ld, 0.0f, qf, l.S);
+  }
+  if (shards_) shards_->all_reduce(parallel::host_view(qf, static_cast<size_t>(q * l.S)));
+  to_double(sketch, qf, q * l.S);
+}
+
+void GaLore::refresh(size_t i) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const GaloreLayout& l = layouts_[i];
+  const ParamRef& p = params_[i];
+  double* values = work_[slots_->values].data_as<double>();
+  double* basis = work_[slots_->basis].data_as<double>();
+  double* eig = work_[slots_->eig].data_as<double>();
+  int* eig_int = work_[slots_->eig_int].data_as<int>();
+  if (config_.galore.projector == "randomized") {
+    // A Gaussian sketch through the Gram matrix, re-orthonormalised after each pass; the top
+    // vectors of the Gram matrix restricted to its span are the basis.
+    const int64_t q = sketch_size(l, config_.galore);
+    double* sketch = work_[slots_->sketch].data_as<double>();
+    double* qr = work_[slots_->qr].data_as<double>();
+    const uint64_t seed =
+        fnv1a(p.name, 0xcbf29ce484222325ULL ^ config_.seed) ^ static_cast<uint64_t>(t_);
+    k::gaussian_fill(sketch, q * l.S, seed);
+    apply_gram(i, sketch, q);
+    for (int64_t it = 0; it < config_.galore.power_iterations; ++it) {
+      k::orthonormalize_rows(sketch, q, l.S, qr);
+      apply_gram(i, sketch, q);
+    }
+    k::orthonormalize_rows(sketch, q, l.S, qr);
+    // T (q × q) = Q Gram Qᵀ = Zᵀ Z with Z the sketch applied to G.
+    float* qf = work_[slots_->sketch_f].f32();
+    float* z = work_[slots_->product].f32();
+    float* tf = work_[slots_->small_f].f32();
+    to_float(qf, sketch, q * l.S);
+    if (l.rows_long) {
+      k::gemm(false, true, l.Lk, q, l.S, 1.0f, p.grad, p.rect.ld, qf, l.S, 0.0f, z, q);
+      k::gemm(true, false, q, q, l.Lk, 1.0f, z, q, z, q, 0.0f, tf, q);
+    } else {
+      k::gemm(false, false, q, l.Lk, l.S, 1.0f, qf, l.S, p.grad, p.rect.ld, 0.0f, z, l.Lk);
+      k::gemm(false, true, q, q, l.Lk, 1.0f, z, l.Lk, z, l.Lk, 0.0f, tf, q);
+    }
+    if (shards_) shards_->all_reduce(parallel::host_view(tf, static_cast<size_t>(q * q)));
+    double* t = work_[slots_->small].data_as<double>();
+    double* w = work_[slots_->small_vectors].data_as<double>();
+    to_double(t, tf, q * q);
+    k::symmetric_top_eigen(t, q, l.r, values, w, eig, eig_int);
+    k::combine_rows(basis, w, sketch, l.r, q, l.S);
+    k::canonicalize_signs(basis, l.r, l.S);
+  } else {
+    double* gram = work_[slots_->gram].data_as<double>();
+    std::fill_n(gram, l.S * l.S, 0.0);
+    k::gram_accumulate(gram, p.grad, l.S, l.Lk, p.rect.ld, l.rows_long,
+                       work_[slots_->gram_scratch].data_as<double>());
+    if (shards_) shards_->all_reduce(parallel::host_view(gram, static_cast<size_t>(l.S * l.S)));
+    k::symmetric_top_eigen(gram, l.S, l.r, values, basis, eig, eig_int);
+  }
+  set_projector(i, basis, values);
+  refresh_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void GaLore::set_projector(size_t i, const double* basis, const double* values) {
+  const GaloreLayout& l = layouts_[i];
+  const ParamRef& p = params_[i];
+  float* P = state_[l.projector].f32();
+  if (l.short_side) {
+    to_float(P, basis, l.r * l.S);
+    return;
+  }
+  // U = G V Σ⁻¹ on this rank's long-side rows: U (r × Lk) = V (r × S) · (G as S × Lk) / σ.
+  float* vf = work_[slots_->basis_f].f32();
+  to_float(vf, basis, l.r * l.S);
+  k::gemm(false, l.rows_long, l.r, l.Lk, l.S, 1.0f, vf, l.S, p.grad, p.rect.ld, 0.0f, P, l.Lk);
+  // A direction the gradient does not span (σ ≈ 0) has no left vector: it stays zero.
+  const double top = std::sqrt(std::max(values[0], 0.0));
+  for (int64_t j = 0; j < l.r; ++j) {
+    const double sigma = std::sqrt(std::max(values[j], 0.0));
+    const float inv = sigma > 1e-6 * top && sigma > 0 ? static_cast<float>(1.0 / sigma) : 0.0f;
+    for (int64_t c = 0; c < l.Lk; ++c) P[j * l.Lk + c] *= inv;
+  }
+}
+
+std::vector<StateTensor> GaLore::state(size_t i) {
+  const GaloreLayout& l = layouts_[i];
+  if (!l.on) return inner_->state(i);
+  const ParamRef& p = params_[i];
+  const int64_t offset = l.rows_long ? p.rect.row0 : p.rect.col0;
+  const int64_t real = l.rows_long ? p.rect.rows : p.rect.cols;  // long-side vectors, no padding
+  std::vector<StateTensor> out;
+  StateTensor proj{"galore_projector", state_[l.projector].f32(), nullptr, 0,
+                   StateLayout::kOwnRect};
+  if (l.short_side) {  // the same on every rank
+    proj.elems = l.r * l.S, proj.rows = l.r, proj.cols = l.S, proj.rect = {0, 0, l.r, l.S, l.S};
+  } else {  // this rank's columns of Uᵀ
+    proj.elems = l.r * l.Lk, proj.rows = l.r, proj.cols = l.L;
+    proj.rect = {0, offset, l.r, real, l.Lk};
+  }
+  out.push_back(proj);
+  const int rank = shards_ ? shards_->rank() : 0;
+  for (StateTensor s : inner_->state(i)) {
+    s.name = "galore." + s.name;
+    if (s.layout == StateLayout::kElementwise) {  // shaped as R
+      s.layout = StateLayout::kOwnRect;
+      if (!l.short_side) {
+        const int64_t from = rank * l.chunk;
+        s.rows = l.S * l.r, s.cols = 1;
+        s.rect = {from, 0, std::clamp<int64_t>(l.S * l.r - from, 0, l.chunk), 1, 1};
+      } else if (l.rows_long) {
+        s.rows = l.L, s.cols = l.r, s.rect = {offset, 0, real, l.r, l.r};
+      } else {
+        s.rows = l.r, s.cols = l.L, s.rect = {0, offset, l.r, real, l.Lk};
+      }
+    }
+    out.push_back(s);
+  }
+  return out;
+}
+
+void GaLore::load_state(size_t i, const std::string& name, const float* values) {
+  KEEL_CHECK(!layouts_[i].on, "GaLore's state of '{}' is read from checkpoints as it was saved",
+             params_[i].name);
+  inner_->load_state(i, name, values);
+}
+
+}  // namespace keel::optim
