@@ -35,12 +35,11 @@ kernels::cpu::AdamWHyper adamw_hyper(const OptimizerConfig& config, double lr, d
 std::unique_ptr<Optimizer> make_optimizer(std::vector<ParamRef> params,
                                           const OptimizerConfig& config,
                                           parallel::Communicator* shards) {
-  KEEL_CHECK(!shards || shards->size() == 1 || config.type != "adafactor",
-             "optimizer.type adafactor does not run on ZeRO shards yet");
   if (config.galore.rank > 0) return std::make_unique<GaLore>(std::move(params), config, shards);
   if (config.type == "adamw") return std::make_unique<AdamW>(std::move(params), config);
   if (config.type == "adamw_8bit") return std::make_unique<AdamW8bit>(std::move(params), config);
-  if (config.type == "adafactor") return std::make_unique<Adafactor>(std::move(params), config);
+  if (config.type == "adafactor")
+    return std::make_unique<Adafactor>(std::move(params), config, shards);
   KEEL_FAIL("optimizer.type '{}' is not one of adamw, adamw_8bit, adafactor", config.type);
 }
 

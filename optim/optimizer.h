@@ -17,7 +17,9 @@ namespace keel::optim {
 
 // One tensor the optimizer updates: n floats of value and gradient. For a matrix, its whole shape
 // and the rectangle of it these n floats hold (all of it, or under ZeRO this rank's shard), stored
-// row-major with rect.ld floats per row; the floats past the rectangle are padding, kept zero.
+// row-major with rect.ld floats per row; the floats past the rectangle are padding, kept zero. A
+// vector's ZeRO shard gives its rect too, as rows of an n × 1 matrix (its length is the sum of
+// the shards' rect.rows); a whole vector may leave rect empty.
 struct ParamRef {
   std::string name;
   float* value;
@@ -26,7 +28,7 @@ struct ParamRef {
   bool weight_decay;
   bool quantize = true;           // an 8-bit optimizer may quantize its state (see min_8bit_size)
   int64_t rows = 0, cols = 0;     // a matrix's global shape; 0 for a vector
-  parallel::ShardRect rect = {};  // a matrix: the part of it held here
+  parallel::ShardRect rect = {};  // the part held here (ld 0: a whole vector)
   bool matrix() const { return rows > 0 && cols > 0; }
   // Whether the tensor holds its whole matrix (no ZeRO shard of it).
   bool whole() const { return rect.rows == rows && rect.cols == cols && n == rows * cols; }
@@ -52,7 +54,7 @@ struct OptimizerBytes {
 // How a state tensor lies beside its parameter, for checkpoints.
 enum class StateLayout : uint8_t {
   kElementwise,  // one value per element of the tensor (its rectangle of the parameter)
-  kPerBlock,     // a vector of the tensor's own (8-bit absmax per block, Adafactor's means)
+  kPerBlock,     // a vector of the tensor's own, stacked rank after rank (8-bit absmax per block)
   kOwnRect,      // a rectangle (rect) of a global tensor of its own (rows × cols)
 };
 

@@ -181,6 +181,9 @@ void read_state(const std::string& dir, const CheckpointInfo& info,
                p.name, shape->second.first, shape->second.second, dir, p.rows, p.cols);
     std::memset(p.storage(), 0, static_cast<size_t>(p.elems) * dtype_size(p.dtype()));
     int64_t covered = 0;
+    // State every rank keeps whole (Adafactor's means of a matrix's unsplit side) is in every
+    // rank's file, the same rectangle each time: it is read, and counted, once.
+    std::vector<parallel::ShardRect> read;
     for (const auto& file : files) {
       if (!file->header.contains(p.name)) continue;
       const StoredPiece stored = stored_piece(file->header, p.name);
@@ -188,6 +191,12 @@ void read_state(const std::string& dir, const CheckpointInfo& info,
                  "checkpoint {}: '{}' is stored as {}-byte elements, and this run keeps it in {}: "
                  "it was written by another optimizer",
                  dir, p.name, stored.elem_size, dtype_size(p.dtype()));
+      const parallel::ShardRect& r = stored.rect;
+      if (std::any_of(read.begin(), read.end(), [&](const parallel::ShardRect& x) {
+            return x.row0 == r.row0 && x.col0 == r.col0 && x.rows == r.rows && x.cols == r.cols;
+          }))
+        continue;
+      read.push_back(r);
       covered += copy_overlap(*file, stored, p);
     }
     KEEL_CHECK(covered == p.rect.rows * p.rect.cols,

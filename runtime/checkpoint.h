@@ -55,8 +55,9 @@ std::string state_file_name(int rank);
 void write_state_file(const std::string& path, const std::vector<StatePiece>& pieces);
 // Fills every piece from the state files of the checkpoint in dir, whatever layout wrote them:
 // the piece is zeroed (padding stays zero) and each rectangle of the files that overlaps it is
-// copied in. Errors name the checkpoint and the tensor: one the checkpoint lacks, a global shape
-// that differs, values that no file covers (a rank's file missing).
+// copied in (one that several files hold, state every rank keeps whole, once). Errors name the
+// checkpoint and the tensor: one the checkpoint lacks, a global shape that differs, values that
+// no file covers (a rank's file missing).
 void read_state(const std::string& dir, const CheckpointInfo& info,
                 const std::vector<StatePiece>& pieces);
 

@@ -199,11 +199,6 @@ void validate_config(const Config& config) {
   check_one_of(config.training.lr_scheduler_type, kSchedulers, "training.lr_scheduler_type",
                "schedulers");
   check_one_of(config.optimizer.type, kOptimizers, "optimizer.type", "optimizers");
-  KEEL_CHECK(config.optimizer.type != "adafactor" || config.parallel.zero_stage == 0,
-             "optimizer.type adafactor runs with parallel.zero_stage 0 so far (every rank steps "
-             "whole parameters): its row and column statistics of a sharded matrix need a "
-             "reduction across the shards that is not built yet. Set parallel.zero_stage to 0, "
-             "or use adamw or adamw_8bit with ZeRO");
   check_galore(config.optimizer);
   const int64_t block = config.optimizer.block_size;
   KEEL_CHECK((block & (block - 1)) == 0,

@@ -204,8 +204,9 @@ std::vector<optim::ParamRef> Trainer::build_zero() {
     const Parameter& p = model_->parameter_by_name(s.spec->name);
     refs.push_back(
         {s.spec->name, s.master, s.grad, s.elems, p.weight_decay, quantize_state(s.spec->name)});
-    if (p.global_shape.rank() == 2)  // a matrix: its shape and this rank's part of it
-      refs.back().rows = s.spec->rows, refs.back().cols = s.spec->cols, refs.back().rect = s.rect;
+    refs.back().rect = s.rect;       // this rank's part (of a vector: rows of n × 1)
+    if (p.global_shape.rank() == 2)  // a matrix: its shape
+      refs.back().rows = s.spec->rows, refs.back().cols = s.spec->cols;
   }
   return refs;
 }

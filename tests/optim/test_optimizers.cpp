@@ -86,13 +86,20 @@ TEST(AdafactorState, FactorsMatricesOnly) {
   auto names = [](const std::vector<StateTensor>& s) {
     std::vector<std::string> out;
     for (const StateTensor& x : s)
-      out.push_back(x.name + (x.layout == StateLayout::kPerBlock ? "/vector" : ""));
+      out.push_back(x.name + (x.layout == StateLayout::kOwnRect ? "/own" : ""));
     return out;
   };
   {
     const auto opt = make_optimizer(t.refs, c);
     EXPECT_EQ(names(opt->state(0)),
-              (std::vector<std::string>{"exp_avg_sq_row/vector", "exp_avg_sq_col/vector"}));
+              (std::vector<std::string>{"exp_avg_sq_row/own", "exp_avg_sq_col/own"}));
+    // A whole matrix holds all of its (rows × 1) row means and (cols × 1) column means.
+    const std::vector<StateTensor> means = opt->state(0);
+    EXPECT_EQ(means[0].rows, 12);
+    EXPECT_EQ(means[0].rect.rows, 12);
+    EXPECT_EQ(means[1].rows, 20);
+    EXPECT_EQ(means[1].rect.rows, 20);
+    EXPECT_EQ(means[1].cols, 1);
     EXPECT_EQ(names(opt->state(1)), (std::vector<std::string>{"exp_avg_sq"}));
     EXPECT_EQ(opt->state_bytes(), optimizer_plan_bytes(c, t.refs).state);
     EXPECT_LE(opt->state_bytes(), 4u * (12 + 20 + 20) + 3 * 63);  // rows + cols, and the vector

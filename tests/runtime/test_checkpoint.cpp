@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "file_test_util.h"
+#include "kernels/error.h"
 #include "parallel/zero_layout.h"
 #include "runtime/checkpoint.h"
 
@@ -102,6 +103,33 @@ TEST_F(CheckpointTest, AnyShardingReadsWhatAnyOtherWrote) {
         }
     }
   }
+}
+
+// State every rank keeps whole (Adafactor's means of a matrix's unsplit side) is in every
+// rank's file: any layout reads it once, and a value no file holds is still an error.
+TEST_F(CheckpointTest, StateEveryRankHoldsWholeReadsOnce) {
+  const std::vector<float> whole = {1, 2, 3, 4, 5};
+  CheckpointInfo info = info_for(3);
+  info.shapes = {{"means", {5, 1}}};
+  for (int k = 0; k < 3; ++k) {
+    std::vector<float> copy = whole;
+    write_state_file(dir_ + "/" + state_file_name(k),
+                     {{"means", 5, 1, {0, 0, 5, 1, 1}, copy.data(), 5}});
+  }
+  std::vector<float> got(6, 9.0f);  // a rank's part, rows [2, 5), and a padding row
+  read_state(dir_, info, {{"means", 5, 1, {2, 0, 3, 1, 1}, got.data(), 4}});
+  EXPECT_EQ(got, (std::vector<float>{3, 4, 5, 0, 9, 9}));
+  std::vector<float> all(5, 9.0f);
+  read_state(dir_, info, {{"means", 5, 1, {0, 0, 5, 1, 1}, all.data(), 5}});
+  EXPECT_EQ(all, whole);
+
+  // Files that each hold the same part only: the rest is missing, not covered three times.
+  for (int k = 0; k < 3; ++k) {
+    std::vector<float> part = {1, 2};
+    write_state_file(dir_ + "/" + state_file_name(k),
+                     {{"means", 5, 1, {0, 0, 2, 1, 1}, part.data(), 2}});
+  }
+  EXPECT_THROW(read_state(dir_, info, {{"means", 5, 1, {0, 0, 5, 1, 1}, all.data(), 5}}), Error);
 }
 
 TEST_F(CheckpointTest, BadCheckpointsAreClearErrors) {
