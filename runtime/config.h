@@ -77,6 +77,9 @@ struct OptimizerConfig {
   double decay_rate = -0.8;      // β2 at step t: 1 − t^decay_rate
   double clip_threshold = 1.0;   // the update's RMS is clipped to this
   double adafactor_beta1 = 0.0;  // > 0: a first moment of the update with this decay
+  // Step each unit (embedding, block, head) as soon as its gradient is complete in the backward,
+  // then reuse that gradient's memory for the next unit (one micro-batch, no global clipping).
+  bool per_layer_update = false;
 };
 
 struct ParallelConfig {

@@ -100,6 +100,7 @@ inline constexpr auto kFields = std::to_array<Field>({
     KEEL_CONFIG_FIELD(optimizer, decay_rate, below(0)),
     KEEL_CONFIG_FIELD(optimizer, clip_threshold, above(0)),
     KEEL_CONFIG_FIELD(optimizer, adafactor_beta1, half_open(0, 1)),
+    KEEL_CONFIG_FIELD(optimizer, per_layer_update, any_value()),
     KEEL_CONFIG_FIELD(parallel, zero_stage, closed(0, 3)),
     KEEL_CONFIG_FIELD(parallel, overlap_comm, any_value()),
     KEEL_CONFIG_FIELD(parallel, tensor_model_parallel_size, at_least(1)),
