@@ -81,7 +81,7 @@ float* UnitGrads::acquire_grads(int unit) {
   // a second micro-batch.
   KEEL_CHECK(!handed_[u],
              "unit gradients: unit '{}' asked for its gradients twice in a step; a per-layer "
-             "update takes one micro-batch per step",
+             "update steps a unit when it releases them, so once per step (one micro-batch)",
              units_[u].name);
   owner_[s] = unit;
   float* g = plan_[slots_[s]].f32();

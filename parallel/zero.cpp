@@ -479,8 +479,8 @@ void Zero::release_grads(int unit) {
              units_[static_cast<size_t>(unit)].name);
   // A second release in a step would add to a shard that a per-layer update has stepped already.
   KEEL_CHECK(!per_layer_ || grad_fresh_[static_cast<size_t>(unit)],
-             "ZeRO: gradients of unit '{}' released twice in a step; a per-layer update takes one "
-             "micro-batch per step",
+             "ZeRO: gradients of unit '{}' released twice in a step; a per-layer update steps a "
+             "unit when it releases them, so once per step (one micro-batch)",
              units_[static_cast<size_t>(unit)].name);
   reduce_unit(unit, plan_[unit_g_[static_cast<size_t>(slot - g_owner_.begin())]].f32());
   *slot = -1;
