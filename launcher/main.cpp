@@ -177,8 +177,11 @@ int run_plan(const std::vector<std::string>& args) {
   std::cout << "keel: per rank by ZeRO stage:";
   for (int stage = 0; stage <= 3; ++stage) {
     config.parallel.zero_stage = stage;
-    std::cout << (stage ? ", " : " ") << stage << ": "
-              << keel::format_mib(keel::runtime::plan_rank_memory(config, dp).total());
+    std::cout << (stage ? ", " : " ") << stage << ": ";
+    if (stage == 1 && config.optimizer.per_layer_update)  // refused (config_check.cpp)
+      std::cout << "none (not with optimizer.per_layer_update)";
+    else
+      std::cout << keel::format_mib(keel::runtime::plan_rank_memory(config, dp).total());
   }
   std::cout << "\n";
   return 0;

@@ -19,6 +19,9 @@ double since(Clock::time_point t0) {
 
 // Reduce-scatters in flight at once (each holds a staging buffer), plus one prefetched gather.
 constexpr int kReducesInFlight = 2;
+// Per-layer update: gradient shard buffers. A unit's reduce-scatter starts while the unit
+// released before it waits to be handed over; the one before that has been.
+constexpr int kGradSlots = 2;
 
 }  // namespace
 
@@ -34,8 +37,9 @@ struct Zero::InFlight {
 namespace {
 
 // The buffers of ZeRO on one rank of `ranks`, declared in plan: the shards of every unit side by
-// side (master and gradient), staging buffers of ranks × the widest unit region, and the unit
-// buffers stages 2 and 3 hand to the model.
+// side (master and gradient; with a per-layer update, gradient shards of kGradSlots units only),
+// staging buffers of ranks × the widest unit region, and the unit buffers stages 2 and 3 hand to
+// the model.
 struct Declared {
   MemoryPlan::Slot master = 0, grad = 0;
   std::vector<MemoryPlan::Slot> staging, unit_w, unit_g;
@@ -43,7 +47,8 @@ struct Declared {
 };
 
 Declared declare(MemoryPlan& plan, const std::vector<ZeroLayout>& layouts,
-                 const std::vector<ZeroUnit>& units, int stage, int ranks, int live_units) {
+                 const std::vector<ZeroUnit>& units, int stage, int ranks, int live_units,
+                 bool per_layer) {
   int64_t region_total = 0, widest_region = 0, widest_unit = 0;
   for (size_t u = 0; u < units.size(); ++u) {
     region_total += layouts[u].region_elems();
@@ -52,7 +57,9 @@ Declared declare(MemoryPlan& plan, const std::vector<ZeroLayout>& layouts,
   }
   Declared d;
   d.master = plan.add("master shard", DType::F32, {region_total});
-  d.grad = plan.add("gradient shard", DType::F32, {region_total});
+  const int64_t grad_total = per_layer ? kGradSlots * widest_region : region_total;
+  d.grad = plan.add(per_layer ? "gradient shards in flight" : "gradient shard", DType::F32,
+                    {grad_total});
   const int staging = kReducesInFlight + (stage == 3 ? 1 : 0);
   for (int i = 0; i < staging; ++i)
     d.staging.push_back(
@@ -69,7 +76,8 @@ Declared declare(MemoryPlan& plan, const std::vector<ZeroLayout>& layouts,
     for (MemoryPlan::Slot s : slots) n += static_cast<size_t>(plan.shape(s).numel()) * 4;
     return n;
   };
-  d.bytes.master = d.bytes.grad_shard = static_cast<size_t>(region_total) * 4;
+  d.bytes.master = static_cast<size_t>(region_total) * 4;
+  d.bytes.grad_shard = static_cast<size_t>(grad_total) * 4;
   d.bytes.staging = bytes(d.staging);
   d.bytes.unit_weights = bytes(d.unit_w);
   d.bytes.unit_grads = bytes(d.unit_g);
@@ -77,8 +85,12 @@ Declared declare(MemoryPlan& plan, const std::vector<ZeroLayout>& layouts,
 }
 
 std::vector<ZeroLayout> make_layouts(const std::vector<ZeroUnit>& units, int stage, int ranks,
-                                     int live_units) {
+                                     int live_units, bool per_layer) {
   KEEL_CHECK(stage >= 1 && stage <= 3, "ZeRO stage must be 1, 2 or 3, got {}", stage);
+  KEEL_CHECK(!per_layer || stage >= 2,
+             "ZeRO {}: a per-layer update needs stage 2 or 3 (stage 1 reduces the gradients only "
+             "after the backward)",
+             stage);
   KEEL_CHECK(!units.empty(), "ZeRO needs at least one unit of parameters");
   KEEL_CHECK(live_units >= 1, "ZeRO: live_units must be at least 1, got {}", live_units);
   std::vector<ZeroLayout> layouts;
@@ -96,24 +108,28 @@ std::vector<ZeroLayout> make_layouts(const std::vector<ZeroUnit>& units, int sta
 
 }  // namespace
 
-ZeroBytes Zero::plan(const std::vector<ZeroUnit>& units, int stage, int ranks, int live_units) {
+ZeroBytes Zero::plan(const std::vector<ZeroUnit>& units, int stage, int ranks, int live_units,
+                     bool per_layer_update) {
   MemoryPlan plan("ZeRO");
-  return declare(plan, make_layouts(units, stage, ranks, live_units), units, stage, ranks,
-                 live_units)
+  return declare(plan, make_layouts(units, stage, ranks, live_units, per_layer_update), units,
+                 stage, ranks, live_units, per_layer_update)
       .bytes;
 }
 
-Zero::Zero(std::vector<ZeroUnit> units, int stage, Communicator& dp, int live_units)
+Zero::Zero(std::vector<ZeroUnit> units, int stage, Communicator& dp, int live_units,
+           bool per_layer_update)
     : units_(std::move(units)),
-      layouts_(make_layouts(units_, stage, dp.size(), live_units)),
+      layouts_(make_layouts(units_, stage, dp.size(), live_units, per_layer_update)),
       stage_(stage),
-      dp_(dp) {
+      dp_(dp),
+      per_layer_(per_layer_update) {
   int64_t at = 0;
   for (const ZeroLayout& l : layouts_) {
     region_at_.push_back(at);
     at += l.region_elems();
+    widest_region_ = std::max(widest_region_, l.region_elems());
   }
-  Declared d = declare(plan_, layouts_, units_, stage, dp.size(), live_units);
+  Declared d = declare(plan_, layouts_, units_, stage, dp.size(), live_units, per_layer_);
   master_ = d.master;
   grad_ = d.grad;
   staging_ = std::move(d.staging);
@@ -125,6 +141,7 @@ Zero::Zero(std::vector<ZeroUnit> units, int stage, Communicator& dp, int live_un
   w_owner_.assign(unit_w_.size(), -1);
   g_owner_.assign(unit_g_.size(), -1);
   grad_fresh_.assign(units_.size(), true);
+  grad_slot_owner_.assign(kGradSlots, -1);
 }
 
 Zero::~Zero() {
@@ -178,10 +195,17 @@ std::vector<ZeroShardRef> Zero::shards() {
     for (size_t i = 0; i < units_[u].params.size(); ++i) {
       const ZeroShard& s = layouts_[u].shard(i);
       const int64_t at = region_at_[u] + s.offset;
+      const int64_t g = grad_at(static_cast<int>(u)) + s.offset;
       out.push_back(
-          {&units_[u].params[i], master + at, grad + at, s.elems, layouts_[u].rect(i, dp_.rank())});
+          {&units_[u].params[i], master + at, grad + g, s.elems, layouts_[u].rect(i, dp_.rank())});
     }
   return out;
+}
+
+// Where unit u's gradient shard starts in the gradient shard plan.
+int64_t Zero::grad_at(int unit) const {
+  const size_t u = static_cast<size_t>(unit);
+  return per_layer_ ? (unit % kGradSlots) * widest_region_ : region_at_[u];
 }
 
 // --- Staging buffers and the collectives on them --------------------------------------------
@@ -214,7 +238,7 @@ void Zero::start_reduce(int unit, int staging) {
   Tensor in = plan_[staging_[static_cast<size_t>(staging)]].slice0(0, region * dp_.size());
   const bool direct = grad_fresh_[u];
   grad_fresh_[u] = false;
-  Tensor out = direct ? plan_[grad_].slice0(region_at_[u], region_at_[u] + region)
+  Tensor out = direct ? plan_[grad_].slice0(grad_at(unit), grad_at(unit) + region)
                       : in.slice0(dp_.rank() * region, (dp_.rank() + 1) * region);
   flights_.push_back(std::make_unique<InFlight>(
       InFlight{true, unit, staging, dp_.reduce_scatter_async(out, in), direct}));
@@ -236,7 +260,7 @@ void Zero::finish(InFlight& f) {
     const float* chunk =
         plan_[staging_[static_cast<size_t>(f.staging)]].f32() + dp_.rank() * region;
     const auto t0 = Clock::now();
-    kernels::cpu::add_inplace(plan_[grad_].f32() + region_at_[u], chunk, region);
+    kernels::cpu::add_inplace(plan_[grad_].f32() + grad_at(f.unit), chunk, region);
     timers_.copy_seconds += since(t0);
   }
   staging_owner_[static_cast<size_t>(f.staging)] = -1;
@@ -281,7 +305,11 @@ void Zero::progress() {
 
 void Zero::begin_step() {
   finish_all();
+  KEEL_CHECK(!per_layer_ || ready_, "ZeRO: a per-layer update needs set_unit_ready first");
   std::fill(grad_fresh_.begin(), grad_fresh_.end(), true);
+  std::fill(grad_slot_owner_.begin(), grad_slot_owner_.end(), -1);
+  pending_ = -1;
+  handed_ = 0;
   order_pos_ = 0;
 }
 
@@ -306,6 +334,15 @@ void Zero::reduce_gradients() {
       reduce_unit(u, model_grads_[static_cast<size_t>(u)]);
   }
   finish_all();
+  if (per_layer_) {
+    if (pending_ >= 0) hand_over(pending_);
+    pending_ = -1;
+    KEEL_CHECK(handed_ == units_.size(),
+               "ZeRO: the per-layer update stepped {} of the {} units this step; every unit's "
+               "backward must release its gradients once (internal error)",
+               handed_, units_.size());
+    return;
+  }
   for (size_t u = 0; u < units_.size(); ++u)
     if (grad_fresh_[u]) {  // no gradient reached this unit in the step
       std::fill_n(plan_[grad_].f32() + region_at_[u], layouts_[u].region_elems(), 0.0f);
@@ -313,7 +350,22 @@ void Zero::reduce_gradients() {
     }
 }
 
+// The unit's reduce-scatter (and every older one) retires first: the handed-over shard is summed.
+void Zero::hand_over(int unit) {
+  while (std::any_of(flights_.begin(), flights_.end(),
+                     [&](const auto& f) { return f->reduce && f->unit == unit; }))
+    finish_oldest();
+  const float* g = plan_[grad_].f32() + grad_at(unit);
+  const int64_t region = layouts_[static_cast<size_t>(unit)].region_elems();
+  ready_(unit, kernels::cpu::sum_squares(g, region));
+  grad_slot_owner_[static_cast<size_t>(unit % kGradSlots)] = -1;
+  ++handed_;
+}
+
 double Zero::grad_sum_squares() const {
+  KEEL_CHECK(!per_layer_,
+             "ZeRO: with a per-layer update the units share gradient shard buffers; each unit's "
+             "Σ g² comes with its hand-over");
   const Tensor g = plan_[grad_];
   return kernels::cpu::sum_squares(g.f32(), g.numel());
 }
@@ -425,17 +477,35 @@ void Zero::release_grads(int unit) {
   const auto slot = std::find(g_owner_.begin(), g_owner_.end(), unit);
   KEEL_CHECK(slot != g_owner_.end(), "ZeRO: gradients of unit '{}' released but not held",
              units_[static_cast<size_t>(unit)].name);
+  // A second release in a step would add to a shard that a per-layer update has stepped already.
+  KEEL_CHECK(!per_layer_ || grad_fresh_[static_cast<size_t>(unit)],
+             "ZeRO: gradients of unit '{}' released twice in a step; a per-layer update steps a "
+             "unit when it releases them, so once per step (one micro-batch)",
+             units_[static_cast<size_t>(unit)].name);
   reduce_unit(unit, plan_[unit_g_[static_cast<size_t>(slot - g_owner_.begin())]].f32());
   *slot = -1;
+  if (!per_layer_) return;
+  // Unit u's reduce-scatter now runs behind the step of the unit released before it.
+  if (pending_ >= 0) hand_over(pending_);
+  pending_ = unit;
 }
 
 // Packs a unit's full gradients into a staging buffer and starts their reduce-scatter. On one
 // rank there is nothing to reduce: the first gradient of a step is packed straight into the shard.
 void Zero::reduce_unit(int unit, const float* grads) {
   const size_t u = static_cast<size_t>(unit);
+  if (per_layer_) {
+    int& owner = grad_slot_owner_[static_cast<size_t>(unit % kGradSlots)];
+    KEEL_CHECK(owner < 0,
+               "ZeRO: unit '{}' would reduce into the gradient shard of unit '{}', not yet "
+               "stepped; a per-layer update needs the units' gradients released last unit first "
+               "(internal error)",
+               units_[u].name, owner < 0 ? "" : units_[static_cast<size_t>(owner)].name);
+    owner = unit;
+  }
   const auto t0 = Clock::now();
   if (dp_.size() == 1 && grad_fresh_[u]) {
-    layouts_[u].pack(plan_[grad_].f32() + region_at_[u], 0, unit_ptrs(unit, grads));
+    layouts_[u].pack(plan_[grad_].f32() + grad_at(unit), 0, unit_ptrs(unit, grads));
     grad_fresh_[u] = false;
     timers_.copy_seconds += since(t0);
     return;

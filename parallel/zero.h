@@ -11,6 +11,9 @@
 //   3: as 2, and the model keeps no weights either: a unit's weights are all-gathered when the
 //      model asks for them (the next unit's gather is started then, so it overlaps compute) and the
 //      buffer is reused as soon as the model releases them.
+// With a per-layer update (stages 2 and 3), each unit's gradient shard is handed to the caller,
+// who steps that unit's parameters, as soon as its reduce-scatter completes during the backward;
+// then only the shards of the units in flight exist, not one per unit.
 #pragma once
 
 #include <functional>
@@ -50,11 +53,19 @@ class UnitHooks {
   virtual void progress() {}
 };
 
+// Called when a unit's gradient (a ZeRO shard, or the whole unit without ZeRO) is complete and
+// may be stepped, with Σ g² over it; the gradient's memory is reused once it returns. Every rank
+// calls it for the same units in the same order, at the same point of its own program order, so
+// it may run collectives on the data-parallel group.
+using UnitReady = std::function<void(int unit, double grad_sum_squares)>;
+
 // One parameter's shard as the optimizer sees it.
 struct ZeroShardRef {
   const ZeroParamSpec* spec;
-  float* master;      // fp32 master shard (padding included, always 0)
-  const float* grad;  // summed gradient of the shard (padding 0)
+  float* master;  // fp32 master shard (padding included, always 0)
+  // Summed gradient of the shard (padding 0). With a per-layer update it is there only while the
+  // unit is handed over (UnitReady): the units share a few shard buffers.
+  const float* grad;
   int64_t elems;
   ShardRect rect;  // the part of the parameter this rank's shard holds
 };
@@ -65,7 +76,9 @@ struct ZeroBytes {
   size_t grad_shard = 0;    // summed gradient shards
   size_t staging = 0;       // collective staging buffers
   size_t unit_weights = 0;  // stage 3: gathered weights of the units the model holds
-  size_t unit_grads = 0;    // stages 2, 3: gradient buffers of the units in backward
+  // stages 2, 3 (and 0 with a per-layer update, UnitGrads): gradient buffers of the units in
+  // backward
+  size_t unit_grads = 0;
   size_t total() const { return master + grad_shard + staging + unit_weights + unit_grads; }
 };
 
@@ -79,10 +92,14 @@ class Zero final : public UnitHooks {
  public:
   // stage 1, 2 or 3 over the data-parallel group dp. live_units: how many units the model holds
   // at once at most (2 when the head needs the tied embedding beside its own weights).
-  Zero(std::vector<ZeroUnit> units, int stage, Communicator& dp, int live_units);
+  // per_layer_update (stages 2 and 3): hand each unit's gradient shard over as soon as it is
+  // complete (set_unit_ready), keeping shards for the units in flight only.
+  Zero(std::vector<ZeroUnit> units, int stage, Communicator& dp, int live_units,
+       bool per_layer_update = false);
   ~Zero() override;
   // What the constructor would allocate on each of `ranks` ranks (keel plan).
-  static ZeroBytes plan(const std::vector<ZeroUnit>& units, int stage, int ranks, int live_units);
+  static ZeroBytes plan(const std::vector<ZeroUnit>& units, int stage, int ranks, int live_units,
+                        bool per_layer_update = false);
 
   int stage() const { return stage_; }
   const std::vector<ZeroUnit>& units() const { return units_; }
@@ -100,15 +117,22 @@ class Zero final : public UnitHooks {
   void init_master(const std::function<const float*(int, float*)>& full);
 
   std::vector<ZeroShardRef> shards();
+  // Per-layer update: called for every unit once per step, units in the order the model
+  // releases their gradients (last unit first). Unit u is handed over when the model releases
+  // unit u−1's gradients (its reduce-scatter has had u−1's backward to run) and the last one in
+  // reduce_gradients.
+  void set_unit_ready(UnitReady ready) { ready_ = std::move(ready); }
 
   // The step: begin_step, then every micro-batch's forward and backward (with this object as the
   // model's hooks for stages 2 and 3), then reduce_gradients, the optimizer on shards(), and
   // publish_weights.
   void begin_step();
   // Stage 1: reduce-scatters the model's gradients unit by unit. Stages 2 and 3: waits for the
-  // reductions still in flight. Afterwards shards() hold the gradient summed over the group.
+  // reductions still in flight. Afterwards shards() hold the gradient summed over the group
+  // (per-layer update: the last unit is handed over instead, and every unit has been).
   void reduce_gradients();
   // Σ g² over this rank's gradient shards (padding is zero); sum it over the group for the norm.
+  // Not with a per-layer update: UnitReady gives each unit's sum.
   double grad_sum_squares() const;
   // Stages 1 and 2: all-gathers the updated master shards into the model's weights.
   void publish_weights();
@@ -136,6 +160,8 @@ class Zero final : public UnitHooks {
   void finish(InFlight& f);
   void finish_oldest();
   void finish_all();
+  void hand_over(int unit);
+  int64_t grad_at(int unit) const;
   std::vector<const float*> unit_ptrs(int u, const float* base) const;
   std::vector<float*> unit_ptrs(int u, float* base) const;
 
@@ -154,6 +180,13 @@ class Zero final : public UnitHooks {
   std::vector<int> staging_owner_;                 // -1 free, else 1 (pending work or a prefetch)
   std::vector<int> w_owner_, g_owner_;             // unit held in each unit buffer, -1 when free
   std::vector<bool> grad_fresh_;  // unit's gradient shard not yet written this step
+  // Per-layer update: unit u's shard lives in buffer u % 2 of the gradient shard plan.
+  bool per_layer_ = false;
+  int64_t widest_region_ = 0;
+  UnitReady ready_;
+  std::vector<int> grad_slot_owner_;  // unit whose shard is in each buffer until handed over
+  int pending_ = -1;                  // released unit not yet handed over
+  size_t handed_ = 0;                 // units handed over this step
   std::vector<std::unique_ptr<InFlight>> flights_;  // oldest first
   std::vector<int> order_;
   size_t order_pos_ = 0;

@@ -73,12 +73,15 @@ struct OptimizerConfig {
   int64_t block_size = 256;      // adamw_8bit: elements per quantization block
   int64_t min_8bit_size = 4096;  // adamw_8bit: tensors with fewer elements keep fp32 moments
   // adafactor (as Hugging Face's Adafactor; the Trainer's defaults):
-  bool relative_step = false;       // step size min(1e-2, 1/sqrt(t)) instead of the learning rate
-  bool scale_parameter = false;     // step size times max(1e-3, RMS(parameter))
-  bool warmup_init = false;         // relative step min(1e-6·t, 1/sqrt(t))
-  double decay_rate = -0.8;         // β2 at step t: 1 − t^decay_rate
-  double clip_threshold = 1.0;      // the update's RMS is clipped to this
-  double adafactor_beta1 = 0.0;     // > 0: a first moment of the update with this decay
+  bool relative_step = false;    // step size min(1e-2, 1/sqrt(t)) instead of the learning rate
+  bool scale_parameter = false;  // step size times max(1e-3, RMS(parameter))
+  bool warmup_init = false;      // relative step min(1e-6·t, 1/sqrt(t))
+  double decay_rate = -0.8;      // β2 at step t: 1 − t^decay_rate
+  double clip_threshold = 1.0;   // the update's RMS is clipped to this
+  double adafactor_beta1 = 0.0;  // > 0: a first moment of the update with this decay
+  // Step each unit (embedding, block, head) as soon as its gradient is complete in the backward,
+  // then reuse that gradient's memory for the next unit (one micro-batch, no global clipping).
+  bool per_layer_update = false;
   optim::GaloreConfig galore = {};  // optimizer.galore: GaLore around the optimizer of `type`
 };
 

@@ -168,6 +168,31 @@ void check_parallel_size(int64_t size, std::string_view key, std::string_view wh
       size, what);
 }
 
+// A unit is stepped as soon as its gradient is complete in the backward, before the units below
+// it have theirs: nothing may need the whole step's gradient first.
+void check_per_layer_update(const Config& config) {
+  if (!config.optimizer.per_layer_update) return;
+  const TrainingConfig& t = config.training;
+  KEEL_CHECK(t.gradient_accumulation_steps == 1,
+             "optimizer.per_layer_update takes one micro-batch per step, but "
+             "training.gradient_accumulation_steps is {} (a unit would be stepped before the "
+             "later micro-batches add their gradients); set training.gradient_accumulation_steps "
+             "to 1 (raise training.per_device_train_batch_size for a larger batch), or "
+             "optimizer.per_layer_update to false",
+             t.gradient_accumulation_steps);
+  KEEL_CHECK(t.max_grad_norm == 0,
+             "optimizer.per_layer_update cannot clip by the global gradient norm, but "
+             "training.max_grad_norm is {} (the norm needs every unit's gradient before any unit "
+             "is stepped); set training.max_grad_norm to 0, or optimizer.per_layer_update to "
+             "false",
+             number_text(t.max_grad_norm));
+  KEEL_CHECK(config.parallel.zero_stage != 1,
+             "optimizer.per_layer_update does not run with parallel.zero_stage 1, which keeps "
+             "every gradient until the backward ends and reduces them only then; set "
+             "parallel.zero_stage to 2 (the same sharding, with each unit's gradient "
+             "reduce-scattered during the backward), or to 0 or 3");
+}
+
 }  // namespace
 
 void validate_config(const Config& config) {
@@ -200,6 +225,7 @@ void validate_config(const Config& config) {
                "schedulers");
   check_one_of(config.optimizer.type, kOptimizers, "optimizer.type", "optimizers");
   check_galore(config.optimizer);
+  check_per_layer_update(config);
   const int64_t block = config.optimizer.block_size;
   KEEL_CHECK((block & (block - 1)) == 0,
              "optimizer.block_size is {}; it must be a power of two from 64 to 4096 (256 is "

@@ -104,6 +104,7 @@ inline constexpr auto kFields = std::to_array<Field>({
     KEEL_CONFIG_FIELD(optimizer, decay_rate, below(0)),
     KEEL_CONFIG_FIELD(optimizer, clip_threshold, above(0)),
     KEEL_CONFIG_FIELD(optimizer, adafactor_beta1, half_open(0, 1)),
+    KEEL_CONFIG_FIELD(optimizer, per_layer_update, any_value()),
     KEEL_CONFIG_FIELD(optimizer, galore.rank, at_least(0)),
     KEEL_CONFIG_FIELD(optimizer, galore.update_proj_gap, at_least(1)),
     KEEL_CONFIG_FIELD(optimizer, galore.scale, above(0)),

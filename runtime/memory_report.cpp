@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "optim/optimizer.h"
+#include "parallel/unit_grads.h"
 
 namespace keel::runtime {
 
@@ -50,8 +51,10 @@ optim::OptimizerConfig optimizer_config(const Config& config) {
 RankMemory plan_rank_memory(const Config& config, int dp) {
   const TrainingConfig& t = config.training;
   const int stage = static_cast<int>(config.parallel.zero_stage);
+  const bool per_layer = config.optimizer.per_layer_update;
   const LlamaModel model(config.model, t.per_device_train_batch_size, config.data.seq_length,
-                         t.gradient_checkpointing, ModelHolds{stage < 3, stage < 2, false});
+                         t.gradient_checkpointing,
+                         ModelHolds{stage < 3, stage < 2 && !per_layer, false});
   // The tensors the optimizer will hold: whole parameters, or this rank's shards (unit by unit).
   std::vector<optim::ParamRef> tensors;
   auto add = [&](const std::string& name, int64_t n) {
@@ -59,6 +62,8 @@ RankMemory plan_rank_memory(const Config& config, int dp) {
   };
   parallel::ZeroBytes z;
   if (stage == 0) {
+    if (per_layer)
+      z.unit_grads = parallel::UnitGrads::plan_bytes(model.units(), model.live_units());
     for (const Parameter& p : model.parameters()) {
       add(p.name, p.global_shape.numel());
       if (p.global_shape.rank() == 2) {
@@ -68,7 +73,7 @@ RankMemory plan_rank_memory(const Config& config, int dp) {
       }
     }
   } else {
-    z = parallel::Zero::plan(model.units(), stage, dp, model.live_units());
+    z = parallel::Zero::plan(model.units(), stage, dp, model.live_units(), per_layer);
     // Rank 0's shards: every rank's are the same size (the last one padded).
     for (const parallel::ZeroUnit& u : model.units()) {
       const parallel::ZeroLayout layout(u.params, dp);

@@ -112,14 +112,17 @@ void Trainer::build() {
              "file, or prepare data.train with keel prepare, which writes a validation split",
              t.eval_steps, config_.data.validation);
   resolve_schedule_lengths(config_.training, data_->num_sequences(), grid_.dp().size());
-  // ZeRO 2 hands the model its gradients unit by unit, ZeRO 3 its weights too.
+  // ZeRO 2 hands the model its gradients unit by unit, ZeRO 3 its weights too; so does ZeRO 0
+  // with a per-layer update (parallel::UnitGrads).
+  const bool per_layer = config_.optimizer.per_layer_update;
   model_ = std::make_unique<LlamaModel>(config_.model, B, T, t.gradient_checkpointing,
-                                        ModelHolds{stage < 3, stage < 2});
+                                        ModelHolds{stage < 3, stage < 2 && !per_layer});
   std::vector<optim::ParamRef> refs;
   if (stage == 0) {
     model_->init_weights(t.seed);
+    const std::vector<const float*> grads = stage0_grads();
     for (Parameter& p : model_->parameters()) {
-      refs.push_back({p.name, p.value.f32(), p.grad.f32(), p.value.numel(), p.weight_decay,
+      refs.push_back({p.name, p.value.f32(), grads[refs.size()], p.value.numel(), p.weight_decay,
                       quantize_state(p.name)});
       if (p.global_shape.rank() == 2) {  // a whole matrix
         const int64_t rows = p.global_shape[0], cols = p.global_shape[1];
@@ -130,6 +133,7 @@ void Trainer::build() {
   } else {
     refs = build_zero();
   }
+  if (per_layer) build_per_layer(refs);
   optimizer_ = optim::make_optimizer(std::move(refs), optimizer_config(config_),
                                      zero_ ? &grid_.dp() : nullptr);
 
@@ -150,7 +154,8 @@ void Trainer::build() {
 
 void Trainer::print_plan() {
   const int64_t T = config_.data.seq_length;
-  const parallel::ZeroBytes z = zero_ ? zero_->bytes() : parallel::ZeroBytes{};
+  parallel::ZeroBytes z = zero_ ? zero_->bytes() : parallel::ZeroBytes{};
+  if (unit_grads_) z.unit_grads = unit_grads_->bytes();
   const RankMemory m = account(
       *model_, z, {optimizer_->state_bytes(), optimizer_->workspace_bytes()}, batch_.bytes());
   planned_bytes_ = m.total();
@@ -177,8 +182,8 @@ Trainer::~Trainer() = default;
 std::vector<optim::ParamRef> Trainer::build_zero() {
   const int stage = config_.parallel.zero_stage;
   const uint64_t seed = config_.training.seed;
-  zero_ =
-      std::make_unique<parallel::Zero>(model_->units(), stage, grid_.dp(), model_->live_units());
+  zero_ = std::make_unique<parallel::Zero>(model_->units(), stage, grid_.dp(), model_->live_units(),
+                                           config_.optimizer.per_layer_update);
   const int n = static_cast<int>(model_->units().size());
   if (stage < 3) {
     model_->init_weights(seed);
@@ -270,6 +275,17 @@ StepStats Trainer::step() {
   const double valid = total[0];
   KEEL_CHECK(valid > 0, "step {}: every target of the global batch is ignored", step_ + 1);
 
+  const double lr = learning_rate_at(t, step_);
+  const bool per_layer = config_.optimizer.per_layer_update;
+  if (per_layer) {  // the units are stepped inside the backward (step_unit)
+    optimizer_->begin_step();
+    unit_lr_ = lr;
+    unit_sum_squares_ = 0.0;
+  }
+  if (unit_grads_) {
+    unit_grads_->begin_step();
+    wait = -unit_grads_->wait_seconds();
+  }
   model_->zero_grad();
   if (zero_) zero_->begin_step();
   total[1] = 0.0;
@@ -283,9 +299,13 @@ StepStats Trainer::step() {
   if (zero_) {
     // This rank's gradient shards, summed over the group; the norm² is summed over the shards.
     zero_->reduce_gradients();
-    total[3] = zero_->grad_sum_squares();
+    total[3] = per_layer ? unit_sum_squares_ : zero_->grad_sum_squares();
     dp.all_reduce(totals.slice0(3, 4));
     sq = total[3];
+  } else if (unit_grads_) {  // every unit stepped already; each rank summed the whole gradient
+    unit_grads_->end_step();
+    wait += unit_grads_->wait_seconds();
+    sq = unit_sum_squares_;
   } else {
     const auto t_reduce = Clock::now();
     dp.all_reduce(model_->grad_storage());
@@ -296,8 +316,7 @@ StepStats Trainer::step() {
   const double norm = std::sqrt(sq);
   double clip = 1.0;
   if (t.max_grad_norm > 0) clip = std::min(1.0, t.max_grad_norm / (norm + 1e-6));
-  const double lr = learning_rate_at(t, step_);
-  optimizer_->step(lr, clip);
+  if (!per_layer) optimizer_->step(lr, clip);
   if (zero_) zero_->publish_weights();  // the updated shards become the full weights (1, 2)
   if (zero_) wait += zero_->timers().wait_seconds;
   ++step_;

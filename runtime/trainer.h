@@ -12,6 +12,7 @@
 
 #include "optim/optimizer.h"
 #include "parallel/process_grid.h"
+#include "parallel/unit_grads.h"
 #include "parallel/zero.h"
 #include "runtime/checkpoint.h"
 #include "runtime/config.h"
@@ -65,6 +66,13 @@ class Trainer {
   struct OwnGrid;  // the one-rank grid of the second constructor
   void build();
   std::vector<optim::ParamRef> build_zero();
+  // ZeRO 0: each parameter's gradient, in the model's plan or (per-layer update) in the buffer
+  // of its unit, which holds it while the unit is stepped.
+  std::vector<const float*> stage0_grads();
+  // optimizer.per_layer_update (trainer_per_layer.cpp): each unit's tensor range in refs, and the
+  // hooks' call that steps a unit as its gradient completes.
+  void build_per_layer(const std::vector<optim::ParamRef>& refs);
+  void step_unit(int unit, double grad_sum_squares);
   void print_plan();
   // Checks that this run can continue the checkpoint in dir; returns the config it was saved with.
   Config check_checkpoint(const std::string& dir, const CheckpointInfo& info) const;
@@ -101,6 +109,12 @@ class Trainer {
   MemoryPlan::Slot tokens_, targets_;  // (accumulation, B, T): this rank's slice of the batch
   MemoryPlan::Slot totals_;  // (4) F64 over ranks: valid targets, loss sum, GEMM peak, grad norm²
   std::unique_ptr<parallel::Zero> zero_;  // ZeRO stages 1-3; null for stage 0
+  // ZeRO 0 with optimizer.per_layer_update: the model's gradients, one unit at a time.
+  std::unique_ptr<parallel::UnitGrads> unit_grads_;
+  // Per-layer update: unit u steps the optimizer's tensors [unit_first_[u], unit_first_[u+1]);
+  // the step's learning rate, and Σ g² of the units stepped so far in it.
+  std::vector<size_t> unit_first_;
+  double unit_lr_ = 0.0, unit_sum_squares_ = 0.0;
   int64_t step_ = 0;
   int64_t samples_ = 0;  // global samples of the data order trained on so far
   std::string resumed_from_;

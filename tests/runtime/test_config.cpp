@@ -34,7 +34,7 @@ const std::vector<std::string> kAllKeys = {
     "training.exit_interval", "training.resume_from_checkpoint", "training.output_dir",
     "training.gradient_checkpointing", "optimizer.type", "optimizer.block_size", "optimizer.min_8bit_size",
     "optimizer.relative_step", "optimizer.scale_parameter", "optimizer.warmup_init",
-    "optimizer.decay_rate", "optimizer.clip_threshold", "optimizer.adafactor_beta1", "optimizer.galore.rank",
+    "optimizer.decay_rate", "optimizer.clip_threshold", "optimizer.adafactor_beta1", "optimizer.per_layer_update", "optimizer.galore.rank",
     "optimizer.galore.update_proj_gap", "optimizer.galore.scale", "optimizer.galore.proj_type",
     "optimizer.galore.projector", "optimizer.galore.targets", "optimizer.galore.oversample",
     "optimizer.galore.power_iterations", "parallel.zero_stage",
@@ -535,6 +535,35 @@ TEST(Config, UnsupportedChoicesListWhatIsSupported) {
               "parallel." + key + " is 2, but " + kind +
                   " parallelism is not supported yet in this build; set it to 1");
   }
+}
+
+// A per-layer update steps a unit before the units below it have gradients: whatever needs the
+// step's whole gradient first is refused, naming the key and the fix.
+TEST(Config, PerLayerUpdateRefusesWhatNeedsTheWholeGradient) {
+  const std::string on = "optimizer.per_layer_update=true", no_clip = "training.max_grad_norm=0";
+  EXPECT_TRUE(parse_config(kMinimalYaml, {on, no_clip}).optimizer.per_layer_update);
+  EXPECT_EQ(parse_error(kMinimalYaml, {on}),
+            "optimizer.per_layer_update cannot clip by the global gradient norm, but "
+            "training.max_grad_norm is 1 (the norm needs every unit's gradient before any unit "
+            "is stepped); set training.max_grad_norm to 0, or optimizer.per_layer_update to "
+            "false");
+  EXPECT_EQ(parse_error(kMinimalYaml, {on, no_clip, "training.gradient_accumulation_steps=4"}),
+            "optimizer.per_layer_update takes one micro-batch per step, but "
+            "training.gradient_accumulation_steps is 4 (a unit would be stepped before the later "
+            "micro-batches add their gradients); set training.gradient_accumulation_steps to 1 "
+            "(raise training.per_device_train_batch_size for a larger batch), or "
+            "optimizer.per_layer_update to false");
+  EXPECT_EQ(parse_error(kMinimalYaml, {on, no_clip, "parallel.zero_stage=1"}),
+            "optimizer.per_layer_update does not run with parallel.zero_stage 1, which keeps "
+            "every gradient until the backward ends and reduces them only then; set "
+            "parallel.zero_stage to 2 (the same sharding, with each unit's gradient "
+            "reduce-scattered during the backward), or to 0 or 3");
+  for (const char* stage : {"0", "2", "3"})
+    EXPECT_NO_THROW(
+        parse_config(kMinimalYaml, {on, no_clip, "parallel.zero_stage=" + std::string(stage)}));
+  // Off, the same settings are fine.
+  EXPECT_NO_THROW(parse_config(
+      kMinimalYaml, {"training.gradient_accumulation_steps=4", "parallel.zero_stage=1"}));
 }
 
 TEST(Config, ByteTokenizerNeedsA256Vocab) {
