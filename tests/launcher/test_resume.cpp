@@ -52,22 +52,30 @@ TEST_F(Cli, ResumeIsBitExact) {
   struct Case {
     int ranks, micro, stage;
     std::string optimizer;
+    int galore_rank = 0;  // GaLore around the optimizer: refreshes at steps 1, 6, 11
   };
   // 8-bit AdamW: the codes and absmax of every block come back exactly.
-  std::vector<Case> cases = {{1, 4, 0, "adamw"}, {1, 4, 0, "adamw_8bit"}, {1, 4, 0, "adafactor"}};
+  std::vector<Case> cases = {{1, 4, 0, "adamw"},
+                             {1, 4, 0, "adamw_8bit"},
+                             {1, 4, 0, "adafactor"},
+                             {1, 4, 0, "adamw", 8},
+                             {1, 4, 0, "adamw_8bit", 8}};
   if (have_mpi())
     cases.insert(cases.end(), {{2, 2, 2, "adamw"},
                                {2, 2, 3, "adamw"},
                                {2, 2, 1, "adamw_8bit"},
                                {2, 2, 3, "adamw_8bit"},
-                               {2, 2, 3, "adafactor"}});
+                               {2, 2, 3, "adafactor"},
+                               {2, 2, 3, "adamw", 8}});
   for (const Case& c : cases) {
-    const std::string what =
-        std::to_string(c.ranks) + " ranks, ZeRO " + std::to_string(c.stage) + ", " + c.optimizer;
+    const std::string what = std::to_string(c.ranks) + " ranks, ZeRO " + std::to_string(c.stage) +
+                             ", " + c.optimizer + (c.galore_rank ? " with GaLore" : "");
     const std::string sets = layout_sets(c.micro, c.stage) + " --set training.max_steps=12" +
-                             " --set optimizer.type=" + c.optimizer;
-    const std::string tag =
-        std::to_string(c.ranks) + "_" + std::to_string(c.stage) + "_" + c.optimizer;
+                             " --set optimizer.type=" + c.optimizer +
+                             " --set optimizer.galore.rank=" + std::to_string(c.galore_rank) +
+                             " --set optimizer.galore.update_proj_gap=5";
+    const std::string tag = std::to_string(c.ranks) + "_" + std::to_string(c.stage) + "_" +
+                            c.optimizer + "_" + std::to_string(c.galore_rank);
     const std::string straight = (dir_ / ("straight" + tag)).string();
     const std::string resumed = (dir_ / ("resumed" + tag)).string();
     Result r = train(c.ranks, cfg, sets + " --set training.output_dir=" + straight);
@@ -218,6 +226,29 @@ TEST_F(Cli, AdafactorStateReshardsOnAnotherLayout) {
     EXPECT_LE(max_relative_difference(one + "/model.safetensors", l.dir + "/model.safetensors"),
               1e-5)
         << what;
+  }
+}
+
+// GaLore's projectors and the moments of the projected gradients are rectangles of tensors of
+// their own (the projected gradient is sliced as the matrix is), so they reshard like parameters:
+// the 20-step run carried across layouts, refreshing every 3 steps (some resumes land on a
+// refresh, some between), with the long side projected (reverse_std: each rank's rows of U and an
+// even split of R) and the short side (std), stays within 1e-5 of the one-rank run.
+TEST_F(Cli, GaloreStateReshardsOnAnotherLayout) {
+  if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
+  const std::string cfg = write("m.yaml", kParallelModel);
+  for (const std::string proj : {"std", "reverse_std"}) {
+    const fs::path dir = dir_ / proj;
+    fs::create_directories(dir);
+    const std::string sets =
+        " --set optimizer.galore.rank=8 --set optimizer.galore.update_proj_gap=3"
+        " --set optimizer.galore.proj_type=" +
+        proj;
+    const std::string out = carry_across_layouts(dir, cfg, sets, "");
+    const std::string one = (dir / "one").string();
+    expect_losses_near(one, out, 1e-5);
+    EXPECT_LE(max_relative_difference(one + "/model.safetensors", out + "/model.safetensors"), 1e-5)
+        << proj;
   }
 }
 
