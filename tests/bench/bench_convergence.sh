@@ -5,21 +5,25 @@
 # metrics.jsonl and loss.svg under --out.
 #
 #   tests/bench/bench_convergence.sh [--keel build/keel] [--steps 150] [--out runs/convergence]
-#       [--optimizers "adamw adamw_8bit"]
+#       [--optimizers "adamw adamw_8bit galore galore_8bit"] [--galore-rank 64]
+# galore and galore_8bit are GaLore (optimizer.galore: rank --galore-rank, refresh every 50 steps,
+# scale 0.25, exact projector) around adamw and adamw_8bit.
 set -euo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 keel=${KEEL:-build/keel}
 steps=150
 out=runs/convergence
-optimizers="adamw adamw_8bit"
+optimizers="adamw adamw_8bit galore galore_8bit"
+galore_rank=64
 while [ $# -gt 0 ]; do
   case "$1" in
     --keel) keel=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --optimizers) optimizers=$2; shift 2 ;;
-    -h|--help) sed -n 2,9p "$0"; exit 0 ;;
+    --galore-rank) galore_rank=$2; shift 2 ;;
+    -h|--help) sed -n 2,11p "$0"; exit 0 ;;
     *) echo "bench_convergence.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -33,7 +37,14 @@ echo "configs/demo.yaml, one process, $steps steps, validation every 50 and at t
 base=""
 for o in $optimizers; do
   rm -rf "$out/$o"
-  "$keel" train configs/demo.yaml --set optimizer.type="$o" --set training.max_steps="$steps" \
+  case "$o" in
+    galore) choice="--set optimizer.type=adamw --set optimizer.galore.rank=$galore_rank" ;;
+    galore_8bit) choice="--set optimizer.type=adamw_8bit --set optimizer.galore.rank=$galore_rank" ;;
+    *) choice="--set optimizer.type=$o" ;;
+  esac
+  # shellcheck disable=SC2086 # choice is several --set arguments
+  "$keel" train configs/demo.yaml $choice --set optimizer.galore.update_proj_gap=50 \
+    --set training.max_steps="$steps" \
     --set training.output_dir="$out/$o" --set training.save_steps=0 \
     --set training.resume_from_checkpoint=none > "$out.$o.log" 2>&1 \
     || { cat "$out.$o.log" >&2; exit 1; }
