@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -47,6 +48,31 @@ inline Result run_ranks(int ranks, const std::string& command) {
   return shell(std::string(KEEL_MPIRUN) +
                " --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 -np " +
                std::to_string(ranks) + " " + command);
+}
+
+// `keel train` on `ranks` ranks (1: no mpirun, one OpenMP thread) with extra --set arguments.
+inline Result train(int ranks, const std::string& cfg, const std::string& sets) {
+  const std::string cmd = std::string(KEEL_BINARY) + " train " + cfg + sets;
+  return ranks == 1 ? shell("OMP_NUM_THREADS=1 " + cmd) : run_ranks(ranks, cmd);
+}
+
+// Every logged step's value of `key` in a metrics.jsonl as written (9 significant digits), for
+// exact comparison.
+inline std::vector<std::string> metric_texts(const std::string& metrics, const std::string& key) {
+  std::ifstream f(metrics);
+  std::vector<std::string> out;
+  std::string line;
+  const std::string tag = "\"" + key + "\": ";
+  while (std::getline(f, line)) {
+    const size_t at = line.find(tag);
+    if (at != std::string::npos) out.push_back(line.substr(at, line.find(',', at) - at));
+  }
+  return out;
+}
+
+inline std::string file_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
 }
 
 class Cli : public ::testing::Test {

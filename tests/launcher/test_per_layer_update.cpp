@@ -22,30 +22,6 @@
 namespace keel::test {
 namespace {
 
-// Every logged step's value of `key` as written (9 significant digits), for exact comparison.
-std::vector<std::string> texts(const std::string& metrics, const std::string& key) {
-  std::ifstream f(metrics);
-  std::vector<std::string> out;
-  std::string line;
-  const std::string tag = "\"" + key + "\": ";
-  while (std::getline(f, line)) {
-    const size_t at = line.find(tag);
-    if (at != std::string::npos) out.push_back(line.substr(at, line.find(',', at) - at));
-  }
-  return out;
-}
-
-std::string file_bytes(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-}
-
-// `keel train` on `ranks` ranks (1: no mpirun) with extra --set arguments.
-Result train(int ranks, const std::string& cfg, const std::string& sets) {
-  const std::string cmd = std::string(KEEL_BINARY) + " train " + cfg + sets;
-  return ranks == 1 ? shell("OMP_NUM_THREADS=1 " + cmd) : run_ranks(ranks, cmd);
-}
-
 // The global batch stays 4 sequences; no clipping, which a per-layer update cannot do.
 std::string layout_sets(int ranks, int stage) {
   return " --set training.per_device_train_batch_size=" + std::to_string(4 / ranks) +
@@ -79,9 +55,9 @@ void PerLayer::expect_same_run(int ranks, int stage) {
       ASSERT_EQ(r.code, 0) << what << "\n" << r.out;
       r = train(ranks, cfg, sets + kOn + " --set training.output_dir=" + unit);
       ASSERT_EQ(r.code, 0) << what << "\n" << r.out;
-      const std::vector<std::string> want = texts(step + "/metrics.jsonl", "loss");
+      const std::vector<std::string> want = metric_texts(step + "/metrics.jsonl", "loss");
       ASSERT_EQ(want.size(), 8u) << what;
-      EXPECT_EQ(texts(unit + "/metrics.jsonl", "loss"), want) << what;
+      EXPECT_EQ(metric_texts(unit + "/metrics.jsonl", "loss"), want) << what;
       EXPECT_TRUE(file_bytes(step + "/model.safetensors") ==
                   file_bytes(unit + "/model.safetensors"))
           << what << ": the final parameters differ";
@@ -149,9 +125,9 @@ TEST_F(PerLayer, ResumeIsBitExact) {
     EXPECT_NE(r.out.find("resumed from " + resumed + "/checkpoints/step_00000006 at step 6"),
               std::string::npos)
         << r.out;
-    const std::vector<std::string> want = texts(straight + "/metrics.jsonl", "loss");
+    const std::vector<std::string> want = metric_texts(straight + "/metrics.jsonl", "loss");
     ASSERT_EQ(want.size(), 12u) << what;
-    EXPECT_EQ(texts(resumed + "/metrics.jsonl", "loss"), want) << what;
+    EXPECT_EQ(metric_texts(resumed + "/metrics.jsonl", "loss"), want) << what;
     EXPECT_TRUE(file_bytes(straight + "/model.safetensors") ==
                 file_bytes(resumed + "/model.safetensors"))
         << what << ": the final parameters differ";

@@ -17,29 +17,6 @@ namespace {
 using namespace keel::test;  // NOLINT: the helpers of every CLI test
 namespace fs = std::filesystem;
 
-// Every logged step's loss as written (9 significant digits), for exact comparison.
-std::vector<std::string> loss_texts(const std::string& metrics) {
-  std::ifstream f(metrics);
-  std::vector<std::string> out;
-  std::string line;
-  while (std::getline(f, line)) {
-    const size_t at = line.find("\"loss\": ");
-    if (at != std::string::npos) out.push_back(line.substr(at, line.find(',', at) - at));
-  }
-  return out;
-}
-
-std::string file_bytes(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
-}
-
-// `keel train` on `ranks` ranks (1: no mpirun) with extra --set arguments.
-Result train(int ranks, const std::string& cfg, const std::string& sets) {
-  const std::string cmd = std::string(KEEL_BINARY) + " train " + cfg + sets;
-  return ranks == 1 ? shell("OMP_NUM_THREADS=1 " + cmd) : run_ranks(ranks, cmd);
-}
-
 std::string layout_sets(int micro, int stage) {
   return " --set training.per_device_train_batch_size=" + std::to_string(micro) +
          " --set parallel.zero_stage=" + std::to_string(stage);
@@ -84,15 +61,15 @@ TEST_F(Cli, ResumeIsBitExact) {
               sets + " --set training.exit_interval=6 --set training.output_dir=" + resumed);
     ASSERT_EQ(r.code, 0) << what << "\n" << r.out;
     EXPECT_NE(r.out.find("stopping at step 6"), std::string::npos) << r.out;
-    EXPECT_EQ(loss_texts(resumed + "/metrics.jsonl").size(), 6u) << what;
+    EXPECT_EQ(metric_texts(resumed + "/metrics.jsonl", "loss").size(), 6u) << what;
     r = train(c.ranks, cfg, sets + " --set training.output_dir=" + resumed);  // resume: auto
     ASSERT_EQ(r.code, 0) << what << "\n" << r.out;
     EXPECT_NE(r.out.find("resumed from " + resumed + "/checkpoints/step_00000006 at step 6"),
               std::string::npos)
         << r.out;
-    const std::vector<std::string> want = loss_texts(straight + "/metrics.jsonl");
+    const std::vector<std::string> want = metric_texts(straight + "/metrics.jsonl", "loss");
     ASSERT_EQ(want.size(), 12u);
-    EXPECT_EQ(loss_texts(resumed + "/metrics.jsonl"), want) << what;
+    EXPECT_EQ(metric_texts(resumed + "/metrics.jsonl", "loss"), want) << what;
     EXPECT_TRUE(file_bytes(straight + "/model.safetensors") ==
                 file_bytes(resumed + "/model.safetensors"))
         << what << ": the final parameters differ";
