@@ -30,8 +30,6 @@ struct ParamRef {
   int64_t rows = 0, cols = 0;     // a matrix's global shape; 0 for a vector
   parallel::ShardRect rect = {};  // the part held here (ld 0: a whole vector)
   bool matrix() const { return rows > 0 && cols > 0; }
-  // Whether the tensor holds its whole matrix (no ZeRO shard of it).
-  bool whole() const { return rect.rows == rows && rect.cols == cols && n == rows * cols; }
 };
 
 struct OptimizerConfig {

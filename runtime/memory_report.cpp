@@ -29,6 +29,17 @@ RankMemory account(const LlamaModel& model, const parallel::ZeroBytes& zero,
 
 bool quantize_state(const std::string& param) { return param != "model.embed_tokens.weight"; }
 
+optim::ParamRef optimizer_tensor(const Parameter& p, float* value, const float* grad, int64_t n,
+                                 const parallel::ShardRect* shard) {
+  optim::ParamRef r{p.name, value, grad, n, p.weight_decay, quantize_state(p.name)};
+  if (p.global_shape.rank() == 2) {
+    r.rows = p.global_shape[0], r.cols = p.global_shape[1];
+    r.rect = {0, 0, r.rows, r.cols, r.cols};
+  }
+  if (shard) r.rect = *shard;
+  return r;
+}
+
 optim::OptimizerConfig optimizer_config(const Config& config) {
   const TrainingConfig& t = config.training;
   optim::OptimizerConfig o;
@@ -57,32 +68,21 @@ RankMemory plan_rank_memory(const Config& config, int dp) {
                          ModelHolds{stage < 3, stage < 2 && !per_layer, false});
   // The tensors the optimizer will hold: whole parameters, or this rank's shards (unit by unit).
   std::vector<optim::ParamRef> tensors;
-  auto add = [&](const std::string& name, int64_t n) {
-    tensors.push_back({name, nullptr, nullptr, n, false, quantize_state(name)});
-  };
   parallel::ZeroBytes z;
   if (stage == 0) {
     if (per_layer)
       z.unit_grads = parallel::UnitGrads::plan_bytes(model.units(), model.live_units());
-    for (const Parameter& p : model.parameters()) {
-      add(p.name, p.global_shape.numel());
-      if (p.global_shape.rank() == 2) {
-        const int64_t rows = p.global_shape[0], cols = p.global_shape[1];
-        tensors.back().rows = rows, tensors.back().cols = cols;
-        tensors.back().rect = {0, 0, rows, cols, cols};
-      }
-    }
+    for (const Parameter& p : model.parameters())
+      tensors.push_back(optimizer_tensor(p, nullptr, nullptr, p.global_shape.numel()));
   } else {
     z = parallel::Zero::plan(model.units(), stage, dp, model.live_units(), per_layer);
     // Rank 0's shards: every rank's are the same size (the last one padded).
     for (const parallel::ZeroUnit& u : model.units()) {
       const parallel::ZeroLayout layout(u.params, dp);
       for (size_t i = 0; i < u.params.size(); ++i) {
-        add(u.params[i].name, layout.shard(i).elems);
-        if (model.parameter_by_name(u.params[i].name).global_shape.rank() == 2) {
-          tensors.back().rows = u.params[i].rows, tensors.back().cols = u.params[i].cols;
-          tensors.back().rect = layout.rect(i, 0);
-        }
+        const parallel::ShardRect rect = layout.rect(i, 0);
+        tensors.push_back(optimizer_tensor(model.parameter_by_name(u.params[i].name), nullptr,
+                                           nullptr, layout.shard(i).elems, &rect));
       }
     }
   }

@@ -40,6 +40,11 @@ RankMemory account(const LlamaModel& model, const parallel::ZeroBytes& zero,
 // update to m / eps).
 bool quantize_state(const std::string& param);
 
+// The tensor the optimizer steps for parameter p: n floats at value and grad holding `shard` of it
+// under ZeRO (nullptr: all of it), with p's decay flag, 8-bit rule and, for a matrix, its shape.
+optim::ParamRef optimizer_tensor(const Parameter& p, float* value, const float* grad, int64_t n,
+                                 const parallel::ShardRect* shard = nullptr);
+
 // The optimizer keel::optim builds for this config (optimizer.* and the training.adam_* keys).
 optim::OptimizerConfig optimizer_config(const Config& config);
 

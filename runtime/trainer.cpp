@@ -121,15 +121,8 @@ void Trainer::build() {
   if (stage == 0) {
     model_->init_weights(t.seed);
     const std::vector<const float*> grads = stage0_grads();
-    for (Parameter& p : model_->parameters()) {
-      refs.push_back({p.name, p.value.f32(), grads[refs.size()], p.value.numel(), p.weight_decay,
-                      quantize_state(p.name)});
-      if (p.global_shape.rank() == 2) {  // a whole matrix
-        const int64_t rows = p.global_shape[0], cols = p.global_shape[1];
-        refs.back().rows = rows, refs.back().cols = cols,
-        refs.back().rect = {0, 0, rows, cols, cols};
-      }
-    }
+    for (Parameter& p : model_->parameters())
+      refs.push_back(optimizer_tensor(p, p.value.f32(), grads[refs.size()], p.value.numel()));
   } else {
     refs = build_zero();
   }
@@ -205,14 +198,9 @@ std::vector<optim::ParamRef> Trainer::build_zero() {
   if (stage >= 2) model_->set_hooks(zero_.get());
   zero_->set_overlap(config_.parallel.overlap_comm);
   std::vector<optim::ParamRef> refs;
-  for (const parallel::ZeroShardRef& s : zero_->shards()) {
-    const Parameter& p = model_->parameter_by_name(s.spec->name);
-    refs.push_back(
-        {s.spec->name, s.master, s.grad, s.elems, p.weight_decay, quantize_state(s.spec->name)});
-    refs.back().rect = s.rect;       // this rank's part (of a vector: rows of n × 1)
-    if (p.global_shape.rank() == 2)  // a matrix: its shape
-      refs.back().rows = s.spec->rows, refs.back().cols = s.spec->cols;
-  }
+  for (const parallel::ZeroShardRef& s : zero_->shards())  // (a vector's rect: rows of n × 1)
+    refs.push_back(optimizer_tensor(model_->parameter_by_name(s.spec->name), s.master, s.grad,
+                                    s.elems, &s.rect));
   return refs;
 }
 
