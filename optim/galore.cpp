@@ -26,6 +26,12 @@ struct GaloreLayout {
   int64_t S = 0, L = 0, Lk = 0, r = 0;
   int64_t chunk = 0;  // long side projected: R's elements per rank (S · r split evenly)
   int64_t inner = 0;  // elements of R the inner optimizer steps on this rank
+  // R and the projector as checkpoints see them: global shapes and the parts held here. R keeps
+  // the long side when the short one is projected (sliced as the matrix is), else it is an
+  // (S · r) × 1 vector split evenly; the projector is V (r × S, whole on every rank) or Uᵀ
+  // (r × L, this rank's columns).
+  int64_t r_rows = 0, r_cols = 0, p_rows = 0, p_cols = 0;
+  parallel::ShardRect r_rect, p_rect;
   MemoryPlan::Slot projector = 0;  // short: V (r × S); long: this rank's U rows (r × Lk)
 };
 
@@ -54,7 +60,7 @@ bool targeted(const std::string& name, const std::string& targets) {
   return false;
 }
 
-GaloreLayout layout_of(const ParamRef& p, const GaloreConfig& g, int shards) {
+GaloreLayout layout_of(const ParamRef& p, const GaloreConfig& g, int shards, int rank) {
   GaloreLayout l;
   if (g.rank <= 0 || !p.matrix() || !targeted(p.name, g.targets)) return l;
   l.on = true;
@@ -76,6 +82,21 @@ GaloreLayout layout_of(const ParamRef& p, const GaloreConfig& g, int shards) {
   l.r = std::min(g.rank, l.S);  // G's rank is at most S
   l.chunk = (l.S * l.r + shards - 1) / shards;
   l.inner = l.short_side ? l.Lk * l.r : l.chunk;
+  const int64_t offset = l.rows_long ? p.rect.row0 : p.rect.col0;
+  const int64_t real = l.rows_long ? p.rect.rows : p.rect.cols;  // long-side vectors, no padding
+  if (!l.short_side) {
+    const int64_t from = rank * l.chunk;
+    l.r_rows = l.S * l.r, l.r_cols = 1;
+    l.r_rect = {from, 0, std::clamp<int64_t>(l.S * l.r - from, 0, l.chunk), 1, 1};
+    l.p_rows = l.r, l.p_cols = l.L, l.p_rect = {0, offset, l.r, real, l.Lk};
+    return l;
+  }
+  if (l.rows_long) {
+    l.r_rows = l.L, l.r_cols = l.r, l.r_rect = {offset, 0, real, l.r, l.r};
+  } else {
+    l.r_rows = l.r, l.r_cols = l.L, l.r_rect = {0, offset, l.r, real, l.Lk};
+  }
+  l.p_rows = l.r, l.p_cols = l.S, l.p_rect = {0, 0, l.r, l.S, l.S};
   return l;
 }
 
@@ -85,14 +106,14 @@ int64_t sketch_size(const GaloreLayout& l, const GaloreConfig& g) {
 
 // Lays out the projectors in state and the largest workspace any tensor needs in work.
 void declare(const std::vector<ParamRef>& params, const OptimizerConfig& config, int shards,
-             MemoryPlan& state, MemoryPlan& work, std::vector<GaloreLayout>& layouts,
+             int rank, MemoryPlan& state, MemoryPlan& work, std::vector<GaloreLayout>& layouts,
              GaloreSlots& s) {
   const GaloreConfig& g = config.galore;
   const bool randomized = g.projector == "randomized";
   int64_t inner = 1, staging = 1, gram = 1, gram_scratch = 1, eig = 1, eig_int = 1, r_max = 1;
   int64_t basis = 1, sketch = 1, qr = 1, small = 1, small_vectors = 1, product = 1;
   for (const ParamRef& p : params) {
-    GaloreLayout l = layout_of(p, g, shards);
+    GaloreLayout l = layout_of(p, g, shards, rank);
     if (l.on) {
       l.projector =
           state.add("galore_projector." + p.name, DType::F32, {l.r, l.short_side ? l.S : l.Lk});
@@ -154,13 +175,8 @@ std::vector<ParamRef> inner_refs(const std::vector<ParamRef>& params,
       continue;
     }
     ParamRef r{p.name, delta, grad, l.inner, false, p.quantize};
-    if (l.short_side) {  // R keeps the long side: a matrix sliced as the parameter is
-      if (l.rows_long) {
-        r.rows = l.L, r.cols = l.r, r.rect = {p.rect.row0, 0, p.rect.rows, l.r, l.r};
-      } else {
-        r.rows = l.r, r.cols = l.L, r.rect = {0, p.rect.col0, l.r, p.rect.cols, l.Lk};
-      }
-    }
+    r.rect = l.r_rect;
+    if (l.short_side) r.rows = l.r_rows, r.cols = l.r_cols;  // a matrix; else a vector's slice
     out.push_back(r);
   }
   return out;
@@ -192,7 +208,8 @@ GaLore::GaLore(std::vector<ParamRef> params, const OptimizerConfig& config,
       config_(config),
       shards_(shards && shards->size() > 1 ? shards : nullptr),
       slots_(std::make_unique<GaloreSlots>()) {
-  declare(params_, config_, shards_ ? shards_->size() : 1, state_, work_, layouts_, *slots_);
+  declare(params_, config_, shards_ ? shards_->size() : 1, shards_ ? shards_->rank() : 0, state_,
+          work_, layouts_, *slots_);
   state_.allocate();
   work_.allocate();
   inner_ = make_optimizer(
@@ -207,7 +224,7 @@ OptimizerBytes GaLore::plan_bytes(const OptimizerConfig& config,
   MemoryPlan state("GaLore projectors"), work("GaLore workspace");
   std::vector<GaloreLayout> layouts;
   GaloreSlots slots;
-  declare(params, config, shards, state, work, layouts, slots);
+  declare(params, config, shards, 0, state, work, layouts, slots);  // rank 0's
   const OptimizerBytes inner = optimizer_plan_bytes(
       inner_config(config), inner_refs(params, layouts, nullptr, nullptr), shards);
   return {state.bytes() + inner.state, work.bytes() + inner.workspace};
@@ -302,22 +319,32 @@ void GaLore::project_back(size_t i, double lr) {
   }
 }
 
-void GaLore::apply_gram(size_t i, double* sketch, int64_t q) {
+float* GaLore::sketch_product(size_t i, const double* sketch, int64_t q) {
   const GaloreLayout& l = layouts_[i];
   const ParamRef& p = params_[i];
-  const int64_t ld = p.rect.ld;
   float* qf = work_[slots_->sketch_f].f32();
   float* z = work_[slots_->product].f32();
   to_float(qf, sketch, q * l.S);
-  if (l.rows_long) {  // Gram = Gᵀ G: Z (Lk × q) = G Qᵀ, then Q Gram = Zᵀ G
-    k::gemm(false, true, l.Lk, q, l.S, 1.0f, p.grad, ld, qf, l.S, 0.0f, z, q);
-    k::gemm(true, false, q, l.S, l.Lk, 1.0f, z, q, p.grad, ld, 0.0f, qf, l.S);
-  } else {  // Gram = G Gᵀ: Z (q × Lk) = Q G, then Q Gram = Z Gᵀ
-    k::gemm(false, false, q, l.Lk, l.S, 1.0f, qf, l.S, p.grad, ld, 0.0f, z, l.Lk);
-    k::gemm(false, true, q, l.S, l.Lk, 1.0f, z, l.Lk, p.grad, ld, 0.0f, qf, l.S);
+  if (l.rows_long) {  // Z (Lk × q) = G Qᵀ
+    k::gemm(false, true, l.Lk, q, l.S, 1.0f, p.grad, p.rect.ld, qf, l.S, 0.0f, z, q);
+  } else {  // Z (q × Lk) = Q G
+    k::gemm(false, false, q, l.Lk, l.S, 1.0f, qf, l.S, p.grad, p.rect.ld, 0.0f, z, l.Lk);
   }
-  if (shards_) shards_->all_reduce(parallel::host_view(qf, static_cast<size_t>(q * l.S)));
-  to_double(sketch, qf, q * l.S);
+  return z;
+}
+
+void GaLore::apply_gram(size_t i, double* sketch, int64_t q) {
+  const GaloreLayout& l = layouts_[i];
+  const ParamRef& p = params_[i];
+  const float* z = sketch_product(i, sketch, q);
+  float* y = work_[slots_->sketch_f].f32();
+  if (l.rows_long) {  // Gram = Gᵀ G: Q Gram = Zᵀ G
+    k::gemm(true, false, q, l.S, l.Lk, 1.0f, z, q, p.grad, p.rect.ld, 0.0f, y, l.S);
+  } else {  // Gram = G Gᵀ: Q Gram = Z Gᵀ
+    k::gemm(false, true, q, l.S, l.Lk, 1.0f, z, l.Lk, p.grad, p.rect.ld, 0.0f, y, l.S);
+  }
+  if (shards_) shards_->all_reduce(parallel::host_view(y, static_cast<size_t>(q * l.S)));
+  to_double(sketch, y, q * l.S);
 }
 
 void GaLore::refresh(size_t i) {
@@ -343,16 +370,12 @@ void GaLore::refresh(size_t i) {
       apply_gram(i, sketch, q);
     }
     k::orthonormalize_rows(sketch, q, l.S, qr);
-    // T (q × q) = Q Gram Qᵀ = Zᵀ Z with Z the sketch applied to G.
-    float* qf = work_[slots_->sketch_f].f32();
-    float* z = work_[slots_->product].f32();
+    // T (q × q) = Q Gram Qᵀ = Zᵀ Z (or Z Zᵀ) with Z the sketch applied to G.
+    const float* z = sketch_product(i, sketch, q);
     float* tf = work_[slots_->small_f].f32();
-    to_float(qf, sketch, q * l.S);
     if (l.rows_long) {
-      k::gemm(false, true, l.Lk, q, l.S, 1.0f, p.grad, p.rect.ld, qf, l.S, 0.0f, z, q);
       k::gemm(true, false, q, q, l.Lk, 1.0f, z, q, z, q, 0.0f, tf, q);
     } else {
-      k::gemm(false, false, q, l.Lk, l.S, 1.0f, qf, l.S, p.grad, p.rect.ld, 0.0f, z, l.Lk);
       k::gemm(false, true, q, q, l.Lk, 1.0f, z, l.Lk, z, l.Lk, 0.0f, tf, q);
     }
     if (shards_) shards_->all_reduce(parallel::host_view(tf, static_cast<size_t>(q * q)));
@@ -398,34 +421,13 @@ void GaLore::set_projector(size_t i, const double* basis, const double* values) 
 std::vector<StateTensor> GaLore::state(size_t i) {
   const GaloreLayout& l = layouts_[i];
   if (!l.on) return inner_->state(i);
-  const ParamRef& p = params_[i];
-  const int64_t offset = l.rows_long ? p.rect.row0 : p.rect.col0;
-  const int64_t real = l.rows_long ? p.rect.rows : p.rect.cols;  // long-side vectors, no padding
-  std::vector<StateTensor> out;
-  StateTensor proj{"galore_projector", state_[l.projector].f32(), nullptr, 0,
-                   StateLayout::kOwnRect};
-  if (l.short_side) {  // the same on every rank
-    proj.elems = l.r * l.S, proj.rows = l.r, proj.cols = l.S, proj.rect = {0, 0, l.r, l.S, l.S};
-  } else {  // this rank's columns of Uᵀ
-    proj.elems = l.r * l.Lk, proj.rows = l.r, proj.cols = l.L;
-    proj.rect = {0, offset, l.r, real, l.Lk};
-  }
-  out.push_back(proj);
-  const int rank = shards_ ? shards_->rank() : 0;
+  std::vector<StateTensor> out = {{"galore_projector", state_[l.projector].f32(), nullptr,
+                                   l.r * (l.short_side ? l.S : l.Lk), StateLayout::kOwnRect,
+                                   l.p_rows, l.p_cols, l.p_rect}};
   for (StateTensor s : inner_->state(i)) {
     s.name = "galore." + s.name;
-    if (s.layout == StateLayout::kElementwise) {  // shaped as R
-      s.layout = StateLayout::kOwnRect;
-      if (!l.short_side) {
-        const int64_t from = rank * l.chunk;
-        s.rows = l.S * l.r, s.cols = 1;
-        s.rect = {from, 0, std::clamp<int64_t>(l.S * l.r - from, 0, l.chunk), 1, 1};
-      } else if (l.rows_long) {
-        s.rows = l.L, s.cols = l.r, s.rect = {offset, 0, real, l.r, l.r};
-      } else {
-        s.rows = l.r, s.cols = l.L, s.rect = {0, offset, l.r, real, l.Lk};
-      }
-    }
+    if (s.layout == StateLayout::kElementwise)  // shaped as R
+      s.layout = StateLayout::kOwnRect, s.rows = l.r_rows, s.cols = l.r_cols, s.rect = l.r_rect;
     out.push_back(s);
   }
   return out;

@@ -60,8 +60,10 @@ class GaLore final : public Optimizer {
   void refresh(size_t i);
   // The Gram matrix's top vectors (basis, r × S doubles) and values become tensor i's projector.
   void set_projector(size_t i, const double* basis, const double* values);
-  // apply_gram: sketch (l × S) ← sketch · (the short side's Gram matrix), summed over the shards.
-  void apply_gram(size_t i, double* sketch, int64_t l);
+  // The sketch (q × S) applied to this rank's G: G Qᵀ (Lk × q) or Q G (q × Lk), in the workspace.
+  float* sketch_product(size_t i, const double* sketch, int64_t q);
+  // sketch (q × S) ← sketch · (the short side's Gram matrix), summed over the shards.
+  void apply_gram(size_t i, double* sketch, int64_t q);
   void project(size_t i);
   void project_back(size_t i, double lr);
 

@@ -173,8 +173,8 @@ TEST(GaloreProjector, RandomizedSubspaceMatchesExact) {
     for (const double decay : {0.8, 0.9}) {
       const std::vector<float> g = decaying(m, n, decay, 5);
       const int64_t s = std::min(m, n);
-      const double cosine =
-          smallest_cosine(projector(g, m, n, "exact", r), projector(g, m, n, "randomized", r), r, s);
+      const double cosine = smallest_cosine(projector(g, m, n, "exact", r),
+                                            projector(g, m, n, "randomized", r), r, s);
       EXPECT_GT(cosine, 0.999) << m << "x" << n << " decay " << decay;
     }
   }
