@@ -75,6 +75,35 @@ inline std::string file_bytes(const std::string& path) {
   return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
 }
 
+// A 12-step run of `sets` on `ranks` ranks, once straight and once stopped at step 6
+// (training.exit_interval) and run again in dir/straight<tag> and dir/resumed<tag>: the resumed
+// run repeats every loss as written and the final parameters byte for byte.
+inline void expect_resume_is_bit_exact(const fs::path& dir, int ranks, const std::string& cfg,
+                                       const std::string& sets, const std::string& tag,
+                                       const std::string& what) {
+  const std::string all = sets + " --set training.max_steps=12";
+  const std::string straight = (dir / ("straight" + tag)).string();
+  const std::string resumed = (dir / ("resumed" + tag)).string();
+  Result r = train(ranks, cfg, all + " --set training.output_dir=" + straight);
+  ASSERT_EQ(r.code, 0) << what << "\n" << r.out;
+  r = train(ranks, cfg,
+            all + " --set training.exit_interval=6 --set training.output_dir=" + resumed);
+  ASSERT_EQ(r.code, 0) << what << "\n" << r.out;
+  EXPECT_NE(r.out.find("stopping at step 6"), std::string::npos) << r.out;
+  EXPECT_EQ(metric_texts(resumed + "/metrics.jsonl", "loss").size(), 6u) << what;
+  r = train(ranks, cfg, all + " --set training.output_dir=" + resumed);  // resume: auto
+  ASSERT_EQ(r.code, 0) << what << "\n" << r.out;
+  EXPECT_NE(r.out.find("resumed from " + resumed + "/checkpoints/step_00000006 at step 6"),
+            std::string::npos)
+      << r.out;
+  const std::vector<std::string> want = metric_texts(straight + "/metrics.jsonl", "loss");
+  ASSERT_EQ(want.size(), 12u) << what;
+  EXPECT_EQ(metric_texts(resumed + "/metrics.jsonl", "loss"), want) << what;
+  EXPECT_TRUE(file_bytes(straight + "/model.safetensors") ==
+              file_bytes(resumed + "/model.safetensors"))
+      << what << ": the final parameters differ";
+}
+
 class Cli : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -109,28 +109,9 @@ TEST_F(PerLayer, ResumeIsBitExact) {
   for (const Case& c : cases) {
     const std::string what = std::to_string(c.ranks) + " ranks, ZeRO " + std::to_string(c.stage) +
                              (c.sets.empty() ? "" : ",") + c.sets;
-    const std::string sets =
-        layout_sets(c.ranks, c.stage) + c.sets + kOn + " --set training.max_steps=12";
     const std::string tag = std::to_string(c.ranks) + "_" + std::to_string(c.stage);
-    const std::string straight = (dir_ / ("straight" + tag)).string();
-    const std::string resumed = (dir_ / ("resumed" + tag)).string();
-    Result r = train(c.ranks, cfg, sets + " --set training.output_dir=" + straight);
-    ASSERT_EQ(r.code, 0) << what << "\n" << r.out;
-    r = train(c.ranks, cfg,
-              sets + " --set training.exit_interval=6 --set training.output_dir=" + resumed);
-    ASSERT_EQ(r.code, 0) << what << "\n" << r.out;
-    EXPECT_NE(r.out.find("stopping at step 6"), std::string::npos) << r.out;
-    r = train(c.ranks, cfg, sets + " --set training.output_dir=" + resumed);
-    ASSERT_EQ(r.code, 0) << what << "\n" << r.out;
-    EXPECT_NE(r.out.find("resumed from " + resumed + "/checkpoints/step_00000006 at step 6"),
-              std::string::npos)
-        << r.out;
-    const std::vector<std::string> want = metric_texts(straight + "/metrics.jsonl", "loss");
-    ASSERT_EQ(want.size(), 12u) << what;
-    EXPECT_EQ(metric_texts(resumed + "/metrics.jsonl", "loss"), want) << what;
-    EXPECT_TRUE(file_bytes(straight + "/model.safetensors") ==
-                file_bytes(resumed + "/model.safetensors"))
-        << what << ": the final parameters differ";
+    expect_resume_is_bit_exact(dir_, c.ranks, cfg, layout_sets(c.ranks, c.stage) + c.sets + kOn,
+                               tag, what);
   }
 }
 
