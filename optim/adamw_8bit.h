@@ -7,6 +7,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kernels/memory_plan.h"
@@ -14,6 +15,10 @@
 #include "optim/optimizer.h"
 
 namespace keel::optim {
+
+// Whether 8-bit state `name` ("exp_avg", "exp_avg_sq", or either behind a wrapper's prefix, as
+// "galore.exp_avg") is quantized with the signed dynamic map: the first moment is.
+inline bool signed_state(std::string_view name) { return name.ends_with("exp_avg"); }
 
 class AdamW8bit final : public Optimizer {
  public:

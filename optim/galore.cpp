@@ -434,9 +434,10 @@ std::vector<StateTensor> GaLore::state(size_t i) {
 }
 
 void GaLore::load_state(size_t i, const std::string& name, const float* values) {
-  KEEL_CHECK(!layouts_[i].on, "GaLore's state of '{}' is read from checkpoints as it was saved",
-             params_[i].name);
-  inner_->load_state(i, name, values);
+  if (!layouts_[i].on) return inner_->load_state(i, name, values);
+  // The inner optimizer's state of R, laid out as its own buffer is (r_rect with its ld).
+  if (name.starts_with("galore.")) return inner_->load_state(i, name.substr(7), values);
+  Optimizer::load_state(i, name, values);  // the projector
 }
 
 }  // namespace keel::optim

@@ -12,12 +12,12 @@ namespace keel::optim {
 
 void Optimizer::load_state(size_t i, const std::string& name, const float* values) {
   for (const StateTensor& s : state(i)) {
-    if (s.name != name || s.layout != StateLayout::kElementwise) continue;
+    if (s.name != name || s.layout == StateLayout::kPerBlock) continue;
     KEEL_CHECK(s.data, "optimizer state '{}' of tensor {} is not kept in fp32", name, i);
     std::copy_n(values, s.elems, s.data);
     return;
   }
-  KEEL_FAIL("the optimizer keeps no element-wise state '{}' for tensor {}", name, i);
+  KEEL_FAIL("the optimizer keeps no state '{}' for tensor {} that values can set", name, i);
 }
 
 kernels::cpu::AdamWHyper adamw_hyper(const OptimizerConfig& config, double lr, double grad_scale,

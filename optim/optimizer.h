@@ -83,8 +83,9 @@ class Optimizer {
   virtual size_t num_tensors() const = 0;
   // The state of tensor i (in the order the tensors were given).
   virtual std::vector<StateTensor> state(size_t i) = 0;
-  // Sets the element-wise state `name` of tensor i from fp32 values (params[i].n of them), as
-  // another layout or optimizer saved it: copied, or quantized in this optimizer's blocks.
+  // Sets the state `name` of tensor i (element-wise or its own rectangle; not per-block) from
+  // fp32 values laid out as state(i) lays it out, as another layout or optimizer saved it: copied,
+  // or quantized in this optimizer's blocks.
   virtual void load_state(size_t i, const std::string& name, const float* values);
   virtual size_t state_bytes() const = 0;
   virtual size_t workspace_bytes() const { return 0; }

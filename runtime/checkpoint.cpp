@@ -72,6 +72,7 @@ struct StoredPiece {
   parallel::ShardRect rect;
   size_t offset;
   size_t elem_size;
+  int64_t elems;  // stored, rect.ld per row
 };
 
 StoredPiece stored_piece(const SafeTensorsReader& file, const std::string& name) {
@@ -90,7 +91,7 @@ StoredPiece stored_piece(const SafeTensorsReader& file, const std::string& name)
                  r.rows <= t.shape()[0] && r.cols <= r.ld,
              "{}: the rectangle '{}' of tensor '{}' does not fit its stored {}x{} floats",
              file.path(), meta->second, name, t.shape()[0], r.ld);
-  return {r, file.file_offset(name), dtype_size(t.dtype())};
+  return {r, file.file_offset(name), dtype_size(t.dtype()), t.numel()};
 }
 
 void read_exactly(const StateFile& file, size_t offset, char* dst, size_t n) {
@@ -131,6 +132,97 @@ int64_t copy_overlap(const StateFile& file, const StoredPiece& from, const State
   return (r1 - r0) * (c1 - c0);
 }
 
+// As copy_overlap, for 8-bit codes into a float piece: each code dequantized with the absmax of
+// the block of the stored buffer it sits in.
+int64_t dequantize_overlap(const StateFile& file, const StoredPiece& from, const StatePiece& to,
+                           const Dequantization& q) {
+  const parallel::ShardRect& a = from.rect;
+  const parallel::ShardRect& b = to.rect;
+  const int64_t r0 = std::max(a.row0, b.row0), r1 = std::min(a.row0 + a.rows, b.row0 + b.rows);
+  const int64_t c0 = std::max(a.col0, b.col0), c1 = std::min(a.col0 + a.cols, b.col0 + b.cols);
+  if (r0 >= r1 || c0 >= c1) return 0;
+  KEEL_CHECK(file.header.contains(q.absmax),
+             "{} holds '{}' as 8-bit codes but not their scales '{}'; the file is damaged",
+             file.header.path(), to.name, q.absmax);
+  const StoredPiece scale = stored_piece(file.header, q.absmax);
+  KEEL_CHECK(scale.elem_size == sizeof(float), "{}: '{}' must be F32", file.header.path(),
+             q.absmax);
+  const int64_t last = (r1 - 1 - a.row0) * a.ld + (c1 - 1 - a.col0);
+  KEEL_CHECK(last / q.block_size < scale.elems,
+             "{}: '{}' has {} blocks of {} codes, too few for '{}' ({} codes); was it saved with "
+             "another optimizer.block_size?",
+             file.header.path(), q.absmax, scale.elems, q.block_size, to.name, from.elems);
+  std::vector<float> absmax(static_cast<size_t>(scale.elems));
+  read_exactly(file, scale.offset, reinterpret_cast<char*>(absmax.data()),
+               absmax.size() * sizeof(float));
+  // Whole stored rows r0..r1 are contiguous in the file: one read.
+  std::vector<uint8_t> codes(static_cast<size_t>((r1 - r0) * a.ld));
+  read_exactly(file, from.offset + static_cast<size_t>((r0 - a.row0) * a.ld),
+               reinterpret_cast<char*>(codes.data()), codes.size());
+  const std::array<float, 256>& map = *q.map;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* code = codes.data() + (r - r0) * a.ld;
+    const int64_t row_at = (r - a.row0) * a.ld;  // the stored row's index in the saved buffer
+    float* out = to.data + (r - b.row0) * b.ld;
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t at = c - a.col0;
+      out[c - b.col0] = map[code[at]] * absmax[static_cast<size_t>((row_at + at) / q.block_size)];
+    }
+  }
+  return (r1 - r0) * (c1 - c0);
+}
+
+std::vector<std::unique_ptr<StateFile>> open_state_files(const std::string& dir,
+                                                         const CheckpointInfo& info) {
+  std::vector<std::unique_ptr<StateFile>> files;
+  for (const std::string& name : info.files) {
+    const std::string path = dir + "/" + name;
+    KEEL_CHECK(fs::exists(path),
+               "checkpoint {} is missing {} (it was written by {} ranks, each with its own file); "
+               "the directory is incomplete or was copied only in part",
+               dir, name, info.files.size());
+    files.push_back(std::make_unique<StateFile>(path));
+    KEEL_CHECK(files.back()->header.metadata().count(kStateFormatKey),
+               "{} is not a keel state file (no '{}' in its metadata)", path, kStateFormatKey);
+  }
+  return files;
+}
+
+// Fills piece p from the files: zeroed (padding stays zero), then copy(file, stored) for each
+// file's rectangle of it, a rectangle several files hold (state every rank keeps whole, as
+// Adafactor's means of a matrix's unsplit side) read and counted once; checks that the
+// checkpoint has the tensor, of p's global shape, and that the files cover p's rectangle.
+template <class Copy>
+void read_piece(const std::vector<std::unique_ptr<StateFile>>& files, const std::string& dir,
+                const CheckpointInfo& info, const StatePiece& p, Copy&& copy) {
+  const auto shape = info.shapes.find(p.name);
+  KEEL_CHECK(shape != info.shapes.end(),
+             "checkpoint {} has no '{}': it was written by another model or optimizer", dir,
+             p.name);
+  KEEL_CHECK(shape->second == std::make_pair(p.rows, p.cols),
+             "'{}' is {}x{} in checkpoint {} but {}x{} in this model: the checkpoint is of "
+             "another model shape",
+             p.name, shape->second.first, shape->second.second, dir, p.rows, p.cols);
+  std::memset(p.storage(), 0, static_cast<size_t>(p.elems) * dtype_size(p.dtype()));
+  int64_t covered = 0;
+  std::vector<parallel::ShardRect> read;
+  for (const auto& file : files) {
+    if (!file->header.contains(p.name)) continue;
+    const StoredPiece stored = stored_piece(file->header, p.name);
+    const parallel::ShardRect& r = stored.rect;
+    if (std::any_of(read.begin(), read.end(), [&](const parallel::ShardRect& x) {
+          return x.row0 == r.row0 && x.col0 == r.col0 && x.rows == r.rows && x.cols == r.cols;
+        }))
+      continue;
+    read.push_back(r);
+    covered += copy(*file, stored);
+  }
+  KEEL_CHECK(covered == p.rect.rows * p.rect.cols,
+             "checkpoint {}: its files hold {} of the {} values of '{}' this rank needs; a "
+             "state file is missing or damaged",
+             dir, covered, p.rect.rows * p.rect.cols, p.name);
+}
+
 }  // namespace
 
 std::string optimizer_state_name(std::string_view state, const std::string& param) {
@@ -159,51 +251,28 @@ void write_state_file(const std::string& path, const std::vector<StatePiece>& pi
 
 void read_state(const std::string& dir, const CheckpointInfo& info,
                 const std::vector<StatePiece>& pieces) {
-  std::vector<std::unique_ptr<StateFile>> files;
-  for (const std::string& name : info.files) {
-    const std::string path = dir + "/" + name;
-    KEEL_CHECK(fs::exists(path),
-               "checkpoint {} is missing {} (it was written by {} ranks, each with its own file); "
-               "the directory is incomplete or was copied only in part",
-               dir, name, info.files.size());
-    files.push_back(std::make_unique<StateFile>(path));
-    KEEL_CHECK(files.back()->header.metadata().count(kStateFormatKey),
-               "{} is not a keel state file (no '{}' in its metadata)", path, kStateFormatKey);
-  }
+  const auto files = open_state_files(dir, info);
   for (const StatePiece& p : pieces) {
-    const auto shape = info.shapes.find(p.name);
-    KEEL_CHECK(shape != info.shapes.end(),
-               "checkpoint {} has no '{}': it was written by another model or optimizer", dir,
-               p.name);
-    KEEL_CHECK(shape->second == std::make_pair(p.rows, p.cols),
-               "'{}' is {}x{} in checkpoint {} but {}x{} in this model: the checkpoint is of "
-               "another model shape",
-               p.name, shape->second.first, shape->second.second, dir, p.rows, p.cols);
-    std::memset(p.storage(), 0, static_cast<size_t>(p.elems) * dtype_size(p.dtype()));
-    int64_t covered = 0;
-    // State every rank keeps whole (Adafactor's means of a matrix's unsplit side) is in every
-    // rank's file, the same rectangle each time: it is read, and counted, once.
-    std::vector<parallel::ShardRect> read;
-    for (const auto& file : files) {
-      if (!file->header.contains(p.name)) continue;
-      const StoredPiece stored = stored_piece(file->header, p.name);
+    read_piece(files, dir, info, p, [&](const StateFile& file, const StoredPiece& stored) {
       KEEL_CHECK(stored.elem_size == dtype_size(p.dtype()),
                  "checkpoint {}: '{}' is stored as {}-byte elements, and this run keeps it in {}: "
                  "it was written by another optimizer",
                  dir, p.name, stored.elem_size, dtype_size(p.dtype()));
-      const parallel::ShardRect& r = stored.rect;
-      if (std::any_of(read.begin(), read.end(), [&](const parallel::ShardRect& x) {
-            return x.row0 == r.row0 && x.col0 == r.col0 && x.rows == r.rows && x.cols == r.cols;
-          }))
-        continue;
-      read.push_back(r);
-      covered += copy_overlap(*file, stored, p);
-    }
-    KEEL_CHECK(covered == p.rect.rows * p.rect.cols,
-               "checkpoint {}: its files hold {} of the {} values of '{}' this rank needs; a "
-               "state file is missing or damaged",
-               dir, covered, p.rect.rows * p.rect.cols, p.name);
+      return copy_overlap(file, stored, p);
+    });
   }
+}
+
+void read_state_dequantized(const std::string& dir, const CheckpointInfo& info,
+                            const StatePiece& piece, const Dequantization& codes) {
+  KEEL_CHECK(piece.data && codes.map && codes.block_size > 0,
+             "read_state_dequantized: '{}' needs a float piece, a map and a block size",
+             piece.name);
+  read_piece(open_state_files(dir, info), dir, info, piece,
+             [&](const StateFile& file, const StoredPiece& stored) {
+               return stored.elem_size == 1 ? dequantize_overlap(file, stored, piece, codes)
+                                            : copy_overlap(file, stored, piece);
+             });
 }
 
 void write_checkpoint_info(const std::string& dir, const CheckpointInfo& info) {

@@ -5,6 +5,7 @@
 // any point leaves `latest` on a complete checkpoint; any layout reads what any other wrote.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -60,6 +61,21 @@ void write_state_file(const std::string& path, const std::vector<StatePiece>& pi
 // no file covers (a rank's file missing).
 void read_state(const std::string& dir, const CheckpointInfo& info,
                 const std::vector<StatePiece>& pieces);
+
+// How 8-bit codes in a state file turn back into values: tensor `absmax` of the same file holds
+// one float per block of block_size codes of the stored buffer, and code c is map[c] times its
+// block's absmax.
+struct Dequantization {
+  std::string absmax;
+  int64_t block_size = 256;
+  const std::array<float, 256>* map = nullptr;
+};
+// As read_state for one fp32 piece that the writing run may have kept in 8 bits: from a file that
+// stored it as U8 codes each value is dequantized with the absmax of the block it was saved in
+// (whatever blocks that rank cut), from one that stored it as F32 it is read as it is. This is how
+// 8-bit state moves to other shards or block settings, and between fp32 and 8-bit optimizers.
+void read_state_dequantized(const std::string& dir, const CheckpointInfo& info,
+                            const StatePiece& piece, const Dequantization& codes);
 
 // meta.json of a checkpoint directory, written durably / read and checked.
 void write_checkpoint_info(const std::string& dir, const CheckpointInfo& info);

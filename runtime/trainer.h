@@ -20,7 +20,6 @@
 #include "runtime/evaluate.h"
 #include "runtime/llama.h"
 #include "runtime/metrics.h"
-#include "runtime/quantized_state.h"
 
 namespace keel::runtime {
 
@@ -90,9 +89,13 @@ class Trainer {
   void for_each_tensor(const std::function<void(const TensorSlot&)>& f);
   // This rank's training state (weights or master shards, optimizer state) as checkpoint pieces.
   std::vector<StatePiece> state_pieces();
-  // Restores a checkpoint whose 8-bit state was quantized in other blocks (saved).
+  // Optimizer state s of tensor t as a checkpoint piece.
+  StatePiece state_piece(const TensorSlot& t, const optim::StateTensor& s) const;
+  // Restores a checkpoint whose 8-bit state was quantized in other blocks (of saved_block_size
+  // codes, cut from other shards) or by another optimizer (fp32 AdamW for an 8-bit run, or the
+  // other way round).
   void restore_requantized(const std::string& dir, const CheckpointInfo& info,
-                           const QuantizedLayout& saved);
+                           int64_t saved_block_size);
 
   std::unique_ptr<OwnGrid> own_;
   parallel::ProcessGrid& grid_;

@@ -2,10 +2,11 @@
 // each rank writes, how the ranks agree that a save worked, and what a resume restores.
 #include <chrono>
 #include <filesystem>
+#include <limits>
 #include <sstream>
 
+#include "optim/adamw_8bit.h"
 #include "runtime/checkpoint.h"
-#include "runtime/quantized_state.h"
 #include "runtime/trainer.h"
 
 namespace keel::runtime {
@@ -34,6 +35,24 @@ std::string attempt(F&& f) {
   return "";
 }
 
+// The blocks a run cuts 8-bit optimizer state into: shards per parameter (the DP size under ZeRO
+// 1-3, else 1), optimizer.block_size and optimizer.min_8bit_size (the largest int64 for an
+// optimizer that quantizes nothing). GaLore's projected state is cut by the same three.
+struct QuantizedLayout {
+  int shards = 1;
+  int64_t block_size = 256;
+  int64_t min_8bit_size = 4096;
+  bool operator==(const QuantizedLayout&) const = default;
+};
+
+QuantizedLayout quantized_layout(const Config& config, int data_parallel_size) {
+  const int64_t min_8bit = config.optimizer.type == "adamw_8bit"
+                               ? config.optimizer.min_8bit_size
+                               : std::numeric_limits<int64_t>::max();
+  return {config.parallel.zero_stage > 0 ? data_parallel_size : 1, config.optimizer.block_size,
+          min_8bit};
+}
+
 }  // namespace
 
 void Trainer::for_each_tensor(const std::function<void(const TensorSlot&)>& f) {
@@ -57,43 +76,50 @@ void Trainer::for_each_tensor(const std::function<void(const TensorSlot&)>& f) {
        shards[i].master, shards[i].elems});
 }
 
+StatePiece Trainer::state_piece(const TensorSlot& t, const optim::StateTensor& s) const {
+  const std::string name = optimizer_state_name(s.name, t.name);
+  if (s.layout == optim::StateLayout::kPerBlock) {
+    // Per-block state (8-bit absmax) belongs to this rank's shard: the global tensor stacks the
+    // shards' blocks, (shards × blocks) × 1, and this rank holds its rows.
+    const int ranks = zero_ ? grid_.dp().size() : 1, rank = zero_ ? grid_.dp().rank() : 0;
+    return {name, ranks * s.elems, 1, {rank * s.elems, 0, s.elems, 1, 1}, s.data, s.elems};
+  }
+  if (s.layout == optim::StateLayout::kOwnRect)
+    return {name, s.rows, s.cols, s.rect, s.data, s.elems, s.bytes};
+  return {name, t.rows, t.cols, t.rect, s.data, t.elems, s.bytes};
+}
+
 std::vector<StatePiece> Trainer::state_pieces() {
   std::vector<StatePiece> out;
-  // Per-block state (8-bit absmax) belongs to this rank's shard: the global tensor stacks the
-  // shards' blocks, (shards × blocks) × 1, and this rank holds its rows.
-  const int ranks = zero_ ? grid_.dp().size() : 1, rank = zero_ ? grid_.dp().rank() : 0;
   for_each_tensor([&](const TensorSlot& t) {
     out.push_back({t.name, t.rows, t.cols, t.rect, t.value, t.elems});
-    for (const optim::StateTensor& s : optimizer_->state(t.index)) {
-      const std::string name = optimizer_state_name(s.name, t.name);
-      if (s.layout == optim::StateLayout::kPerBlock) {
-        out.push_back(
-            {name, ranks * s.elems, 1, {rank * s.elems, 0, s.elems, 1, 1}, s.data, s.elems});
-      } else if (s.layout == optim::StateLayout::kOwnRect) {
-        out.push_back({name, s.rows, s.cols, s.rect, s.data, s.elems, s.bytes});
-      } else {
-        out.push_back({name, t.rows, t.cols, t.rect, s.data, t.elems, s.bytes});
-      }
-    }
+    for (const optim::StateTensor& s : optimizer_->state(t.index)) out.push_back(state_piece(t, s));
   });
   return out;
 }
 
 void Trainer::restore_requantized(const std::string& dir, const CheckpointInfo& info,
-                                  const QuantizedLayout& saved) {
+                                  int64_t saved_block_size) {
   std::vector<StatePiece> params;
   for_each_tensor([&](const TensorSlot& t) {
     params.push_back({t.name, t.rows, t.cols, t.rect, t.value, t.elems});
   });
   read_state(dir, info, params);
-  // Each element-wise moment as fp32, for the optimizer to keep in its own form.
+  // Each state tensor as fp32 values (8-bit codes dequantized in the blocks they were saved in),
+  // kept as this run keeps it: copied, or quantized in its own blocks. Absmax is remade with the
+  // codes.
+  const kernels::cpu::QuantMap first = kernels::cpu::dynamic_map(true),
+                               second = kernels::cpu::dynamic_map(false);
   std::vector<float> values;
   for_each_tensor([&](const TensorSlot& t) {
     for (const optim::StateTensor& s : optimizer_->state(t.index)) {
-      if (s.layout != optim::StateLayout::kElementwise) continue;
-      values.resize(static_cast<size_t>(t.elems));
-      read_moment_f32(dir, info, saved, t.name, t.rows, t.cols, t.rect, s.name, values.data(),
-                      t.elems);
+      if (s.layout == optim::StateLayout::kPerBlock) continue;
+      StatePiece piece = state_piece(t, s);
+      values.resize(static_cast<size_t>(piece.elems));
+      piece.data = values.data(), piece.bytes = nullptr;
+      read_state_dequantized(dir, info, piece,
+                             {optimizer_state_name(s.name + "_absmax", t.name), saved_block_size,
+                              optim::signed_state(s.name) ? &first : &second});
       optimizer_->load_state(t.index, s.name, values.data());
     }
   });
@@ -184,13 +210,7 @@ void Trainer::restore(const std::string& dir, const CheckpointInfo& info, const 
       (config_.optimizer.type == "adamw_8bit" || info.optimizer == "adamw_8bit") &&
       !(before == quantized_layout(config_, grid_.dp().size()));
   if (requantize) {
-    KEEL_CHECK(config_.optimizer.galore.rank == 0,
-               "checkpoint {} holds 8-bit GaLore state in blocks of {} data-parallel shards of "
-               "{} elements; this run cuts them otherwise (resharding 8-bit GaLore state is not "
-               "built yet): resume with {} data-parallel ranks, the same ZeRO sharding and "
-               "optimizer.block_size, or with fp32 moments (optimizer.type adamw both times)",
-               dir, before.shards, before.block_size, before.shards);
-    restore_requantized(dir, info, before);
+    restore_requantized(dir, info, before.block_size);
   } else {
     read_state(dir, info, state_pieces());
   }

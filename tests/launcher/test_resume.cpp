@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -208,6 +209,37 @@ TEST_F(Cli, GaloreStateReshardsOnAnotherLayout) {
     EXPECT_LE(max_relative_difference(one + "/model.safetensors", out + "/model.safetensors"), 1e-5)
         << proj;
   }
+}
+
+// 8-bit GaLore: the moments of the projected gradient are codes in blocks of each rank's slice of
+// R, so every resume on other shards (or, after the first leg, blocks of 128 instead of 64)
+// dequantizes them with the blocks they were saved in and requantizes them in its own. As for
+// 8-bit AdamW, no layout equals the one-rank run: the carried run stays as near it as an
+// uninterrupted 2-rank run does.
+TEST_F(Cli, EightBitGaloreStateReshardsOnAnotherLayout) {
+  if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
+  const std::string cfg = write("m.yaml", kParallelModel);
+  // min_8bit_size 64: R's slices (64 x 8 and smaller) are quantized on every layout.
+  const std::string sets =
+      " --set optimizer.type=adamw_8bit --set optimizer.block_size=64"
+      " --set optimizer.min_8bit_size=64 --set optimizer.galore.rank=8"
+      " --set optimizer.galore.update_proj_gap=3";
+  const std::string out = carry_across_layouts(dir_, cfg, sets, " --set optimizer.block_size=128");
+  std::ifstream meta(out + "/checkpoints/step_00000020/meta.json");
+  const std::string text((std::istreambuf_iterator<char>(meta)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("optimizer.galore.exp_avg_sq_absmax.model.layers.0.mlp.down_proj.weight"),
+            std::string::npos)
+      << "R's second moment was not kept in 8 bits";
+  const std::string one = (dir_ / "one").string(), two = (dir_ / "two").string();
+  const Result r = train(2, cfg, sets + layout_sets(2, 1) + " --set training.output_dir=" + two);
+  ASSERT_EQ(r.code, 0) << r.out;
+  expect_losses_near(one, out, 1e-2);
+  const double layout =
+      max_relative_difference(one + "/model.safetensors", two + "/model.safetensors");
+  const double carried =
+      max_relative_difference(one + "/model.safetensors", out + "/model.safetensors");
+  EXPECT_GT(layout, 0.0);
+  EXPECT_LE(carried, 1.5 * layout) << "the uninterrupted 2-rank run differs by " << layout;
 }
 
 // fp32 and 8-bit AdamW hold the same state: a run may switch at a resume, its moments quantized

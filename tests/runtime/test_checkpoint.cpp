@@ -9,6 +9,7 @@
 
 #include "file_test_util.h"
 #include "kernels/error.h"
+#include "kernels/quantize.h"
 #include "parallel/zero_layout.h"
 #include "runtime/checkpoint.h"
 
@@ -130,6 +131,71 @@ TEST_F(CheckpointTest, StateEveryRankHoldsWholeReadsOnce) {
                      {{"means", 5, 1, {0, 0, 2, 1, 1}, part.data(), 2}});
   }
   EXPECT_THROW(read_state(dir_, info, {{"means", 5, 1, {0, 0, 5, 1, 1}, all.data(), 5}}), Error);
+}
+
+// 8-bit codes come back as values of any rectangle, each dequantized with the absmax of the block
+// of the buffer its writer cut (a row-split writer with a padding row, a column-split one), and a
+// tensor another writer kept in fp32 is read as it is; codes without their absmax are an error.
+TEST_F(CheckpointTest, EightBitCodesReadBackAsValuesOfAnyRectangle) {
+  const kernels::cpu::QuantMap map = kernels::cpu::dynamic_map(true);
+  const Dequantization q{"m_absmax", 4, &map};
+  CheckpointInfo info = info_for(2);
+  info.shapes = {{"m", {6, 4}}, {"m_absmax", {4, 1}}, {"w", {2, 8}}, {"w_absmax", {4, 1}}};
+  // m: rank 0 holds rows [0, 3) as codes in a 4 x 4 buffer (blocks of 4: one per row), rank 1
+  // rows [3, 6) in fp32. w: each rank 4 columns, codes in 2 x 4 buffers (blocks of 4: one a row).
+  // A file holds the absmax of its own blocks only, as its rows of the stacked tensor.
+  std::vector<uint8_t> m_codes(16), w_codes0(8), w_codes1(8);
+  for (size_t i = 0; i < 16; ++i) m_codes[i] = static_cast<uint8_t>(17 * i + 3);
+  for (size_t i = 0; i < 8; ++i)
+    w_codes0[i] = static_cast<uint8_t>(31 * i + 1), w_codes1[i] = static_cast<uint8_t>(7 * i + 99);
+  std::vector<float> m_absmax = {1.0f, 2.0f, 4.0f, 8.0f}, m_rest(12);
+  std::iota(m_rest.begin(), m_rest.end(), 100.0f);
+  std::vector<float> w_absmax0 = {3.0f, 5.0f}, w_absmax1 = {7.0f, 11.0f};
+  write_state_file(dir_ + "/" + state_file_name(0),
+                   {{"m", 6, 4, {0, 0, 3, 4, 4}, nullptr, 16, m_codes.data()},
+                    {"m_absmax", 4, 1, {0, 0, 4, 1, 1}, m_absmax.data(), 4},
+                    {"w", 2, 8, {0, 0, 2, 4, 4}, nullptr, 8, w_codes0.data()},
+                    {"w_absmax", 4, 1, {0, 0, 2, 1, 1}, w_absmax0.data(), 2}});
+  write_state_file(dir_ + "/" + state_file_name(1),
+                   {{"m", 6, 4, {3, 0, 3, 4, 4}, m_rest.data(), 12},
+                    {"w", 2, 8, {0, 4, 2, 4, 4}, nullptr, 8, w_codes1.data()},
+                    {"w_absmax", 4, 1, {2, 0, 2, 1, 1}, w_absmax1.data(), 2}});
+
+  std::vector<float> got(3 * 4, -1.0f);  // rows [2, 5) of m
+  read_state_dequantized(dir_, info, {"m", 6, 4, {2, 0, 3, 4, 4}, got.data(), 12}, q);
+  for (int c = 0; c < 4; ++c) {
+    EXPECT_EQ(got[static_cast<size_t>(c)], map[m_codes[static_cast<size_t>(8 + c)]] * 4.0f);
+    EXPECT_EQ(got[static_cast<size_t>(4 + c)], m_rest[static_cast<size_t>(c)]);
+    EXPECT_EQ(got[static_cast<size_t>(8 + c)], m_rest[static_cast<size_t>(4 + c)]);
+  }
+  std::vector<float> wide(2 * 8, -1.0f);  // w whole, columns [3, 6) of it in a second read
+  read_state_dequantized(dir_, info, {"w", 2, 8, {0, 0, 2, 8, 8}, wide.data(), 16},
+                         {"w_absmax", 4, &map});
+  for (size_t r = 0; r < 2; ++r)
+    for (size_t c = 0; c < 4; ++c) {
+      EXPECT_EQ(wide[r * 8 + c], map[w_codes0[r * 4 + c]] * w_absmax0[r]);
+      EXPECT_EQ(wide[r * 8 + 4 + c], map[w_codes1[r * 4 + c]] * w_absmax1[r]);
+    }
+  std::vector<float> middle(2 * 3, -1.0f);
+  read_state_dequantized(dir_, info, {"w", 2, 8, {0, 3, 2, 3, 3}, middle.data(), 6},
+                         {"w_absmax", 4, &map});
+  for (size_t r = 0; r < 2; ++r)
+    for (size_t c = 0; c < 3; ++c) EXPECT_EQ(middle[r * 3 + c], wide[r * 8 + 3 + c]);
+
+  // Codes whose scales are missing (or in blocks too small for them) are a clear error.
+  std::vector<float> all(24);
+  try {
+    read_state_dequantized(dir_, info, {"m", 6, 4, {0, 0, 6, 4, 4}, all.data(), 24},
+                           {"none", 4, &map});
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("holds 'm' as 8-bit codes but not their scales 'none'"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(read_state_dequantized(dir_, info, {"m", 6, 4, {0, 0, 6, 4, 4}, all.data(), 24},
+                                      {"m_absmax", 2, &map}),  // 8 blocks of 2 would be needed
+               Error);
 }
 
 TEST_F(CheckpointTest, BadCheckpointsAreClearErrors) {
