@@ -1,8 +1,9 @@
 // optimizer.per_layer_update end to end: stepping each unit inside the backward trains the run
 // the ordinary step trains, bit for bit, on every layout it runs on (1 rank; 2 ranks without ZeRO
 // and with ZeRO 2 and 3; 4 ranks with ZeRO 3), tied or untied, AdamW or 8-bit AdamW; it resumes
-// bit-exactly; keel plan and the run's own plan count the smaller gradient memory, and peak RSS
-// drops with them; the settings it cannot honour are one clear error.
+// bit-exactly; GaLore around either steps inside it as in the ordinary step; keel plan and the
+// run's own plan count the smaller gradient memory, and peak RSS drops with them; the settings it
+// cannot honour are one clear error.
 //
 // Why exact: the per-layer update runs the same kernels on the same gradients; only when each
 // unit's optimizer step runs and where its gradient lives change. The element-wise AdamW kernels
@@ -31,42 +32,65 @@ std::string layout_sets(int ranks, int stage) {
 
 const char* const kOn = " --set optimizer.per_layer_update=true";
 
+// A setting the ordinary step and the per-layer update are compared under: its name and --sets.
+struct Variant {
+  std::string tag, sets;
+};
+
+// Tied and untied embeddings, each with adamw and adamw_8bit.
+std::vector<Variant> plain_variants() {
+  std::vector<Variant> out;
+  for (const bool tied : {false, true})
+    for (const std::string optimizer : {"adamw", "adamw_8bit"})
+      out.push_back({(tied ? "tied_" : "untied_") + optimizer,
+                     " --set optimizer.type=" + optimizer +
+                         " --set model.tie_word_embeddings=" + (tied ? "true" : "false")});
+  return out;
+}
+
+// GaLore (rank 8, refreshed every 3 steps) around adamw projecting the short side, and around
+// adamw_8bit projecting the long side (min_8bit_size 64: the projected state in 8 bits too).
+const std::string kGaloreSets =
+    " --set optimizer.galore.rank=8 --set optimizer.galore.update_proj_gap=3";
+std::vector<Variant> galore_variants() {
+  return {{"galore_std", kGaloreSets},
+          {"galore_8bit_reverse_std",
+           kGaloreSets + " --set optimizer.galore.proj_type=reverse_std" +
+               " --set optimizer.type=adamw_8bit --set optimizer.min_8bit_size=64"}};
+}
+
 class PerLayer : public Cli {
  protected:
-  void expect_same_run(int ranks, int stage);
+  void expect_same_run(int ranks, int stage,
+                       const std::vector<Variant>& variants = plain_variants());
 };
 
 // On `ranks` ranks under ZeRO `stage`: the ordinary step and the per-layer update log the same
-// losses and write the same model.safetensors, byte for byte, with tied and untied embeddings
-// and with adamw and adamw_8bit. The grad norm is summed unit by unit in the per-layer update
-// (another order of the same double-precision sum): within 1e-7.
-void PerLayer::expect_same_run(int ranks, int stage) {
+// losses and write the same model.safetensors, byte for byte, under each variant. The grad norm
+// is summed unit by unit in the per-layer update (another order of the same double-precision
+// sum): within 1e-7.
+void PerLayer::expect_same_run(int ranks, int stage, const std::vector<Variant>& variants) {
   const std::string cfg = write("m.yaml", kParallelModel);
-  for (const bool tied : {false, true}) {
-    for (const std::string optimizer : {"adamw", "adamw_8bit"}) {
-      const std::string what = std::to_string(ranks) + " ranks, ZeRO " + std::to_string(stage) +
-                               (tied ? ", tied, " : ", untied, ") + optimizer;
-      const std::string sets = layout_sets(ranks, stage) + " --set optimizer.type=" + optimizer +
-                               " --set model.tie_word_embeddings=" + (tied ? "true" : "false");
-      const std::string tag = (tied ? "tied_" : "untied_") + optimizer;
-      const std::string step = (dir_ / ("step_" + tag)).string();
-      const std::string unit = (dir_ / ("unit_" + tag)).string();
-      Result r = train(ranks, cfg, sets + " --set training.output_dir=" + step);
-      ASSERT_EQ(r.code, 0) << what << "\n" << r.out;
-      r = train(ranks, cfg, sets + kOn + " --set training.output_dir=" + unit);
-      ASSERT_EQ(r.code, 0) << what << "\n" << r.out;
-      const std::vector<std::string> want = metric_texts(step + "/metrics.jsonl", "loss");
-      ASSERT_EQ(want.size(), 8u) << what;
-      EXPECT_EQ(metric_texts(unit + "/metrics.jsonl", "loss"), want) << what;
-      EXPECT_TRUE(file_bytes(step + "/model.safetensors") ==
-                  file_bytes(unit + "/model.safetensors"))
-          << what << ": the final parameters differ";
-      const std::vector<double> norm = field(step + "/metrics.jsonl", "grad_norm"),
-                                got = field(unit + "/metrics.jsonl", "grad_norm");
-      ASSERT_EQ(got.size(), norm.size()) << what;
-      for (size_t i = 0; i < norm.size(); ++i)
-        EXPECT_NEAR(got[i], norm[i], 1e-7 * norm[i]) << what << ", step " << i + 1;
-    }
+  for (const Variant& v : variants) {
+    const std::string what =
+        std::to_string(ranks) + " ranks, ZeRO " + std::to_string(stage) + ", " + v.tag;
+    const std::string sets = layout_sets(ranks, stage) + v.sets;
+    const std::string step = (dir_ / ("step_" + v.tag)).string();
+    const std::string unit = (dir_ / ("unit_" + v.tag)).string();
+    Result r = train(ranks, cfg, sets + " --set training.output_dir=" + step);
+    ASSERT_EQ(r.code, 0) << what << "\n" << r.out;
+    r = train(ranks, cfg, sets + kOn + " --set training.output_dir=" + unit);
+    ASSERT_EQ(r.code, 0) << what << "\n" << r.out;
+    const std::vector<std::string> want = metric_texts(step + "/metrics.jsonl", "loss");
+    ASSERT_EQ(want.size(), 8u) << what;
+    EXPECT_EQ(metric_texts(unit + "/metrics.jsonl", "loss"), want) << what;
+    EXPECT_TRUE(file_bytes(step + "/model.safetensors") == file_bytes(unit + "/model.safetensors"))
+        << what << ": the final parameters differ";
+    const std::vector<double> norm = field(step + "/metrics.jsonl", "grad_norm"),
+                              got = field(unit + "/metrics.jsonl", "grad_norm");
+    ASSERT_EQ(got.size(), norm.size()) << what;
+    for (size_t i = 0; i < norm.size(); ++i)
+      EXPECT_NEAR(got[i], norm[i], 1e-7 * norm[i]) << what << ", step " << i + 1;
   }
 }
 
@@ -90,6 +114,23 @@ TEST_F(PerLayer, SameRunOnTwoRanksZero3) {
 TEST_F(PerLayer, SameRunOnFourRanksZero3) {
   if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
   expect_same_run(4, 3);
+}
+
+// GaLore inside the per-layer update: a unit's matrices are projected, stepped and, at a refresh,
+// re-projected (the Gram matrix or long-side update reduced across the shards) as the unit's
+// gradient completes; the same run as the ordinary step, bit for bit, without ZeRO and under
+// ZeRO 2 and 3.
+TEST_F(PerLayer, GaloreSameRun) {
+  expect_same_run(1, 0, galore_variants());
+  const std::string cfg = write("m.yaml", kParallelModel), plain = (dir_ / "plain").string();
+  const Result r = train(1, cfg, layout_sets(1, 0) + kOn + " --set training.output_dir=" + plain);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(metric_texts(plain + "/metrics.jsonl", "loss"),
+            metric_texts((dir_ / "unit_galore_std/metrics.jsonl").string(), "loss"))
+      << "GaLore did not change the run";
+  if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
+  expect_same_run(2, 2, galore_variants());
+  expect_same_run(2, 3, galore_variants());
 }
 
 // Stopped at step 6 (training.exit_interval) and run again, a 12-step per-layer run repeats the
