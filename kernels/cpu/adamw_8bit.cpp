@@ -31,22 +31,32 @@ void adamw_8bit_step(float* param, uint8_t* m_codes, float* m_absmax, uint8_t* v
   const QuantMap& v_map = v_table.map();
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < blocks; ++b) {
+    // Three passes over the block, each a loop the compiler vectorises (gathers from the maps
+    // and the quantization table, the arithmetic, max reductions); per element the arithmetic is
+    // the same sequence as in one pass, so the result is too.
     float m[kMaxQuantBlock], v[kMaxQuantBlock];
     const int64_t begin = b * block, len = std::min(n, begin + block) - begin;
     const float ma = m_absmax[b], va = v_absmax[b];
-    float m_max = 0.0f, v_max = 0.0f;
+    const uint8_t* mc = m_codes + begin;
+    const uint8_t* vc = v_codes + begin;
+    const float* gb = grad + begin;
+    float* pb = param + begin;
+#pragma omp simd
     for (int64_t j = 0; j < len; ++j) {
-      const int64_t i = begin + j;
-      const float g = grad[i] * scale;
-      float mi = m_map[m_codes[i]] * ma;
-      float vi = v_map[v_codes[i]] * va;
-      mi = mi * b1;
+      m[j] = m_map[mc[j]] * ma;
+      v[j] = v_map[vc[j]] * va;
+    }
+    float m_max = 0.0f, v_max = 0.0f;
+#pragma omp simd reduction(max : m_max, v_max)
+    for (int64_t j = 0; j < len; ++j) {
+      const float g = gb[j] * scale;
+      float mi = m[j] * b1;
       mi = mi + one_minus_b1 * g;
-      vi = vi * b2;
+      float vi = v[j] * b2;
       vi = vi + one_minus_b2 * g * g;
       const float denom = std::sqrt(vi) / correction2 + eps;
-      const float p = param[i] * decay;
-      param[i] = p + step_size * mi / denom;
+      const float p = pb[j] * decay;
+      pb[j] = p + step_size * mi / denom;
       m[j] = mi;
       v[j] = vi;
       m_max = std::max(m_max, std::abs(mi));
@@ -55,9 +65,13 @@ void adamw_8bit_step(float* param, uint8_t* m_codes, float* m_absmax, uint8_t* v
     m_absmax[b] = m_max;
     v_absmax[b] = v_max;
     const float m_inv = 1.0f / std::max(m_max, 1e-38f), v_inv = 1.0f / std::max(v_max, 1e-38f);
+    uint8_t* mo = m_codes + begin;
+    uint8_t* vo = v_codes + begin;
+#pragma omp simd
     for (int64_t j = 0; j < len; ++j) {
-      m_codes[begin + j] = m_table.quantize(std::clamp(m[j] * m_inv, -1.0f, 1.0f));
-      v_codes[begin + j] = v_table.quantize(std::clamp(v[j] * v_inv, -1.0f, 1.0f));
+      // std::clamp, written so it if-converts: NaN stays NaN as there.
+      mo[j] = m_table.quantize(std::min(std::max(m[j] * m_inv, -1.0f), 1.0f));
+      vo[j] = v_table.quantize(std::min(std::max(v[j] * v_inv, -1.0f), 1.0f));
     }
   }
 }

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "kernels/error.h"
@@ -71,8 +72,10 @@ uint8_t search(const QuantBounds& bounds, float x) {
 
 uint8_t quantize_value(const QuantMap& map, float x) { return search(midpoints(map), x); }
 
-QuantTable::QuantTable(const QuantMap& map)
-    : map_(map), bounds_(midpoints(map)), lut_(size_t{1} << (32 - kShift)) {
+QuantTable::QuantTable(const QuantMap& map) : map_(map), lut_(size_t{1} << (32 - kShift)) {
+  const QuantBounds bounds = midpoints(map);
+  std::copy(bounds.begin(), bounds.end(), above_.begin());
+  above_[255] = std::numeric_limits<float>::infinity();
   const uint32_t low = (uint32_t{1} << kShift) - 1;
   for (uint32_t k = 0; k < lut_.size(); ++k) {
     // The bucket's numerically smallest and largest x: its lowest bits for positive numbers, its
@@ -81,9 +84,9 @@ QuantTable::QuantTable(const QuantMap& map)
     const float lo = std::bit_cast<float>((k << kShift) | (negative ? low : 0));
     const float hi = std::bit_cast<float>((k << kShift) | (negative ? 0 : low));
     if (std::isnan(lo) || std::isnan(hi)) continue;  // NaN buckets: any code
-    const uint8_t c = search(bounds_, lo);
+    const uint8_t c = search(bounds, lo);
     lut_[k] = c;
-    KEEL_CHECK(search(bounds_, hi) <= c + 1,
+    KEEL_CHECK(search(bounds, hi) <= c + 1,
                "quantization table: more than one midpoint between {} and {}", lo, hi);
   }
 }
