@@ -101,6 +101,24 @@ void expect_losses_near(const std::string& want_dir, const std::string& got_dir,
     EXPECT_NEAR(got[i], want[i], relative * want[i]) << "step " << i + 1;
 }
 
+// 8-bit state rounds in the blocks of each layout's shards, so no layout equals the one-rank run:
+// the run carried across layouts in dir (settings `sets`) must stay as near the one-rank run as an
+// uninterrupted 2-rank run (ZeRO 1) does: parameters within 1.5x that run's largest difference,
+// losses within 1 %.
+void expect_as_near_as_another_layout(const fs::path& dir, const std::string& cfg,
+                                      const std::string& sets, const std::string& carried_dir) {
+  const std::string one = (dir / "one").string(), two = (dir / "two").string();
+  const Result r = train(2, cfg, sets + layout_sets(2, 1) + " --set training.output_dir=" + two);
+  ASSERT_EQ(r.code, 0) << r.out;
+  expect_losses_near(one, carried_dir, 1e-2);
+  const double layout =
+      max_relative_difference(one + "/model.safetensors", two + "/model.safetensors");
+  const double carried =
+      max_relative_difference(one + "/model.safetensors", carried_dir + "/model.safetensors");
+  EXPECT_GT(layout, 0.0);  // blocks of other shards do round differently
+  EXPECT_LE(carried, 1.5 * layout) << "the uninterrupted 2-rank run differs by " << layout;
+}
+
 // AdamW: the losses and the final parameters match the one-rank run to fp32 rounding.
 TEST_F(Cli, ResumeOnAnotherDataParallelSize) {
   if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
@@ -118,26 +136,12 @@ TEST_F(Cli, ResumeOnAnotherDataParallelSize) {
 
 // 8-bit AdamW, its blocks changing with every leg's shards (and from block size 256 to 128
 // after the first): each resume dequantizes the saved blocks and requantizes in the new ones.
-// Blocks of other shards round differently, so no layout equals the one-rank 8-bit run: the
-// carried run must stay as near it as an uninterrupted 2-rank run does (parameters within 1.5×
-// that run's largest difference, losses within 1 %).
 TEST_F(Cli, EightBitStateReshardsOnAnotherLayout) {
   if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
   const std::string cfg = write("m.yaml", kParallelModel);
-  const std::string out = carry_across_layouts(dir_, cfg, " --set optimizer.type=adamw_8bit",
-                                               " --set optimizer.block_size=128");
-  const std::string one = (dir_ / "one").string(), two = (dir_ / "two").string();
-  const Result r = train(
-      2, cfg,
-      " --set optimizer.type=adamw_8bit" + layout_sets(2, 1) + " --set training.output_dir=" + two);
-  ASSERT_EQ(r.code, 0) << r.out;
-  expect_losses_near(one, out, 1e-2);
-  const double layout =
-      max_relative_difference(one + "/model.safetensors", two + "/model.safetensors");
-  const double carried =
-      max_relative_difference(one + "/model.safetensors", out + "/model.safetensors");
-  EXPECT_GT(layout, 0.0);  // blocks of other shards do round differently
-  EXPECT_LE(carried, 1.5 * layout) << "the uninterrupted 2-rank run differs by " << layout;
+  const std::string sets = " --set optimizer.type=adamw_8bit";
+  const std::string out = carry_across_layouts(dir_, cfg, sets, " --set optimizer.block_size=128");
+  expect_as_near_as_another_layout(dir_, cfg, sets, out);
 }
 
 // Adafactor's means are a rectangle of a (rows x 1) or (cols x 1) tensor of their own: the split
@@ -213,9 +217,7 @@ TEST_F(Cli, GaloreStateReshardsOnAnotherLayout) {
 
 // 8-bit GaLore: the moments of the projected gradient are codes in blocks of each rank's slice of
 // R, so every resume on other shards (or, after the first leg, blocks of 128 instead of 64)
-// dequantizes them with the blocks they were saved in and requantizes them in its own. As for
-// 8-bit AdamW, no layout equals the one-rank run: the carried run stays as near it as an
-// uninterrupted 2-rank run does.
+// dequantizes them with the blocks they were saved in and requantizes them in its own.
 TEST_F(Cli, EightBitGaloreStateReshardsOnAnotherLayout) {
   if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
   const std::string cfg = write("m.yaml", kParallelModel);
@@ -230,16 +232,7 @@ TEST_F(Cli, EightBitGaloreStateReshardsOnAnotherLayout) {
   EXPECT_NE(text.find("optimizer.galore.exp_avg_sq_absmax.model.layers.0.mlp.down_proj.weight"),
             std::string::npos)
       << "R's second moment was not kept in 8 bits";
-  const std::string one = (dir_ / "one").string(), two = (dir_ / "two").string();
-  const Result r = train(2, cfg, sets + layout_sets(2, 1) + " --set training.output_dir=" + two);
-  ASSERT_EQ(r.code, 0) << r.out;
-  expect_losses_near(one, out, 1e-2);
-  const double layout =
-      max_relative_difference(one + "/model.safetensors", two + "/model.safetensors");
-  const double carried =
-      max_relative_difference(one + "/model.safetensors", out + "/model.safetensors");
-  EXPECT_GT(layout, 0.0);
-  EXPECT_LE(carried, 1.5 * layout) << "the uninterrupted 2-rank run differs by " << layout;
+  expect_as_near_as_another_layout(dir_, cfg, sets, out);
 }
 
 // fp32 and 8-bit AdamW hold the same state: a run may switch at a resume, its moments quantized
