@@ -1,9 +1,9 @@
 // optimizer.per_layer_update end to end: stepping each unit inside the backward trains the run
 // the ordinary step trains, bit for bit, on every layout it runs on (1 rank; 2 ranks without ZeRO
-// and with ZeRO 2 and 3; 4 ranks with ZeRO 3), tied or untied, AdamW or 8-bit AdamW; it resumes
-// bit-exactly; GaLore around either steps inside it as in the ordinary step; keel plan and the
-// run's own plan count the smaller gradient memory, and peak RSS drops with them; the settings it
-// cannot honour are one clear error.
+// and with ZeRO 2 and 3; 4 ranks with ZeRO 3), tied or untied, AdamW or 8-bit AdamW, and with
+// Adafactor and GaLore; it resumes bit-exactly; keel plan and the run's own plan count the
+// smaller gradient memory, and peak RSS drops with them; the settings it cannot honour are one
+// clear error.
 //
 // Why exact: the per-layer update runs the same kernels on the same gradients; only when each
 // unit's optimizer step runs and where its gradient lives change. The element-wise AdamW kernels
@@ -48,12 +48,14 @@ std::vector<Variant> plain_variants() {
   return out;
 }
 
-// GaLore (rank 8, refreshed every 3 steps) around adamw projecting the short side, and around
-// adamw_8bit projecting the long side (min_8bit_size 64: the projected state in 8 bits too).
+// Adafactor with a first moment (its sums all-reduced per step_tensors range); GaLore (rank 8,
+// refreshed every 3 steps) around adamw projecting the short side, and around adamw_8bit
+// projecting the long side (min_8bit_size 64: the projected state in 8 bits too).
 const std::string kGaloreSets =
     " --set optimizer.galore.rank=8 --set optimizer.galore.update_proj_gap=3";
-std::vector<Variant> galore_variants() {
-  return {{"galore_std", kGaloreSets},
+std::vector<Variant> other_variants() {
+  return {{"adafactor", " --set optimizer.type=adafactor --set optimizer.adafactor_beta1=0.9"},
+          {"galore_std", kGaloreSets},
           {"galore_8bit_reverse_std",
            kGaloreSets + " --set optimizer.galore.proj_type=reverse_std" +
                " --set optimizer.type=adamw_8bit --set optimizer.min_8bit_size=64"}};
@@ -116,12 +118,13 @@ TEST_F(PerLayer, SameRunOnFourRanksZero3) {
   expect_same_run(4, 3);
 }
 
-// GaLore inside the per-layer update: a unit's matrices are projected, stepped and, at a refresh,
-// re-projected (the Gram matrix or long-side update reduced across the shards) as the unit's
-// gradient completes; the same run as the ordinary step, bit for bit, without ZeRO and under
-// ZeRO 2 and 3.
-TEST_F(PerLayer, GaloreSameRun) {
-  expect_same_run(1, 0, galore_variants());
+// Adafactor and GaLore inside the per-layer update: a unit's tensors are stepped (Adafactor's
+// sums reduced across the shards for the unit alone; GaLore's matrices projected and, at a
+// refresh, re-projected, the Gram matrix or long-side update reduced across the shards) as the
+// unit's gradient completes; the same run as the ordinary step, bit for bit, without ZeRO and
+// under ZeRO 2 and 3.
+TEST_F(PerLayer, AdafactorAndGaloreSameRun) {
+  expect_same_run(1, 0, other_variants());
   const std::string cfg = write("m.yaml", kParallelModel), plain = (dir_ / "plain").string();
   const Result r = train(1, cfg, layout_sets(1, 0) + kOn + " --set training.output_dir=" + plain);
   ASSERT_EQ(r.code, 0) << r.out;
@@ -129,8 +132,8 @@ TEST_F(PerLayer, GaloreSameRun) {
             metric_texts((dir_ / "unit_galore_std/metrics.jsonl").string(), "loss"))
       << "GaLore did not change the run";
   if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
-  expect_same_run(2, 2, galore_variants());
-  expect_same_run(2, 3, galore_variants());
+  expect_same_run(2, 2, other_variants());
+  expect_same_run(2, 3, other_variants());
 }
 
 // Stopped at step 6 (training.exit_interval) and run again, a 12-step per-layer run repeats the
