@@ -236,25 +236,35 @@ TEST_F(Cli, EightBitGaloreStateReshardsOnAnotherLayout) {
 }
 
 // fp32 and 8-bit AdamW hold the same state: a run may switch at a resume, its moments quantized
-// into the 8-bit run's blocks or dequantized for the fp32 one. 4 steps of each, then 4 more of
-// AdamW: the 12 losses stay within 1 % of an AdamW run that never switched.
+// into the 8-bit run's blocks or dequantized for the fp32 one, and so may GaLore around them (the
+// moments of R; min_8bit_size 64 quantizes them). 4 steps of each, then 4 more of AdamW: the 12
+// losses stay within 1 % of an AdamW run that never switched.
 TEST_F(Cli, SwitchingBetweenAdamWAndEightBitOnResume) {
   const std::string cfg = write("m.yaml", kParallelModel);
-  const std::string straight = (dir_ / "straight").string(), out = (dir_ / "switched").string();
-  const std::string sets = " --set training.max_steps=12 --set training.exit_interval=4";
-  Result r = train(1, cfg, " --set training.max_steps=12 --set training.output_dir=" + straight);
-  ASSERT_EQ(r.code, 0) << r.out;
-  for (const char* type : {"adamw", "adamw_8bit", "adamw"}) {
-    r = train(1, cfg, sets + " --set optimizer.type=" + type + " --set training.output_dir=" + out);
-    ASSERT_EQ(r.code, 0) << type << "\n" << r.out;
+  const std::string galore =
+      " --set optimizer.galore.rank=8 --set optimizer.galore.update_proj_gap=3"
+      " --set optimizer.min_8bit_size=64";
+  for (const std::string& base : {std::string(), galore}) {
+    const std::string what = base.empty() ? "AdamW" : "GaLore";
+    const std::string straight = (dir_ / (what + "_straight")).string(),
+                      out = (dir_ / (what + "_switched")).string();
+    const std::string sets = base + " --set training.max_steps=12";
+    Result r = train(1, cfg, sets + " --set training.output_dir=" + straight);
+    ASSERT_EQ(r.code, 0) << r.out;
+    for (const char* type : {"adamw", "adamw_8bit", "adamw"}) {
+      r = train(1, cfg,
+                sets + " --set training.exit_interval=4 --set optimizer.type=" + type +
+                    " --set training.output_dir=" + out);
+      ASSERT_EQ(r.code, 0) << what << ", " << type << "\n" << r.out;
+    }
+    const std::vector<double> want = losses(straight + "/metrics.jsonl"),
+                              got = losses(out + "/metrics.jsonl");
+    ASSERT_EQ(want.size(), 12u);
+    ASSERT_EQ(got.size(), 12u);
+    for (size_t i = 0; i < want.size(); ++i)
+      EXPECT_NEAR(got[i], want[i], 1e-2 * want[i]) << what << ", step " << i + 1;
+    EXPECT_NE(got[5], want[5]) << what;  // steps 5-8 did run in 8 bits
   }
-  const std::vector<double> want = losses(straight + "/metrics.jsonl"),
-                            got = losses(out + "/metrics.jsonl");
-  ASSERT_EQ(want.size(), 12u);
-  ASSERT_EQ(got.size(), 12u);
-  for (size_t i = 0; i < want.size(); ++i)
-    EXPECT_NEAR(got[i], want[i], 1e-2 * want[i]) << "step " << i + 1;
-  EXPECT_NE(got[5], want[5]);  // steps 5-8 did run in 8 bits
 }
 
 // A checkpoint that cannot continue this run stops it before anything is written.
