@@ -249,30 +249,42 @@ void write_state_file(const std::string& path, const std::vector<StatePiece>& pi
   write_safetensors(path, tensors, metadata);
 }
 
-void read_state(const std::string& dir, const CheckpointInfo& info,
-                const std::vector<StatePiece>& pieces) {
-  const auto files = open_state_files(dir, info);
+struct StateReader::Files {
+  std::vector<std::unique_ptr<StateFile>> open;
+};
+
+StateReader::StateReader(std::string dir, const CheckpointInfo& info)
+    : dir_(std::move(dir)), info_(info), files_(std::make_unique<Files>()) {
+  files_->open = open_state_files(dir_, info_);
+}
+
+StateReader::~StateReader() = default;
+
+void StateReader::read(const std::vector<StatePiece>& pieces) const {
   for (const StatePiece& p : pieces) {
-    read_piece(files, dir, info, p, [&](const StateFile& file, const StoredPiece& stored) {
+    read_piece(files_->open, dir_, info_, p, [&](const StateFile& file, const StoredPiece& stored) {
       KEEL_CHECK(stored.elem_size == dtype_size(p.dtype()),
                  "checkpoint {}: '{}' is stored as {}-byte elements, and this run keeps it in {}: "
                  "it was written by another optimizer",
-                 dir, p.name, stored.elem_size, dtype_size(p.dtype()));
+                 dir_, p.name, stored.elem_size, dtype_size(p.dtype()));
       return copy_overlap(file, stored, p);
     });
   }
 }
 
-void read_state_dequantized(const std::string& dir, const CheckpointInfo& info,
-                            const StatePiece& piece, const Dequantization& codes) {
+void StateReader::read_dequantized(const StatePiece& piece, const Dequantization& codes) const {
   KEEL_CHECK(piece.data && codes.map && codes.block_size > 0,
-             "read_state_dequantized: '{}' needs a float piece, a map and a block size",
-             piece.name);
-  read_piece(open_state_files(dir, info), dir, info, piece,
+             "read_dequantized: '{}' needs a float piece, a map and a block size", piece.name);
+  read_piece(files_->open, dir_, info_, piece,
              [&](const StateFile& file, const StoredPiece& stored) {
                return stored.elem_size == 1 ? dequantize_overlap(file, stored, piece, codes)
                                             : copy_overlap(file, stored, piece);
              });
+}
+
+void read_state(const std::string& dir, const CheckpointInfo& info,
+                const std::vector<StatePiece>& pieces) {
+  StateReader(dir, info).read(pieces);
 }
 
 void write_checkpoint_info(const std::string& dir, const CheckpointInfo& info) {

@@ -8,6 +8,7 @@
 #include <array>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -70,12 +71,27 @@ struct Dequantization {
   int64_t block_size = 256;
   const std::array<float, 256>* map = nullptr;
 };
-// As read_state for one fp32 piece that the writing run may have kept in 8 bits: from a file that
-// stored it as U8 codes each value is dequantized with the absmax of the block it was saved in
-// (whatever blocks that rank cut), from one that stored it as F32 it is read as it is. This is how
-// 8-bit state moves to other shards or block settings, and between fp32 and 8-bit optimizers.
-void read_state_dequantized(const std::string& dir, const CheckpointInfo& info,
-                            const StatePiece& piece, const Dequantization& codes);
+// The state files of a checkpoint, opened once (their headers parsed) for any number of reads:
+// read() is read_state, read_dequantized() the same for one fp32 piece that the writing run may
+// have kept in 8 bits: from a file that stored it as U8 codes each value is dequantized with the
+// absmax of the block it was saved in (whatever blocks that rank cut), from one that stored it as
+// F32 it is read as it is. This is how 8-bit state moves to other shards or block settings, and
+// between fp32 and 8-bit optimizers.
+class StateReader {
+ public:
+  StateReader(std::string dir, const CheckpointInfo& info);
+  ~StateReader();
+  StateReader(const StateReader&) = delete;
+  StateReader& operator=(const StateReader&) = delete;
+  void read(const std::vector<StatePiece>& pieces) const;
+  void read_dequantized(const StatePiece& piece, const Dequantization& codes) const;
+
+ private:
+  struct Files;
+  std::string dir_;
+  const CheckpointInfo& info_;
+  std::unique_ptr<Files> files_;
+};
 
 // meta.json of a checkpoint directory, written durably / read and checked.
 void write_checkpoint_info(const std::string& dir, const CheckpointInfo& info);

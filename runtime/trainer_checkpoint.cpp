@@ -100,11 +100,12 @@ std::vector<StatePiece> Trainer::state_pieces() {
 
 void Trainer::restore_requantized(const std::string& dir, const CheckpointInfo& info,
                                   int64_t saved_block_size) {
+  const StateReader reader(dir, info);
   std::vector<StatePiece> params;
   for_each_tensor([&](const TensorSlot& t) {
     params.push_back({t.name, t.rows, t.cols, t.rect, t.value, t.elems});
   });
-  read_state(dir, info, params);
+  reader.read(params);
   // Each state tensor as fp32 values (8-bit codes dequantized in the blocks they were saved in),
   // kept as this run keeps it: copied, or quantized in its own blocks. Absmax is remade with the
   // codes.
@@ -117,9 +118,9 @@ void Trainer::restore_requantized(const std::string& dir, const CheckpointInfo& 
       StatePiece piece = state_piece(t, s);
       values.resize(static_cast<size_t>(piece.elems));
       piece.data = values.data(), piece.bytes = nullptr;
-      read_state_dequantized(dir, info, piece,
-                             {optimizer_state_name(s.name + "_absmax", t.name), saved_block_size,
-                              optim::signed_state(s.name) ? &first : &second});
+      reader.read_dequantized(piece,
+                              {optimizer_state_name(s.name + "_absmax", t.name), saved_block_size,
+                               optim::signed_state(s.name) ? &first : &second});
       optimizer_->load_state(t.index, s.name, values.data());
     }
   });

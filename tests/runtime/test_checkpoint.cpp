@@ -161,40 +161,38 @@ TEST_F(CheckpointTest, EightBitCodesReadBackAsValuesOfAnyRectangle) {
                     {"w", 2, 8, {0, 4, 2, 4, 4}, nullptr, 8, w_codes1.data()},
                     {"w_absmax", 4, 1, {2, 0, 2, 1, 1}, w_absmax1.data(), 2}});
 
+  const StateReader reader(dir_, info);
   std::vector<float> got(3 * 4, -1.0f);  // rows [2, 5) of m
-  read_state_dequantized(dir_, info, {"m", 6, 4, {2, 0, 3, 4, 4}, got.data(), 12}, q);
+  reader.read_dequantized({"m", 6, 4, {2, 0, 3, 4, 4}, got.data(), 12}, q);
   for (int c = 0; c < 4; ++c) {
     EXPECT_EQ(got[static_cast<size_t>(c)], map[m_codes[static_cast<size_t>(8 + c)]] * 4.0f);
     EXPECT_EQ(got[static_cast<size_t>(4 + c)], m_rest[static_cast<size_t>(c)]);
     EXPECT_EQ(got[static_cast<size_t>(8 + c)], m_rest[static_cast<size_t>(4 + c)]);
   }
   std::vector<float> wide(2 * 8, -1.0f);  // w whole, columns [3, 6) of it in a second read
-  read_state_dequantized(dir_, info, {"w", 2, 8, {0, 0, 2, 8, 8}, wide.data(), 16},
-                         {"w_absmax", 4, &map});
+  reader.read_dequantized({"w", 2, 8, {0, 0, 2, 8, 8}, wide.data(), 16}, {"w_absmax", 4, &map});
   for (size_t r = 0; r < 2; ++r)
     for (size_t c = 0; c < 4; ++c) {
       EXPECT_EQ(wide[r * 8 + c], map[w_codes0[r * 4 + c]] * w_absmax0[r]);
       EXPECT_EQ(wide[r * 8 + 4 + c], map[w_codes1[r * 4 + c]] * w_absmax1[r]);
     }
   std::vector<float> middle(2 * 3, -1.0f);
-  read_state_dequantized(dir_, info, {"w", 2, 8, {0, 3, 2, 3, 3}, middle.data(), 6},
-                         {"w_absmax", 4, &map});
+  reader.read_dequantized({"w", 2, 8, {0, 3, 2, 3, 3}, middle.data(), 6}, {"w_absmax", 4, &map});
   for (size_t r = 0; r < 2; ++r)
     for (size_t c = 0; c < 3; ++c) EXPECT_EQ(middle[r * 3 + c], wide[r * 8 + 3 + c]);
 
   // Codes whose scales are missing (or in blocks too small for them) are a clear error.
   std::vector<float> all(24);
   try {
-    read_state_dequantized(dir_, info, {"m", 6, 4, {0, 0, 6, 4, 4}, all.data(), 24},
-                           {"none", 4, &map});
+    reader.read_dequantized({"m", 6, 4, {0, 0, 6, 4, 4}, all.data(), 24}, {"none", 4, &map});
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("holds 'm' as 8-bit codes but not their scales 'none'"),
               std::string::npos)
         << e.what();
   }
-  EXPECT_THROW(read_state_dequantized(dir_, info, {"m", 6, 4, {0, 0, 6, 4, 4}, all.data(), 24},
-                                      {"m_absmax", 2, &map}),  // 8 blocks of 2 would be needed
+  EXPECT_THROW(reader.read_dequantized({"m", 6, 4, {0, 0, 6, 4, 4}, all.data(), 24},
+                                       {"m_absmax", 2, &map}),  // 8 blocks of 2 would be needed
                Error);
 }
 
