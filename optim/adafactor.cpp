@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <sstream>
 
 #include "kernels/adafactor.h"
 #include "kernels/error.h"
@@ -86,6 +87,16 @@ size_t Adafactor::plan_bytes(const OptimizerConfig& config, const std::vector<Pa
   std::vector<Slots> slots;
   declare(plan, params, config, slots);
   return plan.bytes();
+}
+
+std::string Adafactor::describe() const {
+  std::ostringstream os;
+  os << "adafactor: factored second moments for "
+     << describe_share(params_, [&](size_t i) { return slots_[i].factored; }) << ", "
+     << (config_.adafactor_beta1 > 0 ? "a first moment" : "no first moment") << ", "
+     << (config_.relative_step ? "relative step" : "the trainer's learning rate")
+     << ", updates clipped to RMS " << config_.clip_threshold;
+  return os.str();
 }
 
 std::vector<StateTensor> Adafactor::state(size_t i) {

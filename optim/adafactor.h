@@ -34,6 +34,7 @@ class Adafactor final : public Optimizer {
   std::vector<StateTensor> state(size_t i) override;
   size_t state_bytes() const override { return state_.bytes(); }
   std::string describe_memory() const override { return state_.describe(); }
+  std::string describe() const override;
 
  private:
   struct Slots {

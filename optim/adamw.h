@@ -22,6 +22,7 @@ class AdamW final : public Optimizer {
   std::vector<StateTensor> state(size_t i) override;
   size_t state_bytes() const override { return state_.bytes(); }
   std::string describe_memory() const override { return state_.describe(); }
+  std::string describe() const override { return "adamw: fp32 moments"; }
 
  private:
   std::vector<ParamRef> params_;

@@ -71,6 +71,12 @@ std::vector<StateTensor> AdamW8bit::state(size_t i) {
           {"exp_avg_sq_absmax", state_[s.v_absmax].f32(), nullptr, blocks(i), per_block}};
 }
 
+std::string AdamW8bit::describe() const {
+  return "adamw_8bit: 8-bit moments in blocks of " + std::to_string(config_.block_size) + " for " +
+         describe_share(params_, [&](size_t i) { return slots_[i].quantized; }) +
+         ", fp32 moments for the rest";
+}
+
 void AdamW8bit::load_state(size_t i, const std::string& name, const float* values) {
   const Slots& s = slots_[i];
   if (!s.quantized) return Optimizer::load_state(i, name, values);

@@ -34,6 +34,7 @@ class AdamW8bit final : public Optimizer {
   void load_state(size_t i, const std::string& name, const float* values) override;
   size_t state_bytes() const override { return state_.bytes(); }
   std::string describe_memory() const override { return state_.describe(); }
+  std::string describe() const override;
   bool quantized(size_t i) const { return slots_[i].quantized; }
 
  private:

@@ -236,6 +236,16 @@ size_t GaLore::state_bytes() const { return state_.bytes() + inner_->state_bytes
 
 size_t GaLore::workspace_bytes() const { return work_.bytes() + inner_->workspace_bytes(); }
 
+std::string GaLore::describe() const {
+  const GaloreConfig& g = config_.galore;
+  std::ostringstream os;
+  os << "GaLore rank " << g.rank << " (" << g.proj_type << ", " << g.projector
+     << " projector, refreshed every " << g.update_proj_gap << " steps, scale " << g.scale
+     << ") on " << describe_share(params_, [&](size_t i) { return layouts_[i].on; })
+     << "; their projected gradients and the other tensors: " << inner_->describe();
+  return os.str();
+}
+
 std::string GaLore::describe_memory() const {
   return state_.describe() + work_.describe() + inner_->describe_memory();
 }

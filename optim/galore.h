@@ -51,6 +51,7 @@ class GaLore final : public Optimizer {
   size_t state_bytes() const override;
   size_t workspace_bytes() const override;
   std::string describe_memory() const override;
+  std::string describe() const override;
 
   bool projected(size_t i) const;
   // Seconds spent refreshing projectors so far (collectives included).

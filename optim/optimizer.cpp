@@ -1,6 +1,7 @@
 #include "optim/optimizer.h"
 
 #include <algorithm>
+#include <cstdio>
 
 #include "kernels/error.h"
 #include "optim/adafactor.h"
@@ -18,6 +19,21 @@ void Optimizer::load_state(size_t i, const std::string& name, const float* value
     return;
   }
   KEEL_FAIL("the optimizer keeps no state '{}' for tensor {} that values can set", name, i);
+}
+
+std::string describe_share(const std::vector<ParamRef>& params,
+                           const std::function<bool(size_t)>& picked) {
+  int64_t count = 0, values = 0, all = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    all += params[i].n;
+    if (!picked(i)) continue;
+    ++count;
+    values += params[i].n;
+  }
+  char share[32];
+  std::snprintf(share, sizeof share, "%.1f", all ? 100.0 * static_cast<double>(values) / all : 0.0);
+  return std::to_string(count) + " of " + std::to_string(params.size()) + " tensors (" + share +
+         " % of the values)";
 }
 
 kernels::cpu::AdamWHyper adamw_hyper(const OptimizerConfig& config, double lr, double grad_scale,

@@ -160,7 +160,8 @@ void Trainer::print_plan() {
   if (validation_)
     text << "keel: validation " << validation_->num_sequences() << " sequences ("
          << validation_->num_tokens() << " tokens)\n";
-  text << describe_layout(config_, grid_.dp().size()) << describe_memory(m)
+  text << describe_layout(config_, grid_.dp().size()) << "keel: optimizer "
+       << optimizer_->describe() << (zero_ ? " (this rank's shards)\n" : "\n") << describe_memory(m)
        << "keel: fp32 GEMM peak measured at " << peak_flops_ / 1e9 << " GFLOP/s"
        << (grid_.world().size() > 1 ? " (all ranks together)\n" : "\n");
   plan_text_ = text.str();

@@ -1,7 +1,8 @@
 // optimizer.galore end to end: on 2 and 4 ranks under ZeRO 1, 2 and 3 a GaLore run equals the
 // one-rank run within 1e-5 (short side projected: no collective per step; long side: the
 // projected gradient reduce-scattered; exact and randomized refreshes), keel plan forecasts its
-// smaller state, and a checkpoint with other GaLore settings is one clear error.
+// smaller state, a run names what GaLore (or Adafactor) does to which tensors, and a checkpoint
+// with other GaLore settings is one clear error.
 #include <gtest/gtest.h>
 
 #include "cli_util.h"
@@ -93,6 +94,30 @@ TEST_F(Cli, GaloreCheckpointOfOtherSettingsIsAClearError) {
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("optimizer.galore rank 8, proj_type std"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("resume with the saved settings"), std::string::npos) << r.out;
+}
+
+// A run's opening lines say what its optimizer does to which tensors: the 14 attention and MLP
+// matrices of the 21 tensors projected, the inner optimizer's own line after them, and for
+// Adafactor the 16 matrices (with the embedding and the head) it factors.
+TEST_F(Cli, RunNamesWhatTheOptimizerDoes) {
+  const std::string cfg = write("m.yaml", kParallelModel);
+  const std::string base = "train " + cfg + " --set training.max_steps=1";
+  Result r = run(base + " --set optimizer.galore.rank=8 --set optimizer.galore.update_proj_gap=50" +
+                 " --set optimizer.type=adamw_8bit --set training.output_dir=" + out_dir());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("keel: optimizer GaLore rank 8 (std, exact projector, refreshed every 50 "
+                       "steps, scale 0.25) on 14 of 21 tensors ("),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("; their projected gradients and the other tensors: adamw_8bit: 8-bit "
+                       "moments in blocks of 256 for "),
+            std::string::npos)
+      << r.out;
+  r = run(base + " --set optimizer.type=adafactor --set training.output_dir=" + out_dir());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("keel: optimizer adafactor: factored second moments for 16 of 21 tensors"),
+            std::string::npos)
+      << r.out;
 }
 
 }  // namespace
