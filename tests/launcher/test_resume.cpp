@@ -196,22 +196,28 @@ TEST_F(Cli, AdafactorStateReshardsOnAnotherLayout) {
 // their own (the projected gradient is sliced as the matrix is), so they reshard like parameters:
 // the 20-step run carried across layouts, refreshing every 3 steps (some resumes land on a
 // refresh, some between), with the long side projected (reverse_std: each rank's rows of U and an
-// even split of R) and the short side (std), stays within 1e-5 of the one-rank run.
+// even split of R) and the short side (std), around AdamW and around Adafactor with a first
+// moment (R's row and column means), stays within 1e-5 of the one-rank run.
 TEST_F(Cli, GaloreStateReshardsOnAnotherLayout) {
   if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
   const std::string cfg = write("m.yaml", kParallelModel);
-  for (const std::string proj : {"std", "reverse_std"}) {
-    const fs::path dir = dir_ / proj;
+  struct Case {
+    std::string tag, sets;
+  };
+  const std::string adafactor =
+      " --set optimizer.type=adafactor --set optimizer.adafactor_beta1=0.9";
+  for (const Case& c : {Case{"std", " --set optimizer.galore.proj_type=std"},
+                        Case{"reverse_std", " --set optimizer.galore.proj_type=reverse_std"},
+                        Case{"adafactor", adafactor}}) {
+    const fs::path dir = dir_ / c.tag;
     fs::create_directories(dir);
     const std::string sets =
-        " --set optimizer.galore.rank=8 --set optimizer.galore.update_proj_gap=3"
-        " --set optimizer.galore.proj_type=" +
-        proj;
+        " --set optimizer.galore.rank=8 --set optimizer.galore.update_proj_gap=3" + c.sets;
     const std::string out = carry_across_layouts(dir, cfg, sets, "");
     const std::string one = (dir / "one").string();
     expect_losses_near(one, out, 1e-5);
     EXPECT_LE(max_relative_difference(one + "/model.safetensors", out + "/model.safetensors"), 1e-5)
-        << proj;
+        << c.tag;
   }
 }
 
