@@ -38,12 +38,11 @@ AdamW8bit::AdamW8bit(std::vector<ParamRef> params, const OptimizerConfig& config
   declare(state_, params_, config_, slots_);
   state_.allocate();
   // Zero moments: absmax 0, and the codes of 0 (what requantizing zeros gives).
-  const uint8_t zero = signed_.quantize(0.0f);
+  const uint8_t m_zero = signed_.quantize(0.0f), v_zero = unsigned_.quantize(0.0f);
   for (size_t i = 0; i < params_.size(); ++i) {
     if (!slots_[i].quantized) continue;
-    std::memset(state_[slots_[i].m].data(), zero, static_cast<size_t>(params_[i].n));
-    std::memset(state_[slots_[i].v].data(), unsigned_.quantize(0.0f),
-                static_cast<size_t>(params_[i].n));
+    std::memset(state_[slots_[i].m].data(), m_zero, static_cast<size_t>(params_[i].n));
+    std::memset(state_[slots_[i].v].data(), v_zero, static_cast<size_t>(params_[i].n));
   }
 }
 

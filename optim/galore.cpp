@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "kernels/error.h"
+#include "kernels/hash.h"
 #include "kernels/low_rank.h"
 #include "kernels/matmul.h"
 
@@ -49,6 +50,9 @@ namespace {
 
 using detail::GaloreLayout;
 using detail::GaloreSlots;
+
+// The inner optimizer's state of R is named with this prefix ("galore.exp_avg").
+constexpr std::string_view kInnerPrefix = "galore.";
 
 bool targeted(const std::string& name, const std::string& targets) {
   for (std::string_view rest = targets; !rest.empty();) {
@@ -188,11 +192,6 @@ OptimizerConfig inner_config(const OptimizerConfig& config) {
   return c;
 }
 
-uint64_t fnv1a(std::string_view s, uint64_t h) {
-  for (const char c : s) h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ULL;
-  return h;
-}
-
 void to_float(float* out, const double* in, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);
 }
@@ -241,7 +240,7 @@ std::string GaLore::describe() const {
   std::ostringstream os;
   os << "GaLore rank " << g.rank << " (" << g.proj_type << ", " << g.projector
      << " projector, refreshed every " << g.update_proj_gap << " steps, scale " << g.scale
-     << ") on " << describe_share(params_, [&](size_t i) { return layouts_[i].on; })
+     << ") on " << describe_share(params_, [&](size_t i) { return projected(i); })
      << "; their projected gradients and the other tensors: " << inner_->describe();
   return os.str();
 }
@@ -371,8 +370,7 @@ void GaLore::refresh(size_t i) {
     const int64_t q = sketch_size(l, config_.galore);
     double* sketch = work_[slots_->sketch].data_as<double>();
     double* qr = work_[slots_->qr].data_as<double>();
-    const uint64_t seed =
-        fnv1a(p.name, 0xcbf29ce484222325ULL ^ config_.seed) ^ static_cast<uint64_t>(t_);
+    const uint64_t seed = fnv1a(p.name, kFnvOffsetBasis ^ config_.seed) ^ static_cast<uint64_t>(t_);
     k::gaussian_fill(sketch, q * l.S, seed);
     apply_gram(i, sketch, q);
     for (int64_t it = 0; it < config_.galore.power_iterations; ++it) {
@@ -435,7 +433,7 @@ std::vector<StateTensor> GaLore::state(size_t i) {
                                    l.r * (l.short_side ? l.S : l.Lk), StateLayout::kOwnRect,
                                    l.p_rows, l.p_cols, l.p_rect}};
   for (StateTensor s : inner_->state(i)) {
-    s.name = "galore." + s.name;
+    s.name = std::string(kInnerPrefix) + s.name;
     if (s.layout == StateLayout::kElementwise)  // shaped as R
       s.layout = StateLayout::kOwnRect, s.rows = l.r_rows, s.cols = l.r_cols, s.rect = l.r_rect;
     out.push_back(s);
@@ -446,7 +444,8 @@ std::vector<StateTensor> GaLore::state(size_t i) {
 void GaLore::load_state(size_t i, const std::string& name, const float* values) {
   if (!layouts_[i].on) return inner_->load_state(i, name, values);
   // The inner optimizer's state of R, laid out as its own buffer is (r_rect with its ld).
-  if (name.starts_with("galore.")) return inner_->load_state(i, name.substr(7), values);
+  if (name.starts_with(kInnerPrefix))
+    return inner_->load_state(i, name.substr(kInnerPrefix.size()), values);
   Optimizer::load_state(i, name, values);  // the projector
 }
 

@@ -10,7 +10,7 @@
 #include <numeric>
 
 #include "kernels/error.h"
-#include "runtime/hash.h"
+#include "kernels/hash.h"
 #include "runtime/tokenizer_json.h"
 
 namespace keel::runtime {

@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "runtime/hash.h"
+#include "kernels/hash.h"
 
 namespace keel::runtime {
 

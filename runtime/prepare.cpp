@@ -8,10 +8,10 @@
 #include <sstream>
 
 #include "kernels/error.h"
+#include "kernels/hash.h"
 #include "runtime/bpe_train.h"
 #include "runtime/data.h"
 #include "runtime/durable_file.h"
-#include "runtime/hash.h"
 #include "runtime/token_shard.h"
 #include "runtime/tokenizer_json.h"
 

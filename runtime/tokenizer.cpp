@@ -7,7 +7,7 @@
 #include <limits>
 
 #include "kernels/error.h"
-#include "runtime/hash.h"
+#include "kernels/hash.h"
 
 namespace keel::runtime {
 

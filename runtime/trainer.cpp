@@ -7,9 +7,9 @@
 #include <sstream>
 
 #include "kernels/elementwise.h"
+#include "kernels/hash.h"
 #include "kernels/matmul.h"
 #include "parallel/self_communicator.h"
-#include "runtime/hash.h"
 #include "runtime/loss_curve.h"
 #include "runtime/memory_report.h"
 #include "runtime/safetensors.h"

@@ -8,6 +8,7 @@
 #include <numbers>
 
 #include "kernels/error.h"
+#include "kernels/hash.h"
 
 // LAPACK's Fortran entry points in OpenBLAS (character arguments carry hidden lengths).
 extern "C" {
@@ -127,13 +128,6 @@ void combine_rows(double* out, const double* w, const double* q, int64_t r, int6
 }
 
 namespace {
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 // A uniform double in (0, 1] from 53 random bits.
 double unit(uint64_t bits) { return (static_cast<double>(bits >> 11) + 1.0) * 0x1.0p-53; }
