@@ -15,16 +15,20 @@ void add(float* y, const float* a, const float* b, int64_t n, Stream stream = {}
 void scale_inplace(float* x, float s, int64_t n, Stream stream = {});
 // Σ x[i]², accumulated in double, deterministic for a given thread count.
 double sum_squares(const float* x, int64_t n, Stream stream = {});
+// How many x[i] are NaN or ±inf (the divergence guard's test of weights and gradients).
+int64_t count_nonfinite(const float* x, int64_t n, Stream stream = {});
 
 }  // namespace keel::kernels::cpu
 
 // CUDA twins (kernels/cuda/elementwise.cu): device pointers, work on the stream. sum_squares
-// returns its result to the host, so it synchronises the stream; it is deterministic.
+// and count_nonfinite return their result to the host, so they synchronise the stream;
+// sum_squares is deterministic.
 namespace keel::kernels::cuda {
 
 void add_inplace(float* y, const float* x, int64_t n, Stream stream = {});
 void add(float* y, const float* a, const float* b, int64_t n, Stream stream = {});
 void scale_inplace(float* x, float s, int64_t n, Stream stream = {});
 double sum_squares(const float* x, int64_t n, Stream stream = {});
+int64_t count_nonfinite(const float* x, int64_t n, Stream stream = {});
 
 }  // namespace keel::kernels::cuda

@@ -45,6 +45,14 @@ __global__ void sum_partials_kernel(double* out, const double* partial, int coun
   if (threadIdx.x == 0) out[0] = acc;
 }
 
+// Atomically adds to *count the NaN and ±inf values of the block's grid-stride share.
+__global__ void count_nonfinite_kernel(unsigned long long* count, const float* x, int64_t n) {
+  unsigned long long acc = 0;
+  KEEL_GRID_STRIDE(i, n) acc += !isfinite(x[i]);
+  acc = block_sum(acc);
+  if (threadIdx.x == 0 && acc != 0) atomicAdd(count, acc);
+}
+
 #undef KEEL_GRID_STRIDE
 
 }  // namespace
@@ -91,6 +99,28 @@ double sum_squares(const float* x, int64_t n, Stream stream) {
     throw;
   }
   return total;
+}
+
+// Synchronises the stream: the count is returned to the host.
+int64_t count_nonfinite(const float* x, int64_t n, Stream stream) {
+  if (n == 0) return 0;
+  const cudaStream_t s = to_cuda(stream);
+  unsigned long long* count = nullptr;
+  KEEL_CUDA(cudaMallocAsync(reinterpret_cast<void**>(&count), sizeof *count, s));
+  unsigned long long total = 0;
+  try {
+    KEEL_CUDA(cudaMemsetAsync(count, 0, sizeof *count, s));
+    count_nonfinite_kernel<<<kSumBlocks, kBlock, 0, s>>>(count, x, n);
+    KEEL_CUDA_CHECK_LAUNCH();
+    KEEL_CUDA(cudaMemcpyAsync(&total, count, sizeof total, cudaMemcpyDeviceToHost, s));
+    KEEL_CUDA(cudaFreeAsync(count, s));
+    count = nullptr;
+    KEEL_CUDA(cudaStreamSynchronize(s));
+  } catch (...) {
+    if (count != nullptr) (void)cudaFreeAsync(count, s);  // best effort; the first error wins
+    throw;
+  }
+  return static_cast<int64_t>(total);
 }
 
 }  // namespace keel::kernels::cuda

@@ -62,6 +62,17 @@ TEST_P(CudaElementwise, SumSquaresMatchesCpuAndRepeatsBitwise) {
   EXPECT_EQ(sum_squares(d_x.get(), n, stream()), got);
 }
 
+TEST_P(CudaElementwise, CountNonfiniteMatchesCpu) {
+  const int64_t n = GetParam();
+  auto x = random_floats(n, 7);
+  for (int64_t i = 0; i < n; i += 997)
+    x[i] = (i / 997) % 3 == 0 ? NAN : (i % 2 ? INFINITY : -INFINITY);
+  DeviceBuffer<float> d_x(x);
+  const int64_t want = cpu::count_nonfinite(x.data(), n);
+  EXPECT_EQ(want, n == 0 ? 0 : (n - 1) / 997 + 1);
+  EXPECT_EQ(count_nonfinite(d_x.get(), n, stream()), want);
+}
+
 INSTANTIATE_TEST_SUITE_P(Sizes, CudaElementwise, ::testing::Values(0, 1, 31, 1000, 3000017),
                          [](const auto& test) { return keel::testing::name_of("n", test.param); });
 
