@@ -49,8 +49,8 @@ void take(const nlohmann::json& line, const char* key, int64_t step, std::vector
 Curves read_metrics(const std::string& path) {
   std::ifstream in(path);
   KEEL_CHECK(in.is_open(), "cannot open '{}': {}", path, std::strerror(errno));
-  // metrics.jsonl is written with printf, so a diverged loss is a bare nan or inf, which is not
-  // JSON; read those (and Python's NaN, Infinity) as null, which is then counted as non-finite.
+  // keel writes a diverged loss as null; older versions wrote a bare nan or inf, which is not
+  // JSON: read those (and Python's NaN, Infinity) as null, which is then counted as non-finite.
   static const std::regex kNonFinite(R"((:\s*)[-+]?(nan|inf|NaN|Infinity)(?=\s*[,}]))");
   Curves c;
   std::string text;
@@ -70,7 +70,9 @@ Curves read_metrics(const std::string& path) {
     KEEL_CHECK(line.contains("loss") || line.contains("eval_loss"),
                "{}: neither \"loss\" nor \"eval_loss\"", where);
     const auto step = line["step"].get<int64_t>();
-    take(line, "loss", step, c.train, c, where);
+    // A rejected step (the divergence guard held its update back) is not on the curve; the
+    // step's line that follows it is.
+    if (!line.contains("rejected")) take(line, "loss", step, c.train, c, where);
     take(line, "eval_loss", step, c.eval, c, where);
   }
   KEEL_CHECK(!in.bad(), "cannot read '{}': {}", path, std::strerror(errno));

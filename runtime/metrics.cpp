@@ -5,28 +5,41 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <string>
 
 #include "kernels/error.h"
 #include "runtime/tensorboard.h"
 
 namespace keel::runtime {
 
+namespace {
+
+// The lines of a metrics.jsonl up to and including `step`'s, in their order.
+std::string lines_through(const std::string& path, int64_t step) {
+  std::ifstream old(path);
+  std::string kept, line;
+  const std::string tag = "{\"step\": ";
+  while (std::getline(old, line))
+    if (line.rfind(tag, 0) == 0 && std::stoll(line.substr(tag.size())) <= step) kept += line + "\n";
+  return kept;
+}
+
+}  // namespace
+
 MetricsLog::MetricsLog(const std::string& output_dir, int64_t keep_through,
                        const std::string& tensorboard_dir)
     : path_(output_dir + "/metrics.jsonl") {
-  std::string kept;
-  if (keep_through > 0) {
-    std::ifstream old(path_);
-    std::string line;
-    const std::string tag = "{\"step\": ";
-    while (std::getline(old, line))
-      if (line.rfind(tag, 0) == 0 && std::stoll(line.substr(tag.size())) <= keep_through)
-        kept += line + "\n";
-  }
+  const std::string kept = keep_through > 0 ? lines_through(path_, keep_through) : "";
   out_.open(path_, std::ios::trunc);
-  out_ << kept;
-  KEEL_CHECK(out_.good(), "cannot write '{}': {}", path_, std::strerror(errno));
+  write_line(kept);
   if (!tensorboard_dir.empty()) tensorboard_ = std::make_unique<TensorBoardWriter>(tensorboard_dir);
+}
+
+void MetricsLog::rewind(int64_t step) {
+  out_.close();
+  const std::string kept = lines_through(path_, step);
+  out_.open(path_, std::ios::trunc);
+  write_line(kept);
 }
 
 MetricsLog::~MetricsLog() = default;
@@ -37,23 +50,76 @@ double seconds_since_epoch() {
 }
 }  // namespace
 
-void MetricsLog::write_line(const char* line) {
+void MetricsLog::write_line(const std::string& line) {
   out_ << line;
   out_.flush();
   KEEL_CHECK(out_.good(), "cannot write '{}': {}", path_, std::strerror(errno));
 }
 
-void MetricsLog::write(const StepStats& s) {
-  char line[512];
-  std::snprintf(line, sizeof line,
-                "{\"step\": %lld, \"loss\": %.9g, \"learning_rate\": %.9g, \"grad_norm\": %.9g, "
-                "\"tokens_per_second\": %.6g, \"mfu\": %.6g, \"step_seconds\": %.6g, "
-                "\"peak_rss_mib\": %.1f, \"comm_bytes\": %llu, \"comm_wait_seconds\": %.6g}\n",
-                static_cast<long long>(s.step), s.loss, s.learning_rate, s.grad_norm,
-                s.tokens_per_second, s.mfu, s.seconds, s.peak_rss_mib,
-                static_cast<unsigned long long>(s.comm_bytes), s.comm_wait_seconds);
-  write_line(line);
-  if (!tensorboard_) return;
+namespace {
+
+// One line of metrics.jsonl, built key by key. JSON has no NaN or infinity: a number that is not
+// finite is written as null, and its key listed in "nonfinite" at the end of the line.
+class JsonLine {
+ public:
+  explicit JsonLine(int64_t step) : text_("{\"step\": " + std::to_string(step)) {}
+  void number(const char* key, double v, const char* format) {
+    char value[64] = "null";
+    if (std::isfinite(v))
+      std::snprintf(value, sizeof value, format, v);
+    else
+      nonfinite_ += (nonfinite_.empty() ? "\"" : ", \"") + std::string(key) + "\"";
+    add(key, value);
+  }
+  void count(const char* key, uint64_t v) { add(key, std::to_string(v)); }
+  // A JSON string (quotes, backslashes and control characters escaped).
+  void text(const char* key, const std::string& v) {
+    std::string out = "\"";
+    for (const char c : v) {
+      if (c == '"' || c == '\\') {
+        out += '\\';
+        out += c;
+      } else if (static_cast<unsigned char>(c) < 0x20) {
+        char esc[8];
+        std::snprintf(esc, sizeof esc, "\\u%04x", c);
+        out += esc;
+      } else {
+        out += c;
+      }
+    }
+    add(key, out + "\"");
+  }
+  std::string finish() {
+    if (!nonfinite_.empty()) add("nonfinite", "[" + nonfinite_ + "]");
+    return text_ + "}\n";
+  }
+
+ private:
+  void add(const char* key, const std::string& value) {
+    text_ += ", \"" + std::string(key) + "\": " + value;
+  }
+  std::string text_, nonfinite_;
+};
+
+}  // namespace
+
+void MetricsLog::write(const StepStats& s, const std::string& action) {
+  JsonLine line(s.step);
+  line.number("loss", s.loss, "%.9g");
+  line.number("learning_rate", s.learning_rate, "%.9g");
+  line.number("grad_norm", s.grad_norm, "%.9g");
+  line.number("tokens_per_second", s.tokens_per_second, "%.6g");
+  line.number("mfu", s.mfu, "%.6g");
+  line.number("step_seconds", s.seconds, "%.6g");
+  line.number("peak_rss_mib", s.peak_rss_mib, "%.1f");
+  line.count("comm_bytes", s.comm_bytes);
+  line.number("comm_wait_seconds", s.comm_wait_seconds, "%.6g");
+  if (!s.rejected.empty()) {
+    line.text("rejected", s.rejected);
+    line.text("action", action);
+  }
+  write_line(line.finish());
+  if (!tensorboard_ || !s.rejected.empty()) return;
   const double now = seconds_since_epoch();
   tensorboard_->add_scalar("train/loss", s.step, s.loss, now);
   tensorboard_->add_scalar("train/learning_rate", s.step, s.learning_rate, now);
@@ -64,12 +130,11 @@ void MetricsLog::write(const StepStats& s) {
 }
 
 void MetricsLog::write_eval(int64_t step, double loss, int64_t tokens) {
-  char line[256];
-  std::snprintf(line, sizeof line,
-                "{\"step\": %lld, \"eval_loss\": %.9g, \"eval_perplexity\": %.9g, "
-                "\"eval_tokens\": %lld}\n",
-                static_cast<long long>(step), loss, std::exp(loss), static_cast<long long>(tokens));
-  write_line(line);
+  JsonLine line(step);
+  line.number("eval_loss", loss, "%.9g");
+  line.number("eval_perplexity", std::exp(loss), "%.9g");
+  line.count("eval_tokens", static_cast<uint64_t>(tokens));
+  write_line(line.finish());
   if (!tensorboard_) return;
   const double now = seconds_since_epoch();
   tensorboard_->add_scalar("eval/loss", step, loss, now);

@@ -25,6 +25,10 @@ struct StepStats {
   // Seconds this rank spent blocked on gradient and parameter collectives during the step (what
   // the overlap did not hide); 0 on one rank.
   double comm_wait_seconds = 0;
+  // Empty when the step updated the weights; otherwise why it did not ("the loss is nan", "the
+  // loss 9.2 is 3.1 times the mean of the last 20 steps"): the trainer's guard held the
+  // update back (training.on_nonfinite), and `step` is the step that was attempted.
+  std::string rejected;
 };
 
 class TensorBoardWriter;  // runtime/tensorboard.h
@@ -37,13 +41,18 @@ class MetricsLog {
   explicit MetricsLog(const std::string& output_dir, int64_t keep_through = 0,
                       const std::string& tensorboard_dir = "");
   ~MetricsLog();
-  void write(const StepStats& s);
+  // A step's line. Numbers that are not finite are written as null and named in "nonfinite"
+  // (so every line stays JSON); a rejected step also has "rejected" (why) and "action" (what the
+  // run did about it: skip_step, rollback or stop), and goes to no TensorBoard curve.
+  void write(const StepStats& s, const std::string& action = "");
+  // Drops the lines of steps after `step` (a rollback trains them again).
+  void rewind(int64_t step);
   // A validation result at `step`: {"step", "eval_loss", "eval_perplexity", "eval_tokens"}.
   void write_eval(int64_t step, double loss, int64_t tokens);
   const std::string& path() const { return path_; }
 
  private:
-  void write_line(const char* line);
+  void write_line(const std::string& line);
   std::string path_;
   std::ofstream out_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;  // null without a tensorboard_dir
