@@ -66,6 +66,17 @@ struct TrainingConfig {
   std::string resume_from_checkpoint = "auto";
   std::string output_dir = "runs/default";
   bool gradient_checkpointing = false;
+  // A step whose loss or gradient norm is not finite (or spikes, with loss_spike_factor) never
+  // reaches the weights. "stop": exit non-zero naming the step and the last good checkpoint;
+  // "skip_step": skip that batch's update (at most max_skipped_steps in a run); "rollback":
+  // reload the last good checkpoint and skip the offending batch when the run gets back to it.
+  std::string on_nonfinite = "stop";
+  int64_t max_skipped_steps = 10;
+  // > 1: a step whose loss exceeds this multiple of the mean of the last good steps' losses is
+  // treated as diverged (handled as on_nonfinite says). 0: off.
+  double loss_spike_factor = 0.0;
+  // MFU's denominator, FLOP/s of one rank (a GPU's datasheet peak); 0: measured at start-up.
+  double peak_flops = 0.0;
 };
 
 struct OptimizerConfig {

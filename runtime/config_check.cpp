@@ -34,6 +34,7 @@ constexpr std::array<std::string_view, 3> kOptimizers = {"adamw", "adamw_8bit", 
 constexpr std::array<std::string_view, 4> kProjTypes = {"std", "reverse_std", "left", "right"};
 constexpr std::array<std::string_view, 2> kProjectors = {"exact", "randomized"};
 constexpr std::array<std::string_view, 2> kReportTo = {"tensorboard", "none"};
+constexpr std::array<std::string_view, 3> kOnNonfinite = {"stop", "skip_step", "rollback"};
 // The byte tokenizer maps each of the 256 byte values to its own token id.
 constexpr int64_t kByteVocab = 256;
 
@@ -193,6 +194,24 @@ void check_per_layer_update(const Config& config) {
              "reduce-scattered during the backward), or to 0 or 3");
 }
 
+// What a diverged step does: each mode needs what it recovers with.
+void check_divergence_guard(const Config& config) {
+  const TrainingConfig& t = config.training;
+  check_one_of(t.on_nonfinite, kOnNonfinite, "training.on_nonfinite", "choices");
+  KEEL_CHECK(t.loss_spike_factor == 0 || t.loss_spike_factor > 1,
+             "training.loss_spike_factor is {}; a spike is a loss above this multiple of the "
+             "recent mean, so set it above 1 (e.g. 3), or to 0 to turn the guard off",
+             number_text(t.loss_spike_factor));
+  KEEL_CHECK(t.on_nonfinite != "rollback" || t.save_steps > 0,
+             "training.on_nonfinite is rollback, which reloads the last good checkpoint, but "
+             "training.save_steps is 0 (no checkpoints); set training.save_steps (e.g. 100), or "
+             "training.on_nonfinite to stop or skip_step");
+  KEEL_CHECK(t.on_nonfinite != "skip_step" || !config.optimizer.per_layer_update,
+             "training.on_nonfinite skip_step cannot undo a step with optimizer.per_layer_update, "
+             "which updates each unit inside the backward before the whole step's gradient is "
+             "known; set training.on_nonfinite to rollback (with training.save_steps) or stop");
+}
+
 }  // namespace
 
 void validate_config(const Config& config) {
@@ -232,6 +251,7 @@ void validate_config(const Config& config) {
              "bitsandbytes' choice)",
              block);
   check_one_of(config.training.report_to, kReportTo, "training.report_to", "choices");
+  check_divergence_guard(config);
   check_parallel_size(config.parallel.tensor_model_parallel_size, "tensor_model_parallel_size",
                       "tensor");
   check_parallel_size(config.parallel.pipeline_model_parallel_size, "pipeline_model_parallel_size",

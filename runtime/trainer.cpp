@@ -12,6 +12,7 @@
 #include "parallel/self_communicator.h"
 #include "runtime/loss_curve.h"
 #include "runtime/memory_report.h"
+#include "runtime/peak_flops.h"
 #include "runtime/safetensors.h"
 #include "runtime/schedule.h"
 #include "runtime/tensorboard.h"
@@ -21,23 +22,6 @@ namespace keel::runtime {
 
 namespace k = keel::kernels::cpu;
 using Clock = std::chrono::steady_clock;
-
-double measure_peak_flops() {
-  constexpr int64_t n = 1024;
-  MemoryPlan plan("gemm probe");
-  const auto a = plan.add("a", DType::F32, {n, n});
-  const auto b = plan.add("b", DType::F32, {n, n});
-  const auto c = plan.add("c", DType::F32, {n, n});
-  plan.allocate();
-  double best = 0.0;
-  for (int rep = 0; rep < 5; ++rep) {
-    const auto t0 = Clock::now();
-    k::gemm(false, true, n, n, n, 1.0f, plan[a].f32(), n, plan[b].f32(), n, 0.0f, plan[c].f32(), n);
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-    best = std::max(best, 2.0 * n * n * n / s);
-  }
-  return best;
-}
 
 struct Trainer::OwnGrid {
   parallel::SelfCommunicator world;
@@ -127,6 +111,7 @@ void Trainer::build() {
     refs = build_zero();
   }
   if (per_layer) build_per_layer(refs);
+  for (const optim::ParamRef& r : refs) grads_.push_back({r.name, r.grad, r.n});
   optimizer_ = optim::make_optimizer(std::move(refs), optimizer_config(config_),
                                      zero_ ? &grid_.dp() : nullptr);
 
@@ -135,12 +120,28 @@ void Trainer::build() {
   targets_ = slots.targets;
   totals_ = slots.totals;
   batch_.allocate();
-  // MFU's denominator: the GEMM peak of every rank, measured while all of them run, as in training.
-  grid_.world().barrier();
-  Tensor peak = batch_[totals_].slice0(2, 3);
-  peak.data_as<double>()[0] = measure_peak_flops();
-  grid_.world().all_reduce(peak);
-  peak_flops_ = peak.data_as<double>()[0];
+  // MFU's denominator: the peak of every rank together, given or measured while all of them
+  // run, as in training.
+  const int ranks = grid_.world().size();
+  if (t.peak_flops > 0) {
+    peak_flops_ = t.peak_flops * ranks;
+    std::ostringstream text;
+    text << "training.peak_flops, " << t.peak_flops / 1e9 << " GFLOP/s a rank";
+    peak_text_ = text.str();
+  } else {
+    grid_.world().barrier();
+    const PeakProbe probe = probe_peak_flops(
+        probe_shapes(B * T, config_.model.hidden_size, config_.model.intermediate_size));
+    Tensor peak = batch_[totals_].slice0(2, 3);
+    peak.data_as<double>()[0] = probe.best();
+    grid_.world().all_reduce(peak);
+    peak_flops_ = peak.data_as<double>()[0];
+    peak_text_ = "the fp32 GEMM peak measured at start-up, " + probe.describe() +
+                 (ranks > 1 ? " on rank " + std::to_string(grid_.rank()) + ", " +
+                                  std::to_string(static_cast<long long>(peak_flops_ / 1e9)) +
+                                  " GFLOP/s over " + std::to_string(ranks) + " ranks"
+                            : "");
+  }
   print_plan();
   if (!resume.empty()) restore(resume, resume_info, resume_config);
 }
@@ -162,8 +163,7 @@ void Trainer::print_plan() {
          << validation_->num_tokens() << " tokens)\n";
   text << describe_layout(config_, grid_.dp().size()) << "keel: optimizer "
        << optimizer_->describe() << (zero_ ? " (this rank's shards)\n" : "\n") << describe_memory(m)
-       << "keel: fp32 GEMM peak measured at " << peak_flops_ / 1e9 << " GFLOP/s"
-       << (grid_.world().size() > 1 ? " (all ranks together)\n" : "\n");
+       << "keel: MFU against " << peak_text_ << "\n";
   plan_text_ = text.str();
   console_ << plan_text_;
 }
@@ -248,6 +248,12 @@ StepStats Trainer::step() {
   const int64_t local = A * B;                                // sequences of this rank
   const int64_t global = local * dp.size();  // sequences of the step, over all ranks
 
+  // Batches a rollback marked are passed over (the same ones on every rank).
+  while (skip_batches_.count(samples_)) {
+    console_ << "keel: step " << step_ + 1 << " passes over the batch at sample " << samples_
+             << ", which diverged before the rollback\n";
+    samples_ += global;
+  }
   // This rank's slice of the step's global batch: the next G samples of the data order, of which
   // rank r takes [r·local, (r+1)·local).
   int32_t* tokens = batch_[tokens_].data_as<int32_t>();
@@ -270,6 +276,7 @@ StepStats Trainer::step() {
     optimizer_->begin_step();
     unit_lr_ = lr;
     unit_sum_squares_ = 0.0;
+    unit_bad_tensor_ = -1;
   }
   if (unit_grads_) {
     unit_grads_->begin_step();
@@ -303,22 +310,47 @@ StepStats Trainer::step() {
       sq += k::sum_squares(p.grad.f32(), p.grad.numel());
   }
   const double norm = std::sqrt(sq);
-  double clip = 1.0;
-  if (t.max_grad_norm > 0) clip = std::min(1.0, t.max_grad_norm / (norm + 1e-6));
-  if (!per_layer) optimizer_->step(lr, clip);
-  if (zero_) zero_->publish_weights();  // the updated shards become the full weights (1, 2)
+  StepStats s;
+  s.loss = total[1] / valid;
+  // The guard, before the optimizer touches the weights: loss and norm are the same on every
+  // rank, so every rank takes the same way.
+  s.rejected = judge(s.loss, sq);
+  if (s.rejected.empty()) {
+    double clip = 1.0;
+    if (t.max_grad_norm > 0) clip = std::min(1.0, t.max_grad_norm / (norm + 1e-6));
+    if (!per_layer) optimizer_->step(lr, clip);
+    if (zero_) zero_->publish_weights();  // the updated shards become the full weights (1, 2)
+    ++step_;
+  } else if (per_layer) {
+    optimizer_->set_steps_taken(step_);  // begin_step() counted a step that did not happen
+  }
   if (zero_) wait += zero_->timers().wait_seconds;
-  ++step_;
   samples_ += global;
 
-  StepStats s;
-  s.step = step_;
-  s.loss = total[1] / valid;
+  s.step = s.rejected.empty() ? step_ : step_ + 1;
   s.learning_rate = lr;
   s.grad_norm = norm;
   s.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   s.tokens_per_second = static_cast<double>(global * T) / s.seconds;
-  s.mfu = s.tokens_per_second * model_->flops_per_token() / peak_flops_;
+  const double model_flops = s.tokens_per_second * model_->flops_per_token();
+  if (model_flops > peak_flops_ && !peak_exceeded_) {
+    // The probe read low (a busy host at start-up): MFU is against the rate seen from now on,
+    // so that it stays a fraction a user can trust; a given peak is kept, and named as wrong.
+    peak_exceeded_ = true;
+    std::ostringstream note;
+    note << "keel: step " << step_ << " ran the model at " << model_flops / 1e9
+         << " GFLOP/s, above the peak MFU is against (" << peak_flops_ / 1e9 << " GFLOP/s, "
+         << peak_text_ << "); ";
+    if (config_.training.peak_flops > 0) {
+      note << "training.peak_flops is too low";
+    } else {
+      note << "MFU is against " << model_flops / 1e9
+           << " GFLOP/s from now on (training.peak_flops sets the peak)";
+      peak_flops_ = model_flops;
+    }
+    console_ << note.str() << "\n";
+  }
+  s.mfu = model_flops / peak_flops_;
   s.peak_rss_mib = static_cast<double>(peak_rss_bytes()) / (1 << 20);
   s.comm_bytes = grid_.total_stats().total_bytes() - comm_before;
   s.comm_wait_seconds = dp.size() > 1 ? wait : 0.0;
@@ -371,20 +403,46 @@ void Trainer::run() {
                << " and training.max_steps is " << t.max_steps << "\n";
     double seconds = 0.0;
     const int64_t first = step_;
+    int64_t trained = 0;  // steps run in this process (a rollback trains some twice)
+    const int64_t global =
+        t.per_device_train_batch_size * t.gradient_accumulation_steps * grid_.dp().size();
     while (step_ < t.max_steps) {
+      if (before_step_) before_step_(step_ + 1);
       const StepStats s = step();
       seconds += s.seconds;
+      ++trained;
+      if (!s.rejected.empty()) {
+        handle_rejected(s, samples_ - global, true, log.get());
+        continue;
+      }
+      const bool exit = t.exit_interval > 0 && s.step % t.exit_interval == 0;
+      const bool save =
+          exit || (t.save_steps > 0 && (s.step % t.save_steps == 0 || s.step == t.max_steps));
+      const bool eval = t.eval_steps > 0 && (s.step % t.eval_steps == 0 || s.step == t.max_steps);
+      // A finite loss and gradient can still take the weights past the float range (a huge
+      // learning rate): they are checked before anything is evaluated, saved or written from them.
+      if (save || eval || s.step == t.max_steps) {
+        const auto check_start = Clock::now();
+        const std::string bad = first_nonfinite_weight();
+        weight_check_seconds_ += std::chrono::duration<double>(Clock::now() - check_start).count();
+        if (!bad.empty()) {
+          StepStats r = s;
+          r.rejected = "the update made the weights non-finite (first: " + bad + ")";
+          handle_rejected(r, samples_ - global, false, log.get());
+          continue;
+        }
+      }
       if (s.step % t.logging_steps == 0 || s.step == t.max_steps || s.step == first + 1) {
         if (log) log->write(s);
-        const double eta = seconds / static_cast<double>(s.step - first) *
-                           static_cast<double>(t.max_steps - s.step);
+        const double eta =
+            seconds / static_cast<double>(trained) * static_cast<double>(t.max_steps - s.step);
         const std::string line = progress_line(s, t.max_steps, eta);
         console_ << line << "\n" << std::flush;
         rank_log << line << " | sent " << format_mib(s.comm_bytes) << " | blocked "
                  << s.comm_wait_seconds << " s\n"
                  << std::flush;
       }
-      if (t.eval_steps > 0 && (s.step % t.eval_steps == 0 || s.step == t.max_steps)) {
+      if (eval) {
         const EvalResult r = evaluate();
         if (log) log->write_eval(s.step, r.loss, r.tokens);
         std::ostringstream line;
@@ -393,9 +451,7 @@ void Trainer::run() {
         console_ << line.str() << "\n" << std::flush;
         rank_log << line.str() << "\n" << std::flush;
       }
-      const bool exit = t.exit_interval > 0 && s.step % t.exit_interval == 0;
-      if (exit || (t.save_steps > 0 && (s.step % t.save_steps == 0 || s.step == t.max_steps)))
-        rank_log << "keel: checkpoint " << save_checkpoint() << "\n" << std::flush;
+      if (save) rank_log << "keel: checkpoint " << write_checkpoint() << "\n" << std::flush;
       if (exit && s.step < t.max_steps) {
         console_ << "keel: stopping at step " << s.step << " (training.exit_interval "
                  << t.exit_interval << "); run again to resume\n";
@@ -404,9 +460,10 @@ void Trainer::run() {
     }
     write_parameters(t.output_dir + "/model.safetensors");
     std::ostringstream done;
-    done << "keel: done, " << step_ - first << " steps in " << seconds << " s (reading data "
+    done << "keel: done, " << trained << " steps in " << seconds << " s (reading data "
          << data_seconds_ << " s, " << (seconds > 0 ? 100.0 * data_seconds_ / seconds : 0.0)
-         << " %); peak RSS " << format_mib(peak_rss_bytes()) << " against a memory plan of "
+         << " %; checking the weights finite " << weight_check_seconds_ << " s); peak RSS "
+         << format_mib(peak_rss_bytes()) << " against a memory plan of "
          << format_mib(planned_bytes_) << "\n";
     if (log) {
       const std::string curve = t.output_dir + "/loss.svg";

@@ -6,9 +6,11 @@
 // is the same set of sequences whatever the number of ranks, micro-batch size and accumulation.
 #pragma once
 
+#include <deque>
 #include <functional>
 #include <memory>
 #include <ostream>
+#include <set>
 
 #include "optim/optimizer.h"
 #include "parallel/process_grid.h"
@@ -39,7 +41,16 @@ class Trainer {
   // checkpoint every save_steps steps and at the end (checkpoints/, runtime/checkpoint.h).
   void run();
   // One optimizer step over the next global batch (collective over the data-parallel group).
+  // A step whose loss or gradient norm is not finite, or whose loss spikes
+  // (training.loss_spike_factor), leaves the weights as they were: its StepStats say why in
+  // `rejected`, the batch is consumed and steps_done() does not advance (run() then does what
+  // training.on_nonfinite says).
   StepStats step();
+
+  // Called by run() before each step with the number of the step it is about to attempt, as a
+  // Hugging Face TrainerCallback's on_step_begin: for tools that watch or steer a run, and for
+  // tests that inject a fault at a known step.
+  void set_before_step(std::function<void(int64_t step)> hook) { before_step_ = std::move(hook); }
 
   LlamaModel& model() { return *model_; }
   int64_t steps_done() const { return step_; }
@@ -49,7 +60,8 @@ class Trainer {
   // Time blocked on ZeRO's collectives and in its copies so far (zero without ZeRO).
   parallel::ZeroTimers zero_timers() const;
   // Writes a checkpoint of the current step to <output_dir>/checkpoints (collective over the
-  // world; every rank throws if any rank fails). Returns its directory.
+  // world; every rank throws if any rank fails). Returns its directory. Weights that are not
+  // finite are never saved: that is an error, and `latest` stays where it was.
   std::string save_checkpoint();
   // Loads the checkpoint in dir, written by this model under any layout (collective): weights,
   // optimizer state, the step and the data position. The constructor calls it for
@@ -73,6 +85,23 @@ class Trainer {
   void build_per_layer(const std::vector<optim::ParamRef>& refs);
   void step_unit(int unit, double grad_sum_squares);
   void print_plan();
+  // save_checkpoint() without the check of the weights (run() has just made it).
+  std::string write_checkpoint();
+  // The divergence guard (trainer_guard.cpp). Why a step with this global loss and gradient
+  // norm² must not update the weights, or "" when it may (the same verdict on every rank).
+  std::string judge(double loss, double grad_sum_squares);
+  // The name of the first optimizer tensor (in their order) whose gradient on some rank holds a
+  // NaN or an infinity, or "" (collective over the data-parallel group).
+  std::string first_nonfinite_gradient();
+  // The same for the weights (fp32 master shards under ZeRO): collective over the world.
+  std::string first_nonfinite_weight();
+  // What run() does with a rejected step, as training.on_nonfinite says; `batch` is the data
+  // position of the batch to skip from now on, `undoable` whether skipping it undoes the harm
+  // (false once an update has reached the weights). Throws to stop the run.
+  void handle_rejected(StepStats s, int64_t batch, bool undoable, MetricsLog* log);
+  // The checkpoint a rollback or a stop names: the newest in the run's store, or the one the run
+  // resumed from ("" when there is none).
+  std::string last_good_checkpoint() const;
   // Checks that this run can continue the checkpoint in dir; returns the config it was saved with.
   Config check_checkpoint(const std::string& dir, const CheckpointInfo& info) const;
   // Loads a checkpoint that check_checkpoint accepted (saved: its config).
@@ -105,7 +134,8 @@ class Trainer {
   std::unique_ptr<TokenData> data_;
   std::unique_ptr<TokenData> validation_;  // null when the run has none
   std::unique_ptr<SequenceOrder> order_;
-  double data_seconds_ = 0.0;  // this rank's time filling batches, for the closing line
+  double data_seconds_ = 0.0;          // this rank's time filling batches, for the closing line
+  double weight_check_seconds_ = 0.0;  // and scanning the weights for NaN and infinities
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<optim::Optimizer> optimizer_;
   MemoryPlan batch_{"batch"};
@@ -118,15 +148,28 @@ class Trainer {
   // the step's learning rate, and Σ g² of the units stepped so far in it.
   std::vector<size_t> unit_first_;
   double unit_lr_ = 0.0, unit_sum_squares_ = 0.0;
+  // Per-layer update: the first tensor of the step whose gradient was not finite (none stepped
+  // from there on), or -1.
+  int64_t unit_bad_tensor_ = -1;
+  // Each optimizer tensor's name and gradient (this rank's shard), for the guard's report.
+  struct GradView {
+    std::string name;
+    const float* grad;
+    int64_t n;
+  };
+  std::vector<GradView> grads_;
+  std::deque<double> recent_losses_;  // the last good steps' losses (loss_spike_factor)
+  int64_t rejected_ = 0;              // steps the guard rejected in this process
+  std::set<int64_t> skip_batches_;    // data positions (samples_) a rollback skips
+  std::function<void(int64_t)> before_step_;
   int64_t step_ = 0;
   int64_t samples_ = 0;  // global samples of the data order trained on so far
   std::string resumed_from_;
-  double peak_flops_ = 0;
-  size_t planned_bytes_ = 0;  // every plan of the run: model, ZeRO, optimizer, batch
-  std::string plan_text_;     // the start-up lines: model, layout, memory plan
+  double peak_flops_ = 0;       // MFU's denominator, FLOP/s of every rank together
+  std::string peak_text_;       // where it comes from, for the opening lines
+  bool peak_exceeded_ = false;  // a step ran faster than peak_flops_ (said once)
+  size_t planned_bytes_ = 0;    // every plan of the run: model, ZeRO, optimizer, batch
+  std::string plan_text_;       // the start-up lines: model, layout, memory plan
 };
-
-// Sustained fp32 GEMM FLOP/s of this machine, measured in a fraction of a second (MFU's unit).
-double measure_peak_flops();
 
 }  // namespace keel::runtime

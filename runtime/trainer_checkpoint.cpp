@@ -127,6 +127,15 @@ void Trainer::restore_requantized(const std::string& dir, const CheckpointInfo& 
 }
 
 std::string Trainer::save_checkpoint() {
+  const std::string bad = first_nonfinite_weight();
+  KEEL_CHECK(bad.empty(),
+             "step {}: the weights are not finite (first: {}), so no checkpoint was written; "
+             "the last good one is {}",
+             step_, bad, last_good_checkpoint().empty() ? "none" : last_good_checkpoint());
+  return write_checkpoint();
+}
+
+std::string Trainer::write_checkpoint() {
   const auto t0 = Clock::now();
   parallel::Communicator& world = grid_.world();
   const CheckpointStore store(config_.training.output_dir + "/checkpoints");

@@ -2,6 +2,9 @@
 // the backward, as soon as the unit's gradient is complete, and that gradient's memory then
 // serves the next unit. parallel::UnitGrads (ZeRO 0) or parallel::Zero (stages 2, 3) hand the
 // units over; this file maps a unit to its optimizer tensors and steps them.
+#include <cmath>
+
+#include "kernels/elementwise.h"
 #include "runtime/trainer.h"
 
 namespace keel::runtime {
@@ -49,10 +52,19 @@ void Trainer::build_per_layer(const std::vector<optim::ParamRef>& refs) {
 }
 
 // Called by the hooks during the backward (the same units in the same order on every rank).
-// No clipping (the config refuses max_grad_norm with a per-layer update).
+// No clipping (the config refuses max_grad_norm with a per-layer update). A gradient that is not
+// finite steps nothing from its unit on (the divergence guard then rejects the whole step, since
+// the norm it adds up is not finite either); its first tensor is kept for the report.
 void Trainer::step_unit(int unit, double grad_sum_squares) {
   const size_t u = static_cast<size_t>(unit);
   unit_sum_squares_ += grad_sum_squares;
+  if (unit_bad_tensor_ < 0 && !std::isfinite(grad_sum_squares)) {
+    for (size_t i = unit_first_[u]; i < unit_first_[u + 1] && unit_bad_tensor_ < 0; ++i)
+      if (kernels::cpu::count_nonfinite(grads_[i].grad, grads_[i].n) > 0)
+        unit_bad_tensor_ = static_cast<int64_t>(i);
+    if (unit_bad_tensor_ < 0) unit_bad_tensor_ = static_cast<int64_t>(unit_first_[u]);
+  }
+  if (unit_bad_tensor_ >= 0) return;
   optimizer_->step_tensors(unit_first_[u], unit_first_[u + 1], unit_lr_, 1.0);
 }
 

@@ -180,6 +180,25 @@ TEST(Config, PerLayerUpdateRefusesWhatNeedsTheWholeGradient) {
       kMinimalYaml, {"training.gradient_accumulation_steps=4", "parallel.zero_stage=1"}));
 }
 
+TEST(Config, DivergenceGuardNeedsWhatItRecoversWith) {
+  expect_mentions(parse_error(kMinimalYaml, {"training.on_nonfinite=ignore"}),
+                  {"training.on_nonfinite", "'ignore'", "stop", "skip_step", "rollback"});
+  EXPECT_EQ(parse_error(kMinimalYaml, {"training.on_nonfinite=rollback"}),
+            "training.on_nonfinite is rollback, which reloads the last good checkpoint, but "
+            "training.save_steps is 0 (no checkpoints); set training.save_steps (e.g. 100), or "
+            "training.on_nonfinite to stop or skip_step");
+  EXPECT_NO_THROW(
+      parse_config(kMinimalYaml, {"training.on_nonfinite=rollback", "training.save_steps=10"}));
+  expect_mentions(
+      parse_error(kMinimalYaml, {"training.on_nonfinite=skip_step",
+                                 "optimizer.per_layer_update=true", "training.max_grad_norm=0"}),
+      {"skip_step", "optimizer.per_layer_update", "rollback"});
+  expect_mentions(parse_error(kMinimalYaml, {"training.loss_spike_factor=0.5"}),
+                  {"training.loss_spike_factor is 0.5", "above 1", "0 to turn the guard off"});
+  EXPECT_EQ(parse_config(kMinimalYaml, {"training.loss_spike_factor=3"}).training.loss_spike_factor,
+            3.0);
+}
+
 TEST(Config, ByteTokenizerNeedsA256Vocab) {
   EXPECT_EQ(parse_error(kMinimalYaml, {"model.vocab_size=100", "data.tokenizer=bytes"}),
             "model.vocab_size is 100, but data.tokenizer 'bytes' needs at least 256 token ids "
