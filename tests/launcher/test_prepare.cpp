@@ -93,6 +93,7 @@ TEST_F(Cli, TheRecordedCommandMakesTheSameShards) {
   ASSERT_EQ(r.code, 0) << r.out;
   std::ifstream f(prep + "/prepare.json");
   const nlohmann::json j = nlohmann::json::parse(f);
+  ASSERT_TRUE(j.contains("command") && j.contains("shards")) << j.dump(1);
   const std::string command = j["command"];
   ASSERT_EQ(command.rfind("keel prepare ", 0), 0u) << command;
   ASSERT_EQ(j["shards"].size(), 4u);  // 44 000 bytes: 3 training shards and one of validation

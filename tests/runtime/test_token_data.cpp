@@ -242,6 +242,7 @@ TEST_F(TokenDataTest, PrepareListsEveryShardWithItsCountAndChecksum) {
   ASSERT_EQ(r.train_shards, 4);
   ASSERT_EQ(r.val_shards, 1);
   const nlohmann::json j = read_json(path("d/prepare.json"));
+  ASSERT_TRUE(j.contains("command") && j.contains("shards")) << j.dump(1);
   EXPECT_EQ(j["command"], "keel prepare " + path("d.txt") + " --out " + path("d") +
                               " --tokenizer bytes --val-fraction 0.1 --text-key text "
                               "--shard-tokens 300 --seed 1234");
@@ -308,9 +309,10 @@ TEST_F(TokenDataTest, AChangedShardIsRefused) {
   bytes[64 + 2 * 17] ^= 1;  // token 17 becomes another byte: a valid shard still
   write("d/train_00003.tokens", bytes);
   TokenShard still_valid(path("d/train_00003.tokens"));
-  char want[64];
-  std::snprintf(want, sizeof want, ", but %s/prepare.json lists 0x%08x: its bytes changed",
-                path("d").c_str(), before);
+  char crc[16];
+  std::snprintf(crc, sizeof crc, "0x%08x", before);
+  const std::string want = ", but " + path("d") + "/prepare.json lists " + crc +
+                           ": its bytes changed after keel prepare";
   expect_error([&] { TokenData d(path("d"), Tokenizer::bytes(), 4); },
                "token shard " + path("d/train_00003.tokens") + " has CRC-32C 0x");
   expect_error([&] { TokenData d(path("d"), Tokenizer::bytes(), 4); }, want);
