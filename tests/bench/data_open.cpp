@@ -3,8 +3,8 @@
 // that checks it against prepare.json, on one thread and on all. docs/DATA.md quotes it.
 //
 // Usage: keel_data_open DIR              time opening DIR (a directory keel prepare wrote)
-//        keel_data_open DIR --make GB    first write GB of random byte-token shards (64 MiB each)
-//                                        and their prepare.json to DIR
+//        keel_data_open DIR --make GB    first write GB of random byte-token shards (64 MiB each),
+//                                        a tokenizer.json and a prepare.json to DIR
 #include <omp.h>
 
 #include <chrono>
@@ -20,6 +20,7 @@
 #include "runtime/data.h"
 #include "runtime/shard_manifest.h"
 #include "runtime/token_shard.h"
+#include "runtime/tokenizer_json.h"
 
 namespace keel::bench {
 namespace {
@@ -36,6 +37,7 @@ void make(const std::string& dir, double gb) {
   const auto shards = static_cast<int64_t>(gb * 1e9 / (2.0 * kShardTokens) + 0.5);
   const runtime::Tokenizer bytes = runtime::Tokenizer::bytes();
   fs::create_directories(dir);
+  runtime::write_tokenizer_json(bytes, dir + "/tokenizer.json");
   std::vector<int32_t> tokens(static_cast<size_t>(kShardTokens));
   std::vector<runtime::ShardEntry> list;
   for (int64_t s = 0; s < shards; ++s) {
@@ -86,8 +88,9 @@ int run(int argc, char** argv) {
     sink ^= runtime::shard_checksum(shards[i].file_bytes());
   const double crc_all = seconds_since(t0);
   shards.clear();
+  const runtime::ResolvedTokenizer tokenizer = runtime::resolve_tokenizer("auto", dir);
   t0 = std::chrono::steady_clock::now();
-  const runtime::TokenData data(dir, runtime::Tokenizer::bytes(), 256);
+  const runtime::TokenData data(dir, tokenizer.tokenizer, 256);
   const double open = seconds_since(t0);
 
   std::printf("map + token scan (before the shard list) %.3f s  (%.2f s/GB)\n", scan, scan / gb);
