@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
+#include <unordered_set>
 
 #include "kernels/error.h"
 #include "runtime/tfrecord.h"
@@ -62,9 +63,8 @@ ShardEntry describe_shard(const TokenShard& shard, const std::string& split) {
 }
 
 const ShardEntry* ShardManifest::find(const std::string& file) const {
-  for (const ShardEntry& e : shards)
-    if (e.file == file) return &e;
-  return nullptr;
+  const auto it = index.find(file);
+  return it == index.end() ? nullptr : &shards[it->second];
 }
 
 std::string ShardManifest::fix() const {
@@ -105,6 +105,7 @@ ShardManifest read_shard_manifest(const std::string& dir) {
     KEEL_FAIL("{} is damaged ({}), so the shards beside it cannot be checked; {}", path.string(),
               e.what(), m.fix());
   }
+  for (size_t i = 0; i < m.shards.size(); ++i) m.index.emplace(m.shards[i].file, i);
   m.listed = true;
   return m;
 }
@@ -125,11 +126,10 @@ void add_shard_list(nlohmann::ordered_json& j, const std::string& command,
 
 void check_shard_names(const ShardManifest& m, const std::string& split,
                        const std::vector<std::string>& paths) {
+  std::unordered_set<std::string> present;
+  for (const std::string& p : paths) present.insert(file_name(p));
   for (const ShardEntry& e : m.shards) {
-    if (e.split != split) continue;
-    bool present = false;
-    for (const std::string& p : paths) present = present || file_name(p) == e.file;
-    KEEL_CHECK(present,
+    KEEL_CHECK(e.split != split || present.contains(e.file),
                "prepared data {} lacks {} ({} tokens), which its prepare.json lists: the "
                "directory is incomplete and a run would train on part of the data; {}",
                m.dir, e.file, e.tokens, m.fix());

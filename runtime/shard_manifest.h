@@ -8,6 +8,7 @@
 #include <nlohmann/json_fwd.hpp>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "runtime/token_shard.h"
@@ -36,6 +37,7 @@ struct ShardManifest {
   bool found = false;   // prepare.json exists
   std::string command;  // the keel prepare command that wrote the directory
   std::vector<ShardEntry> shards;
+  std::unordered_map<std::string, size_t> index;  // file name -> its entry in shards
 
   // The entry of a file name, or null.
   const ShardEntry* find(const std::string& file) const;

@@ -333,6 +333,9 @@ TEST_F(TokenDataTest, DirectoriesWithoutAShardListAreReadWithANote) {
                             "/prepare.json lists no shards (an older keel prepare wrote it), so a "
                             "missing or changed shard would go unnoticed; run keel prepare again "
                             "into a new directory to have its shards checked");
+  write("d/prepare.json", R"({"shards": [{"file": "train_00000.tokens"}]})");
+  expect_error([&] { TokenData d(path("d"), Tokenizer::bytes(), 4); },
+               path("d") + "/prepare.json is damaged (");
   fs::remove(path("d/prepare.json"));
   const TokenData none(path("d"), Tokenizer::bytes(), 4);
   EXPECT_NE(none.note().find(path("d") + " has no prepare.json"), std::string::npos) << none.note();
