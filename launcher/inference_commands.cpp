@@ -148,11 +148,12 @@ int run_eval(const std::vector<std::string>& args) {
       runtime::open_saved_model(cl.positional()[0], cl.text("--tokenizer"));
   runtime::DataConfig data = saved.config.data;
   if (cl.has("--data")) data.validation = cl.text("--data");
-  const auto val = runtime::open_validation(data, saved.tokenizer);
+  const auto val = runtime::open_validation(data, saved.tokenizer, saved.config.model.vocab_size);
   KEEL_CHECK(val,
              "the run of {} has no validation data (data.validation is '{}'); give some with "
              "--data PATH",
              saved.what, data.validation);
+  if (!val->note().empty()) std::cerr << "keel: note: " << val->note() << "\n";
   const int64_t B = cl.whole("--batch-size", saved.config.training.per_device_train_batch_size, 1);
   const int64_t T = data.seq_length;
   const auto model = load_model(saved, B, T);

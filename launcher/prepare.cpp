@@ -16,8 +16,10 @@ constexpr const char* kPrepareUsage =
 Turns text into token shards. Trains a byte-level BPE tokenizer on the training part of the
 inputs (or uses the given one), encodes every document as <|begin_of_text|> tokens
 <|end_of_text|> on all cores (OMP_NUM_THREADS), and writes DIR/tokenizer.json,
-DIR/train_NNNNN.tokens, DIR/val_NNNNN.tokens and DIR/prepare.json. Train on them with
-data.train: DIR (data.tokenizer auto picks DIR/tokenizer.json).
+DIR/train_NNNNN.tokens, DIR/val_NNNNN.tokens and DIR/prepare.json, which records this command
+and lists every shard with its token count and CRC-32C: a run refuses DIR if a shard is missing,
+extra or changed. Train on them with data.train: DIR (data.tokenizer auto picks
+DIR/tokenizer.json).
 
 Inputs: *.jsonl files hold one JSON object per line, a document each (its text in --text-key);
 any other file is plain text and one document. Either may be gzipped (*.gz).

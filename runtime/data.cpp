@@ -11,6 +11,7 @@
 
 #include "kernels/error.h"
 #include "kernels/hash.h"
+#include "runtime/shard_manifest.h"
 #include "runtime/tokenizer_json.h"
 
 namespace keel::runtime {
@@ -88,15 +89,9 @@ ResolvedTokenizer resolve_tokenizer(const std::string& setting, const std::strin
 }
 
 TokenData::TokenData(const std::string& data_path, const Tokenizer& tokenizer, int64_t seq_length,
-                     const std::string& split)
+                     const std::string& split, int64_t model_vocab_size)
     : seq_length_(seq_length) {
-  // Each part (the text, or a shard) holds (tokens - 1) / T sequences.
   first_sequence_.push_back(0);
-  auto add_part = [&](int64_t tokens) {
-    num_tokens_ += tokens;
-    num_sequences_ += std::max<int64_t>(0, (tokens - 1) / seq_length);
-    first_sequence_.push_back(num_sequences_);
-  };
   const DataSource source = data_source(data_path);
   if (source == DataSource::kText) {
     const std::string what = split == "train" ? "data.train" : "data.validation";
@@ -106,21 +101,11 @@ TokenData::TokenData(const std::string& data_path, const Tokenizer& tokenizer, i
     ParallelEncoder(tokenizer).encode(text, text_tokens_);
     if (tokenizer.eos_id() >= 0) text_tokens_.push_back(tokenizer.eos_id());
     add_part(static_cast<int64_t>(text_tokens_.size()));
+    const std::span<const int32_t> tokens(text_tokens_);
+    fingerprint_ = fnv1a(std::to_string(
+        shard_checksum({reinterpret_cast<const uint8_t*>(tokens.data()), tokens.size_bytes()})));
   } else {
-    const std::vector<std::string> paths = source == DataSource::kShard
-                                               ? std::vector<std::string>{data_path}
-                                               : shard_paths(data_path, split);
-    KEEL_CHECK(!paths.empty(),
-               "data directory {} holds no {}_*{} shards; make them with keel prepare --out {}",
-               data_path, split, kShardSuffix, data_path);
-    for (const std::string& p : paths) {
-      const TokenShard& s = shards_.emplace_back(p);
-      KEEL_CHECK(s.info().tokenizer_fingerprint == tokenizer.fingerprint(),
-                 "token shard {} was made with another tokenizer than the one this run uses ({} "
-                 "tokens); set data.tokenizer to the tokenizer.json keel prepare wrote beside it",
-                 p, tokenizer.vocab_size());
-      add_part(s.size());
-    }
+    open_shards(data_path, source == DataSource::kDirectory, tokenizer, split, model_vocab_size);
   }
   KEEL_CHECK(num_sequences_ >= 1,
              "{} has {} tokens, fewer than one sequence of data.seq_length + 1 = {}; use more "
@@ -128,19 +113,84 @@ TokenData::TokenData(const std::string& data_path, const Tokenizer& tokenizer, i
              data_path, num_tokens_, seq_length + 1);
 }
 
-std::unique_ptr<TokenData> open_validation(const DataConfig& data, const Tokenizer& tokenizer) {
+void TokenData::add_part(int64_t tokens) {
+  // Each part (the text, or a shard) holds (tokens - 1) / T sequences.
+  num_tokens_ += tokens;
+  num_sequences_ += std::max<int64_t>(0, (tokens - 1) / seq_length_);
+  first_sequence_.push_back(num_sequences_);
+}
+
+void TokenData::open_shards(const std::string& data_path, bool directory,
+                            const Tokenizer& tokenizer, const std::string& split,
+                            int64_t model_vocab_size) {
+  // A directory is checked against its own prepare.json, a lone shard against the one beside it
+  // when that lists it.
+  const std::string parent = fs::path(data_path).parent_path().string();
+  const ShardManifest manifest = read_shard_manifest(directory        ? data_path
+                                                     : parent.empty() ? "."
+                                                                      : parent);
+  const std::vector<std::string> paths =
+      directory ? shard_paths(data_path, split) : std::vector<std::string>{data_path};
+  if (directory) {
+    if (manifest.listed) check_shard_names(manifest, split, paths);
+    note_ = manifest.unchecked_note();
+  }
+  KEEL_CHECK(!paths.empty(),
+             "data directory {} holds no {}_*{} shards; make them with keel prepare --out {}",
+             data_path, split, kShardSuffix, data_path);
+  for (const std::string& p : paths) {
+    const TokenShard& s = shards_.emplace_back(p);
+    KEEL_CHECK(s.info().tokenizer_fingerprint == tokenizer.fingerprint(),
+               "token shard {} was made with another tokenizer than the one this run uses ({} "
+               "tokens); set data.tokenizer to the tokenizer.json keel prepare wrote beside it",
+               p, tokenizer.vocab_size());
+    // Checked here, not when a token beyond the model is read hours into the run.
+    KEEL_CHECK(model_vocab_size <= 0 || s.info().vocab_size <= model_vocab_size,
+               "token shard {} holds tokens of a {}-token vocabulary, more than the model's {}; "
+               "set model.vocab_size to {} or more",
+               p, s.info().vocab_size, model_vocab_size, s.info().vocab_size);
+    add_part(s.size());
+  }
+  // Every byte is checksummed at every start: CRC-32C runs at GB/s on each thread, a small price
+  // next to training on damaged data (docs/DATA.md has the numbers).
+  std::vector<uint32_t> sums(shards_.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (size_t i = 0; i < shards_.size(); ++i) sums[i] = shard_checksum(shards_[i].file_bytes());
+  fingerprint_ = kFnvOffsetBasis;
+  for (size_t i = 0; i < shards_.size(); ++i) {
+    const std::string name = fs::path(shards_[i].path()).filename().string();
+    if (const ShardEntry* want = manifest.listed ? manifest.find(name) : nullptr)
+      check_shard(manifest, *want, shards_[i], sums[i]);
+    fingerprint_ =
+        fnv1a(name + ' ' + std::to_string(shards_[i].size()) + ' ' + std::to_string(sums[i]) + '\n',
+              fingerprint_);
+  }
+}
+
+std::unique_ptr<TokenData> open_validation(const DataConfig& data, const Tokenizer& tokenizer,
+                                           int64_t model_vocab_size) {
   const std::string& v = data.validation;
   if (v == "none") return nullptr;
   if (v == "auto") {
-    if (data_source(data.train) != DataSource::kDirectory || shard_paths(data.train, "val").empty())
-      return nullptr;
-    return std::make_unique<TokenData>(data.train, tokenizer, data.seq_length, "val");
+    if (data_source(data.train) != DataSource::kDirectory) return nullptr;
+    // Listed validation shards are opened (and checked) even when all of them are gone.
+    const ShardManifest manifest = read_shard_manifest(data.train);
+    const bool listed = std::any_of(manifest.shards.begin(), manifest.shards.end(),
+                                    [](const ShardEntry& e) { return e.split == "val"; });
+    if (!listed && shard_paths(data.train, "val").empty()) return nullptr;
+    return std::make_unique<TokenData>(data.train, tokenizer, data.seq_length, "val",
+                                       model_vocab_size);
   }
   KEEL_CHECK(fs::exists(v),
              "data.validation '{}' does not exist; give a prepared directory, a .tokens shard or "
              "a text file, or 'auto' or 'none'",
              v);
-  return std::make_unique<TokenData>(v, tokenizer, data.seq_length, "val");
+  return std::make_unique<TokenData>(v, tokenizer, data.seq_length, "val", model_vocab_size);
+}
+
+uint64_t data_fingerprint(const TokenData& train, const TokenData* validation) {
+  const uint64_t t = train.fingerprint();
+  return validation == nullptr ? t : splitmix64(t ^ splitmix64(validation->fingerprint()));
 }
 
 void TokenData::sequence(int64_t index, int32_t* tokens, int32_t* targets) const {

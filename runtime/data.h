@@ -35,11 +35,14 @@ ResolvedTokenizer resolve_tokenizer(const std::string& setting, const std::strin
 //   - a .tokens file: that shard;
 //   - anything else: a text file (gzip too), encoded whole as one document (BOS and EOS around
 //     it when the tokenizer has them).
-// Shards must carry the fingerprint of tokenizer.
+// Shards must carry the fingerprint of tokenizer and, when model_vocab_size > 0, promise no token
+// beyond it in their header. A directory's shards must be exactly those its prepare.json lists,
+// each of the listed token count and CRC-32C (docs/DATA.md); a directory without the list is read
+// unchecked, and note() says so.
 class TokenData {
  public:
   TokenData(const std::string& data_path, const Tokenizer& tokenizer, int64_t seq_length,
-            const std::string& split = "train");
+            const std::string& split = "train", int64_t model_vocab_size = 0);
 
   int64_t num_tokens() const { return num_tokens_; }
   int64_t num_sequences() const { return num_sequences_; }
@@ -47,6 +50,11 @@ class TokenData {
   int64_t num_shards() const { return static_cast<int64_t>(shards_.size()); }
   // tokens and targets (T each) of sequence index (0 ≤ index < num_sequences()).
   void sequence(int64_t index, int32_t* tokens, int32_t* targets) const;
+  // A hash of what was opened: each shard's name, token count and CRC-32C (a text file's
+  // tokens), so ranks can check they read the same data.
+  uint64_t fingerprint() const { return fingerprint_; }
+  // Why the shards were not checked against a list, for the user ("" when they were).
+  const std::string& note() const { return note_; }
 
  private:
   int64_t seq_length_;
@@ -54,10 +62,20 @@ class TokenData {
   std::vector<TokenShard> shards_;
   std::vector<int64_t> first_sequence_;  // per shard, and the total at the end
   int64_t num_tokens_ = 0, num_sequences_ = 0;
+  uint64_t fingerprint_ = 0;
+  std::string note_;
+
+  void add_part(int64_t tokens);
+  void open_shards(const std::string& data_path, bool directory, const Tokenizer& tokenizer,
+                   const std::string& split, int64_t model_vocab_size);
 };
 
 // The held-out data data.validation names (DataConfig), or null when there is none.
-std::unique_ptr<TokenData> open_validation(const DataConfig& data, const Tokenizer& tokenizer);
+std::unique_ptr<TokenData> open_validation(const DataConfig& data, const Tokenizer& tokenizer,
+                                           int64_t model_vocab_size = 0);
+
+// The fingerprint of a run's data: its training data and its validation data (or none).
+uint64_t data_fingerprint(const TokenData& train, const TokenData* validation);
 
 // Each epoch visits all sequences in an order shuffled from the seed and the epoch number.
 class SequenceOrder {

@@ -1,5 +1,6 @@
 #include "runtime/prepare.h"
 
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <deque>
@@ -12,6 +13,7 @@
 #include "runtime/bpe_train.h"
 #include "runtime/data.h"
 #include "runtime/durable_file.h"
+#include "runtime/shard_manifest.h"
 #include "runtime/token_shard.h"
 #include "runtime/tokenizer_json.h"
 
@@ -85,11 +87,42 @@ void read_text(const std::string& path, const PrepareOptions& o, Corpus& c) {
   if (cut < text.size()) c.val.push_back(text.substr(cut));
 }
 
-// Encodes documents as BOS + tokens + EOS into shards <out>/<split>_NNNNN.tokens.
+// A word of a shell command line, quoted when the shell would change it.
+std::string shell_word(const std::string& w) {
+  constexpr std::string_view kPlain =
+      "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-+=.,/:@%";
+  if (!w.empty() && w.find_first_not_of(kPlain) == std::string::npos) return w;
+  std::string q = "'";
+  for (char c : w) c == '\'' ? q.append("'\\''") : q.append(1, c);
+  q.append(1, '\'');
+  return q;
+}
+
+// The keel prepare command that writes the same directory again (what prepare.json records, and
+// what an error about a damaged directory tells the user to run).
+std::string prepare_command(const PrepareOptions& o) {
+  std::ostringstream c;
+  c << "keel prepare";
+  for (const std::string& in : o.inputs) c << ' ' << shell_word(in);
+  c << " --out " << shell_word(o.out_dir);
+  if (o.tokenizer.empty())
+    c << " --vocab-size " << o.vocab_size << " --pattern " << pattern_name(o.pattern);
+  else
+    c << " --tokenizer " << shell_word(o.tokenizer);
+  char fraction[32];
+  const auto end = std::to_chars(fraction, fraction + sizeof fraction, o.val_fraction).ptr;
+  c << " --val-fraction " << std::string_view(fraction, end - fraction) << " --text-key "
+    << shell_word(o.text_key) << " --shard-tokens " << o.shard_tokens << " --seed " << o.seed;
+  return c.str();
+}
+
+// Encodes documents as BOS + tokens + EOS into shards <out>/<split>_NNNNN.tokens, and lists
+// each one written (read back from the file) in `written`.
 struct SplitWriter {
   std::string out_dir, split;
   const Tokenizer& tokenizer;
   int64_t shard_tokens;
+  std::vector<ShardEntry>& written;
   std::vector<int32_t> pending{};
   int64_t pending_documents = 0, tokens = 0, shards = 0;
   double write_seconds = 0;
@@ -101,8 +134,10 @@ struct SplitWriter {
       std::snprintf(name, sizeof name, "%s_%05lld.tokens", split.c_str(),
                     static_cast<long long>(shards));
       const auto t0 = std::chrono::steady_clock::now();
-      write_token_shard((fs::path(out_dir) / name).string(), std::span(pending).first(n),
+      const std::string path = (fs::path(out_dir) / name).string();
+      write_token_shard(path, std::span(pending).first(n),
                         {tokenizer.vocab_size(), pending_documents, tokenizer.fingerprint()});
+      written.push_back(describe_shard(TokenShard(path), split));
       write_seconds += seconds_since(t0);
       pending.erase(pending.begin(), pending.begin() + static_cast<std::ptrdiff_t>(n));
       pending_documents = 0;
@@ -197,8 +232,9 @@ PrepareReport prepare_data(const PrepareOptions& o, std::ostream& log) {
 
   t0 = std::chrono::steady_clock::now();
   ParallelEncoder encoder(tokenizer);
-  SplitWriter train{o.out_dir, "train", tokenizer, o.shard_tokens};
-  SplitWriter val{o.out_dir, "val", tokenizer, o.shard_tokens};
+  std::vector<ShardEntry> written;
+  SplitWriter train{o.out_dir, "train", tokenizer, o.shard_tokens, written};
+  SplitWriter val{o.out_dir, "val", tokenizer, o.shard_tokens, written};
   encode_split(corpus.train, encoder, train);
   encode_split(corpus.val, encoder, val);
   r.write_seconds = train.write_seconds + val.write_seconds;
@@ -232,6 +268,7 @@ PrepareReport prepare_data(const PrepareOptions& o, std::ostream& log) {
                   {"train_tokenizer", r.train_seconds},
                   {"encode", r.encode_seconds},
                   {"write", r.write_seconds}};
+  add_shard_list(j, prepare_command(o), written);
   write_text_durably((fs::path(o.out_dir) / "prepare.json").string(), j.dump(1) + "\n");
   return r;
 }

@@ -41,6 +41,8 @@ class TokenShard {
   const ShardInfo& info() const { return info_; }
   int64_t size() const { return num_tokens_; }
   int token_bytes() const { return token_bytes_; }
+  // The whole file as mapped, header included (what its checksum covers).
+  std::span<const uint8_t> file_bytes() const { return {map_, map_bytes_}; }
   // Copies tokens [first, first + n) into out.
   void read(int64_t first, int64_t n, int32_t* out) const;
 

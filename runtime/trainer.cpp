@@ -40,12 +40,12 @@ Trainer::Trainer(const Config& config, std::ostream& console)
 
 namespace {
 
-// Every rank must train the same run: compare a hash of the resolved config across the world
-// before any work starts, and name the first rank that differs from rank 0.
-void check_same_config(const Config& config, parallel::Communicator& world) {
+// Every rank must train the same run: compare a hash of what each was given (the resolved config,
+// the data it opened) across the world before any work starts, and name the first rank that
+// differs from rank 0, the problem (`what`) and the fix.
+void check_same_on_every_rank(uint64_t h, parallel::Communicator& world, const char* what,
+                              const char* fix) {
   if (world.size() == 1) return;
-  const std::string text = config_to_yaml(config);
-  const uint64_t h = fnv1a(text);
   // Two 31-bit halves, so MAX and MIN over ranks compare exactly in int64.
   std::vector<int64_t> mine = {static_cast<int64_t>(h & 0x7fffffff),
                                static_cast<int64_t>((h >> 31) & 0x7fffffff)};
@@ -58,16 +58,15 @@ void check_same_config(const Config& config, parallel::Communicator& world) {
   int differs = 0;
   for (int r = 1; r < world.size() && !differs; ++r)
     if (all[2 * r] != all[0] || all[2 * r + 1] != all[1]) differs = r;
-  KEEL_FAIL(
-      "the ranks were given different configs (rank {} differs from rank 0); every rank "
-      "must run the same YAML with the same --set overrides",
-      differs);
+  KEEL_FAIL("the ranks were given different {} (rank {} differs from rank 0); {}", what, differs,
+            fix);
 }
 
 }  // namespace
 
 void Trainer::build() {
-  check_same_config(config_, grid_.world());
+  check_same_on_every_rank(fnv1a(config_to_yaml(config_)), grid_.world(), "configs",
+                           "every rank must run the same YAML with the same --set overrides");
   const TrainingConfig& t = config_.training;
   const int64_t B = t.per_device_train_batch_size, T = config_.data.seq_length;
   const int stage = config_.parallel.zero_stage;
@@ -87,9 +86,14 @@ void Trainer::build() {
              "model.vocab_size is {}, but the tokenizer ({}) has {} tokens; set "
              "model.vocab_size to {} or more",
              config_.model.vocab_size, tokenizer_->path, V, V);
-  data_ = std::make_unique<TokenData>(config_.data.train, tokenizer_->tokenizer, T);
+  data_ = std::make_unique<TokenData>(config_.data.train, tokenizer_->tokenizer, T, "train",
+                                      config_.model.vocab_size);
   order_ = std::make_unique<SequenceOrder>(data_->num_sequences(), t.seed);
-  validation_ = open_validation(config_.data, tokenizer_->tokenizer);
+  validation_ = open_validation(config_.data, tokenizer_->tokenizer, config_.model.vocab_size);
+  check_same_on_every_rank(data_fingerprint(*data_, validation_.get()), grid_.world(), "data",
+                           "every rank must see the same data.train and data.validation: keep "
+                           "them on a shared filesystem, or copy the same prepared directory to "
+                           "every node");
   KEEL_CHECK(validation_ || t.eval_steps == 0,
              "training.eval_steps is {} but the run has no validation data (data.validation is "
              "'{}'); set data.validation to a prepared directory, a .tokens shard or a text "
@@ -161,6 +165,9 @@ void Trainer::print_plan() {
   if (validation_)
     text << "keel: validation " << validation_->num_sequences() << " sequences ("
          << validation_->num_tokens() << " tokens)\n";
+  if (!data_->note().empty()) text << "keel: note: " << data_->note() << "\n";
+  if (validation_ && !validation_->note().empty() && validation_->note() != data_->note())
+    text << "keel: note: " << validation_->note() << "\n";
   text << describe_layout(config_, grid_.dp().size()) << "keel: optimizer "
        << optimizer_->describe() << (zero_ ? " (this rank's shards)\n" : "\n") << describe_memory(m)
        << "keel: MFU against " << peak_text_ << "\n";

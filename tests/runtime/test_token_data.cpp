@@ -1,11 +1,14 @@
 // Token shards and the loader over them: shards round trip at both token widths, every kind of
 // damaged shard is an error naming the file, sequences never cross shards, a shard of another
-// tokenizer is refused; keel prepare's documents, split and refusals.
+// tokenizer or a larger vocabulary than the model's is refused; a prepared directory is checked
+// against the shard list of its prepare.json (missing, extra, cut, changed shards); keel
+// prepare's documents, split and refusals.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <sstream>
 
@@ -14,6 +17,7 @@
 #include "runtime/bpe_train.h"
 #include "runtime/data.h"
 #include "runtime/prepare.h"
+#include "runtime/tfrecord.h"
 #include "runtime/token_shard.h"
 #include "runtime/tokenizer_json.h"
 
@@ -202,6 +206,167 @@ TEST_F(TokenDataTest, PrepareWritesDocumentsBetweenBosAndEosAndSplitsValidation)
   again.tokenizer = path("out/tokenizer.json");
   prepare_data(again, log);
   EXPECT_EQ(all_tokens(path("again/val_00000.tokens")), val);
+}
+
+// A directory keel prepare wrote with the bytes tokenizer: 1050 bytes of text, the first 966 (90 %
+// to a line end) in training shards of 300 tokens (train_00000 to train_00003), 84 in val_00000.
+std::string lines_of(const std::string& word) {
+  std::string text;
+  for (int i = 0; i < 50; ++i) text += "line " + std::to_string(100 + i) + " of the " + word + "\n";
+  return text;
+}
+
+PrepareReport prepare_bytes(const std::string& input, const std::string& out) {
+  PrepareOptions o;
+  o.inputs = {input};
+  o.out_dir = out;
+  o.tokenizer = "bytes";
+  o.val_fraction = 0.1;
+  o.shard_tokens = 300;
+  std::ostringstream log;
+  return prepare_data(o, log);
+}
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream f(path);
+  return nlohmann::json::parse(f);
+}
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+TEST_F(TokenDataTest, PrepareListsEveryShardWithItsCountAndChecksum) {
+  const PrepareReport r = prepare_bytes(write("d.txt", lines_of("text")), path("d"));
+  ASSERT_EQ(r.train_shards, 4);
+  ASSERT_EQ(r.val_shards, 1);
+  const nlohmann::json j = read_json(path("d/prepare.json"));
+  ASSERT_TRUE(j.contains("command") && j.contains("shards")) << j.dump(1);
+  EXPECT_EQ(j["command"], "keel prepare " + path("d.txt") + " --out " + path("d") +
+                              " --tokenizer bytes --val-fraction 0.1 --text-key text "
+                              "--shard-tokens 300 --seed 1234");
+  ASSERT_EQ(j["shards"].size(), 5u);
+  int64_t train_tokens = 0;
+  for (const nlohmann::json& e : j["shards"]) {
+    const std::string file = e["file"], split = e["split"];
+    EXPECT_EQ(file.substr(0, split.size() + 1), split + "_") << file;
+    const std::string bytes = file_bytes(path("d/") + file);
+    EXPECT_EQ(e["bytes"], bytes.size()) << file;
+    EXPECT_EQ(e["tokens"], (bytes.size() - 64) / 2) << file;  // bytes: 2 bytes a token
+    EXPECT_EQ(e["crc32c"], crc32c(bytes)) << file;
+    if (split == "train") train_tokens += e["tokens"].get<int64_t>();
+  }
+  EXPECT_EQ(j["shards"][0]["file"], "train_00000.tokens");
+  EXPECT_EQ(j["shards"][4]["file"], "val_00000.tokens");
+  EXPECT_EQ(train_tokens, r.train_tokens);
+  const TokenData data(path("d"), Tokenizer::bytes(), 4);
+  EXPECT_EQ(data.num_tokens(), r.train_tokens);
+  EXPECT_EQ(data.note(), "");  // checked
+}
+
+TEST_F(TokenDataTest, AMissingShardIsRefused) {
+  prepare_bytes(write("d.txt", lines_of("text")), path("d"));
+  fs::remove(path("d/train_00002.tokens"));
+  expect_error([&] { TokenData d(path("d"), Tokenizer::bytes(), 4); },
+               "prepared data " + path("d") +
+                   " lacks train_00002.tokens (300 tokens), which its prepare.json lists: the "
+                   "directory is incomplete and a run would train on part of the data; copy " +
+                   path("d") +
+                   " again whole from where it was prepared, or remove it and run again: keel "
+                   "prepare " +
+                   path("d.txt") + " --out " + path("d"));
+  // Validation too, even when every validation shard is gone (auto would find none).
+  fs::remove(path("d/val_00000.tokens"));
+  DataConfig data;
+  data.train = path("d");
+  data.seq_length = 4;
+  expect_error([&] { open_validation(data, Tokenizer::bytes()); },
+               "lacks val_00000.tokens (84 tokens), which its prepare.json lists");
+}
+
+TEST_F(TokenDataTest, AnExtraShardIsRefused) {
+  prepare_bytes(write("d.txt", lines_of("text")), path("d"));
+  fs::copy_file(path("d/train_00000.tokens"), path("d/train_00004.tokens"));
+  expect_error([&] { TokenData d(path("d"), Tokenizer::bytes(), 4); },
+               "prepared data " + path("d") +
+                   " holds train_00004.tokens, which its prepare.json does not list");
+}
+
+TEST_F(TokenDataTest, AShardOfAnotherCountIsRefused) {
+  prepare_bytes(write("d.txt", lines_of("text")), path("d"));
+  write_token_shard(path("d/train_00001.tokens"), iota_tokens(200, 0, 256),
+                    {256, 1, Tokenizer::bytes().fingerprint()});
+  expect_error([&] { TokenData d(path("d"), Tokenizer::bytes(), 4); },
+               "token shard " + path("d/train_00001.tokens") + " holds 200 tokens (464 bytes), " +
+                   "but " + path("d") + "/prepare.json lists 300 tokens (664 bytes)");
+}
+
+TEST_F(TokenDataTest, AChangedShardIsRefused) {
+  prepare_bytes(write("d.txt", lines_of("text")), path("d"));
+  std::string bytes = file_bytes(path("d/train_00003.tokens"));
+  const uint32_t before = crc32c(bytes);
+  bytes[64 + 2 * 17] ^= 1;  // token 17 becomes another byte: a valid shard still
+  write("d/train_00003.tokens", bytes);
+  TokenShard still_valid(path("d/train_00003.tokens"));
+  char crc[16];
+  std::snprintf(crc, sizeof crc, "0x%08x", before);
+  const std::string want = ", but " + path("d") + "/prepare.json lists " + crc +
+                           ": its bytes changed after keel prepare";
+  expect_error([&] { TokenData d(path("d"), Tokenizer::bytes(), 4); },
+               "token shard " + path("d/train_00003.tokens") + " has CRC-32C 0x");
+  expect_error([&] { TokenData d(path("d"), Tokenizer::bytes(), 4); }, want);
+  // A lone shard is checked against the list beside it.
+  expect_error([&] { TokenData d(path("d/train_00003.tokens"), Tokenizer::bytes(), 4); }, want);
+}
+
+TEST_F(TokenDataTest, DirectoriesWithoutAShardListAreReadWithANote) {
+  prepare_bytes(write("d.txt", lines_of("text")), path("d"));
+  nlohmann::json j = read_json(path("d/prepare.json"));
+  j.erase("shards");
+  j.erase("command");
+  write("d/prepare.json", j.dump(1));  // as keel prepare wrote it before the list
+  fs::remove(path("d/train_00002.tokens"));
+  const TokenData old(path("d"), Tokenizer::bytes(), 4);
+  EXPECT_EQ(old.num_shards(), 3);
+  EXPECT_EQ(old.note(), path("d") +
+                            "/prepare.json lists no shards (an older keel prepare wrote it), so a "
+                            "missing or changed shard would go unnoticed; run keel prepare again "
+                            "into a new directory to have its shards checked");
+  write("d/prepare.json", R"({"shards": [{"file": "train_00000.tokens"}]})");
+  expect_error([&] { TokenData d(path("d"), Tokenizer::bytes(), 4); },
+               path("d") + "/prepare.json is damaged (");
+  fs::remove(path("d/prepare.json"));
+  const TokenData none(path("d"), Tokenizer::bytes(), 4);
+  EXPECT_NE(none.note().find(path("d") + " has no prepare.json"), std::string::npos) << none.note();
+}
+
+TEST_F(TokenDataTest, AShardBeyondTheModelsVocabularyIsRefusedWhenOpened) {
+  // The header promises a 1000-token vocabulary; every token is a byte (< 256) but one.
+  std::vector<int32_t> tokens = iota_tokens(400, 0, 256);
+  tokens[390] = 700;
+  write_token_shard(path("big.tokens"), tokens, {1000, 1, Tokenizer::bytes().fingerprint()});
+  expect_error([&] { TokenData d(path("big.tokens"), Tokenizer::bytes(), 4, "train", 256); },
+               "token shard " + path("big.tokens") +
+                   " holds tokens of a 1000-token vocabulary, more than the model's 256; set "
+                   "model.vocab_size to 1000 or more");
+  EXPECT_EQ(TokenData(path("big.tokens"), Tokenizer::bytes(), 4, "train", 1000).num_tokens(), 400);
+}
+
+TEST_F(TokenDataTest, TheFingerprintFollowsTheDataNotThePath) {
+  prepare_bytes(write("a.txt", lines_of("text")), path("a"));
+  prepare_bytes(write("b.txt", lines_of("text")), path("b"));
+  prepare_bytes(write("c.txt", lines_of("test")), path("c"));  // one letter differs on each line
+  const Tokenizer bytes = Tokenizer::bytes();
+  const TokenData a(path("a"), bytes, 4), b(path("b"), bytes, 4), c(path("c"), bytes, 4);
+  EXPECT_EQ(a.num_tokens(), c.num_tokens());
+  EXPECT_EQ(a.fingerprint(), b.fingerprint());
+  EXPECT_NE(a.fingerprint(), c.fingerprint());
+  const TokenData a_val(path("a"), bytes, 4, "val"), c_val(path("c"), bytes, 4, "val");
+  EXPECT_NE(data_fingerprint(a, &a_val), data_fingerprint(a, &c_val));
+  EXPECT_NE(data_fingerprint(a, &a_val), data_fingerprint(a, nullptr));
+  const TokenData text_a(path("a.txt"), bytes, 4), text_c(path("c.txt"), bytes, 4);
+  EXPECT_NE(text_a.fingerprint(), text_c.fingerprint());
 }
 
 TEST_F(TokenDataTest, PrepareRefusesBadInput) {
