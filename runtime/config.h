@@ -66,6 +66,9 @@ struct TrainingConfig {
   std::string resume_from_checkpoint = "auto";
   std::string output_dir = "runs/default";
   bool gradient_checkpointing = false;
+  // What one rank may plan: "auto" (KEEL_MEMORY_LIMIT, else this host's memory and cgroup shared
+  // by its ranks), "none" (no check), or a size such as "12GiB" (runtime/memory_limit.h).
+  std::string memory_limit = "auto";
 };
 
 struct OptimizerConfig {

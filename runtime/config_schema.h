@@ -95,6 +95,7 @@ inline constexpr auto kFields = std::to_array<Field>({
     KEEL_CONFIG_FIELD(training, resume_from_checkpoint, any_value()),
     KEEL_CONFIG_FIELD(training, output_dir, any_value()),
     KEEL_CONFIG_FIELD(training, gradient_checkpointing, any_value()),
+    KEEL_CONFIG_FIELD(training, memory_limit, any_value()),
     KEEL_CONFIG_FIELD(optimizer, type, any_value()),
     KEEL_CONFIG_FIELD(optimizer, block_size, closed(64, 4096)),
     KEEL_CONFIG_FIELD(optimizer, min_8bit_size, at_least(0)),
