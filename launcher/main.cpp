@@ -54,7 +54,10 @@ Ranks: run under mpirun for data parallelism, e.g.
   mpirun -np 2 keel train configs/tiny.yaml     (or: keel launch -n 2 configs/tiny.yaml)
 every rank takes its slice of each global batch (per_device_train_batch_size x
 gradient_accumulation_steps x ranks sequences); rank 0 prints and writes the files.
-Threads: OMP_NUM_THREADS per rank (default: all cores). Config keys: docs/CONFIG.md.
+Threads: OMP_NUM_THREADS per rank (default: all cores). Memory: before it allocates, every rank
+checks its plan (keel plan) against what it can have, the host's memory or cgroup limit shared by
+the ranks on it, or training.memory_limit / KEEL_MEMORY_LIMIT=12GiB ('none': no check); a plan
+that does not fit stops the run with the settings that would fit. Config keys: docs/CONFIG.md.
 )";
 
 constexpr const char* kPlanUsage =

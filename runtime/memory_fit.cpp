@@ -161,9 +161,23 @@ std::string memory_refusal(const Config& config, int dp, const RankMemory& plan,
   if (limit.free && limit.free < limit.bytes)
     os << "; only " << format_memory(limit.free) << " is free now";
   os << "); " << describe_fits(search_fits(config, dp, limit.bytes), limit.bytes)
-     << "; `keel plan CONFIG --world-size N --fit SIZE` shows the whole plan and the search, "
-        "training.memory_limit=none skips this check";
+     << "; `keel plan CONFIG --world-size "
+     << dp * config.parallel.tensor_model_parallel_size *
+            config.parallel.pipeline_model_parallel_size
+     << " --fit " << limit.bytes
+     << "` shows the whole plan and the search, training.memory_limit=none skips this check";
   return os.str();
+}
+
+std::string memory_warning(const RankMemory& plan, const MemoryLimit& limit) {
+  if (limit.bytes == 0 || limit.free == 0 || plan.total() > limit.bytes ||
+      plan.total() <= limit.free)
+    return "";
+  return format(
+      "keel: warning: the plan needs {} per rank, within what this rank can have ({}), but only "
+      "{} per rank is free now on this host; other processes will have to give memory back, or "
+      "the run may be OOM-killed\n",
+      format_memory(plan.total()), format_memory(limit.bytes), format_memory(limit.free));
 }
 
 void admit_memory(const Config& config, parallel::Communicator& world, int dp,
@@ -184,13 +198,8 @@ void admit_memory(const Config& config, parallel::Communicator& world, int dp,
       who = format("rank {} of {} (host {})", world.rank(), world.size(), host);
     }
     refusal = memory_refusal(config, dp, plan, limit, who);
-  } else if (limit.free && plan.total() > limit.free) {
-    console << "keel: warning: the plan needs " << format_memory(plan.total())
-            << " per rank, within what this rank can have (" << format_memory(limit.bytes)
-            << "), but only " << format_memory(limit.free)
-            << " per rank is free now on this host; other processes may have to give memory "
-               "back (or the run be OOM-killed)\n";
   }
+  console << memory_warning(plan, limit);
   if (world.size() == 1) {
     if (!fits) KEEL_FAIL("{}", refusal);
     return;

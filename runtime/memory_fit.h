@@ -51,6 +51,11 @@ std::string describe_fits(const FitSearch& search, uint64_t limit);
 std::string memory_refusal(const Config& config, int dp, const RankMemory& plan,
                            const MemoryLimit& limit, const std::string& who);
 
+// The warning for a plan within the limit but above the memory free now (MemAvailable per rank),
+// or "": free memory is what other processes leave now, not what the rank can have, so it warns
+// rather than refuses.
+std::string memory_warning(const RankMemory& plan, const MemoryLimit& limit);
+
 // The admission check, collective over `world` (dp: its data-parallel size): every rank compares
 // the plan with what it can have (training.memory_limit, KEEL_MEMORY_LIMIT, or this host shared by
 // the ranks on it); if any rank's plan does not fit, every rank throws the same keel::Error, that

@@ -21,6 +21,8 @@ namespace {
 using test::error_of;
 using test::expect_mentions;
 
+constexpr uint64_t kGiB = uint64_t{1} << 30;
+
 // Small enough to train in a blink; every dimension of the search applies to it.
 const char* const kModel = R"(
 model: {vocab_size: 256, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 2,
@@ -136,7 +138,19 @@ TEST(MemoryFit, RefusalNamesPlanLimitAndSettings) {
        "optimizer state", "activations",
        "but this rank can have " + format_memory(limit.bytes) + " (24.0 GiB of memory, cgroup none",
        "only " + format_memory(limit.free) + " is free now", "settings that fit: --set",
-       "keel plan CONFIG", "training.memory_limit=none"});
+       "`keel plan CONFIG --world-size 1 --fit " + std::to_string(limit.bytes) + "`",
+       "training.memory_limit=none"});
+}
+
+TEST(MemoryFit, LittleFreeMemoryWarnsButDoesNotRefuse) {
+  RankMemory plan;
+  plan.activations = 6 * kGiB;
+  EXPECT_EQ(memory_warning(plan, {8 * kGiB, 10 * kGiB, "host"}), "");  // enough free
+  EXPECT_EQ(memory_warning(plan, {8 * kGiB, 0, "training.memory_limit is 8GiB"}), "");
+  EXPECT_EQ(memory_warning(plan, {4 * kGiB, 2 * kGiB, "host"}), "");  // refused, not warned
+  expect_mentions(memory_warning(plan, {8 * kGiB, 5 * kGiB, "host"}),
+                  {"keel: warning: the plan needs 6.0 GiB per rank", "can have (8.0 GiB)",
+                   "only 5.0 GiB per rank is free now"});
 }
 
 TEST_F(MemoryFitTest, TrainerRefusesAPlanAboveTheLimitBeforeAllocating) {
