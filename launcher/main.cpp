@@ -11,6 +11,7 @@
 #include "launcher/prepare.h"
 #include "launcher/world.h"
 #include "runtime/config.h"
+#include "runtime/memory_fit.h"
 #include "runtime/memory_report.h"
 #include "runtime/trainer.h"
 
@@ -24,7 +25,7 @@ commands:
   train CONFIG.yaml [--resume CKPT] [--set ...]     train as the config describes (every rank)
   prepare INPUT... --out DIR --vocab-size N         train a tokenizer, write token shards
   launch -n N CONFIG.yaml [--set ...]               train on N ranks of this machine (mpirun)
-  plan CONFIG.yaml [--world-size N] [--set ...]     print each rank's memory plan, train nothing
+  plan CONFIG.yaml [--world-size N] [--fit SIZE]   print each rank's memory plan, train nothing
   export --format hf CKPT OUT                       write a checkpoint as a Hugging Face LLaMA
   import HF_DIR --out DIR --set data.train=PATH     start a run from a Hugging Face LLaMA
   generate CKPT --prompt TEXT                       continue a text with a checkpoint's model
@@ -53,18 +54,26 @@ Ranks: run under mpirun for data parallelism, e.g.
   mpirun -np 2 keel train configs/tiny.yaml     (or: keel launch -n 2 configs/tiny.yaml)
 every rank takes its slice of each global batch (per_device_train_batch_size x
 gradient_accumulation_steps x ranks sequences); rank 0 prints and writes the files.
-Threads: OMP_NUM_THREADS per rank (default: all cores). Config keys: docs/CONFIG.md.
+Threads: OMP_NUM_THREADS per rank (default: all cores). Memory: before it allocates, every rank
+checks its plan (keel plan) against what it can have, the host's memory or cgroup limit shared by
+the ranks on it, or training.memory_limit / KEEL_MEMORY_LIMIT=12GiB ('none': no check); a plan
+that does not fit stops the run with the settings that would fit. Config keys: docs/CONFIG.md.
 )";
 
 constexpr const char* kPlanUsage =
-    R"(usage: keel plan CONFIG.yaml [--world-size N] [--set section.key=value ...]
+    R"(usage: keel plan CONFIG.yaml [--world-size N] [--fit SIZE] [--set section.key=value ...]
 
 Prints the memory one rank of an N-rank run of CONFIG.yaml would plan (parameters, gradients,
 optimizer state, activations, buffers) under its parallel.zero_stage, then the same total under
-every ZeRO stage for comparison. Allocates nothing, reads no data, starts no MPI.
+every ZeRO stage for comparison. Allocates nothing, reads no data, starts no MPI. A run checks
+the same plan against the memory each rank can have before it allocates (training.memory_limit).
 
 options:
   --world-size N            ranks of the run (default 1); must factor as dp x tp x pp
+  --fit SIZE                whether the plan fits SIZE per rank (12GiB, 512MiB, 24GB, bytes),
+                            and if not, the cheapest settings that would (ZeRO stage, 8-bit
+                            AdamW, per-layer update, gradient checkpointing, smaller
+                            micro-batches with the same global batch)
   --set section.key=value   override one config key (repeatable)
   -h, --help                show this help
 )";
@@ -135,6 +144,7 @@ int run_train(const std::vector<std::string>& args, int* argc, char*** argv) {
 int run_plan(const std::vector<std::string>& args) {
   std::string path;
   std::vector<std::string> overrides;
+  std::string fit;  // --fit SIZE, or "" for none
   int world = 1;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -142,11 +152,15 @@ int run_plan(const std::vector<std::string>& args) {
       std::cout << kPlanUsage;
       return 0;
     }
-    if (a == "--set" || a == "--world-size" || a == "-n") {
+    if (a == "--set" || a == "--world-size" || a == "-n" || a == "--fit") {
       if (i + 1 >= args.size()) throw UsageError{a + " needs a value"};
       const std::string& v = args[++i];
       if (a == "--set") {
         overrides.push_back(v);
+        continue;
+      }
+      if (a == "--fit") {
+        fit = v;
         continue;
       }
       size_t used = 0;
@@ -172,8 +186,19 @@ int run_plan(const std::vector<std::string>& args) {
       static_cast<int>(config.parallel.pipeline_model_parallel_size),
       static_cast<int>(config.parallel.expert_model_parallel_size));
   const int dp = layout.size(keel::parallel::Group::kData);
-  std::cout << keel::runtime::describe_layout(config, dp)
-            << keel::runtime::describe_memory(keel::runtime::plan_rank_memory(config, dp));
+  const keel::runtime::RankMemory plan = keel::runtime::plan_rank_memory(config, dp);
+  std::cout << keel::runtime::describe_layout(config, dp) << keel::runtime::describe_memory(plan);
+  std::string fit_line;  // printed last, searched before the loop below changes the config
+  if (!fit.empty()) {
+    const uint64_t limit = keel::runtime::parse_memory_size(fit, "--fit");
+    fit_line = "keel: the plan " +
+               std::string(plan.total() <= limit ? "fits in " : "does not fit in ") +
+               keel::runtime::format_memory(limit) + " per rank";
+    if (plan.total() > limit)
+      fit_line +=
+          "; " + keel::runtime::describe_fits(keel::runtime::search_fits(config, dp, limit), limit);
+    fit_line += "\n";
+  }
   std::cout << "keel: per rank by ZeRO stage:";
   for (int stage = 0; stage <= 3; ++stage) {
     config.parallel.zero_stage = stage;
@@ -183,7 +208,7 @@ int run_plan(const std::vector<std::string>& args) {
     else
       std::cout << keel::format_mib(keel::runtime::plan_rank_memory(config, dp).total());
   }
-  std::cout << "\n";
+  std::cout << "\n" << fit_line;
   return 0;
 }
 

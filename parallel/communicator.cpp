@@ -376,4 +376,11 @@ std::unique_ptr<Communicator> Communicator::split(int color, int key) {
   return do_split(color, key);
 }
 
+int Communicator::do_ranks_on_host() {
+  KEEL_FAIL(
+      "the {} communicator cannot tell which ranks share a host; ask the host communicator it "
+      "was made over (MPI) instead",
+      backend());
+}
+
 }  // namespace keel::parallel

@@ -183,6 +183,10 @@ class Communicator {
   static constexpr int kNoColor = -1;
   std::unique_ptr<Communicator> split(int color, int key);
 
+  // How many ranks of this group run on this rank's host, itself included: they share its memory
+  // (runtime/memory_limit.h divides the host's memory by it). Collective over this communicator.
+  int ranks_on_host() { return do_ranks_on_host(); }
+
   const CommStats& stats() const { return stats_; }
   void reset_stats() { stats_.reset(); }
 
@@ -203,6 +207,9 @@ class Communicator {
                                std::span<const int64_t> send_counts, bool async) = 0;
   virtual void do_barrier() = 0;
   virtual std::unique_ptr<Communicator> do_split(int color, int key) = 0;
+  // Not pure, so that a backend that cannot tell (NCCL: its ranks' hosts are its bootstrap's) need
+  // not pretend: the default throws, naming the backend.
+  virtual int do_ranks_on_host();
 
   // Pending-operation slots are the backend's: a Work names one by number. work_test returns true
   // once the slot's operation is done and then releases the slot; work_wait blocks, releases the

@@ -453,4 +453,14 @@ std::unique_ptr<Communicator> MpiCommunicator::do_split(int color, int key) {
   return c;
 }
 
+int MpiCommunicator::do_ranks_on_host() {
+  MPI_Comm host = MPI_COMM_NULL;
+  KEEL_MPI(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank(), MPI_INFO_NULL, &host));
+  int size = 0;
+  const int rc = MPI_Comm_size(host, &size);
+  MPI_Comm_free(&host);
+  KEEL_MPI(rc);
+  return size;
+}
+
 }  // namespace keel::parallel

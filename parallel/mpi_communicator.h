@@ -96,6 +96,8 @@ class MpiCommunicator final : public Communicator {
                        std::span<const int64_t> send_counts, bool async) override;
   void do_barrier() override;
   std::unique_ptr<Communicator> do_split(int color, int key) override;
+  // MPI_Comm_split_type(MPI_COMM_TYPE_SHARED): the ranks that can share memory with this one.
+  int do_ranks_on_host() override;
   bool work_test(uint32_t slot) override;
   void work_wait(uint32_t slot) override;
 

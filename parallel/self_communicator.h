@@ -27,6 +27,7 @@ class SelfCommunicator final : public Communicator {
                        std::span<const int64_t> send_counts, bool async) override;
   void do_barrier() override {}
   std::unique_ptr<Communicator> do_split(int color, int key) override;
+  int do_ranks_on_host() override { return 1; }
   bool work_test(uint32_t slot) override;
   void work_wait(uint32_t slot) override;
 };

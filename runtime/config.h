@@ -77,6 +77,9 @@ struct TrainingConfig {
   double loss_spike_factor = 0.0;
   // MFU's denominator, FLOP/s of one rank (a GPU's datasheet peak); 0: measured at start-up.
   double peak_flops = 0.0;
+  // What one rank may plan: "auto" (KEEL_MEMORY_LIMIT, else this host's memory and cgroup shared
+  // by its ranks), "none" (no check), or a size such as "12GiB" (runtime/memory_limit.h).
+  std::string memory_limit = "auto";
 };
 
 struct OptimizerConfig {

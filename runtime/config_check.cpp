@@ -14,6 +14,7 @@
 #include "kernels/error.h"
 #include "runtime/config.h"
 #include "runtime/config_schema.h"
+#include "runtime/memory_limit.h"
 
 namespace keel::runtime {
 
@@ -252,6 +253,8 @@ void validate_config(const Config& config) {
              block);
   check_one_of(config.training.report_to, kReportTo, "training.report_to", "choices");
   check_divergence_guard(config);
+  if (config.training.memory_limit != "auto" && config.training.memory_limit != "none")
+    parse_memory_size(config.training.memory_limit, "training.memory_limit");
   check_parallel_size(config.parallel.tensor_model_parallel_size, "tensor_model_parallel_size",
                       "tensor");
   check_parallel_size(config.parallel.pipeline_model_parallel_size, "pipeline_model_parallel_size",

@@ -99,6 +99,7 @@ inline constexpr auto kFields = std::to_array<Field>({
     KEEL_CONFIG_FIELD(training, max_skipped_steps, at_least(0)),
     KEEL_CONFIG_FIELD(training, loss_spike_factor, at_least(0)),
     KEEL_CONFIG_FIELD(training, peak_flops, at_least(0)),
+    KEEL_CONFIG_FIELD(training, memory_limit, any_value()),
     KEEL_CONFIG_FIELD(optimizer, type, any_value()),
     KEEL_CONFIG_FIELD(optimizer, block_size, closed(64, 4096)),
     KEEL_CONFIG_FIELD(optimizer, min_8bit_size, at_least(0)),

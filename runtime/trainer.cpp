@@ -11,6 +11,7 @@
 #include "kernels/matmul.h"
 #include "parallel/self_communicator.h"
 #include "runtime/loss_curve.h"
+#include "runtime/memory_fit.h"
 #include "runtime/memory_report.h"
 #include "runtime/peak_flops.h"
 #include "runtime/safetensors.h"
@@ -103,6 +104,9 @@ void Trainer::build() {
   // ZeRO 2 hands the model its gradients unit by unit, ZeRO 3 its weights too; so does ZeRO 0
   // with a per-layer update (parallel::UnitGrads).
   const bool per_layer = config_.optimizer.per_layer_update;
+  // Before the first large allocation: a plan that does not fit this rank's memory is one line
+  // with the settings that would fit, not an OOM kill without a word.
+  admit_memory(config_, grid_.world(), grid_.dp().size(), console_);
   model_ = std::make_unique<LlamaModel>(config_.model, B, T, t.gradient_checkpointing,
                                         ModelHolds{stage < 3, stage < 2 && !per_layer});
   std::vector<optim::ParamRef> refs;

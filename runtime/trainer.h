@@ -72,6 +72,8 @@ class Trainer {
   EvalResult evaluate();
   // The checkpoint this run resumed from ("" for a fresh start).
   const std::string& resumed_from() const { return resumed_from_; }
+  // The bytes of every plan of the run, as the start-up memory line counts them.
+  size_t planned_bytes() const { return planned_bytes_; }
 
  private:
   struct OwnGrid;  // the one-rank grid of the second constructor

@@ -4,6 +4,7 @@
 // that group's communicator only; pipeline neighbours talk over the pp group.
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -119,6 +120,17 @@ TEST(MpiProcessGridTest, LayoutThatDoesNotFitTheJobIsAnErrorOnEveryRank) {
   EXPECT_NE(error.find(format("the job has {} ranks but the grid needs", w.size())),
             std::string::npos)
       << error;
+}
+
+// The tests run under one mpirun on one machine: every rank shares this host, in the world and in
+// any group split from it.
+TEST(MpiHostTest, EveryRankOfOneMachineSharesItsHost) {
+  MpiCommunicator& w = world();
+  EXPECT_EQ(w.ranks_on_host(), w.size());
+  std::unique_ptr<Communicator> half = w.split(w.rank() % 2, w.rank());
+  ASSERT_TRUE(half);
+  EXPECT_EQ(half->ranks_on_host(), half->size());
+  EXPECT_EQ(half->size(), (w.size() + 1 - w.rank() % 2) / 2);
 }
 
 }  // namespace

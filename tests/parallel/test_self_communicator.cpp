@@ -153,6 +153,11 @@ TEST(SelfCommunicatorTest, SplitGivesAnotherRankOfOneOrNothing) {
   EXPECT_EQ(c.split(Communicator::kNoColor, 0), nullptr);
 }
 
+TEST(SelfCommunicatorTest, IsAloneOnItsHost) {
+  SelfCommunicator c;
+  EXPECT_EQ(c.ranks_on_host(), 1);
+}
+
 TEST(ProcessGridTest, OneRankGridHasAGroupOfOneOfEveryKind) {
   SelfCommunicator world;
   ProcessGrid grid(world, GridLayout(GridSizes{}));

@@ -35,7 +35,7 @@ const std::vector<std::string> kAllKeys = {
     "training.logging_steps", "training.eval_steps", "training.report_to", "training.logging_dir", "training.save_steps", "training.save_total_limit",
     "training.exit_interval", "training.resume_from_checkpoint", "training.output_dir",
     "training.gradient_checkpointing", "training.on_nonfinite", "training.max_skipped_steps",
-    "training.loss_spike_factor", "training.peak_flops", "optimizer.type", "optimizer.block_size", "optimizer.min_8bit_size",
+    "training.loss_spike_factor", "training.peak_flops", "training.memory_limit", "optimizer.type", "optimizer.block_size", "optimizer.min_8bit_size",
     "optimizer.relative_step", "optimizer.scale_parameter", "optimizer.warmup_init",
     "optimizer.decay_rate", "optimizer.clip_threshold", "optimizer.adafactor_beta1", "optimizer.per_layer_update", "optimizer.galore.rank",
     "optimizer.galore.update_proj_gap", "optimizer.galore.scale", "optimizer.galore.proj_type",
@@ -79,6 +79,7 @@ training:
   logging_steps: 5
   output_dir: runs/tiny
   gradient_checkpointing: true
+  memory_limit: 12GiB
 optimizer:
   type: adamw
 parallel:
@@ -118,6 +119,7 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.training.logging_steps, b.training.logging_steps);
   EXPECT_EQ(a.training.output_dir, b.training.output_dir);
   EXPECT_EQ(a.training.gradient_checkpointing, b.training.gradient_checkpointing);
+  EXPECT_EQ(a.training.memory_limit, b.training.memory_limit);
   EXPECT_EQ(a.optimizer.type, b.optimizer.type);
   EXPECT_EQ(a.parallel.zero_stage, b.parallel.zero_stage);
   EXPECT_EQ(a.parallel.tensor_model_parallel_size, b.parallel.tensor_model_parallel_size);
@@ -196,6 +198,7 @@ TEST(Config, FullFileSetsEveryKey) {
   EXPECT_EQ(c.training.logging_steps, 5);
   EXPECT_EQ(c.training.output_dir, "runs/tiny");
   EXPECT_TRUE(c.training.gradient_checkpointing);
+  EXPECT_EQ(c.training.memory_limit, "12GiB");
   EXPECT_EQ(c.optimizer.type, "adamw");
   EXPECT_EQ(c.parallel.zero_stage, 2);
   EXPECT_EQ(c.parallel.tensor_model_parallel_size, 1);
