@@ -41,7 +41,9 @@ constexpr const char* kTrainUsage =
 Trains the model that CONFIG.yaml describes and writes <training.output_dir>/metrics.jsonl (one
 JSON object per logged step), config.yaml (the resolved config) and model.safetensors. With
 training.save_steps, checkpoints go to <training.output_dir>/checkpoints; a run whose output_dir
-holds one resumes from its latest (training.resume_from_checkpoint: auto).
+holds one resumes from its latest (training.resume_from_checkpoint: auto). One run at a time per
+output_dir: a run holds <training.output_dir>/.keel.lock, and a second one there is refused,
+naming the first (pid, host, start).
 
 options:
   --resume CKPT             resume from this checkpoint (a step_* directory, a checkpoints
