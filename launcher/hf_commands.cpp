@@ -1,10 +1,14 @@
 #include "launcher/hf_commands.h"
 
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 
 #include "kernels/error.h"
 #include "launcher/command_line.h"
 #include "runtime/hf_format.h"
+#include "runtime/run_lock.h"
 
 namespace keel::launcher {
 
@@ -22,6 +26,8 @@ AutoTokenizer.from_pretrained(OUT).
 options:
   --format hf         the output format (hf is the one there is)
   --tokenizer PATH    the tokenizer.json to ship (default: the run's own, <run>/tokenizer.json)
+  --force             write into OUT even when it is not empty (its files of the same names
+                      are replaced); without it a non-empty OUT is refused
   -h, --help          show this help
 )";
 
@@ -35,15 +41,36 @@ the rest; training.output_dir is DIR), DIR/tokenizer.json and DIR/checkpoints/st
 the weights and zero AdamW moments. Then `keel train DIR/config.yaml` continues from those weights.
 
 options:
-  --out DIR                 the run directory to create
+  --out DIR                 the run directory to create: new or empty, unless --force
   --set section.key=value   a key of the run's config (repeatable); data.train is required
+  --force                   import into a DIR that holds files, even a run: its config.yaml is
+                            replaced and step 0 becomes its latest checkpoint. A run training
+                            in DIR (its lock, DIR/.keel.lock, held) refuses it still
   -h, --help                show this help
 )";
+
+// What dir holds (its lock file left out), for refusals: "config.yaml, checkpoints/, ... (9
+// entries)"; "" when dir is missing or empty.
+std::string contents(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) return "";
+  KEEL_CHECK(fs::is_directory(dir), "{} exists and is not a directory; give a directory", dir);
+  std::vector<std::string> names;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir))
+    if (e.path().filename() != runtime::kRunLockFile)
+      names.push_back(e.path().filename().string() + (e.is_directory() ? "/" : ""));
+  std::sort(names.begin(), names.end());
+  std::string text;
+  for (size_t i = 0; i < std::min<size_t>(names.size(), 4); ++i) text += (i ? ", " : "") + names[i];
+  if (names.size() > 4) text += format(", ... ({} entries)", names.size());
+  return text;
+}
 
 }  // namespace
 
 int run_export(const std::vector<std::string>& args) {
-  const CommandLine cl(args, "export", {"--format", "--tokenizer"});
+  const CommandLine cl(args, "export", {"--format", "--tokenizer"}, {"--force"});
   if (cl.help()) {
     std::cout << kExportUsage;
     return 0;
@@ -52,6 +79,12 @@ int run_export(const std::vector<std::string>& args) {
   KEEL_CHECK(format == "hf", "keel export needs --format hf (the Hugging Face LLaMA layout){}",
              format.empty() ? "" : "; got '" + format + "'");
   KEEL_CHECK(cl.positional().size() == 2, "usage: keel export --format hf CKPT OUT");
+  const std::string& out = cl.positional()[1];
+  const std::string there = contents(out);
+  KEEL_CHECK(there.empty() || cl.has("--force"),
+             "{} is not empty (it holds {}); export into a new or empty directory, or add --force "
+             "to write over the files of the same names",
+             out, there);
   runtime::export_hf(cl.positional()[0], cl.positional()[1], cl.text("--tokenizer"), std::cout);
   return 0;
 }
@@ -67,14 +100,34 @@ int run_import(const std::vector<std::string>& args) {
     KEEL_CHECK(i + 1 < args.size(), "--set needs a value (keel import --help)");
     overrides.push_back(args[++i]);
   }
-  const CommandLine cl(rest, "import", {"--out"});
+  const CommandLine cl(rest, "import", {"--out"}, {"--force"});
   if (cl.help()) {
     std::cout << kImportUsage;
     return 0;
   }
   KEEL_CHECK(cl.positional().size() == 1 && cl.has("--out"),
              "usage: keel import HF_DIR --out DIR --set data.train=PATH");
-  runtime::import_hf(cl.positional()[0], cl.text("--out"), overrides, std::cout);
+  const std::string out = cl.text("--out");
+  // Held while importing, so that no run starts training in DIR meanwhile; refused, even with
+  // --force, while a run trains there.
+  const runtime::RunLock lock(
+      out, {"being imported into", "--out", "import into another directory with --out"});
+  const std::string there = contents(out);
+  if (!there.empty() && !cl.has("--force")) {
+    namespace fs = std::filesystem;
+    std::string latest;
+    std::getline(std::ifstream(out + "/checkpoints/latest"), latest);
+    KEEL_CHECK(!fs::exists(out + "/config.yaml") && !fs::exists(out + "/checkpoints"),
+               "--out {} is a run directory (it holds {}{}); importing would replace its "
+               "config.yaml and make step 0 its latest checkpoint; give a new or empty --out, or "
+               "add --force to import over it",
+               out, there, latest.empty() ? "" : "; latest checkpoint: " + latest);
+    KEEL_FAIL(
+        "--out {} is not empty (it holds {}); give a new or empty --out, or add --force to "
+        "import into it",
+        out, there);
+  }
+  runtime::import_hf(cl.positional()[0], out, overrides, std::cout);
   return 0;
 }
 

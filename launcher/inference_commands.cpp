@@ -147,7 +147,16 @@ int run_eval(const std::vector<std::string>& args) {
   const runtime::SavedModel saved =
       runtime::open_saved_model(cl.positional()[0], cl.text("--tokenizer"));
   runtime::DataConfig data = saved.config.data;
-  if (cl.has("--data")) data.validation = cl.text("--data");
+  if (cl.has("--data")) {
+    data.validation = cl.text("--data");
+  } else if (data.validation != "none") {
+    // data.validation auto reads the validation split that keel prepare wrote beside data.train.
+    const std::string key = data.validation == "auto" ? "data.train" : "data.validation";
+    const auto missing = saved.not_found.find(key);
+    KEEL_CHECK(missing == saved.not_found.end(),
+               "cannot find the run's {} {}; give the validation data with --data PATH", key,
+               missing->second);
+  }
   const auto val = runtime::open_validation(data, saved.tokenizer, saved.config.model.vocab_size);
   KEEL_CHECK(val,
              "the run of {} has no validation data (data.validation is '{}'); give some with "

@@ -2,6 +2,7 @@
 // line on stderr and a non-zero exit code.
 #include <cstring>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,7 @@
 #include "runtime/config.h"
 #include "runtime/memory_fit.h"
 #include "runtime/memory_report.h"
+#include "runtime/run_lock.h"
 #include "runtime/trainer.h"
 
 namespace {
@@ -40,7 +42,9 @@ constexpr const char* kTrainUsage =
 Trains the model that CONFIG.yaml describes and writes <training.output_dir>/metrics.jsonl (one
 JSON object per logged step), config.yaml (the resolved config) and model.safetensors. With
 training.save_steps, checkpoints go to <training.output_dir>/checkpoints; a run whose output_dir
-holds one resumes from its latest (training.resume_from_checkpoint: auto).
+holds one resumes from its latest (training.resume_from_checkpoint: auto). One run at a time per
+output_dir: a run holds <training.output_dir>/.keel.lock, and a second one there is refused,
+naming the first (pid, host, start).
 
 options:
   --resume CKPT             resume from this checkpoint (a step_* directory, a checkpoints
@@ -83,22 +87,42 @@ struct UsageError {
   std::string message;
 };
 
-// Trains on every rank of the job. Rank 0 prints and writes the run's files; a failure on any
-// rank ends the whole job (MPI_Abort) so no rank waits forever in a collective.
+// Trains on every rank of the job. Rank 0 prints and writes the run's files, and holds the lock
+// of training.output_dir (runtime/run_lock.h) while it trains. A mistake that every rank finds
+// before training (the config, the output directory) is printed once and every rank exits 1; a
+// failure after that ends the whole job (MPI_Abort), since the other ranks may be waiting in a
+// collective.
 int train(const std::string& path, const std::vector<std::string>& overrides, int* argc,
           char*** argv) {
   std::unique_ptr<keel::launcher::World> world = keel::launcher::open_world(argc, argv);
   keel::parallel::Communicator& comm = world->comm();
   try {
-    const keel::runtime::Config config = keel::runtime::load_config(path, overrides);
-    keel::parallel::ProcessGrid grid(
-        comm, keel::parallel::GridLayout::for_world(
-                  comm.size(), static_cast<int>(config.parallel.tensor_model_parallel_size),
-                  static_cast<int>(config.parallel.pipeline_model_parallel_size),
-                  static_cast<int>(config.parallel.expert_model_parallel_size)));
+    keel::runtime::Config config;
+    keel::parallel::GridLayout layout({});
+    std::optional<keel::runtime::RunLock> lock;
+    keel::launcher::agree(comm, [&] {
+      config = keel::runtime::load_config(path, overrides);
+      layout = keel::parallel::GridLayout::for_world(
+          comm.size(), static_cast<int>(config.parallel.tensor_model_parallel_size),
+          static_cast<int>(config.parallel.pipeline_model_parallel_size),
+          static_cast<int>(config.parallel.expert_model_parallel_size));
+      // Rank 0 alone: the others may run on other hosts, beside another copy of the directory.
+      if (comm.rank() == 0)
+        lock.emplace(config.training.output_dir,
+                     keel::runtime::RunLockUse{"being trained", "training.output_dir",
+                                               "set training.output_dir to another directory"});
+    });
+    keel::parallel::ProcessGrid grid(comm, layout);
     std::ostream quiet(nullptr);
     keel::runtime::Trainer trainer(config, comm.rank() == 0 ? std::cout : quiet, grid);
     trainer.run();
+  } catch (const keel::launcher::AgreedError& e) {
+    if (comm.rank() == e.reporter())
+      std::cerr << "keel: error: "
+                << (e.reporter() > 0 ? keel::format("rank {} of {}: ", e.reporter(), comm.size())
+                                     : "")
+                << e.what() << "\n";
+    return 1;
   } catch (const std::exception& e) {
     // Caught here, inside the MPI session: one rank alone reports and exits cleanly; with several
     // the job is ended, since the others may be waiting in a collective.

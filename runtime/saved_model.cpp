@@ -1,5 +1,6 @@
 #include "runtime/saved_model.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "kernels/error.h"
@@ -13,18 +14,76 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The tokenizer asked for, the run's own copy in run_dir, or the config's data.tokenizer.
+// The tokenizer asked for, the run's own copy in run_dir, or the config's data.tokenizer (or the
+// one beside data.train); not_found: the config's paths that locate_data found nowhere.
 ResolvedTokenizer saved_tokenizer(const std::string& asked, const fs::path& run_dir,
-                                  const Config& config, const std::string& what) {
+                                  const Config& config, const std::string& what,
+                                  const std::map<std::string, std::string>& not_found) {
   if (!asked.empty()) return {load_tokenizer(asked), asked};
   const fs::path own = run_dir / "tokenizer.json";
   if (fs::exists(own)) return {read_tokenizer_json(own.string()), own.string()};
   try {
     return resolve_tokenizer(config.data.tokenizer, config.data.train);
   } catch (const Error& e) {
-    KEEL_FAIL("cannot find the tokenizer of {} ({}); give it with --tokenizer PATH", what,
-              e.what());
+    std::string where;
+    for (const char* key : {"data.tokenizer", "data.train"})
+      if (not_found.count(key)) where += format("; {} {}", key, not_found.at(key));
+    KEEL_FAIL("cannot find the tokenizer of {} ({}{}); give it with --tokenizer PATH", what,
+              e.what(), where);
   }
+}
+
+// Where the relative data paths of a run in run_dir may be relative to, in the order tried.
+std::vector<fs::path> data_bases(const fs::path& run_dir, const Config& config) {
+  std::vector<fs::path> bases = {fs::current_path()};
+  fs::path run = fs::absolute(run_dir).lexically_normal();
+  if (run.filename().empty()) run = run.parent_path();  // "runs/x/"
+  const fs::path out = fs::path(config.training.output_dir).lexically_normal();
+  if (out.is_relative()) {
+    // The training run's working directory: the run directory less output_dir's components.
+    fs::path base = run;
+    std::vector<fs::path> parts(out.begin(), out.end());
+    bool matches = true;
+    for (auto it = parts.rbegin(); it != parts.rend() && matches; ++it) {
+      if (it->empty()) continue;
+      matches = base.filename() == *it;
+      base = base.parent_path();
+    }
+    if (matches) bases.push_back(base);
+  }
+  for (fs::path p = run.parent_path(); !p.empty(); p = p.parent_path()) {
+    bases.push_back(p);
+    if (p == p.root_path()) break;
+  }
+  std::vector<fs::path> unique;
+  for (const fs::path& b : bases)
+    if (std::find(unique.begin(), unique.end(), b) == unique.end()) unique.push_back(b);
+  return unique;
+}
+
+// Makes the config's data paths readable from this working directory (open_saved_model).
+void locate_data(Config& config, const fs::path& run_dir,
+                 std::map<std::string, std::string>& not_found) {
+  const std::vector<fs::path> bases = data_bases(run_dir, config);
+  auto locate = [&](const char* key, std::string& value) {
+    if (value.empty() || value == "auto" || value == "none" || value == "bytes") return;
+    const fs::path given(value);
+    if (fs::exists(given)) return;
+    std::string looked = given.is_absolute() ? "as given" : "";
+    if (given.is_relative()) {
+      for (const fs::path& base : bases) {
+        if (fs::exists(base / given)) {
+          value = (base / given).string();
+          return;
+        }
+        looked += (looked.empty() ? "" : ", ") + base.string();
+      }
+    }
+    not_found[key] = format("'{}' (looked in {})", value, looked);
+  };
+  locate("data.train", config.data.train);
+  locate("data.validation", config.data.validation);
+  locate("data.tokenizer", config.data.tokenizer);
 }
 
 }  // namespace
@@ -56,12 +115,14 @@ SavedModel open_saved_model(const std::string& spec, const std::string& tokenize
     what = "the final weights of " + spec;
     run_dir = spec;
   }
-  ResolvedTokenizer t = saved_tokenizer(tokenizer, run_dir, config, what);
+  std::map<std::string, std::string> not_found;
+  locate_data(config, run_dir, not_found);
+  ResolvedTokenizer t = saved_tokenizer(tokenizer, run_dir, config, what, not_found);
   KEEL_CHECK(t.tokenizer.vocab_size() <= config.model.vocab_size,
              "the tokenizer ({}) has {} tokens, more than the model's vocabulary of {}", t.path,
              t.tokenizer.vocab_size(), config.model.vocab_size);
   return {std::move(what),   std::move(checkpoint),  std::move(weights), std::move(info),
-          std::move(config), std::move(t.tokenizer), std::move(t.path)};
+          std::move(config), std::move(t.tokenizer), std::move(t.path),  std::move(not_found)};
 }
 
 void read_parameters(const SavedModel& saved, const std::vector<StatePiece>& pieces) {

@@ -3,6 +3,7 @@
 // model.safetensors a run writes at its end.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -21,12 +22,21 @@ struct SavedModel {
   Config config;           // the config the model was trained with
   Tokenizer tokenizer;
   std::string tokenizer_path;  // where the tokenizer came from, for messages
+  // The config's data paths that were found nowhere (see open_saved_model), by key
+  // ("data.validation"), as "'val.txt' (looked in /here, /runs/..., ...)" for messages.
+  std::map<std::string, std::string> not_found;
 };
 
 // spec: a checkpoint directory, a run's checkpoints/ (its latest), or a run directory: its latest
 // checkpoint, else the model.safetensors and config.yaml it wrote at its end. tokenizer: a
 // tokenizer.json or "bytes", or "" for the run's own (<run>/tokenizer.json, else the config's
 // data.tokenizer). The tokenizer must fit the model's vocabulary.
+// The config's relative data paths (data.train, data.validation, data.tokenizer) are relative to
+// the directory the run was trained from; from another working directory each is looked for as
+// given, then in that training directory (the run directory less its relative
+// training.output_dir), then in each directory above the run directory (a run moved with its
+// data), and replaced by the first that exists. Those found nowhere stay as they are, listed in
+// not_found.
 SavedModel open_saved_model(const std::string& spec, const std::string& tokenizer = "");
 
 // Fills whole parameters (pieces covering their tensors) from the saved model. Errors name the

@@ -238,6 +238,20 @@ void Trainer::restore(const std::string& dir, const CheckpointInfo& info, const 
        << (info.data_parallel_size > 1 ? "s" : "") << ", ZeRO " << info.zero_stage << ")\n";
   for (const std::string& c : config_differences(saved, config_))
     note << "keel:   changed since: " << c << "\n";
+  // The data-parallel size is no config key, yet it scales the global batch, which the learning
+  // rate and the data order's position are tuned to.
+  const TrainingConfig &was = saved.training, &now = config_.training;
+  const int64_t batch_before =
+      was.per_device_train_batch_size * was.gradient_accumulation_steps * info.data_parallel_size;
+  const int64_t batch_after =
+      now.per_device_train_batch_size * now.gradient_accumulation_steps * grid_.dp().size();
+  if (batch_before != batch_after)
+    note << "keel:   changed since: global batch (per_device_train_batch_size x "
+            "gradient_accumulation_steps x data-parallel ranks): "
+         << was.per_device_train_batch_size << " x " << was.gradient_accumulation_steps << " x "
+         << info.data_parallel_size << " = " << batch_before << " -> "
+         << now.per_device_train_batch_size << " x " << now.gradient_accumulation_steps << " x "
+         << grid_.dp().size() << " = " << batch_after << " sequences\n";
   console_ << note.str();
   plan_text_ += note.str();
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs keel's build dependencies from Debian packages and builds keel into build/.
-#   bash scripts/setup.sh          # install packages, configure, build
+# Installs keel's build dependencies from Debian packages and builds the keel program into
+# build/ (configured by scripts/configure.sh; scripts/test.sh builds the tests on top of it).
+#   bash scripts/setup.sh          # install packages, configure, build build/keel
 #   bash scripts/setup.sh --deps   # install packages only
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 [ "${1:-}" = "--deps" ] && exit 0
 
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release ${KEEL_CMAKE_ARGS:-} >/dev/null
-ninja -C build
+bash scripts/configure.sh
+ninja -C build keel
 echo "keel setup: built build/keel"

@@ -75,5 +75,64 @@ TEST_F(Cli, ExportImportExportGivesTheSameFiles) {
   EXPECT_NE(r.out.find("config.json: model_type is 'mistral'"), std::string::npos) << r.out;
 }
 
+// Neither command writes over what is there unless told to: an import into a run directory
+// would replace its config and move its latest checkpoint to step 0.
+TEST_F(Cli, ImportAndExportRefuseToOverwrite) {
+  const std::string cfg = write("c.yaml", kParallelModel);
+  const std::string hf = (dir_ / "hf").string(), run_dir = out_dir();
+  Result r = train(1, cfg,
+                   " --set training.max_steps=2 --set training.save_steps=2"
+                   " --set training.output_dir=" +
+                       run_dir);
+  ASSERT_EQ(r.code, 0) << r.out;
+  ASSERT_EQ(run("export --format hf " + run_dir + " " + hf).code, 0);
+  const std::string weights = file_bytes(hf + "/model.safetensors");
+  std::ofstream(hf + "/model.safetensors") << "stale";
+  r = run("export --format hf " + run_dir + " " + hf);
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find(hf + " is not empty (it holds config.json, generation_config.json, "
+                            "model.safetensors, special_tokens_map.json, ... (6 entries)); "
+                            "export into a new or empty directory, or add --force"),
+            std::string::npos)
+      << r.out;
+  EXPECT_TRUE(file_bytes(hf + "/model.safetensors") == "stale");
+  r = run("export --format hf " + run_dir + " " + hf + " --force");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(file_bytes(hf + "/model.safetensors") == weights);
+
+  const std::string config = file_bytes(run_dir + "/config.yaml");
+  const std::string data = " --set data.train=data/kjv.txt.gz --set data.seq_length=48";
+  r = run("import " + hf + " --out " + run_dir + data);
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("--out " + run_dir +
+                       " is a run directory (it holds checkpoints/, "
+                       "config.yaml, logs/, loss.svg, ... ("),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("; latest checkpoint: step_00000002); importing would replace its "
+                       "config.yaml and make step 0 its latest checkpoint; give a new or empty "
+                       "--out, or add --force to import over it"),
+            std::string::npos)
+      << r.out;
+  EXPECT_EQ(file_bytes(run_dir + "/config.yaml"), config);
+  EXPECT_EQ(file_bytes(run_dir + "/checkpoints/latest").rfind("step_00000002", 0), 0u);
+  EXPECT_FALSE(fs::exists(run_dir + "/.keel.lock"));
+
+  const std::string other = (dir_ / "other").string();
+  fs::create_directories(other);
+  std::ofstream(other + "/notes.txt") << "mine\n";
+  r = run("import " + hf + " --out " + other + data);
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("--out " + other +
+                       " is not empty (it holds notes.txt); give a new or "
+                       "empty --out, or add --force to import into it"),
+            std::string::npos)
+      << r.out;
+
+  r = run("import " + hf + " --out " + run_dir + data + " --force");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(file_bytes(run_dir + "/checkpoints/latest").rfind("step_00000000", 0), 0u);
+}
+
 }  // namespace
 }  // namespace keel::test
