@@ -11,6 +11,7 @@
 #include "launcher/launch.h"
 #include "launcher/prepare.h"
 #include "launcher/world.h"
+#include "parallel/agree.h"
 #include "runtime/config.h"
 #include "runtime/memory_fit.h"
 #include "runtime/memory_report.h"
@@ -100,7 +101,7 @@ int train(const std::string& path, const std::vector<std::string>& overrides, in
     keel::runtime::Config config;
     keel::parallel::GridLayout layout({});
     std::optional<keel::runtime::RunLock> lock;
-    keel::launcher::agree(comm, [&] {
+    keel::parallel::agree(comm, [&] {
       config = keel::runtime::load_config(path, overrides);
       layout = keel::parallel::GridLayout::for_world(
           comm.size(), static_cast<int>(config.parallel.tensor_model_parallel_size),
@@ -116,7 +117,7 @@ int train(const std::string& path, const std::vector<std::string>& overrides, in
     std::ostream quiet(nullptr);
     keel::runtime::Trainer trainer(config, comm.rank() == 0 ? std::cout : quiet, grid);
     trainer.run();
-  } catch (const keel::launcher::AgreedError& e) {
+  } catch (const keel::parallel::AgreedError& e) {
     if (comm.rank() == e.reporter())
       std::cerr << "keel: error: "
                 << (e.reporter() > 0 ? keel::format("rank {} of {}: ", e.reporter(), comm.size())

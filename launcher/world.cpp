@@ -45,23 +45,6 @@ class MpiWorld final : public World {
 
 }  // namespace
 
-void agree(parallel::Communicator& comm, const std::function<void()>& f) {
-  std::string error;
-  bool failed = false;
-  try {
-    f();
-  } catch (const std::exception& e) {
-    error = e.what();
-    failed = true;
-  }
-  // The lowest failing rank r as size - r, the largest over ranks; 0 where none failed.
-  std::vector<int64_t> lowest = {failed ? comm.size() - comm.rank() : 0};
-  if (comm.size() > 1) comm.all_reduce(parallel::host_view(lowest), parallel::ReduceOp::kMax);
-  if (lowest[0] == 0) return;
-  const int reporter = comm.size() - static_cast<int>(lowest[0]);
-  throw AgreedError(reporter, reporter == comm.rank() ? error : "");
-}
-
 #if KEEL_HAS_MPI
 std::unique_ptr<World> open_world(int* argc, char*** argv) {
   return std::make_unique<MpiWorld>(argc, argv);

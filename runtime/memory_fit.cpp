@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "kernels/error.h"
+#include "parallel/agree.h"
 
 namespace keel::runtime {
 
@@ -218,7 +219,8 @@ void admit_memory(const Config& config, parallel::Communicator& world, int dp,
   refusal.resize(static_cast<size_t>(length));
   world.broadcast(parallel::host_view(reinterpret_cast<uint8_t*>(refusal.data()), refusal.size()),
                   root);
-  KEEL_FAIL("{}", refusal);
+  // Every rank knows the refusal now: rank 0 says it, and no rank aborts the others.
+  throw parallel::AgreedError(0, refusal);
 }
 
 }  // namespace keel::runtime

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "kernels/elementwise.h"
+#include "parallel/agree.h"
 #include "runtime/trainer.h"
 
 namespace keel::runtime {
@@ -120,14 +121,15 @@ void Trainer::handle_rejected(StepStats s, int64_t batch, bool undoable, Metrics
   line << "keel: step " << s.step << ": " << s.rejected << "; ";
   if (action == "stop") {
     if (log) log->write(s, action);
-    // Every rank stops here alike; the line is written before any rank's error can end the job.
+    // Every rank stops here alike (the verdict is the same everywhere), after the line is
+    // written: one message, from rank 0, and no rank aborts the others.
     grid_.world().barrier();
-    KEEL_FAIL(
-        "step {}: {}; the weights were not updated from it{}. The last good checkpoint is {}. "
-        "Lower training.learning_rate or training.max_grad_norm and resume from it "
-        "(--resume {}), or set training.on_nonfinite to skip_step or rollback",
-        s.step, s.rejected, why_stop, good.empty() ? "none (training.save_steps)" : good,
-        good.empty() ? "none" : good);
+    throw parallel::AgreedError(
+        0, format("step {}: {}; the weights were not updated from it{}. The last good checkpoint "
+                  "is {}. Lower training.learning_rate or training.max_grad_norm and resume from "
+                  "it (--resume {}), or set training.on_nonfinite to skip_step or rollback",
+                  s.step, s.rejected, why_stop, good.empty() ? "none (training.save_steps)" : good,
+                  good.empty() ? "none" : good));
   }
   if (action == "skip_step") {
     if (log) log->write(s, action);
