@@ -55,3 +55,35 @@ TEST_F(Cli, DivergedRunStopsAndKeepsTheGoodCheckpoint) {
 }
 
 }  // namespace
+
+namespace {
+
+// Every step diverges (learning rate 1e30 from the checkpoint on): on 2 ranks under ZeRO 2, each
+// rejected step rolls both ranks back to step 4 together, passing over one more batch each time,
+// until training.max_skipped_steps; then one error, said once.
+TEST_F(Cli, RollbackOnEveryRankUntilMaxSkippedSteps) {
+  if (!have_mpi()) GTEST_SKIP() << "no mpirun in this build";
+  const std::string cfg = write("m.yaml", kParallelModel);
+  const std::string sets = " --set training.output_dir=" + out_dir() +
+                           " --set training.save_steps=4 --set parallel.zero_stage=2";
+  Result r = train(2, cfg, sets + " --set training.max_steps=4");
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = train(2, cfg,
+            sets + " --set training.max_steps=10 --set training.learning_rate=1e30" +
+                " --set training.on_nonfinite=rollback --set training.max_skipped_steps=2");
+  EXPECT_NE(r.code, 0) << r.out;
+  size_t rollbacks = 0;
+  for (size_t at = r.out.find("rolled back to"); at != std::string::npos;
+       at = r.out.find("rolled back to", at + 1))
+    ++rollbacks;
+  EXPECT_EQ(rollbacks, 2u) << r.out;
+  // Each rollback passes over the batch that diverged: the second diverges one batch later.
+  EXPECT_NE(r.out.find("passes over the batch at sample 40"), std::string::npos) << r.out;
+  const std::string said = "keel: error: step 6: ";
+  EXPECT_NE(r.out.find(said), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find(said), r.out.rfind(said)) << r.out;
+  EXPECT_NE(r.out.find("more than training.max_skipped_steps 2"), std::string::npos) << r.out;
+  EXPECT_EQ(file_bytes(out_dir() + "/checkpoints/latest"), "step_00000004\n");
+}
+
+}  // namespace
