@@ -5,7 +5,7 @@
 #include <array>
 #include <cstring>
 
-#if defined(__SSE4_2__)
+#if defined(__SSE4_2__) && defined(__x86_64__)
 #include <nmmintrin.h>
 #endif
 
@@ -51,7 +51,7 @@ uint32_t crc32c_portable(const void* data, size_t n, uint32_t crc) {
   return ~crc;
 }
 
-#if defined(__SSE4_2__)
+#if defined(__SSE4_2__) && defined(__x86_64__)
 
 namespace {
 

@@ -119,6 +119,9 @@ int64_t dequantize_overlap(const StateFile& file, const StoredPiece& from, const
 // The state files of a checkpoint, each checked against meta.json's record of it (version 2).
 std::vector<std::unique_ptr<StateFile>> open_state_files(const std::string& dir,
                                                          const CheckpointInfo& info) {
+  KEEL_CHECK(info.sums.empty() || info.sums.size() == info.files.size(),
+             "checkpoint {}: {} state files but {} checksums of them", dir, info.files.size(),
+             info.sums.size());
   std::vector<std::unique_ptr<StateFile>> files;
   const std::string fix = damaged_fix(dir);
   for (size_t i = 0; i < info.files.size(); ++i) {

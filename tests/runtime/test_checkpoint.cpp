@@ -197,6 +197,7 @@ TEST_F(CheckpointTest, BadCheckpointsAreClearErrors) {
   }
   // meta.json not listing it: values uncovered.
   info.files = {state_file_name(0)};
+  info.sums.resize(1);
   try {
     read_state(dir_, info, into.pieces(0));
     ADD_FAILURE() << "values no file holds must fail";
