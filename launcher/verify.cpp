@@ -71,7 +71,8 @@ int run_verify(const std::vector<std::string>& args) {
     return 0;
   }
   KEEL_CHECK(cl.positional().size() == 1, "usage: keel verify CKPT [--all] (keel verify --help)");
-  const std::string& spec = cl.positional()[0];
+  std::string spec = cl.positional()[0];
+  while (spec.size() > 1 && spec.back() == '/') spec.pop_back();  // "step_N/" names step_N
   if (!cl.has("--all")) {
     KEEL_CHECK(runtime::holds_checkpoint(spec),
                "keel verify: {} holds no checkpoint (give a step_N directory with meta.json, a "

@@ -91,14 +91,14 @@ bool parse_crc_hex(const std::string& text, uint32_t* crc) {
 std::string damaged_fix(const std::string& checkpoint_dir) {
   fs::path dir(checkpoint_dir);
   if (dir.filename().empty()) dir = dir.parent_path();
-  const std::string root = dir.parent_path().string(), name = dir.filename().string();
+  const std::string name = dir.filename().string();
+  const std::string root = dir.has_parent_path() ? dir.parent_path().string() : ".";
   std::string earlier;
   if (name.starts_with("step_"))
-    for (const std::string& s : CheckpointStore(root.empty() ? "." : root).list())
+    for (const std::string& s : CheckpointStore(root).list())
       if (s < name) earlier = s;
   if (earlier.empty())
-    return "; " + (root.empty() ? std::string(".") : root) +
-           " holds no earlier checkpoint: start afresh (--resume none)";
+    return "; " + root + " holds no earlier checkpoint: start afresh (--resume none)";
   return "; use an earlier checkpoint instead (to resume training: --resume " + root + "/" +
          earlier + ", the newest before it; 'keel verify --all " + root + "' checks every one)";
 }
