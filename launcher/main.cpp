@@ -10,6 +10,7 @@
 #include "launcher/inference_commands.h"
 #include "launcher/launch.h"
 #include "launcher/prepare.h"
+#include "launcher/verify.h"
 #include "launcher/world.h"
 #include "parallel/agree.h"
 #include "runtime/config.h"
@@ -33,6 +34,7 @@ commands:
   import HF_DIR --out DIR --set data.train=PATH     start a run from a Hugging Face LLaMA
   generate CKPT --prompt TEXT                       continue a text with a checkpoint's model
   eval CKPT [--data PATH]                           validation loss and perplexity
+  verify CKPT [--all]                               check a checkpoint's checksums, train nothing
 
 Run 'keel <command> --help' for a command's options. Config keys: docs/CONFIG.md.
 )";
@@ -256,8 +258,10 @@ int main(int argc, char** argv) {
     if (command == "import") return keel::launcher::run_import(rest);
     if (command == "generate") return keel::launcher::run_generate(rest);
     if (command == "eval") return keel::launcher::run_eval(rest);
-    throw UsageError{"unknown command '" + command +
-                     "'; commands: prepare, train, launch, plan, export, import, generate, eval"};
+    if (command == "verify") return keel::launcher::run_verify(rest);
+    throw UsageError{
+        "unknown command '" + command +
+        "'; commands: prepare, train, launch, plan, export, import, generate, eval, verify"};
   } catch (const UsageError& e) {
     std::cerr << "keel: error: " << e.message << "\n(run 'keel --help' for usage)\n";
     return 2;

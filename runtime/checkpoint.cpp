@@ -1,21 +1,20 @@
 #include "runtime/checkpoint.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "kernels/error.h"
+#include "kernels/hash.h"
 #include "runtime/durable_file.h"
 #include "runtime/safetensors.h"
+#include "runtime/state_file.h"
 
 namespace keel::runtime {
 namespace fs = std::filesystem;
@@ -23,11 +22,9 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kFormat = "keel-checkpoint";
-constexpr int kVersion = 1;
 constexpr const char* kInfoFile = "meta.json";
 constexpr const char* kLatest = "latest";
 constexpr const char* kOptimizerPrefix = "optimizer.";
-constexpr const char* kStateFormatKey = "keel_state";  // marks a state file in its metadata
 
 std::string errno_text() { return std::strerror(errno); }
 
@@ -48,67 +45,9 @@ int64_t step_of(const std::string& name) {
   return step;
 }
 
-std::string rect_text(const parallel::ShardRect& r) {
-  return std::to_string(r.row0) + " " + std::to_string(r.col0) + " " + std::to_string(r.rows) +
-         " " + std::to_string(r.cols);
-}
-
-// A state file: its parsed header (the data is read with pread, so that only the bytes a rank
-// needs are read, straight into its buffers, without faulting in the mapping's pages).
-struct StateFile {
-  explicit StateFile(const std::string& path) : header(path), fd(::open(path.c_str(), O_RDONLY)) {
-    KEEL_CHECK(fd >= 0, "cannot open {}: {}", path, errno_text());
-  }
-  ~StateFile() { ::close(fd); }
-  StateFile(const StateFile&) = delete;
-  StateFile& operator=(const StateFile&) = delete;
-  SafeTensorsReader header;
-  int fd;
-};
-
-// One state file's tensor: its rectangle, where its stored elements start in the file, and their
-// size (F32 or U8).
-struct StoredPiece {
-  parallel::ShardRect rect;
-  size_t offset;
-  size_t elem_size;
-  int64_t elems;  // stored, rect.ld per row
-};
-
-StoredPiece stored_piece(const SafeTensorsReader& file, const std::string& name) {
-  const Tensor t = file.get(name);
-  const auto meta = file.metadata().find(name);
-  KEEL_CHECK(meta != file.metadata().end(), "{}: tensor '{}' has no rectangle in the metadata",
-             file.path(), name);
-  KEEL_CHECK((t.dtype() == DType::F32 || t.dtype() == DType::U8) && t.shape().rank() == 2,
-             "{}: tensor '{}' must be a 2-D F32 or U8 array, got {} {}", file.path(), name,
-             dtype_name(t.dtype()), t.shape().str());
-  parallel::ShardRect r;
-  std::istringstream in(meta->second);
-  in >> r.row0 >> r.col0 >> r.rows >> r.cols;
-  r.ld = t.shape()[1];
-  KEEL_CHECK(!in.fail() && r.row0 >= 0 && r.col0 >= 0 && r.rows >= 0 && r.cols >= 0 &&
-                 r.rows <= t.shape()[0] && r.cols <= r.ld,
-             "{}: the rectangle '{}' of tensor '{}' does not fit its stored {}x{} floats",
-             file.path(), meta->second, name, t.shape()[0], r.ld);
-  return {r, file.file_offset(name), dtype_size(t.dtype()), t.numel()};
-}
-
-void read_exactly(const StateFile& file, size_t offset, char* dst, size_t n) {
-  char* p = dst;
-  while (n > 0) {
-    const ssize_t got = ::pread(file.fd, p, n, static_cast<off_t>(offset));
-    if (got < 0 && errno == EINTR) continue;
-    KEEL_CHECK(got > 0, "cannot read {}: {}", file.header.path(),
-               got < 0 ? errno_text() : std::string("the file ends early"));
-    p += got;
-    offset += static_cast<size_t>(got);
-    n -= static_cast<size_t>(got);
-  }
-}
-
 // Reads the overlap of a stored rectangle into a piece; returns the elements copied. When whole
-// rows of the same width overlap, they are contiguous on both sides and read in one call.
+// rows of the same width overlap, they are contiguous on both sides and read in one call. The
+// stored tensor is verified against its checksum first, or, when the read is all of it, after.
 int64_t copy_overlap(const StateFile& file, const StoredPiece& from, const StatePiece& to) {
   const size_t e = from.elem_size;
   const parallel::ShardRect& a = from.rect;
@@ -123,11 +62,16 @@ int64_t copy_overlap(const StateFile& file, const StoredPiece& from, const State
               static_cast<size_t>((r0 - b.row0) * b.ld + (c0 - b.col0)) * e;
   const size_t row_bytes = static_cast<size_t>(b.ld) * e;
   if (c1 - c0 == a.ld && a.ld == b.ld) {
-    read_exactly(file, src_at(r0), dst, static_cast<size_t>((r1 - r0) * a.ld) * e);
+    const size_t at = src_at(r0), n = static_cast<size_t>((r1 - r0) * a.ld) * e;
+    const bool whole = at == from.offset && n == from.bytes();
+    if (!whole) file.verify(from);
+    file.read(at, dst, n);
+    if (whole) file.verify_bytes(from, dst);
   } else {
+    file.verify(from);
     for (int64_t r = r0; r < r1; ++r)
-      read_exactly(file, src_at(r), dst + static_cast<size_t>(r - r0) * row_bytes,
-                   static_cast<size_t>(c1 - c0) * e);
+      file.read(src_at(r), dst + static_cast<size_t>(r - r0) * row_bytes,
+                static_cast<size_t>(c1 - c0) * e);
   }
   return (r1 - r0) * (c1 - c0);
 }
@@ -141,24 +85,24 @@ int64_t dequantize_overlap(const StateFile& file, const StoredPiece& from, const
   const int64_t r0 = std::max(a.row0, b.row0), r1 = std::min(a.row0 + a.rows, b.row0 + b.rows);
   const int64_t c0 = std::max(a.col0, b.col0), c1 = std::min(a.col0 + a.cols, b.col0 + b.cols);
   if (r0 >= r1 || c0 >= c1) return 0;
-  KEEL_CHECK(file.header.contains(q.absmax),
+  KEEL_CHECK(file.header().contains(q.absmax),
              "{} holds '{}' as 8-bit codes but not their scales '{}'; the file is damaged",
-             file.header.path(), to.name, q.absmax);
-  const StoredPiece scale = stored_piece(file.header, q.absmax);
-  KEEL_CHECK(scale.elem_size == sizeof(float), "{}: '{}' must be F32", file.header.path(),
-             q.absmax);
+             file.path(), to.name, q.absmax);
+  const StoredPiece scale = file.piece(q.absmax);
+  KEEL_CHECK(scale.elem_size == sizeof(float), "{}: '{}' must be F32", file.path(), q.absmax);
   const int64_t last = (r1 - 1 - a.row0) * a.ld + (c1 - 1 - a.col0);
   KEEL_CHECK(last / q.block_size < scale.elems,
              "{}: '{}' has {} blocks of {} codes, too few for '{}' ({} codes); was it saved with "
              "another optimizer.block_size?",
-             file.header.path(), q.absmax, scale.elems, q.block_size, to.name, from.elems);
+             file.path(), q.absmax, scale.elems, q.block_size, to.name, from.elems);
   std::vector<float> absmax(static_cast<size_t>(scale.elems));
-  read_exactly(file, scale.offset, reinterpret_cast<char*>(absmax.data()),
-               absmax.size() * sizeof(float));
+  file.read(scale.offset, reinterpret_cast<char*>(absmax.data()), absmax.size() * sizeof(float));
+  file.verify_bytes(scale, absmax.data());
+  file.verify(from);
   // Whole stored rows r0..r1 are contiguous in the file: one read.
   std::vector<uint8_t> codes(static_cast<size_t>((r1 - r0) * a.ld));
-  read_exactly(file, from.offset + static_cast<size_t>((r0 - a.row0) * a.ld),
-               reinterpret_cast<char*>(codes.data()), codes.size());
+  file.read(from.offset + static_cast<size_t>((r0 - a.row0) * a.ld),
+            reinterpret_cast<char*>(codes.data()), codes.size());
   const std::array<float, 256>& map = *q.map;
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* code = codes.data() + (r - r0) * a.ld;
@@ -172,18 +116,23 @@ int64_t dequantize_overlap(const StateFile& file, const StoredPiece& from, const
   return (r1 - r0) * (c1 - c0);
 }
 
+// The state files of a checkpoint, each checked against meta.json's record of it (version 2).
 std::vector<std::unique_ptr<StateFile>> open_state_files(const std::string& dir,
                                                          const CheckpointInfo& info) {
+  KEEL_CHECK(info.sums.empty() || info.sums.size() == info.files.size(),
+             "checkpoint {}: {} state files but {} checksums of them", dir, info.files.size(),
+             info.sums.size());
   std::vector<std::unique_ptr<StateFile>> files;
-  for (const std::string& name : info.files) {
+  const std::string fix = damaged_fix(dir);
+  for (size_t i = 0; i < info.files.size(); ++i) {
+    const std::string& name = info.files[i];
     const std::string path = dir + "/" + name;
     KEEL_CHECK(fs::exists(path),
                "checkpoint {} is missing {} (it was written by {} ranks, each with its own file); "
                "the directory is incomplete or was copied only in part",
                dir, name, info.files.size());
-    files.push_back(std::make_unique<StateFile>(path));
-    KEEL_CHECK(files.back()->header.metadata().count(kStateFormatKey),
-               "{} is not a keel state file (no '{}' in its metadata)", path, kStateFormatKey);
+    files.push_back(
+        std::make_unique<StateFile>(path, info.sums.empty() ? nullptr : &info.sums[i], fix));
   }
   return files;
 }
@@ -207,8 +156,8 @@ void read_piece(const std::vector<std::unique_ptr<StateFile>>& files, const std:
   int64_t covered = 0;
   std::vector<parallel::ShardRect> read;
   for (const auto& file : files) {
-    if (!file->header.contains(p.name)) continue;
-    const StoredPiece stored = stored_piece(file->header, p.name);
+    if (!file->header().contains(p.name)) continue;
+    const StoredPiece stored = file->piece(p.name);
     const parallel::ShardRect& r = stored.rect;
     if (std::any_of(read.begin(), read.end(), [&](const parallel::ShardRect& x) {
           return x.row0 == r.row0 && x.col0 == r.col0 && x.rows == r.rows && x.cols == r.cols;
@@ -235,18 +184,6 @@ std::string state_file_name(int rank) {
   char name[40];
   std::snprintf(name, sizeof name, "rank_%05d.safetensors", rank);
   return name;
-}
-
-void write_state_file(const std::string& path, const std::vector<StatePiece>& pieces) {
-  std::vector<std::pair<std::string, Tensor>> tensors;
-  std::map<std::string, std::string> metadata = {{kStateFormatKey, std::to_string(kVersion)}};
-  for (const StatePiece& p : pieces) {
-    KEEL_CHECK(p.rect.ld > 0 && p.elems % p.rect.ld == 0,
-               "state '{}': {} floats do not make rows of {}", p.name, p.elems, p.rect.ld);
-    tensors.emplace_back(p.name, Tensor(p.storage(), p.dtype(), {p.elems / p.rect.ld, p.rect.ld}));
-    metadata[p.name] = rect_text(p.rect);
-  }
-  write_safetensors(path, tensors, metadata);
 }
 
 struct StateReader::Files {
@@ -287,10 +224,18 @@ void read_state(const std::string& dir, const CheckpointInfo& info,
   StateReader(dir, info).read(pieces);
 }
 
+// meta.json's first line after "{" holds the CRC-32C of every other byte of the file, so that
+// any change to it, even one JSON would read the same, is found; the line is spliced into the
+// JSON text rather than hashed as a field, so no canonical form of the JSON is needed.
+constexpr std::string_view kChecksumLine = " \"checksum\": \"crc32c:";
+
 void write_checkpoint_info(const std::string& dir, const CheckpointInfo& info) {
+  KEEL_CHECK(info.sums.size() == info.files.size(),
+             "write_checkpoint_info: {} state files but {} checksums", info.files.size(),
+             info.sums.size());
   nlohmann::json j;
   j["format"] = kFormat;
-  j["version"] = kVersion;
+  j["version"] = kCheckpointVersion;
   j["step"] = info.step;
   j["samples_consumed"] = info.samples_consumed;
   j["seed"] = info.seed;
@@ -298,34 +243,63 @@ void write_checkpoint_info(const std::string& dir, const CheckpointInfo& info) {
   j["zero_stage"] = info.zero_stage;
   j["optimizer"] = info.optimizer;
   j["files"] = info.files;
+  nlohmann::json sums = nlohmann::json::object();
+  for (size_t i = 0; i < info.files.size(); ++i)
+    sums[info.files[i]] = {{"bytes", info.sums[i].bytes},
+                           {"header_crc32c", crc_hex(info.sums[i].header_crc32c)}};
+  j["file_checksums"] = sums;
   nlohmann::json shapes = nlohmann::json::object();
   for (const auto& [name, shape] : info.shapes) shapes[name] = {shape.first, shape.second};
   j["tensors"] = shapes;
   j["config"] = info.config_yaml;
-  write_text_durably(dir + "/" + kInfoFile, j.dump(1) + "\n");
+  const std::string body = j.dump(1) + "\n";  // "{\n" then one key a line
+  write_text_durably(dir + "/" + kInfoFile, "{\n" + std::string(kChecksumLine) +
+                                                crc_hex(crc32c(body)) + "\",\n" + body.substr(2));
 }
 
 CheckpointInfo read_checkpoint_info(const std::string& dir) {
+  return read_checkpoint_info(dir, damaged_fix(dir));
+}
+
+CheckpointInfo read_checkpoint_info(const std::string& dir, const std::string& fix) {
   const std::string path = dir + "/" + kInfoFile;
   std::ifstream f(path, std::ios::binary);
   KEEL_CHECK(f.good(),
              "no checkpoint at {}: {} is missing (a checkpoint directory holds {} and "
              "rank_*.safetensors files)",
              dir, kInfoFile, kInfoFile);
+  const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(f);
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
-    KEEL_FAIL("{} is not valid JSON ({}); the checkpoint is damaged", path, e.what());
+    KEEL_FAIL("{} is not valid JSON ({}); the checkpoint is damaged{}", path, e.what(), fix);
+  }
+  // The checksum, wherever there is one, before anything else of the file is believed.
+  const bool has_checksum = text.starts_with("{\n" + std::string(kChecksumLine));
+  if (has_checksum) {
+    const size_t at = 2 + kChecksumLine.size(), end = text.find('\n', 2);
+    uint32_t saved = 0;
+    KEEL_CHECK(end == at + 10 && text.compare(at + 8, 2, "\",") == 0 &&
+                   parse_crc_hex(text.substr(at, 8), &saved),
+               "{}: its checksum line is damaged; the checkpoint is damaged{}", path, fix);
+    const uint32_t got = crc32c("{\n" + text.substr(end + 1));
+    KEEL_CHECK(got == saved,
+               "{} does not match its checksum (CRC-32C {}, saved {}): it was changed or damaged "
+               "after it was written{}",
+               path, crc_hex(got), crc_hex(saved), fix);
   }
   CheckpointInfo info;
   try {
     KEEL_CHECK(j.value("format", "") == kFormat, "{} is not a keel checkpoint (format '{}')", path,
                j.value("format", ""));
-    const int version = j.at("version").get<int>();
-    KEEL_CHECK(version == kVersion,
-               "{} is a keel checkpoint of version {}; this keel reads version {}", path, version,
-               kVersion);
+    info.version = j.at("version").get<int>();
+    KEEL_CHECK(info.version == 1 || info.version == kCheckpointVersion,
+               "{} is a keel checkpoint of version {}; this keel reads versions 1 to {}", path,
+               info.version, kCheckpointVersion);
+    KEEL_CHECK(has_checksum || info.version == 1,
+               "{} has no checksum line, which version {} writes: it was edited or damaged{}", path,
+               info.version, fix);
     info.step = j.at("step").get<int64_t>();
     info.samples_consumed = j.at("samples_consumed").get<int64_t>();
     info.seed = j.at("seed").get<uint64_t>();
@@ -336,9 +310,20 @@ CheckpointInfo read_checkpoint_info(const std::string& dir) {
     for (const auto& [name, shape] : j.at("tensors").items())
       info.shapes[name] = {shape.at(0).get<int64_t>(), shape.at(1).get<int64_t>()};
     info.config_yaml = j.at("config").get<std::string>();
+    if (info.version >= 2) {
+      const nlohmann::json& sums = j.at("file_checksums");
+      for (const std::string& name : info.files) {
+        StateFileSum sum;
+        sum.bytes = sums.at(name).at("bytes").get<uint64_t>();
+        KEEL_CHECK(
+            parse_crc_hex(sums.at(name).at("header_crc32c").get<std::string>(), &sum.header_crc32c),
+            "{}: the header checksum of {} is not 8 hex digits", path, name);
+        info.sums.push_back(sum);
+      }
+    }
   } catch (const nlohmann::json::exception& e) {
-    KEEL_FAIL("{}: a field is missing or of the wrong type ({}); the checkpoint is damaged", path,
-              e.what());
+    KEEL_FAIL("{}: a field is missing or of the wrong type ({}); the checkpoint is damaged{}", path,
+              e.what(), fix);
   }
   KEEL_CHECK(info.step >= 0 && info.samples_consumed >= 0 && !info.files.empty(),
              "{}: step {}, samples {} and {} files make no checkpoint", path, info.step,

@@ -3,6 +3,9 @@
 // safetensors file per writing rank with that rank's rectangles of the training state. A directory
 // is written under a temporary name, fsynced and renamed before `latest` names it, so a crash at
 // any point leaves `latest` on a complete checkpoint; any layout reads what any other wrote.
+// Checksums make damage after the save an error, never silently wrong state: each tensor's
+// CRC-32C is in its file's header, each file's size and header CRC-32C in meta.json, and
+// meta.json carries its own; readers check whatever they read.
 #pragma once
 
 #include <array>
@@ -33,7 +36,16 @@ struct StatePiece {
   void* storage() const { return bytes ? static_cast<void*>(bytes) : static_cast<void*>(data); }
 };
 
+// What meta.json records of a state file, so that a reader knows it holds the bytes that were
+// written: its size, and the CRC-32C of its header (which holds the CRC-32C of each tensor).
+struct StateFileSum {
+  uint64_t bytes = 0;
+  uint32_t header_crc32c = 0;
+  bool operator==(const StateFileSum&) const = default;
+};
+
 struct CheckpointInfo {
+  int version = 2;               // of the format read; 1: written before checksums (sums empty)
   int64_t step = 0;              // optimizer steps completed
   int64_t samples_consumed = 0;  // global samples of the data order trained on so far
   uint64_t seed = 0;             // of the data order
@@ -42,6 +54,7 @@ struct CheckpointInfo {
   std::string optimizer;           // optimizer.type
   std::string config_yaml;         // the writing run's resolved config
   std::vector<std::string> files;  // state files, one per writing rank, relative to the directory
+  std::vector<StateFileSum> sums;  // one per file (empty in a version-1 checkpoint)
   std::map<std::string, std::pair<int64_t, int64_t>> shapes;  // every tensor's global shape
 };
 
@@ -53,13 +66,16 @@ bool is_optimizer_state(const std::string& name);
 
 // The state file of world rank r: "rank_00003.safetensors".
 std::string state_file_name(int rank);
-// Writes pieces to path (safetensors, durably), each with its rectangle in the file's metadata.
-void write_state_file(const std::string& path, const std::vector<StatePiece>& pieces);
+// Writes pieces to path (safetensors, durably), each with its rectangle and the CRC-32C of its
+// bytes in the file's metadata; returns what meta.json must record of the file.
+StateFileSum write_state_file(const std::string& path, const std::vector<StatePiece>& pieces);
 // Fills every piece from the state files of the checkpoint in dir, whatever layout wrote them:
 // the piece is zeroed (padding stays zero) and each rectangle of the files that overlaps it is
-// copied in (one that several files hold, state every rank keeps whole, once). Errors name the
-// checkpoint and the tensor: one the checkpoint lacks, a global shape that differs, values that
-// no file covers (a rank's file missing).
+// copied in (one that several files hold, state every rank keeps whole, once). Each state file is
+// checked against meta.json (size, header checksum) and each stored tensor a piece overlaps
+// against its checksum, read whole once. Errors name the checkpoint and the tensor: one the
+// checkpoint lacks, a global shape that differs, values that no file covers (a rank's file
+// missing), bytes that do not match their checksum (with how to carry on).
 void read_state(const std::string& dir, const CheckpointInfo& info,
                 const std::vector<StatePiece>& pieces);
 
@@ -87,13 +103,16 @@ class StateReader {
   void read_dequantized(const StatePiece& piece, const Dequantization& codes) const;
 
  private:
-  struct Files;
+  struct Files;  // the opened state files (runtime/state_file.h)
   std::string dir_;
   const CheckpointInfo& info_;
   std::unique_ptr<Files> files_;
 };
 
-// meta.json of a checkpoint directory, written durably / read and checked.
+// meta.json of a checkpoint directory, written durably with a checksum of its own text (a line
+// "checksum" of the CRC-32C of every other byte) / read and checked: a checksum that does not
+// match, or a version-2 file without one, is an error; version 1 (no checksums) still reads.
+// info.sums must hold one entry per file.
 void write_checkpoint_info(const std::string& dir, const CheckpointInfo& info);
 CheckpointInfo read_checkpoint_info(const std::string& dir);
 

@@ -277,7 +277,7 @@ void import_hf(const std::string& hf_dir, const std::string& out_dir,
   write_tokenizer_json(tokenizer, tokenizer_path);
   const CheckpointStore store(out_dir + "/checkpoints");
   store.begin(0);
-  write_state_file(store.staging(0) + "/" + state_file_name(0), pieces);
+  const StateFileSum sum = write_state_file(store.staging(0) + "/" + state_file_name(0), pieces);
   // The moments written are fp32 AdamW's (zero); a run with optimizer.type adamw_8bit
   // quantizes them when it resumes.
   Config stored = config;
@@ -287,6 +287,7 @@ void import_hf(const std::string& hf_dir, const std::string& out_dir,
   info.optimizer = stored.optimizer.type;
   info.config_yaml = config_to_yaml(stored);
   info.files = {state_file_name(0)};
+  info.sums = {sum};
   for (const StatePiece& p : pieces) info.shapes[p.name] = {p.rows, p.cols};
   write_checkpoint_info(store.staging(0), info);
   const std::string ckpt = store.commit(0, 0);

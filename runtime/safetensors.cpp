@@ -273,9 +273,9 @@ std::string header_json(const std::vector<std::pair<std::string, Tensor>>& tenso
 
 }  // namespace
 
-void write_safetensors(const std::string& path,
-                       const std::vector<std::pair<std::string, Tensor>>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+std::string write_safetensors(const std::string& path,
+                              const std::vector<std::pair<std::string, Tensor>>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
   std::set<std::string> seen;
   for (const auto& [name, t] : tensors) {
     KEEL_CHECK(!name.empty() && name != kMetadataKey,
@@ -293,18 +293,19 @@ void write_safetensors(const std::string& path,
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
     return dtype_size(tensors[a].second.dtype()) > dtype_size(tensors[b].second.dtype());
   });
-  const std::string header = header_json(tensors, order, metadata, path);
+  const std::string json = header_json(tensors, order, metadata, path);
+  std::string header(kLengthBytes, '\0');
+  write_le_u64(header.data(), json.size());
+  header += json;
 
   write_durably(path, [&](int fd, const std::string& tmp) {
-    char length[kLengthBytes];
-    write_le_u64(length, header.size());
-    write_all(fd, length, sizeof(length), tmp);
     write_all(fd, header.data(), header.size(), tmp);
     for (size_t i : order) {
       const Tensor& t = tensors[i].second;
       write_all(fd, static_cast<const char*>(t.data()), t.nbytes(), tmp);
     }
   });
+  return header;
 }
 
 }  // namespace keel::runtime

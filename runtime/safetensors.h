@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <map>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -36,6 +37,11 @@ class SafeTensorsReader {
   size_t file_offset(const std::string& name) const;
   // The "__metadata__" object (string to string); empty when the file has none.
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // The file's first bytes as stored: the 8-byte header length and the JSON header with its
+  // padding (what write_safetensors returns), for callers that checksum them.
+  std::string_view header() const {
+    return {mapping_.bytes(), static_cast<size_t>(data_ - mapping_.bytes())};
+  }
 
  private:
   struct Entry {
@@ -73,9 +79,9 @@ class SafeTensorsReader {
 // header is padded with spaces to a multiple of 8 and the data is ordered by element size, largest
 // first, so that every tensor of a file is aligned to its element size when mapped. The file is
 // written to path + ".tmp", fsynced and renamed over path; errors name the path and the system's
-// reason.
-void write_safetensors(const std::string& path,
-                       const std::vector<std::pair<std::string, Tensor>>& tensors,
-                       const std::map<std::string, std::string>& metadata = {});
+// reason. Returns the file's header as written (SafeTensorsReader::header()).
+std::string write_safetensors(const std::string& path,
+                              const std::vector<std::pair<std::string, Tensor>>& tensors,
+                              const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace keel::runtime

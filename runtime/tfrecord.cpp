@@ -1,6 +1,5 @@
 #include "runtime/tfrecord.h"
 
-#include <array>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -15,22 +14,6 @@ namespace {
 constexpr size_t kHeaderBytes = 12;  // length (8) + its masked CRC (4)
 constexpr size_t kFooterBytes = 4;   // the data's masked CRC
 
-// Slicing-by-8 tables: kTables[0] is the classic byte-at-a-time table, kTables[k][b] the CRC of
-// byte b followed by k zero bytes, so eight bytes fold in with eight lookups and no dependency
-// chain between them (about 1 byte per cycle, plenty for a few records per step).
-constexpr std::array<std::array<uint32_t, 256>, 8> make_tables() {
-  std::array<std::array<uint32_t, 256>, 8> t{};
-  for (uint32_t b = 0; b < 256; ++b) {
-    uint32_t crc = b;
-    for (int bit = 0; bit < 8; ++bit) crc = (crc >> 1) ^ ((crc & 1u) ? 0x82F63B78u : 0u);
-    t[0][b] = crc;
-  }
-  for (size_t k = 1; k < 8; ++k)
-    for (size_t b = 0; b < 256; ++b) t[k][b] = (t[k - 1][b] >> 8) ^ t[0][t[k - 1][b] & 0xffu];
-  return t;
-}
-constexpr auto kTables = make_tables();
-
 // Little-endian loads and stores written out, so the format does not depend on the host.
 uint64_t load_le(const unsigned char* p, int bytes) {
   uint64_t v = 0;
@@ -43,20 +26,6 @@ void store_le(std::string& out, uint64_t v, int bytes) {
 }
 
 }  // namespace
-
-uint32_t crc32c(std::string_view data) {
-  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
-  size_t n = data.size();
-  uint32_t crc = 0xffffffffu;
-  for (; n >= 8; p += 8, n -= 8) {
-    const uint64_t w = load_le(p, 8) ^ crc;
-    crc = kTables[7][w & 0xff] ^ kTables[6][(w >> 8) & 0xff] ^ kTables[5][(w >> 16) & 0xff] ^
-          kTables[4][(w >> 24) & 0xff] ^ kTables[3][(w >> 32) & 0xff] ^
-          kTables[2][(w >> 40) & 0xff] ^ kTables[1][(w >> 48) & 0xff] ^ kTables[0][w >> 56];
-  }
-  for (; n > 0; ++p, --n) crc = kTables[0][(crc ^ *p) & 0xffu] ^ (crc >> 8);
-  return ~crc;
-}
 
 void append_tfrecord(std::string& out, std::string_view data) {
   const size_t header_at = out.size();

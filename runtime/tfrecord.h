@@ -8,11 +8,9 @@
 #include <string_view>
 #include <vector>
 
-namespace keel::runtime {
+#include "kernels/hash.h"  // crc32c
 
-// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), as iSCSI and TFRecord use it:
-// crc32c("123456789") == 0xE3069283.
-uint32_t crc32c(std::string_view data);
+namespace keel::runtime {
 
 // TFRecord stores CRCs masked, because a CRC computed over data that holds CRCs is weak.
 constexpr uint32_t mask_crc32c(uint32_t crc) { return ((crc >> 15) | (crc << 17)) + 0xa282ead8u; }

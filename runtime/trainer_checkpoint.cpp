@@ -35,6 +35,21 @@ std::string attempt(F&& f) {
   return "";
 }
 
+// Every rank's record of the state file it wrote (zero for a rank that wrote none), for rank 0 to
+// put in meta.json: a file's checksums leave the rank that computed them from its own bytes.
+std::vector<StateFileSum> gather_sums(parallel::Communicator& world, const StateFileSum& mine) {
+  std::vector<int64_t> in = {static_cast<int64_t>(mine.bytes), mine.header_crc32c};
+  std::vector<int64_t> all(2 * static_cast<size_t>(world.size()));
+  if (world.size() > 1)
+    world.all_gather(parallel::host_view(all), parallel::host_view(in));
+  else
+    all = in;
+  std::vector<StateFileSum> sums;
+  for (size_t r = 0; r < all.size(); r += 2)
+    sums.push_back({static_cast<uint64_t>(all[r]), static_cast<uint32_t>(all[r + 1])});
+  return sums;
+}
+
 // The blocks a run cuts 8-bit optimizer state into: shards per parameter (the DP size under ZeRO
 // 1-3, else 1), optimizer.block_size and optimizer.min_8bit_size (the largest int64 for an
 // optimizer that quantizes nothing). GaLore's projected state is cut by the same three.
@@ -146,11 +161,14 @@ std::string Trainer::write_checkpoint() {
 
   const std::vector<StatePiece> pieces = state_pieces();
   const std::string tmp = store.staging(step_);
+  StateFileSum sum;
   agree(world,
-        writes
-            ? attempt([&] { write_state_file(tmp + "/" + state_file_name(world.rank()), pieces); })
-            : "",
+        writes ? attempt([&] {
+          sum = write_state_file(tmp + "/" + state_file_name(world.rank()), pieces);
+        })
+               : "",
         "writing a checkpoint's state file");
+  const std::vector<StateFileSum> sums = gather_sums(world, sum);
 
   std::string dir;
   std::string error;
@@ -164,7 +182,10 @@ std::string Trainer::write_checkpoint() {
       info.zero_stage = static_cast<int>(config_.parallel.zero_stage);
       info.optimizer = config_.optimizer.type;
       info.config_yaml = config_to_yaml(config_);
-      for (int r = 0; r < (zero_ ? world.size() : 1); ++r) info.files.push_back(state_file_name(r));
+      for (int r = 0; r < (zero_ ? world.size() : 1); ++r) {
+        info.files.push_back(state_file_name(r));
+        info.sums.push_back(sums[static_cast<size_t>(r)]);
+      }
       for (const StatePiece& p : pieces) info.shapes[p.name] = {p.rows, p.cols};
       write_checkpoint_info(tmp, info);
       dir = store.commit(step_, config_.training.save_total_limit);
@@ -236,6 +257,9 @@ void Trainer::restore(const std::string& dir, const CheckpointInfo& info, const 
   note << "keel: resumed from " << dir << " at step " << step_ << " in " << seconds
        << " s (written by " << info.data_parallel_size << " data-parallel rank"
        << (info.data_parallel_size > 1 ? "s" : "") << ", ZeRO " << info.zero_stage << ")\n";
+  if (info.sums.empty())
+    note << "keel:   the checkpoint is of version " << info.version
+         << ", written before checksums: its files were read unverified\n";
   for (const std::string& c : config_differences(saved, config_))
     note << "keel:   changed since: " << c << "\n";
   // The data-parallel size is no config key, yet it scales the global batch, which the learning

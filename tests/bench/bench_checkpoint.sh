@@ -5,6 +5,8 @@
 # keel's "resumed ... in" (meta.json, every state file mapped and each rank's rectangles copied)
 # against `dd` reading the same files, both from a cold page cache when it can be dropped (root)
 # and from a warm one. One rank without ZeRO, and 2 ranks under ZeRO 3 (each writes its half).
+# Then what the checksums cost: one rank's state of the same model saved and loaded with them and
+# as keel did before them (keel_checkpoint_checksums, built beside keel), and their own time.
 #
 #   tests/bench/bench_checkpoint.sh [--keel build/keel] [--config configs/bench_stories15m.yaml]
 set -euo pipefail
@@ -15,7 +17,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --keel) keel=$2; shift 2 ;;
     --config) config=$2; shift 2 ;;
-    -h|--help) sed -n 2,9p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,11p "$0"; exit 0 ;;
     *) echo "bench_checkpoint.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -67,3 +69,13 @@ run_layout "2 ranks, ZeRO 3" 2 3
 echo
 echo "load: page cache $cold before keel's load and before dd's read"
 echo "keel's load time also includes checking meta.json and the config; dd reads only the state files"
+
+# The checksums' share (tests/bench/checkpoint_checksums.cpp).
+checksums=$(dirname "$keel")/tests/bench/keel_checkpoint_checksums
+echo
+if [ -x "$checksums" ]; then
+  mkdir -p "$out/checksums"
+  "$checksums" "$config" "$out/checksums" --repeats 5
+else
+  echo "no $checksums: build it (ninja -C build keel_checkpoint_checksums) for the checksums' cost"
+fi

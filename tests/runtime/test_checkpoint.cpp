@@ -7,77 +7,25 @@
 #include <fstream>
 #include <numeric>
 
+#include "checkpoint_test_util.h"
 #include "file_test_util.h"
 #include "kernels/error.h"
 #include "kernels/quantize.h"
 #include "parallel/zero_layout.h"
 #include "runtime/checkpoint.h"
+#include "runtime/safetensors.h"
 
 namespace keel::runtime {
 namespace {
 
 namespace fs = std::filesystem;
 
-using CheckpointTest = testing::FileTest;
-
-// Parameters of both split directions, a vector, one smaller than the rank count.
-const std::vector<parallel::ZeroParamSpec> kSpecs = {
-    {"tall", 11, 4}, {"wide", 3, 10}, {"vector", 7, 1}, {"tiny", 2, 1}};
-
-std::vector<float> full_values(const parallel::ZeroParamSpec& p, float base) {
-  std::vector<float> v(static_cast<size_t>(p.rows * p.cols));
-  std::iota(v.begin(), v.end(), base);
-  return v;
-}
-
-// Every rank's shards of kSpecs under `ranks` ranks, as ZeRO packs them, and their pieces.
-struct Sharded {
-  parallel::ZeroLayout layout;
-  std::vector<std::vector<float>> regions;  // one per rank
-  std::vector<StatePiece> pieces(int k) {
-    std::vector<StatePiece> out;
-    for (size_t i = 0; i < kSpecs.size(); ++i)
-      out.push_back({kSpecs[i].name, kSpecs[i].rows, kSpecs[i].cols, layout.rect(i, k),
-                     regions[static_cast<size_t>(k)].data() + layout.shard(i).offset,
-                     layout.shard(i).elems});
-    return out;
-  }
-};
-
-Sharded shard(int ranks, const std::vector<std::vector<float>>& full) {
-  Sharded s{parallel::ZeroLayout(kSpecs, ranks), {}};
-  std::vector<const float*> in;
-  for (const auto& f : full) in.push_back(f.data());
-  for (int k = 0; k < ranks; ++k) {
-    s.regions.emplace_back(static_cast<size_t>(s.layout.region_elems()), -1.0f);
-    s.layout.pack(s.regions.back().data(), k, in);
-  }
-  return s;
-}
-
-CheckpointInfo info_for(int ranks) {
-  CheckpointInfo info;
-  info.step = 7;
-  info.samples_consumed = 56;
-  info.seed = 42;
-  info.data_parallel_size = ranks;
-  info.zero_stage = 2;
-  info.optimizer = "adamw";
-  info.config_yaml = "model: {}\n";
-  for (int k = 0; k < ranks; ++k) info.files.push_back(state_file_name(k));
-  for (const auto& p : kSpecs) info.shapes[p.name] = {p.rows, p.cols};
-  return info;
-}
-
-void write_checkpoint(const std::string& dir, int ranks, Sharded& s) {
-  for (int k = 0; k < ranks; ++k) write_state_file(dir + "/" + state_file_name(k), s.pieces(k));
-  write_checkpoint_info(dir, info_for(ranks));
-}
+using CheckpointTest = keel::testing::FileTest;
+using keel::testing::expect_error;
+using namespace keel::runtime::checkpoint_testing;  // NOLINT: the checkpoint tests' scaffolding
 
 TEST_F(CheckpointTest, AnyShardingReadsWhatAnyOtherWrote) {
-  std::vector<std::vector<float>> full;
-  for (size_t i = 0; i < kSpecs.size(); ++i)
-    full.push_back(full_values(kSpecs[i], 1000.0f * static_cast<float>(i + 1)));
+  const std::vector<std::vector<float>> full = all_full_values();
   for (int written : {1, 2, 3, 4}) {
     const std::string dir = dir_ + "/w" + std::to_string(written);
     fs::create_directories(dir);
@@ -194,6 +142,19 @@ TEST_F(CheckpointTest, EightBitCodesReadBackAsValuesOfAnyRectangle) {
   EXPECT_THROW(reader.read_dequantized({"m", 6, 4, {0, 0, 6, 4, 4}, all.data(), 24},
                                        {"m_absmax", 2, &map}),  // 8 blocks of 2 would be needed
                Error);
+
+  // Codes and their scales are checked against their checksums like any tensor.
+  for (const std::string tensor : {"m", "m_absmax"}) {
+    const std::string path = dir_ + "/" + state_file_name(0);
+    const std::string bytes = file_text(path);
+    flip_bit(path, SafeTensorsReader(path).file_offset(tensor) + 1, 2);
+    expect_error(
+        [&] {
+          StateReader(dir_, info).read_dequantized({"m", 6, 4, {0, 0, 6, 4, 4}, all.data(), 24}, q);
+        },
+        "tensor '" + tensor + "' does not match its checksum");
+    write_file(path, bytes);
+  }
 }
 
 TEST_F(CheckpointTest, BadCheckpointsAreClearErrors) {
@@ -236,6 +197,7 @@ TEST_F(CheckpointTest, BadCheckpointsAreClearErrors) {
   }
   // meta.json not listing it: values uncovered.
   info.files = {state_file_name(0)};
+  info.sums.resize(1);
   try {
     read_state(dir_, info, into.pieces(0));
     ADD_FAILURE() << "values no file holds must fail";
@@ -265,11 +227,131 @@ TEST_F(CheckpointTest, BadCheckpointsAreClearErrors) {
   expect_info_error("meta.json is missing");
 }
 
+// Every rank's state read on one rank: every stored tensor of every file is read.
+void read_everything(const std::string& dir) {
+  const CheckpointInfo info = read_checkpoint_info(dir);
+  Sharded got = shard(1, all_full_values());
+  read_state(dir, info, got.pieces(0));
+}
+
+// A copy of the good checkpoint in dir/good, as dir/<name>, to damage.
+std::string copy_of(const std::string& dir, const std::string& name) {
+  fs::copy(dir + "/good", dir + "/" + name);
+  return dir + "/" + name;
+}
+
+// One flipped bit anywhere a checkpoint's meaning lies is an error that names the file (and the
+// tensor): in a tensor's bytes, read whole into the piece (rank 0's 'tall') or read in parts
+// (rank 1's 'tall', stored with a padding row; 'wide', split along its columns, read row by row);
+// in a state file's header, as a changed rectangle that still parses and still covers every
+// value; in meta.json, as a changed number or even a change JSON reads the same.
+TEST_F(CheckpointTest, ChecksumsFindOneFlippedBitAnywhere) {
+  const std::string good = dir_ + "/good";
+  fs::create_directories(good);
+  Sharded s = shard(2, all_full_values());
+  write_checkpoint(good, 2, s);
+  read_everything(good);
+
+  const std::string rank0 = "/rank_00000.safetensors", rank1 = "/rank_00001.safetensors";
+  struct Flip {
+    std::string file, tensor;
+    size_t byte;
+  };
+  for (const Flip& f : {Flip{rank0, "tall", 0}, Flip{rank1, "tall", 77}, Flip{rank1, "wide", 5},
+                        Flip{rank0, "tiny", 3}}) {
+    const std::string dir = copy_of(dir_, "data" + f.file.substr(6, 5) + f.tensor);
+    const std::string path = dir + f.file;
+    flip_bit(path, SafeTensorsReader(path).file_offset(f.tensor) + f.byte, 6);
+    expect_error([&] { read_everything(dir); },
+                 path + ": tensor '" + f.tensor + "' does not match its checksum");
+  }
+
+  // Rank 1's rectangle of 'tall' moved up one row: rows 5-9 instead of 6-10.
+  std::string dir = copy_of(dir_, "header");
+  replace_once(dir + rank1, R"("tall":"6 0 5 4")", R"("tall":"5 0 5 4")");
+  expect_error([&] { read_everything(dir); },
+               dir + rank1 +
+                   ": its header (the names, shapes, rectangles and checksums of its "
+                   "tensors) does not match the checksum meta.json records");
+  // A file cut short, or grown.
+  dir = copy_of(dir_, "short");
+  write_file(dir + rank0, file_text(dir + rank0).substr(1));
+  expect_error([&] { read_everything(dir); }, rank0.substr(1) + " is ");
+  expect_error([&] { read_everything(dir); }, " bytes but meta.json records ");
+
+  for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
+           {R"("samples_consumed": 56)", R"("samples_consumed": 57)"},
+           {R"("step": 7)", R"("step":  7)"},
+           {R"("rank_00001.safetensors": {)", R"("rank_00001.safetensors":{)"}}) {
+    dir = copy_of(dir_, "meta" + std::to_string(from.size() + to.size()));
+    replace_once(dir + "/meta.json", from, to);
+    expect_error([&] { read_checkpoint_info(dir); },
+                 dir + "/meta.json does not match its checksum");
+  }
+  // Its checksum line damaged, or gone from a version-2 file.
+  dir = copy_of(dir_, "meta_line");
+  replace_once(dir + "/meta.json", R"("checksum": "crc32c:)", R"("checksum": "crc32c:x)");
+  expect_error([&] { read_checkpoint_info(dir); }, "its checksum line is damaged");
+  std::string text = file_text(dir + "/meta.json");
+  write_file(dir + "/meta.json", "{" + text.substr(text.find('\n', 2)));
+  expect_error([&] { read_checkpoint_info(dir); }, "has no checksum line, which version 2 writes");
+}
+
+// An error about a damaged checkpoint names the newest one before it to resume from instead.
+TEST_F(CheckpointTest, DamageNamesTheCheckpointToResumeFromInstead) {
+  const CheckpointStore store(dir_ + "/checkpoints");
+  Sharded s = shard(1, all_full_values());
+  for (int64_t step : {2, 4, 6}) {
+    store.begin(step);
+    write_checkpoint(store.staging(step), 1, s);
+    store.commit(step, 0);
+  }
+  const std::string last = store.root() + "/step_00000006";
+  flip_bit(last + "/rank_00000.safetensors",
+           SafeTensorsReader(last + "/rank_00000.safetensors").file_offset("wide"), 0);
+  expect_error([&] { read_everything(last); },
+               "use an earlier checkpoint instead (to resume training: --resume " + store.root() +
+                   "/step_00000004, the newest before it; 'keel verify --all " + store.root() +
+                   "' checks every one)");
+  const std::string first = store.root() + "/step_00000002";
+  replace_once(first + "/meta.json", R"("step": 7)", R"("step": 8)");
+  expect_error([&] { read_everything(first); },
+               store.root() + " holds no earlier checkpoint: start afresh (--resume none)");
+}
+
+// A checkpoint keel wrote before checksums (version 1) still reads, into any layout.
+TEST_F(CheckpointTest, VersionOneCheckpointsStillRead) {
+  const std::vector<std::vector<float>> full = all_full_values();
+  Sharded from = shard(2, full);
+  write_version_1_checkpoint(dir_, 2, from);
+  EXPECT_EQ(file_text(dir_ + "/meta.json").find("checksum"), std::string::npos);
+  const CheckpointInfo info = read_checkpoint_info(dir_);
+  EXPECT_EQ(info.version, 1);
+  EXPECT_TRUE(info.sums.empty());
+  EXPECT_EQ(info.step, 7);
+  for (int reading : {1, 3}) {
+    const Sharded want = shard(reading, full);
+    Sharded got = shard(reading, full);
+    for (auto& r : got.regions) std::fill(r.begin(), r.end(), 9.0f);
+    for (int k = 0; k < reading; ++k) {
+      read_state(dir_, info, got.pieces(k));
+      for (size_t i = 0; i < kSpecs.size(); ++i) {
+        const auto& sh = want.layout.shard(i);
+        const auto a = want.regions[static_cast<size_t>(k)].begin() + sh.offset;
+        EXPECT_TRUE(
+            std::equal(a, a + sh.elems, got.regions[static_cast<size_t>(k)].begin() + sh.offset))
+            << kSpecs[i].name << ", rank " << k << " of " << reading;
+      }
+    }
+  }
+}
+
 void make_checkpoint(const CheckpointStore& store, int64_t step) {
   store.begin(step);
   std::ofstream(store.staging(step) + "/rank_00000.safetensors") << "x";
   CheckpointInfo info = info_for(1);
   info.step = step;
+  info.sums = {StateFileSum{1, 0}};
   write_checkpoint_info(store.staging(step), info);
 }
 

@@ -92,7 +92,7 @@ TEST_F(SafeTensorsTest, RoundTripsDtypesShapesAndMetadata) {
   const std::map<std::string, std::string> metadata = {
       {"format", "pt"}, {"hidden_size", "48"}, {"note", "quotes \" and unicode \xc3\xa9"}};
   const std::string file = path("round.safetensors");
-  write_safetensors(file, tensors, metadata);
+  const std::string header = write_safetensors(file, tensors, metadata);
   EXPECT_FALSE(fs::exists(file + ".tmp"));
   uint64_t header_len = 0;
   std::ifstream(file, std::ios::binary).read(reinterpret_cast<char*>(&header_len), 8);
@@ -100,6 +100,11 @@ TEST_F(SafeTensorsTest, RoundTripsDtypesShapesAndMetadata) {
 
   SafeTensorsReader reader(file);
   EXPECT_EQ(reader.path(), file);
+  // The header as written (length and JSON) is the one read, and ends where the data begins.
+  EXPECT_EQ(header.size(), 8 + header_len);
+  EXPECT_EQ(reader.header(), header);
+  EXPECT_EQ(reader.header().data() + reader.header().size(),
+            static_cast<const char*>(reader.get("f64").data()));
   EXPECT_EQ(reader.metadata(), metadata);
   EXPECT_EQ(reader.names(), (std::vector<std::string>{"bf16", "empty", "f64", "ids", "model.w",
                                                       "scalar", "u8.odd"}));
