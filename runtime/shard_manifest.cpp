@@ -1,9 +1,5 @@
 #include "runtime/shard_manifest.h"
 
-#if defined(__SSE4_2__)
-#include <nmmintrin.h>
-#endif
-
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -13,7 +9,7 @@
 #include <unordered_set>
 
 #include "kernels/error.h"
-#include "runtime/tfrecord.h"
+#include "kernels/hash.h"
 
 namespace keel::runtime {
 
@@ -33,28 +29,9 @@ std::string file_name(const std::string& path) { return fs::path(path).filename(
 
 }  // namespace
 
-#if defined(__SSE4_2__)
-// The CPU's own CRC-32C instruction (SSE4.2; the same polynomial as crc32c()): 8 bytes per
-// instruction, about 5 GB/s on one core where the table-driven crc32c() gives about 1 GB/s, so a
-// run can afford to check every byte of its data at every start.
 uint32_t shard_checksum(std::span<const uint8_t> bytes) {
-  const uint8_t* p = bytes.data();
-  size_t n = bytes.size();
-  uint64_t crc = 0xffffffffu;
-  for (; n >= 8; p += 8, n -= 8) {
-    uint64_t word;
-    std::memcpy(&word, p, 8);
-    crc = _mm_crc32_u64(crc, word);
-  }
-  auto c = static_cast<uint32_t>(crc);
-  for (; n > 0; ++p, --n) c = _mm_crc32_u8(c, *p);
-  return ~c;
+  return crc32c(bytes.data(), bytes.size());
 }
-#else
-uint32_t shard_checksum(std::span<const uint8_t> bytes) {
-  return crc32c({reinterpret_cast<const char*>(bytes.data()), bytes.size()});
-}
-#endif
 
 ShardEntry describe_shard(const TokenShard& shard, const std::string& split) {
   const std::span<const uint8_t> bytes = shard.file_bytes();

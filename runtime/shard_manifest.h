@@ -23,8 +23,8 @@ struct ShardEntry {
   uint32_t crc32c = 0;  // shard_checksum of the whole file, header included
 };
 
-// The checksum prepare.json records for a shard: CRC-32C of its bytes. Every caller goes through
-// here, so the CRC can move (to kernels/) without touching them.
+// The checksum prepare.json records for a shard: CRC-32C of its bytes (kernels/hash.h, the
+// SSE4.2 instruction where the build has it).
 uint32_t shard_checksum(std::span<const uint8_t> bytes);
 
 // The entry of an opened shard (its checksum read from the mapping).
