@@ -60,9 +60,9 @@ TEST_F(Cli, TheSettingOfferedTrains) {
 TEST_F(Cli, EveryRankStopsWhenOneDoesNotFit) {
   if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
   const std::string cfg = write("m.yaml", kParallelModel);
-  const Result r = run_ranks(2, std::string(KEEL_BINARY) + " train " + cfg + kSteps +
-                                    " --set training.memory_limit=1MiB --set training.output_dir=" +
-                                    out_dir());
+  const Result r =
+      run_ranks(2, std::string(KEEL_BINARY) + " train " + cfg + kSteps +
+                       " --set training.memory_limit=1MiB --set training.output_dir=" + out_dir());
   EXPECT_NE(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("but rank 0 of 2 (host "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("(1 other rank short too)"), std::string::npos) << r.out;
