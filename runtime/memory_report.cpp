@@ -4,6 +4,7 @@
 
 #include "optim/optimizer.h"
 #include "parallel/unit_grads.h"
+#include "runtime/grad_sync.h"
 
 namespace keel::runtime {
 
@@ -64,8 +65,7 @@ RankMemory plan_rank_memory(const Config& config, int dp) {
   const int stage = static_cast<int>(config.parallel.zero_stage);
   const bool per_layer = config.optimizer.per_layer_update;
   const LlamaModel model(config.model, t.per_device_train_batch_size, config.data.seq_length,
-                         t.gradient_checkpointing,
-                         ModelHolds{stage < 3, stage < 2 && !per_layer, false});
+                         t.gradient_checkpointing, model_holds(config, false));
   // The tensors the optimizer will hold: whole parameters, or this rank's shards (unit by unit).
   std::vector<optim::ParamRef> tensors;
   parallel::ZeroBytes z;

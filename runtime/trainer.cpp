@@ -4,10 +4,10 @@
 #include <cmath>
 #include <sstream>
 
-#include "kernels/elementwise.h"
 #include "kernels/hash.h"
 #include "kernels/matmul.h"
 #include "parallel/self_communicator.h"
+#include "runtime/grad_sync.h"
 #include "runtime/memory_fit.h"
 #include "runtime/memory_report.h"
 #include "runtime/peak_flops.h"
@@ -65,7 +65,6 @@ void Trainer::build() {
                            "every rank must run the same YAML with the same --set overrides");
   const TrainingConfig& t = config_.training;
   const int64_t B = t.per_device_train_batch_size, T = config_.data.seq_length;
-  const int stage = config_.parallel.zero_stage;
   // A checkpoint to resume from is found and checked before anything is built.
   const std::string resume = find_checkpoint(t.resume_from_checkpoint, t.output_dir);
   CheckpointInfo resume_info;
@@ -103,20 +102,12 @@ void Trainer::build() {
   // with the settings that would fit, not an OOM kill without a word.
   admit_memory(config_, grid_.world(), grid_.dp().size(), console_);
   model_ = std::make_unique<LlamaModel>(config_.model, B, T, t.gradient_checkpointing,
-                                        ModelHolds{stage < 3, stage < 2 && !per_layer});
-  std::vector<optim::ParamRef> refs;
-  if (stage == 0) {
-    model_->init_weights(t.seed);
-    const std::vector<const float*> grads = stage0_grads();
-    for (Parameter& p : model_->parameters())
-      refs.push_back(optimizer_tensor(p, p.value.f32(), grads[refs.size()], p.value.numel()));
-  } else {
-    refs = build_zero();
-  }
+                                        model_holds(config_));
+  sync_ = make_grad_sync(config_, *model_, grid_.dp());
+  const std::vector<optim::ParamRef>& refs = sync_->tensors();
   if (per_layer) build_per_layer(refs);
   for (const optim::ParamRef& r : refs) grads_.push_back({r.name, r.grad, r.n});
-  optimizer_ = optim::make_optimizer(std::move(refs), optimizer_config(config_),
-                                     zero_ ? &grid_.dp() : nullptr);
+  optimizer_ = optim::make_optimizer(refs, optimizer_config(config_), sync_->shard_group());
 
   const BatchSlots slots = declare_batch(batch_, t, T);
   tokens_ = slots.tokens;
@@ -151,10 +142,9 @@ void Trainer::build() {
 
 void Trainer::print_plan() {
   const int64_t T = config_.data.seq_length;
-  parallel::ZeroBytes z = zero_ ? zero_->bytes() : parallel::ZeroBytes{};
-  if (unit_grads_) z.unit_grads = unit_grads_->bytes();
-  const RankMemory m = account(
-      *model_, z, {optimizer_->state_bytes(), optimizer_->workspace_bytes()}, batch_.bytes());
+  const RankMemory m =
+      account(*model_, sync_->bytes(), {optimizer_->state_bytes(), optimizer_->workspace_bytes()},
+              batch_.bytes());
   planned_bytes_ = m.total();
   std::ostringstream text;
   text << "keel: model " << model_->num_parameters() / 1e6 << " M parameters, data "
@@ -168,58 +158,21 @@ void Trainer::print_plan() {
   if (validation_ && !validation_->note().empty() && validation_->note() != data_->note())
     text << "keel: note: " << validation_->note() << "\n";
   text << describe_layout(config_, grid_.dp().size()) << "keel: optimizer "
-       << optimizer_->describe() << (zero_ ? " (this rank's shards)\n" : "\n") << describe_memory(m)
-       << "keel: MFU against " << peak_text_ << "\n";
+       << optimizer_->describe() << (sync_->shard_group() ? " (this rank's shards)\n" : "\n")
+       << describe_memory(m) << "keel: MFU against " << peak_text_ << "\n";
   plan_text_ = text.str();
   console_ << plan_text_;
 }
 
 Trainer::~Trainer() = default;
 
-// ZeRO stages 1-3 (parallel/zero.h): this rank keeps the fp32 master copy and the AdamW moments of
-// its shard of every parameter only; the model keeps full weights (stages 1, 2) and gradients
-// (stage 1), or asks the Zero object for them unit by unit.
-std::vector<optim::ParamRef> Trainer::build_zero() {
-  const int stage = config_.parallel.zero_stage;
-  const uint64_t seed = config_.training.seed;
-  zero_ = std::make_unique<parallel::Zero>(model_->units(), stage, grid_.dp(), model_->live_units(),
-                                           config_.optimizer.per_layer_update);
-  const int n = static_cast<int>(model_->units().size());
-  if (stage < 3) {
-    model_->init_weights(seed);
-    std::vector<float*> weights, grads;
-    for (int u = 0; u < n; ++u) {
-      weights.push_back(model_->own_weights(u));
-      if (stage == 1) grads.push_back(model_->own_grads(u));
-    }
-    zero_->attach_model(std::move(weights), std::move(grads));
-    zero_->init_master([&](int u, float*) { return model_->own_weights(u); });
-  } else {
-    // Each unit initialised in full in a scratch buffer, one at a time, and this rank's shard kept.
-    zero_->init_master([&](int u, float* scratch) {
-      model_->init_unit(u, seed, scratch);
-      return scratch;
-    });
-    zero_->set_weight_order(model_->weight_order());
-  }
-  if (stage >= 2) model_->set_hooks(zero_.get());
-  zero_->set_overlap(config_.parallel.overlap_comm);
-  std::vector<optim::ParamRef> refs;
-  for (const parallel::ZeroShardRef& s : zero_->shards())  // (a vector's rect: rows of n × 1)
-    refs.push_back(optimizer_tensor(model_->parameter_by_name(s.spec->name), s.master, s.grad,
-                                    s.elems, &s.rect));
-  return refs;
-}
-
-parallel::ZeroTimers Trainer::zero_timers() const {
-  return zero_ ? zero_->timers() : parallel::ZeroTimers{};
-}
+parallel::ZeroTimers Trainer::zero_timers() const { return sync_->timers(); }
 
 void Trainer::write_parameters(const std::string& path) {
   const bool writer = grid_.rank() == 0;
   std::vector<std::pair<std::string, Tensor>> tensors;
-  std::vector<float> gathered;            // ZeRO 3, rank 0: every unit, gathered one after another
-  if (config_.parallel.zero_stage < 3) {  // every rank holds the full weights: views suffice
+  std::vector<float> gathered;         // ZeRO 3, rank 0: every unit, gathered one after another
+  if (sync_->model_holds_weights()) {  // every rank holds the full weights: views suffice
     for (const Parameter& p : model_->parameters()) tensors.emplace_back(p.name, p.value);
   } else {
     const std::vector<parallel::ZeroUnit>& units = model_->units();
@@ -230,7 +183,7 @@ void Trainer::write_parameters(const std::string& path) {
     int64_t at = 0;
     for (size_t u = 0; u < units.size(); ++u) {
       float* base = gathered.data() + at;
-      zero_->gather_unit(static_cast<int>(u), base);
+      sync_->gather_unit(static_cast<int>(u), base);
       if (!writer) continue;
       for (size_t i = 0; i < units[u].params.size(); ++i)
         tensors.emplace_back(
@@ -250,9 +203,9 @@ StepStats Trainer::step() {
   const int64_t A = t.gradient_accumulation_steps;
   parallel::Communicator& dp = grid_.dp();
   const uint64_t comm_before = grid_.total_stats().total_bytes();
-  double wait = zero_ ? -zero_->timers().wait_seconds : 0.0;  // blocked on collectives
-  const int64_t local = A * B;                                // sequences of this rank
-  const int64_t global = local * dp.size();  // sequences of the step, over all ranks
+  double wait = -sync_->timers().wait_seconds;  // blocked on collectives
+  const int64_t local = A * B;                  // sequences of this rank
+  const int64_t global = local * dp.size();     // sequences of the step, over all ranks
 
   // Batches a rollback marked are passed over (the same ones on every rank).
   while (skip_batches_.count(samples_)) {
@@ -284,12 +237,8 @@ StepStats Trainer::step() {
     unit_sum_squares_ = 0.0;
     unit_bad_tensor_ = -1;
   }
-  if (unit_grads_) {
-    unit_grads_->begin_step();
-    wait = -unit_grads_->wait_seconds();
-  }
   model_->zero_grad();
-  if (zero_) zero_->begin_step();
+  sync_->begin_step();
   total[1] = 0.0;
   for (int64_t m = 0; m < A; ++m) {
     total[1] += model_->forward_backward(tokens + m * B * T, targets + m * B * T,
@@ -297,24 +246,8 @@ StepStats Trainer::step() {
   }
   dp.all_reduce(totals.slice0(1, 2));
 
-  double sq = 0.0;
-  if (zero_) {
-    // This rank's gradient shards, summed over the group; the norm² is summed over the shards.
-    zero_->reduce_gradients();
-    total[3] = per_layer ? unit_sum_squares_ : zero_->grad_sum_squares();
-    dp.all_reduce(totals.slice0(3, 4));
-    sq = total[3];
-  } else if (unit_grads_) {  // every unit stepped already; each rank summed the whole gradient
-    unit_grads_->end_step();
-    wait += unit_grads_->wait_seconds();
-    sq = unit_sum_squares_;
-  } else {
-    const auto t_reduce = Clock::now();
-    dp.all_reduce(model_->grad_storage());
-    wait = std::chrono::duration<double>(Clock::now() - t_reduce).count();
-    for (const Parameter& p : model_->parameters())
-      sq += k::sum_squares(p.grad.f32(), p.grad.numel());
-  }
+  // The summed gradient (per-layer update: every unit stepped already) and its norm².
+  const double sq = sync_->reduce([this] { return unit_sum_squares_; });
   const double norm = std::sqrt(sq);
   StepStats s;
   s.loss = total[1] / valid;
@@ -325,12 +258,12 @@ StepStats Trainer::step() {
     double clip = 1.0;
     if (t.max_grad_norm > 0) clip = std::min(1.0, t.max_grad_norm / (norm + 1e-6));
     if (!per_layer) optimizer_->step(lr, clip);
-    if (zero_) zero_->publish_weights();  // the updated shards become the full weights (1, 2)
+    sync_->publish();  // ZeRO 1, 2: the updated shards become the full weights
     ++step_;
   } else if (per_layer) {
     optimizer_->set_steps_taken(step_);  // begin_step() counted a step that did not happen
   }
-  if (zero_) wait += zero_->timers().wait_seconds;
+  wait += sync_->timers().wait_seconds;
   samples_ += global;
 
   s.step = s.rejected.empty() ? step_ : step_ + 1;

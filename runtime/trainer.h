@@ -14,12 +14,12 @@
 
 #include "optim/optimizer.h"
 #include "parallel/process_grid.h"
-#include "parallel/unit_grads.h"
 #include "parallel/zero.h"
 #include "runtime/checkpoint.h"
 #include "runtime/config.h"
 #include "runtime/data.h"
 #include "runtime/evaluate.h"
+#include "runtime/grad_sync.h"
 #include "runtime/llama.h"
 #include "runtime/metrics.h"
 
@@ -78,10 +78,6 @@ class Trainer {
  private:
   struct OwnGrid;  // the one-rank grid of the second constructor
   void build();
-  std::vector<optim::ParamRef> build_zero();
-  // ZeRO 0: each parameter's gradient, in the model's plan or (per-layer update) in the buffer
-  // of its unit, which holds it while the unit is stepped.
-  std::vector<const float*> stage0_grads();
   // optimizer.per_layer_update (trainer_per_layer.cpp): each unit's tensor range in refs, and the
   // hooks' call that steps a unit as its gradient completes.
   void build_per_layer(const std::vector<optim::ParamRef>& refs);
@@ -143,9 +139,8 @@ class Trainer {
   MemoryPlan batch_{"batch"};
   MemoryPlan::Slot tokens_, targets_;  // (accumulation, B, T): this rank's slice of the batch
   MemoryPlan::Slot totals_;  // (4) F64 over ranks: valid targets, loss sum, GEMM peak, grad norm²
-  std::unique_ptr<parallel::Zero> zero_;  // ZeRO stages 1-3; null for stage 0
-  // ZeRO 0 with optimizer.per_layer_update: the model's gradients, one unit at a time.
-  std::unique_ptr<parallel::UnitGrads> unit_grads_;
+  // How gradients are summed over the data-parallel group, and what the optimizer steps.
+  std::unique_ptr<GradSync> sync_;
   // Per-layer update: unit u steps the optimizer's tensors [unit_first_[u], unit_first_[u+1]);
   // the step's learning rate, and Σ g² of the units stepped so far in it.
   std::vector<size_t> unit_first_;

@@ -71,24 +71,15 @@ QuantizedLayout quantized_layout(const Config& config, int data_parallel_size) {
 }  // namespace
 
 void Trainer::for_each_tensor(const std::function<void(const TensorSlot&)>& f) {
-  if (!zero_) {  // every rank holds every parameter whole
-    std::vector<Parameter>& params = model_->parameters();
-    for (size_t i = 0; i < params.size(); ++i) {
-      const int64_t rows = params[i].global_shape[0], cols = params[i].value.numel() / rows;
-      f({params[i].name,
-         rows,
-         cols,
-         {0, 0, rows, cols, cols},
-         i,
-         params[i].value.f32(),
-         params[i].value.numel()});
-    }
-    return;
+  const std::vector<optim::ParamRef>& refs = sync_->tensors();
+  for (size_t i = 0; i < refs.size(); ++i) {
+    const Shape& shape = model_->parameter_by_name(refs[i].name).global_shape;
+    const int64_t rows = shape[0], cols = shape.numel() / rows;
+    // A whole vector carries no rectangle: all of it, as rows of n × 1.
+    const parallel::ShardRect rect =
+        refs[i].rect.ld > 0 ? refs[i].rect : parallel::ShardRect{0, 0, rows, cols, cols};
+    f({refs[i].name, rows, cols, rect, i, refs[i].value, refs[i].n});
   }
-  const std::vector<parallel::ZeroShardRef> shards = zero_->shards();
-  for (size_t i = 0; i < shards.size(); ++i)
-    f({shards[i].spec->name, shards[i].spec->rows, shards[i].spec->cols, shards[i].rect, i,
-       shards[i].master, shards[i].elems});
 }
 
 StatePiece Trainer::state_piece(const TensorSlot& t, const optim::StateTensor& s) const {
@@ -96,7 +87,8 @@ StatePiece Trainer::state_piece(const TensorSlot& t, const optim::StateTensor& s
   if (s.layout == optim::StateLayout::kPerBlock) {
     // Per-block state (8-bit absmax) belongs to this rank's shard: the global tensor stacks the
     // shards' blocks, (shards × blocks) × 1, and this rank holds its rows.
-    const int ranks = zero_ ? grid_.dp().size() : 1, rank = zero_ ? grid_.dp().rank() : 0;
+    const parallel::Communicator* group = sync_->shard_group();
+    const int ranks = group ? group->size() : 1, rank = group ? group->rank() : 0;
     return {name, ranks * s.elems, 1, {rank * s.elems, 0, s.elems, 1, 1}, s.data, s.elems};
   }
   if (s.layout == optim::StateLayout::kOwnRect)
@@ -156,7 +148,8 @@ std::string Trainer::write_checkpoint() {
   const CheckpointStore store(config_.training.output_dir + "/checkpoints");
   const bool lead = world.rank() == 0;
   // Without ZeRO every rank holds the same state: rank 0 alone writes it.
-  const bool writes = zero_ || lead;
+  const bool sharded = sync_->shard_group() != nullptr;
+  const bool writes = sharded || lead;
   agree(world, lead ? attempt([&] { store.begin(step_); }) : "", "starting a checkpoint");
 
   const std::vector<StatePiece> pieces = state_pieces();
@@ -182,7 +175,7 @@ std::string Trainer::write_checkpoint() {
       info.zero_stage = static_cast<int>(config_.parallel.zero_stage);
       info.optimizer = config_.optimizer.type;
       info.config_yaml = config_to_yaml(config_);
-      for (int r = 0; r < (zero_ ? world.size() : 1); ++r) {
+      for (int r = 0; r < (sharded ? world.size() : 1); ++r) {
         info.files.push_back(state_file_name(r));
         info.sums.push_back(sums[static_cast<size_t>(r)]);
       }
@@ -249,7 +242,7 @@ void Trainer::restore(const std::string& dir, const CheckpointInfo& info, const 
   step_ = info.step;
   samples_ = info.samples_consumed;
   // Stages 1 and 2: the model's full weights from the loaded master shards.
-  if (zero_) zero_->publish_weights();
+  sync_->publish();
   resumed_from_ = dir;
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
 

@@ -1,29 +1,13 @@
 // optimizer.per_layer_update: the optimizer steps each unit (embedding, block, head) from inside
 // the backward, as soon as the unit's gradient is complete, and that gradient's memory then
-// serves the next unit. parallel::UnitGrads (ZeRO 0) or parallel::Zero (stages 2, 3) hand the
-// units over; this file maps a unit to its optimizer tensors and steps them.
+// serves the next unit. The gradient synchronisation (runtime/grad_sync.h) hands the units over;
+// this file maps a unit to its optimizer tensors and steps them.
 #include <cmath>
 
 #include "kernels/elementwise.h"
 #include "runtime/trainer.h"
 
 namespace keel::runtime {
-
-std::vector<const float*> Trainer::stage0_grads() {
-  std::vector<const float*> grads;
-  if (!config_.optimizer.per_layer_update) {
-    for (const Parameter& p : model_->parameters()) grads.push_back(p.grad.f32());
-    return grads;
-  }
-  unit_grads_ =
-      std::make_unique<parallel::UnitGrads>(model_->units(), grid_.dp(), model_->live_units());
-  model_->set_hooks(unit_grads_.get());
-  // The parameters are the units' in order (build_per_layer checks the names).
-  for (size_t u = 0; u < model_->units().size(); ++u)
-    for (int64_t offset : model_->units()[u].offsets)
-      grads.push_back(unit_grads_->grads(static_cast<int>(u)) + offset);
-  return grads;
-}
 
 // The optimizer's tensors are the units' parameters, unit after unit (ZeRO 0: the model's
 // parameter order; ZeRO 2, 3: Zero::shards()), so each unit steps one contiguous range. Checked
@@ -44,11 +28,7 @@ void Trainer::build_per_layer(const std::vector<optim::ParamRef>& refs) {
   KEEL_CHECK(i == refs.size(),
              "per-layer update: the units hold {} tensors, the optimizer {} (internal error)",
              unit_first_.back(), refs.size());
-  const parallel::UnitReady ready = [this](int u, double sq) { step_unit(u, sq); };
-  if (zero_)
-    zero_->set_unit_ready(ready);
-  else
-    unit_grads_->set_unit_ready(ready);
+  sync_->set_unit_ready([this](int u, double sq) { step_unit(u, sq); });
 }
 
 // Called by the hooks during the backward (the same units in the same order on every rank).

@@ -1,0 +1,175 @@
+#include "runtime/grad_sync.h"
+
+#include <chrono>
+#include <cstring>
+
+#include "kernels/elementwise.h"
+#include "parallel/unit_grads.h"
+#include "runtime/memory_report.h"
+
+namespace keel::runtime {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// ZeRO 0: every rank holds the model and its whole gradient plan, all-reduced after the backward.
+class AllReduceSync final : public GradSync {
+ public:
+  AllReduceSync(LlamaModel& model, parallel::Communicator& dp) : model_(model), dp_(dp) {
+    for (Parameter& p : model.parameters())
+      tensors_.push_back(optimizer_tensor(p, p.value.f32(), p.grad.f32(), p.value.numel()));
+  }
+  const std::vector<optim::ParamRef>& tensors() const override { return tensors_; }
+  parallel::Communicator* shard_group() override { return nullptr; }
+  bool model_holds_weights() const override { return true; }
+  void set_unit_ready(parallel::UnitReady) override {
+    KEEL_FAIL("the whole-plan all-reduce hands no unit over (internal error)");
+  }
+  void begin_step() override {}
+  double reduce(const std::function<double()>&) override {
+    const auto t0 = Clock::now();
+    dp_.all_reduce(model_.grad_storage());
+    wait_ += std::chrono::duration<double>(Clock::now() - t0).count();
+    double sq = 0.0;
+    for (const Parameter& p : model_.parameters())
+      sq += kernels::cpu::sum_squares(p.grad.f32(), p.grad.numel());
+    return sq;
+  }
+  void gather_unit(int u, float* out) override {
+    std::memcpy(out, model_.own_weights(u),
+                static_cast<size_t>(model_.units()[static_cast<size_t>(u)].elems) * sizeof(float));
+  }
+  parallel::ZeroTimers timers() const override { return {wait_, 0.0}; }
+  parallel::ZeroBytes bytes() const override { return {}; }
+
+ private:
+  LlamaModel& model_;
+  parallel::Communicator& dp_;
+  std::vector<optim::ParamRef> tensors_;
+  double wait_ = 0.0;
+};
+
+// ZeRO 0 with a per-layer update: the model holds no gradient plan; parallel::UnitGrads hands it
+// one unit's buffer at a time and all-reduces it on release, then hands it over to be stepped.
+class UnitAllReduceSync final : public GradSync {
+ public:
+  UnitAllReduceSync(LlamaModel& model, parallel::Communicator& dp)
+      : model_(model), grads_(model.units(), dp, model.live_units()) {
+    model.set_hooks(&grads_);
+    // The parameters are the units' in order (the per-layer update checks the names).
+    std::vector<const float*> grads;
+    for (size_t u = 0; u < model.units().size(); ++u)
+      for (int64_t offset : model.units()[u].offsets)
+        grads.push_back(grads_.grads(static_cast<int>(u)) + offset);
+    for (Parameter& p : model.parameters())
+      tensors_.push_back(
+          optimizer_tensor(p, p.value.f32(), grads[tensors_.size()], p.value.numel()));
+  }
+  const std::vector<optim::ParamRef>& tensors() const override { return tensors_; }
+  parallel::Communicator* shard_group() override { return nullptr; }
+  bool model_holds_weights() const override { return true; }
+  void set_unit_ready(parallel::UnitReady ready) override {
+    grads_.set_unit_ready(std::move(ready));
+  }
+  void begin_step() override { grads_.begin_step(); }
+  // Every unit was stepped already; each rank summed the whole gradient.
+  double reduce(const std::function<double()>& stepped) override {
+    grads_.end_step();
+    return stepped();
+  }
+  void gather_unit(int u, float* out) override {
+    std::memcpy(out, model_.own_weights(u),
+                static_cast<size_t>(model_.units()[static_cast<size_t>(u)].elems) * sizeof(float));
+  }
+  parallel::ZeroTimers timers() const override { return {grads_.wait_seconds(), 0.0}; }
+  parallel::ZeroBytes bytes() const override {
+    parallel::ZeroBytes z;
+    z.unit_grads = grads_.bytes();
+    return z;
+  }
+
+ private:
+  LlamaModel& model_;
+  parallel::UnitGrads grads_;
+  std::vector<optim::ParamRef> tensors_;
+};
+
+// ZeRO 1-3 (parallel/zero.h): this rank keeps the fp32 master copy of its shard of every
+// parameter; the model keeps full weights (stages 1, 2) and gradients (stage 1), or asks the Zero
+// object for them unit by unit.
+class ZeroSync final : public GradSync {
+ public:
+  ZeroSync(const Config& config, LlamaModel& model, parallel::Communicator& dp)
+      : dp_(dp),
+        stage_(static_cast<int>(config.parallel.zero_stage)),
+        per_layer_(config.optimizer.per_layer_update),
+        zero_(model.units(), stage_, dp, model.live_units(), per_layer_) {
+    const uint64_t seed = config.training.seed;
+    const int n = static_cast<int>(model.units().size());
+    if (stage_ < 3) {
+      model.init_weights(seed);
+      std::vector<float*> weights, grads;
+      for (int u = 0; u < n; ++u) {
+        weights.push_back(model.own_weights(u));
+        if (stage_ == 1) grads.push_back(model.own_grads(u));
+      }
+      zero_.attach_model(std::move(weights), std::move(grads));
+      zero_.init_master([&](int u, float*) { return model.own_weights(u); });
+    } else {
+      // Each unit initialised in full in a scratch buffer, one at a time, its shard kept.
+      zero_.init_master([&](int u, float* scratch) {
+        model.init_unit(u, seed, scratch);
+        return scratch;
+      });
+      zero_.set_weight_order(model.weight_order());
+    }
+    if (stage_ >= 2) model.set_hooks(&zero_);
+    zero_.set_overlap(config.parallel.overlap_comm);
+    for (const parallel::ZeroShardRef& s : zero_.shards())  // (a vector's rect: rows of n × 1)
+      tensors_.push_back(optimizer_tensor(model.parameter_by_name(s.spec->name), s.master, s.grad,
+                                          s.elems, &s.rect));
+  }
+  const std::vector<optim::ParamRef>& tensors() const override { return tensors_; }
+  parallel::Communicator* shard_group() override { return &dp_; }
+  bool model_holds_weights() const override { return stage_ < 3; }
+  void set_unit_ready(parallel::UnitReady ready) override {
+    zero_.set_unit_ready(std::move(ready));
+  }
+  void begin_step() override { zero_.begin_step(); }
+  // This rank's gradient shards, summed over the group; the norm² is summed over the shards.
+  double reduce(const std::function<double()>& stepped) override {
+    zero_.reduce_gradients();  // per-layer update: hands the last unit over
+    sum_squares_ = per_layer_ ? stepped() : zero_.grad_sum_squares();
+    dp_.all_reduce(parallel::host_view(&sum_squares_, 1));
+    return sum_squares_;
+  }
+  void publish() override { zero_.publish_weights(); }
+  void gather_unit(int u, float* out) override { zero_.gather_unit(u, out); }
+  parallel::ZeroTimers timers() const override { return zero_.timers(); }
+  parallel::ZeroBytes bytes() const override { return zero_.bytes(); }
+
+ private:
+  parallel::Communicator& dp_;
+  int stage_;
+  bool per_layer_;
+  parallel::Zero zero_;
+  std::vector<optim::ParamRef> tensors_;
+  double sum_squares_ = 0.0;  // reduced in place over the group
+};
+
+}  // namespace
+
+ModelHolds model_holds(const Config& config, bool allocate) {
+  const int64_t stage = config.parallel.zero_stage;
+  return {stage < 3, stage < 2 && !config.optimizer.per_layer_update, allocate};
+}
+
+std::unique_ptr<GradSync> make_grad_sync(const Config& config, LlamaModel& model,
+                                         parallel::Communicator& dp) {
+  if (config.parallel.zero_stage > 0) return std::make_unique<ZeroSync>(config, model, dp);
+  model.init_weights(config.training.seed);
+  if (config.optimizer.per_layer_update) return std::make_unique<UnitAllReduceSync>(model, dp);
+  return std::make_unique<AllReduceSync>(model, dp);
+}
+
+}  // namespace keel::runtime
