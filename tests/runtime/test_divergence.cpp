@@ -105,6 +105,25 @@ TEST_F(DivergenceTest, NonFiniteStepLeavesTheWeightsAndNamesTheTensor) {
   EXPECT_EQ(t.steps_done(), 2);
 }
 
+// Under the per-layer update the units are stepped inside the backward: the first unit whose
+// gradient is not finite, and every unit after it, is not stepped, and the step is rejected.
+TEST_F(DivergenceTest, PerLayerUpdateStepsNoUnitFromTheBadOneOn) {
+  Config c = config("run");
+  c.optimizer.per_layer_update = true;
+  c.training.max_grad_norm = 0;
+  std::ostringstream quiet;
+  Trainer t(c, quiet);
+  ASSERT_TRUE(t.step().rejected.empty());
+  poisoned_weight(t)[3] = kNaN;
+  const std::vector<float> before = weights(t);
+  const StepStats s = t.step();
+  EXPECT_NE(s.rejected.find("first non-finite gradient: "), std::string::npos) << s.rejected;
+  const std::vector<float> after = weights(t);
+  EXPECT_EQ(std::memcmp(after.data(), before.data(), after.size() * sizeof(float)), 0)
+      << "a unit was stepped with a non-finite gradient";
+  EXPECT_EQ(t.steps_done(), 1);
+}
+
 TEST_F(DivergenceTest, StopNamesTheLastGoodCheckpointWhichSurvivesPruning) {
   Config c = config("run");
   c.training.save_steps = 2;
