@@ -164,6 +164,30 @@ ModelHolds model_holds(const Config& config, bool allocate) {
   return {stage < 3, stage < 2 && !config.optimizer.per_layer_update, allocate};
 }
 
+GradSyncPlan plan_grad_sync(const Config& config, const LlamaModel& model, int dp) {
+  const int stage = static_cast<int>(config.parallel.zero_stage);
+  const bool per_layer = config.optimizer.per_layer_update;
+  GradSyncPlan plan;
+  if (stage == 0) {
+    if (per_layer)
+      plan.bytes.unit_grads = parallel::UnitGrads::plan_bytes(model.units(), model.live_units());
+    for (const Parameter& p : model.parameters())
+      plan.tensors.push_back(optimizer_tensor(p, nullptr, nullptr, p.global_shape.numel()));
+    return plan;
+  }
+  plan.bytes = parallel::Zero::plan(model.units(), stage, dp, model.live_units(), per_layer);
+  plan.shards = dp;
+  for (const parallel::ZeroUnit& u : model.units()) {
+    const parallel::ZeroLayout layout(u.params, dp);
+    for (size_t i = 0; i < u.params.size(); ++i) {
+      const parallel::ShardRect rect = layout.rect(i, 0);
+      plan.tensors.push_back(optimizer_tensor(model.parameter_by_name(u.params[i].name), nullptr,
+                                              nullptr, layout.shard(i).elems, &rect));
+    }
+  }
+  return plan;
+}
+
 std::unique_ptr<GradSync> make_grad_sync(const Config& config, LlamaModel& model,
                                          parallel::Communicator& dp) {
   if (config.parallel.zero_stage > 0) return std::make_unique<ZeroSync>(config, model, dp);

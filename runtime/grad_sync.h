@@ -61,6 +61,16 @@ class GradSync {
 // unit by unit): weights unless ZeRO 3, gradients unless ZeRO 2, 3 or a per-layer update.
 ModelHolds model_holds(const Config& config, bool allocate = true);
 
+// What make_grad_sync would build on one of dp ranks, in sizes only (keel plan, the memory
+// admission): its buffers, and the optimizer's tensors (rank 0's shards: every rank's are the
+// same size, the last padded) with no data, split over `shards` ranks.
+struct GradSyncPlan {
+  parallel::ZeroBytes bytes;
+  std::vector<optim::ParamRef> tensors;
+  int shards = 1;
+};
+GradSyncPlan plan_grad_sync(const Config& config, const LlamaModel& model, int dp);
+
 // The synchronisation the config asks for, over the data-parallel group dp: initialises the
 // model's weights (or, under ZeRO 3, each unit's shards) from training.seed, and hooks itself
 // into the model where it hands out buffers per unit.

@@ -3,7 +3,6 @@
 #include <sstream>
 
 #include "optim/optimizer.h"
-#include "parallel/unit_grads.h"
 #include "runtime/grad_sync.h"
 
 namespace keel::runtime {
@@ -62,34 +61,13 @@ optim::OptimizerConfig optimizer_config(const Config& config) {
 
 RankMemory plan_rank_memory(const Config& config, int dp) {
   const TrainingConfig& t = config.training;
-  const int stage = static_cast<int>(config.parallel.zero_stage);
-  const bool per_layer = config.optimizer.per_layer_update;
   const LlamaModel model(config.model, t.per_device_train_batch_size, config.data.seq_length,
                          t.gradient_checkpointing, model_holds(config, false));
-  // The tensors the optimizer will hold: whole parameters, or this rank's shards (unit by unit).
-  std::vector<optim::ParamRef> tensors;
-  parallel::ZeroBytes z;
-  if (stage == 0) {
-    if (per_layer)
-      z.unit_grads = parallel::UnitGrads::plan_bytes(model.units(), model.live_units());
-    for (const Parameter& p : model.parameters())
-      tensors.push_back(optimizer_tensor(p, nullptr, nullptr, p.global_shape.numel()));
-  } else {
-    z = parallel::Zero::plan(model.units(), stage, dp, model.live_units(), per_layer);
-    // Rank 0's shards: every rank's are the same size (the last one padded).
-    for (const parallel::ZeroUnit& u : model.units()) {
-      const parallel::ZeroLayout layout(u.params, dp);
-      for (size_t i = 0; i < u.params.size(); ++i) {
-        const parallel::ShardRect rect = layout.rect(i, 0);
-        tensors.push_back(optimizer_tensor(model.parameter_by_name(u.params[i].name), nullptr,
-                                           nullptr, layout.shard(i).elems, &rect));
-      }
-    }
-  }
+  const GradSyncPlan sync = plan_grad_sync(config, model, dp);
   MemoryPlan batch("batch");
   declare_batch(batch, t, config.data.seq_length);
-  return account(model, z,
-                 optim::optimizer_plan_bytes(optimizer_config(config), tensors, stage ? dp : 1),
+  return account(model, sync.bytes,
+                 optim::optimizer_plan_bytes(optimizer_config(config), sync.tensors, sync.shards),
                  batch.bytes());
 }
 
