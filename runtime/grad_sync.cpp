@@ -12,16 +12,42 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// ZeRO 0: every rank holds the model and its whole gradient plan, all-reduced after the backward.
-class AllReduceSync final : public GradSync {
+// ZeRO 0: every rank holds the whole model; the optimizer steps the parameters themselves, with
+// the gradients `grads` point at (the model's plan, or the buffer of each parameter's unit).
+class WholeModelSync : public GradSync {
  public:
-  AllReduceSync(LlamaModel& model, parallel::Communicator& dp) : model_(model), dp_(dp) {
+  WholeModelSync(LlamaModel& model, const std::vector<const float*>& grads) : model_(model) {
     for (Parameter& p : model.parameters())
-      tensors_.push_back(optimizer_tensor(p, p.value.f32(), p.grad.f32(), p.value.numel()));
+      tensors_.push_back(
+          optimizer_tensor(p, p.value.f32(), grads[tensors_.size()], p.value.numel()));
   }
   const std::vector<optim::ParamRef>& tensors() const override { return tensors_; }
   parallel::Communicator* shard_group() override { return nullptr; }
   bool model_holds_weights() const override { return true; }
+  void gather_unit(int u, float* out) override {
+    std::memcpy(out, model_.own_weights(u),
+                static_cast<size_t>(model_.units()[static_cast<size_t>(u)].elems) * sizeof(float));
+  }
+
+ protected:
+  LlamaModel& model_;
+
+ private:
+  std::vector<optim::ParamRef> tensors_;
+};
+
+// The model's own gradient of each parameter.
+std::vector<const float*> model_grads(LlamaModel& model) {
+  std::vector<const float*> grads;
+  for (const Parameter& p : model.parameters()) grads.push_back(p.grad.f32());
+  return grads;
+}
+
+// ZeRO 0: the model's whole gradient plan all-reduced after the backward.
+class AllReduceSync final : public WholeModelSync {
+ public:
+  AllReduceSync(LlamaModel& model, parallel::Communicator& dp)
+      : WholeModelSync(model, model_grads(model)), dp_(dp) {}
   void set_unit_ready(parallel::UnitReady) override {
     KEEL_FAIL("the whole-plan all-reduce hands no unit over (internal error)");
   }
@@ -35,63 +61,50 @@ class AllReduceSync final : public GradSync {
       sq += kernels::cpu::sum_squares(p.grad.f32(), p.grad.numel());
     return sq;
   }
-  void gather_unit(int u, float* out) override {
-    std::memcpy(out, model_.own_weights(u),
-                static_cast<size_t>(model_.units()[static_cast<size_t>(u)].elems) * sizeof(float));
-  }
   parallel::ZeroTimers timers() const override { return {wait_, 0.0}; }
   parallel::ZeroBytes bytes() const override { return {}; }
 
  private:
-  LlamaModel& model_;
   parallel::Communicator& dp_;
-  std::vector<optim::ParamRef> tensors_;
   double wait_ = 0.0;
 };
 
 // ZeRO 0 with a per-layer update: the model holds no gradient plan; parallel::UnitGrads hands it
 // one unit's buffer at a time and all-reduces it on release, then hands it over to be stepped.
-class UnitAllReduceSync final : public GradSync {
+class UnitAllReduceSync final : public WholeModelSync {
  public:
-  UnitAllReduceSync(LlamaModel& model, parallel::Communicator& dp)
-      : model_(model), grads_(model.units(), dp, model.live_units()) {
-    model.set_hooks(&grads_);
-    // The parameters are the units' in order (the per-layer update checks the names).
-    std::vector<const float*> grads;
-    for (size_t u = 0; u < model.units().size(); ++u)
-      for (int64_t offset : model.units()[u].offsets)
-        grads.push_back(grads_.grads(static_cast<int>(u)) + offset);
-    for (Parameter& p : model.parameters())
-      tensors_.push_back(
-          optimizer_tensor(p, p.value.f32(), grads[tensors_.size()], p.value.numel()));
+  UnitAllReduceSync(LlamaModel& model, std::unique_ptr<parallel::UnitGrads> grads)
+      : WholeModelSync(model, unit_grads(model, *grads)), grads_(std::move(grads)) {
+    model.set_hooks(grads_.get());
   }
-  const std::vector<optim::ParamRef>& tensors() const override { return tensors_; }
-  parallel::Communicator* shard_group() override { return nullptr; }
-  bool model_holds_weights() const override { return true; }
   void set_unit_ready(parallel::UnitReady ready) override {
-    grads_.set_unit_ready(std::move(ready));
+    grads_->set_unit_ready(std::move(ready));
   }
-  void begin_step() override { grads_.begin_step(); }
+  void begin_step() override { grads_->begin_step(); }
   // Every unit was stepped already; each rank summed the whole gradient.
   double reduce(const std::function<double()>& stepped) override {
-    grads_.end_step();
+    grads_->end_step();
     return stepped();
   }
-  void gather_unit(int u, float* out) override {
-    std::memcpy(out, model_.own_weights(u),
-                static_cast<size_t>(model_.units()[static_cast<size_t>(u)].elems) * sizeof(float));
-  }
-  parallel::ZeroTimers timers() const override { return {grads_.wait_seconds(), 0.0}; }
+  parallel::ZeroTimers timers() const override { return {grads_->wait_seconds(), 0.0}; }
   parallel::ZeroBytes bytes() const override {
     parallel::ZeroBytes z;
-    z.unit_grads = grads_.bytes();
+    z.unit_grads = grads_->bytes();
     return z;
   }
 
  private:
-  LlamaModel& model_;
-  parallel::UnitGrads grads_;
-  std::vector<optim::ParamRef> tensors_;
+  // Each parameter's gradient in the buffer of its unit; the parameters are the units' in order
+  // (the per-layer update checks the names).
+  static std::vector<const float*> unit_grads(const LlamaModel& model,
+                                              const parallel::UnitGrads& grads) {
+    std::vector<const float*> out;
+    for (size_t u = 0; u < model.units().size(); ++u)
+      for (int64_t offset : model.units()[u].offsets)
+        out.push_back(grads.grads(static_cast<int>(u)) + offset);
+    return out;
+  }
+  std::unique_ptr<parallel::UnitGrads> grads_;
 };
 
 // ZeRO 1-3 (parallel/zero.h): this rank keeps the fp32 master copy of its shard of every
@@ -192,7 +205,9 @@ std::unique_ptr<GradSync> make_grad_sync(const Config& config, LlamaModel& model
                                          parallel::Communicator& dp) {
   if (config.parallel.zero_stage > 0) return std::make_unique<ZeroSync>(config, model, dp);
   model.init_weights(config.training.seed);
-  if (config.optimizer.per_layer_update) return std::make_unique<UnitAllReduceSync>(model, dp);
+  if (config.optimizer.per_layer_update)
+    return std::make_unique<UnitAllReduceSync>(
+        model, std::make_unique<parallel::UnitGrads>(model.units(), dp, model.live_units()));
   return std::make_unique<AllReduceSync>(model, dp);
 }
 

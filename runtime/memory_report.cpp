@@ -12,7 +12,7 @@ BatchSlots declare_batch(MemoryPlan& plan, const TrainingConfig& t, int64_t seq_
   BatchSlots slots;
   slots.tokens = plan.add("tokens", DType::I32, {A, B, seq_length});
   slots.targets = plan.add("targets", DType::I32, {A, B, seq_length});
-  slots.totals = plan.add("totals", DType::F64, {4});
+  slots.totals = plan.add("totals", DType::F64, {3});
   return slots;
 }
 

@@ -138,7 +138,7 @@ class Trainer {
   std::unique_ptr<optim::Optimizer> optimizer_;
   MemoryPlan batch_{"batch"};
   MemoryPlan::Slot tokens_, targets_;  // (accumulation, B, T): this rank's slice of the batch
-  MemoryPlan::Slot totals_;  // (4) F64 over ranks: valid targets, loss sum, GEMM peak, grad norm²
+  MemoryPlan::Slot totals_;  // (3) F64 over ranks: valid targets, loss sum, GEMM peak
   // How gradients are summed over the data-parallel group, and what the optimizer steps.
   std::unique_ptr<GradSync> sync_;
   // Per-layer update: unit u steps the optimizer's tensors [unit_first_[u], unit_first_[u+1]);
