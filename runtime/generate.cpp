@@ -7,13 +7,11 @@
 #include <numeric>
 
 #include "kernels/attention_cached.h"
-#include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "kernels/error.h"
 #include "kernels/matmul.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
-#include "kernels/swiglu.h"
 
 namespace keel::runtime {
 
@@ -25,13 +23,8 @@ namespace {
 constexpr int64_t kChunk = 128;
 }  // namespace
 
-// The weights of one block, as the model lays them out: q, k, v rows of one (QKV, C) matrix and
-// gate, up rows of one (2I, C) matrix, so each group is one GEMM as in the model's forward.
-struct BlockWeights {
-  const float *in_norm, *qkv, *o, *post_norm, *gate_up, *down;
-};
-
 struct Generator::Slots {
+  const LlamaBlock* block;
   std::vector<BlockWeights> blocks;
   const float *embed, *norm, *head;
   float eps;
@@ -63,29 +56,17 @@ Generator::Generator(const LlamaModel& model, int64_t max_positions)
     KEEL_CHECK(p, "generation needs the model's weights, and it does not hold '{}'", name);
     return p;
   };
-  // Rows `next` must follow rows `first` (n floats) in one matrix.
-  auto fused = [&](const std::string& first, const std::string& next, int64_t n) {
-    KEEL_CHECK(weight(first) + n == weight(next), "'{}' does not follow '{}' in memory", next,
-               first);
-    return weight(first);
-  };
-  const int64_t HD = H_ * D_, KV = Hkv_ * D_;
-  for (int64_t l = 0; l < L_; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    fused(p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight", KV * C_);
-    fused(p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", I_ * C_);
-    s.blocks.push_back(
-        {weight(p + "input_layernorm.weight"),
-         fused(p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", HD * C_),
-         weight(p + "self_attn.o_proj.weight"), weight(p + "post_attention_layernorm.weight"),
-         weight(p + "mlp.gate_proj.weight"), weight(p + "mlp.down_proj.weight")});
+  s.block = &model.block();
+  for (int l = 0; l < L_; ++l) {
+    weight("model.layers." + std::to_string(l) + ".self_attn.q_proj.weight");
+    s.blocks.push_back(model.block_weights(l));
   }
   s.embed = weight("model.embed_tokens.weight");
   s.norm = weight("model.norm.weight");
   s.head = m.tie_word_embeddings ? s.embed : weight("lm_head.weight");
   s.eps = static_cast<float>(m.rms_norm_eps);
 
-  const int64_t QKV = HD + 2 * KV;
+  const int64_t HD = H_ * D_, KV = Hkv_ * D_, QKV = HD + 2 * KV;
   s.k_cache = plan_.add("k_cache", DType::F32, {L_, max_positions, KV});
   s.v_cache = plan_.add("v_cache", DType::F32, {L_, max_positions, KV});
   s.x = plan_.add("x", DType::F32, {chunk_, C_});
@@ -124,43 +105,29 @@ const float* Generator::append(const int32_t* tokens, int64_t n) {
   return logits;
 }
 
-// The model's block forward (runtime/llama.cpp) for n positions from length_, op for op, the
-// keys and values going to the cache and attention reading every cached position.
+// n positions from length_ through every block (the training block's own forward, the keys and
+// values going to the cache and attention reading every cached position).
 void Generator::run_chunk(const int32_t* tokens, int64_t n) {
   const Slots& s = *s_;
-  const int64_t p0 = length_, HD = H_ * D_, KV = Hkv_ * D_, QKV = HD + 2 * KV;
+  const int64_t KV = Hkv_ * D_;
   for (int64_t i = 0; i < n; ++i)
     KEEL_CHECK(tokens[i] >= 0 && tokens[i] < V_, "token {} is outside the vocabulary of {}",
                tokens[i], V_);
-  float *x = plan_[s.x].f32(), *xmid = plan_[s.xmid].f32(), *ln = plan_[s.ln].f32();
-  float *qkv = plan_[s.qkv].f32(), *att = plan_[s.att].f32(), *h = plan_[s.h].f32();
-  float *gu = plan_[s.gate_up].f32(), *rstd = plan_[s.rstd].f32();
-  const float* cos = plan_[s.rope_cos].f32() + p0 * (D_ / 2);
-  const float* sin = plan_[s.rope_sin].f32() + p0 * (D_ / 2);
+  float* x = plan_[s.x].f32();
+  float *ln = plan_[s.ln].f32(), *rstd = plan_[s.rstd].f32();
+  // Decoding keeps nothing for a backward: both norms share one buffer, and there is no lse.
+  const BlockActs acts = {
+      ln, rstd, plan_[s.qkv].f32(),     plan_[s.att].f32(), nullptr, plan_[s.xmid].f32(),
+      ln, rstd, plan_[s.gate_up].f32(), plan_[s.h].f32()};
+  const BlockPositions pos = {1, n, plan_[s.rope_cos].f32() + length_ * (D_ / 2),
+                              plan_[s.rope_sin].f32() + length_ * (D_ / 2)};
   k::embedding_forward(x, tokens, s.embed, n, C_, V_);
   for (int64_t l = 0; l < L_; ++l) {
-    const BlockWeights& w = s.blocks[static_cast<size_t>(l)];
-    float* kc = plan_[s.k_cache].f32() + l * max_positions_ * KV;
-    float* vc = plan_[s.v_cache].f32() + l * max_positions_ * KV;
-    k::rmsnorm_forward(ln, rstd, x, w.in_norm, n, C_, s.eps);
-    k::matmul_forward(qkv, ln, w.qkv, n, C_, QKV);
-    k::rope_forward(qkv, cos, sin, 1, n, H_, D_, QKV);
-    k::rope_forward(qkv + HD, cos, sin, 1, n, Hkv_, D_, QKV);
-    float* q = plan_[s.q].f32();
-    for (int64_t i = 0; i < n; ++i) {
-      const float* row = qkv + i * QKV;
-      std::copy_n(row, HD, q + i * HD);
-      std::copy_n(row + HD, KV, kc + (p0 + i) * KV);
-      std::copy_n(row + HD + KV, KV, vc + (p0 + i) * KV);
-    }
-    k::attention_cached(att, q, kc, vc, n, p0, H_, Hkv_, D_, plan_[s.attn_ws].f32());
-    k::matmul_forward(xmid, att, w.o, n, HD, C_);
-    k::add_inplace(xmid, x, n * C_);
-    k::rmsnorm_forward(ln, rstd, xmid, w.post_norm, n, C_, s.eps);
-    k::matmul_forward(gu, ln, w.gate_up, n, C_, 2 * I_);
-    k::swiglu_forward(h, gu, n, I_);
-    k::matmul_forward(x, h, w.down, n, I_, C_);
-    k::add_inplace(x, xmid, n * C_);
+    const KvCache cache = {plan_[s.k_cache].f32() + l * max_positions_ * KV,
+                           plan_[s.v_cache].f32() + l * max_positions_ * KV, length_,
+                           plan_[s.q].f32()};
+    s.block->forward_cached(x, s.blocks[static_cast<size_t>(l)], acts, pos, cache,
+                            plan_[s.attn_ws].f32());
   }
   length_ += n;
 }

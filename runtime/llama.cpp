@@ -7,12 +7,10 @@
 
 #include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
-#include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "kernels/matmul.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
-#include "kernels/swiglu.h"
 
 namespace keel::runtime {
 
@@ -62,12 +60,14 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
       QKV_((H_ + 2 * Hkv_) * D_),
       checkpointing_(checkpointing),
       holds_(holds),
+      block_({C_, H_, Hkv_, D_, I_, static_cast<float>(config.rms_norm_eps)}),
       s_(std::make_unique<Slots>()) {
   config_.num_key_value_heads = Hkv_;
   KEEL_CHECK(B > 0 && T > 0, "micro-batch must be positive, got B={} T={}", B, T);
   KEEL_CHECK(T <= config.max_position_embeddings,
              "sequence length {} exceeds model.max_position_embeddings {}", T,
              config.max_position_embeddings);
+  block_.set_progress([this] { progress(); });
   chunk_rows_ = std::min(N_, std::max<int64_t>(kLogitsChunkFloats / V_ / 16 * 16, 16));
   build_plans();
   if (!holds_.allocate) return;
@@ -306,75 +306,41 @@ void LlamaModel::embed(const int32_t* tokens) {
   k::embedding_forward(acts_[s_->x[0]].f32(), kept, w(s_->w_embed), N_, C_, V_);
 }
 
+BlockWeights LlamaModel::block_weights(int l) const {
+  const Layer& y = layers_[static_cast<size_t>(l)];
+  return {w(y.w_in_norm), w(y.w_qkv), w(y.w_o), w(y.w_post_norm), w(y.w_gate_up), w(y.w_down)};
+}
+
+BlockGrads LlamaModel::block_grads(int l) const {
+  const Layer& y = layers_[static_cast<size_t>(l)];
+  return {g(y.w_in_norm), g(y.w_qkv), g(y.w_o), g(y.w_post_norm), g(y.w_gate_up), g(y.w_down)};
+}
+
+BlockActs LlamaModel::block_acts(int l) const {
+  const Layer& y = layers_[static_cast<size_t>(l)];
+  auto a = [&](Slot s) { return acts_[s].f32(); };
+  return {a(y.ln1),  a(y.rstd1), a(y.qkv),   a(y.att), a(y.lse),
+          a(y.xmid), a(y.ln2),   a(y.rstd2), a(y.gu),  a(y.h)};
+}
+
+BlockPositions LlamaModel::positions() const {
+  return {B_, T_, work_[s_->rope_cos].f32(), work_[s_->rope_sin].f32()};
+}
+
 // One block: x[l] → x[l+1]. With recompute (checkpointing's backward), x[l+1] is left alone.
 void LlamaModel::block_forward(int l, bool recompute) {
-  const Layer& y = layers_[static_cast<size_t>(l)];
-  const float eps = static_cast<float>(config_.rms_norm_eps);
-  const float* x = acts_[s_->x[static_cast<size_t>(l)]].f32();
-  float* ln1 = acts_[y.ln1].f32();
-  float* qkv = acts_[y.qkv].f32();
-  float* att = acts_[y.att].f32();
-  float* xmid = acts_[y.xmid].f32();
-  float* ln2 = acts_[y.ln2].f32();
-  float* gu = acts_[y.gu].f32();
-  float* h = acts_[y.h].f32();
-  const float* cos = work_[s_->rope_cos].f32();
-  const float* sin = work_[s_->rope_sin].f32();
-
-  k::rmsnorm_forward(ln1, acts_[y.rstd1].f32(), x, w(y.w_in_norm), N_, C_, eps);
-  k::matmul_forward(qkv, ln1, w(y.w_qkv), N_, C_, QKV_);
-  progress();
-  k::rope_forward(qkv, cos, sin, B_, T_, H_, D_, QKV_);
-  k::rope_forward(qkv + H_ * D_, cos, sin, B_, T_, Hkv_, D_, QKV_);
-  k::attention_forward(att, acts_[y.lse].f32(), qkv, B_, T_, H_, Hkv_, D_,
-                       work_[s_->attn_ws].f32());
-  progress();
-  k::matmul_forward(xmid, att, w(y.w_o), N_, H_ * D_, C_);
-  progress();
-  k::add_inplace(xmid, x, N_ * C_);
-  k::rmsnorm_forward(ln2, acts_[y.rstd2].f32(), xmid, w(y.w_post_norm), N_, C_, eps);
-  k::matmul_forward(gu, ln2, w(y.w_gate_up), N_, C_, 2 * I_);
-  progress();
-  k::swiglu_forward(h, gu, N_, I_);
-  if (recompute) return;
-  float* out = acts_[s_->x[static_cast<size_t>(l) + 1]].f32();
-  k::matmul_forward(out, h, w(y.w_down), N_, I_, C_);
-  k::add_inplace(out, xmid, N_ * C_);
+  const size_t i = static_cast<size_t>(l);
+  block_.forward(recompute ? nullptr : acts_[s_->x[i + 1]].f32(), acts_[s_->x[i]].f32(),
+                 block_weights(l), block_acts(l), positions(), work_[s_->attn_ws].f32());
 }
 
 // Takes ∂/∂x[l+1] in dres and leaves ∂/∂x[l] there; parameter gradients accumulate.
 void LlamaModel::block_backward(int l) {
   if (checkpointing_) block_forward(l, /*recompute=*/true);
-  const Layer& y = layers_[static_cast<size_t>(l)];
-  const float* x = acts_[s_->x[static_cast<size_t>(l)]].f32();
-  float* dres = work_[s_->dres].f32();
-  float* dtmp = work_[s_->dtmp].f32();
-  float* dbig = work_[s_->dbig].f32();
-  float* dsmall = work_[s_->dsmall].f32();
-  const float* cos = work_[s_->rope_cos].f32();
-  const float* sin = work_[s_->rope_sin].f32();
-
-  // MLP: x[l+1] = xmid + down(swiglu(gate_up(norm(xmid)))).
-  k::matmul_backward(dsmall, g(y.w_down), dres, acts_[y.h].f32(), w(y.w_down), N_, I_, C_, false);
-  progress();
-  k::swiglu_backward(dbig, dsmall, acts_[y.gu].f32(), N_, I_);
-  k::matmul_backward(dtmp, g(y.w_gate_up), dbig, acts_[y.ln2].f32(), w(y.w_gate_up), N_, C_, 2 * I_,
-                     false);
-  progress();
-  k::rmsnorm_backward(dres, g(y.w_post_norm), dtmp, acts_[y.xmid].f32(), w(y.w_post_norm),
-                      acts_[y.rstd2].f32(), N_, C_, true);
-  // Attention: xmid = x + o(attention(rope(qkv(norm(x))))).
-  k::matmul_backward(dsmall, g(y.w_o), dres, acts_[y.att].f32(), w(y.w_o), N_, H_ * D_, C_, false);
-  progress();
-  k::attention_backward(dbig, dsmall, acts_[y.qkv].f32(), acts_[y.att].f32(), acts_[y.lse].f32(),
-                        B_, T_, H_, Hkv_, D_, work_[s_->attn_ws].f32());
-  progress();
-  k::rope_backward(dbig, cos, sin, B_, T_, H_, D_, QKV_);
-  k::rope_backward(dbig + H_ * D_, cos, sin, B_, T_, Hkv_, D_, QKV_);
-  k::matmul_backward(dtmp, g(y.w_qkv), dbig, acts_[y.ln1].f32(), w(y.w_qkv), N_, C_, QKV_, false);
-  progress();
-  k::rmsnorm_backward(dres, g(y.w_in_norm), dtmp, x, w(y.w_in_norm), acts_[y.rstd1].f32(), N_, C_,
-                      true);
+  const BlockScratch scratch = {work_[s_->dres].f32(), work_[s_->dtmp].f32(), work_[s_->dbig].f32(),
+                                work_[s_->dsmall].f32()};
+  block_.backward(acts_[s_->x[static_cast<size_t>(l)]].f32(), block_weights(l), block_grads(l),
+                  block_acts(l), positions(), scratch, work_[s_->attn_ws].f32());
 }
 
 // Final norm, output head and cross-entropy, chunk by chunk of rows. With backward, leaves

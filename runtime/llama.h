@@ -14,6 +14,7 @@
 #include "kernels/memory_plan.h"
 #include "parallel/zero.h"
 #include "runtime/config.h"
+#include "runtime/model/block.h"
 #include "runtime/parameter.h"
 
 namespace keel::runtime {
@@ -76,6 +77,11 @@ class LlamaModel {
   // logits is not null it receives (B, T, V) floats.
   double forward(const int32_t* tokens, const int32_t* targets, float* logits);
 
+  // The block every layer runs, and layer l's weights (null where the model does not hold them;
+  // under ZeRO 3 valid only while the unit is acquired).
+  const LlamaBlock& block() const { return block_; }
+  BlockWeights block_weights(int l) const;
+
   // Model FLOPs per trained token (forward + backward, causal attention counted at half).
   double flops_per_token() const;
   // The memory plans the model holds, buffer by buffer, in MiB, and their sizes.
@@ -90,6 +96,9 @@ class LlamaModel {
   struct Layer;  // parameter and activation slots of one block
   void build_plans();
   void embed(const int32_t* tokens);
+  BlockGrads block_grads(int l) const;
+  BlockActs block_acts(int l) const;
+  BlockPositions positions() const;  // the micro-batch's: B sequences of T from position 0
   void block_forward(int l, bool recompute);
   void block_backward(int l);
   double head(const int32_t* targets, float grad_scale, bool backward, float* logits);
@@ -112,6 +121,7 @@ class LlamaModel {
   int workspace_threads_;  // OpenMP threads the attention workspace is sized for
   bool checkpointing_;
   ModelHolds holds_;
+  LlamaBlock block_;
   parallel::UnitHooks* hooks_ = nullptr;
 
   MemoryPlan weights_{"parameters"};

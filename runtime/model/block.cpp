@@ -1,0 +1,93 @@
+#include "runtime/model/block.h"
+
+#include <algorithm>
+
+#include "kernels/attention.h"
+#include "kernels/attention_cached.h"
+#include "kernels/elementwise.h"
+#include "kernels/matmul.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+
+namespace keel::runtime {
+
+namespace k = keel::kernels::cpu;
+
+template <typename Attend>
+void LlamaBlock::forward_with(float* out, const float* x, const BlockWeights& w, const BlockActs& a,
+                              const BlockPositions& pos, Attend&& attend) const {
+  const BlockShape& s = shape_;
+  const int64_t N = pos.rows(), C = s.C, I = s.I, QKV = s.qkv_width(), HD = s.q_width();
+  // Attention: xmid = x + o(attention(rope(qkv(norm(x))))).
+  k::rmsnorm_forward(a.ln1, a.rstd1, x, w.in_norm, N, C, s.eps);
+  k::matmul_forward(a.qkv, a.ln1, w.qkv, N, C, QKV);
+  progress();
+  k::rope_forward(a.qkv, pos.cos, pos.sin, pos.B, pos.T, s.H, s.D, QKV);
+  k::rope_forward(a.qkv + HD, pos.cos, pos.sin, pos.B, pos.T, s.Hkv, s.D, QKV);
+  attend();
+  progress();
+  k::matmul_forward(a.xmid, a.att, w.o, N, HD, C);
+  progress();
+  k::add_inplace(a.xmid, x, N * C);
+  // MLP: out = xmid + down(swiglu(gate_up(norm(xmid)))).
+  k::rmsnorm_forward(a.ln2, a.rstd2, a.xmid, w.post_norm, N, C, s.eps);
+  k::matmul_forward(a.gu, a.ln2, w.gate_up, N, C, 2 * I);
+  progress();
+  k::swiglu_forward(a.h, a.gu, N, I);
+  if (!out) return;
+  k::matmul_forward(out, a.h, w.down, N, I, C);
+  k::add_inplace(out, a.xmid, N * C);
+}
+
+void LlamaBlock::forward(float* out, const float* x, const BlockWeights& w, const BlockActs& a,
+                         const BlockPositions& pos, float* attn_ws) const {
+  const BlockShape& s = shape_;
+  forward_with(out, x, w, a, pos, [&] {
+    k::attention_forward(a.att, a.lse, a.qkv, pos.B, pos.T, s.H, s.Hkv, s.D, attn_ws);
+  });
+}
+
+void LlamaBlock::backward(const float* x, const BlockWeights& w, const BlockGrads& g,
+                          const BlockActs& a, const BlockPositions& pos, const BlockScratch& sc,
+                          float* attn_ws) const {
+  const BlockShape& s = shape_;
+  const int64_t N = pos.rows(), C = s.C, I = s.I, QKV = s.qkv_width(), HD = s.q_width();
+  // MLP, in reverse.
+  k::matmul_backward(sc.dsmall, g.down, sc.dres, a.h, w.down, N, I, C, false);
+  progress();
+  k::swiglu_backward(sc.dbig, sc.dsmall, a.gu, N, I);
+  k::matmul_backward(sc.dtmp, g.gate_up, sc.dbig, a.ln2, w.gate_up, N, C, 2 * I, false);
+  progress();
+  k::rmsnorm_backward(sc.dres, g.post_norm, sc.dtmp, a.xmid, w.post_norm, a.rstd2, N, C, true);
+  // Attention, in reverse.
+  k::matmul_backward(sc.dsmall, g.o, sc.dres, a.att, w.o, N, HD, C, false);
+  progress();
+  k::attention_backward(sc.dbig, sc.dsmall, a.qkv, a.att, a.lse, pos.B, pos.T, s.H, s.Hkv, s.D,
+                        attn_ws);
+  progress();
+  k::rope_backward(sc.dbig, pos.cos, pos.sin, pos.B, pos.T, s.H, s.D, QKV);
+  k::rope_backward(sc.dbig + HD, pos.cos, pos.sin, pos.B, pos.T, s.Hkv, s.D, QKV);
+  k::matmul_backward(sc.dtmp, g.qkv, sc.dbig, a.ln1, w.qkv, N, C, QKV, false);
+  progress();
+  k::rmsnorm_backward(sc.dres, g.in_norm, sc.dtmp, x, w.in_norm, a.rstd1, N, C, true);
+}
+
+void LlamaBlock::forward_cached(float* x, const BlockWeights& w, const BlockActs& a,
+                                const BlockPositions& pos, const KvCache& cache,
+                                float* attn_ws) const {
+  const BlockShape& s = shape_;
+  const int64_t n = pos.T, HD = s.q_width(), KV = s.kv_width(), QKV = s.qkv_width();
+  forward_with(x, x, w, a, pos, [&] {
+    for (int64_t i = 0; i < n; ++i) {
+      const float* row = a.qkv + i * QKV;
+      std::copy_n(row, HD, cache.q + i * HD);
+      std::copy_n(row + HD, KV, cache.k + (cache.length + i) * KV);
+      std::copy_n(row + HD + KV, KV, cache.v + (cache.length + i) * KV);
+    }
+    k::attention_cached(a.att, cache.q, cache.k, cache.v, n, cache.length, s.H, s.Hkv, s.D,
+                        attn_ws);
+  });
+}
+
+}  // namespace keel::runtime

@@ -1,0 +1,115 @@
+// One LLaMA block as a type: x → x + attention(norm(x)) → … + SwiGLU(norm(…)), its forward, its
+// backward (the forward in reverse) and its forward against a key/value cache for decoding.
+// Training, evaluation and generation all run this one block; the parallel splits of a block
+// (tensor parallelism's communication, an MoE MLP) and other backends plug in here, once.
+// The block owns no memory: the caller hands it the weights, gradients and activations of the
+// layer it runs (the model's plans, or ZeRO's buffers of the moment).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace keel::runtime {
+
+// The sizes of a block as this rank holds it.
+struct BlockShape {
+  int64_t C = 0;    // hidden size
+  int64_t H = 0;    // query heads
+  int64_t Hkv = 0;  // key/value heads (H a multiple of it)
+  int64_t D = 0;    // head dimension
+  int64_t I = 0;    // MLP intermediate size
+  float eps = 0;    // RMSNorm epsilon
+  int64_t q_width() const { return H * D; }
+  int64_t kv_width() const { return Hkv * D; }
+  int64_t qkv_width() const { return (H + 2 * Hkv) * D; }
+};
+
+// A block's parameters (or their gradients), each a pointer into the caller's buffer. q, k and v
+// are rows of one (QKV, C) matrix and gate, up of one (2I, C) matrix, so each is one GEMM.
+template <typename F>
+struct BlockTensors {
+  F* in_norm = nullptr;    // (C)
+  F* qkv = nullptr;        // (QKV, C)
+  F* o = nullptr;          // (C, H·D)
+  F* post_norm = nullptr;  // (C)
+  F* gate_up = nullptr;    // (2I, C)
+  F* down = nullptr;       // (C, I)
+};
+using BlockWeights = BlockTensors<const float>;
+using BlockGrads = BlockTensors<float>;
+
+// What the forward keeps for the backward, N rows each (N = B·T).
+struct BlockActs {
+  float* ln1 = nullptr;    // (N, C) normalised input
+  float* rstd1 = nullptr;  // (N)
+  float* qkv = nullptr;    // (N, QKV) rope applied to q and k
+  float* att = nullptr;    // (N, H·D) attention output
+  float* lse = nullptr;    // (B, H, T) log-sum-exp per query (training only)
+  float* xmid = nullptr;   // (N, C) residual stream after attention
+  float* ln2 = nullptr;    // (N, C)
+  float* rstd2 = nullptr;  // (N)
+  float* gu = nullptr;     // (N, 2I) gate and up
+  float* h = nullptr;      // (N, I) SwiGLU output
+};
+
+// The positions a pass covers: B sequences of T tokens, rotated by the rope tables' rows from the
+// pass's first position on (cos, sin: (T, D/2) each, already offset).
+struct BlockPositions {
+  int64_t B = 0, T = 0;
+  const float* cos = nullptr;
+  const float* sin = nullptr;
+  int64_t rows() const { return B * T; }
+};
+
+// Scratch the backward needs, N rows each. dres carries the residual gradient in and out.
+struct BlockScratch {
+  float* dres = nullptr;    // (N, C)
+  float* dtmp = nullptr;    // (N, C)
+  float* dbig = nullptr;    // (N, max(QKV, 2I))
+  float* dsmall = nullptr;  // (N, max(H·D, I))
+};
+
+// Decoding's cache of one block: the keys (rope applied) and values of every earlier position.
+struct KvCache {
+  float* k = nullptr;  // (max_positions, Hkv·D)
+  float* v = nullptr;  // (max_positions, Hkv·D)
+  int64_t length = 0;  // positions already cached; the pass appends after them
+  float* q = nullptr;  // (rows, H·D) scratch: the new positions' queries, packed
+};
+
+class LlamaBlock {
+ public:
+  explicit LlamaBlock(const BlockShape& shape) : shape_(shape) {}
+  const BlockShape& shape() const { return shape_; }
+  // Called between the block's long operations, so a watchdog can see the rank is alive.
+  void set_progress(std::function<void()> progress) { progress_ = std::move(progress); }
+
+  // out = the block applied to x (N rows). With out null (checkpointing's recompute), stops once
+  // the activations the backward reads are rebuilt. out may equal x. attn_ws: the attention
+  // workspace for these sizes (kernels/attention.h).
+  void forward(float* out, const float* x, const BlockWeights& w, const BlockActs& a,
+               const BlockPositions& pos, float* attn_ws) const;
+  // Takes ∂/∂out in s.dres and leaves ∂/∂x there; parameter gradients accumulate into g.
+  void backward(const float* x, const BlockWeights& w, const BlockGrads& g, const BlockActs& a,
+                const BlockPositions& pos, const BlockScratch& s, float* attn_ws) const;
+  // x ← the block applied to x, for one sequence of pos.T new positions after cache.length: their
+  // keys and values join the cache, and each query attends to every cached position up to its
+  // own. The caller advances cache.length when every block has run. attn_ws: the cached
+  // attention's workspace (kernels/attention_cached.h).
+  void forward_cached(float* x, const BlockWeights& w, const BlockActs& a,
+                      const BlockPositions& pos, const KvCache& cache, float* attn_ws) const;
+
+ private:
+  // The forward with attention as a step the two passes fill in differently.
+  template <typename Attend>
+  void forward_with(float* out, const float* x, const BlockWeights& w, const BlockActs& a,
+                    const BlockPositions& pos, Attend&& attend) const;
+  void progress() const {
+    if (progress_) progress_();
+  }
+
+  BlockShape shape_;
+  std::function<void()> progress_;
+};
+
+}  // namespace keel::runtime
