@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/error.h"
+#include "parallel/tensor_parallel.h"
 #include "runtime/config.h"
 #include "runtime/config_schema.h"
 #include "runtime/memory_limit.h"
@@ -170,6 +171,34 @@ void check_parallel_size(int64_t size, std::string_view key, std::string_view wh
       size, what);
 }
 
+// Tensor parallelism: the model's sizes must split (parallel::tp_split says which does not), and
+// what is built on it so far: ZeRO 0 without the per-layer update, the element-wise optimizers,
+// no checkpoints. The rest is refused by name rather than run wrong.
+void check_tensor_parallel(const Config& config) {
+  const int64_t tp = config.parallel.tensor_model_parallel_size;
+  if (tp == 1) return;
+  const ModelConfig& m = config.model;
+  parallel::tp_split(m.num_attention_heads,
+                     m.num_key_value_heads ? m.num_key_value_heads : m.num_attention_heads,
+                     m.intermediate_size, m.vocab_size, static_cast<int>(tp), 0);
+  auto not_yet = [&](bool ok, std::string_view what, std::string_view fix) {
+    KEEL_CHECK(ok,
+               "parallel.tensor_model_parallel_size {} with {} is not supported yet; {} (or set "
+               "parallel.tensor_model_parallel_size: 1)",
+               tp, what, fix);
+  };
+  not_yet(config.parallel.zero_stage == 0,
+          "parallel.zero_stage " + std::to_string(config.parallel.zero_stage),
+          "set parallel.zero_stage: 0");
+  not_yet(!config.optimizer.per_layer_update, "optimizer.per_layer_update",
+          "set optimizer.per_layer_update: false");
+  not_yet(config.optimizer.type == "adamw" || config.optimizer.type == "adamw_8bit",
+          "optimizer.type " + config.optimizer.type, "use adamw or adamw_8bit");
+  not_yet(config.optimizer.galore.rank == 0, "GaLore", "turn optimizer.galore off");
+  not_yet(config.training.save_steps == 0, "checkpoints (training.save_steps)",
+          "set training.save_steps: 0");
+}
+
 // A unit is stepped as soon as its gradient is complete in the backward, before the units below
 // it have theirs: nothing may need the whole step's gradient first.
 void check_per_layer_update(const Config& config) {
@@ -255,8 +284,7 @@ void validate_config(const Config& config) {
   check_divergence_guard(config);
   if (config.training.memory_limit != "auto" && config.training.memory_limit != "none")
     parse_memory_size(config.training.memory_limit, "training.memory_limit");
-  check_parallel_size(config.parallel.tensor_model_parallel_size, "tensor_model_parallel_size",
-                      "tensor");
+  check_tensor_parallel(config);
   check_parallel_size(config.parallel.pipeline_model_parallel_size, "pipeline_model_parallel_size",
                       "pipeline");
   check_parallel_size(config.parallel.expert_model_parallel_size, "expert_model_parallel_size",

@@ -11,6 +11,7 @@
 #include "kernels/matmul.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
+#include "kernels/vocab_parallel.h"
 
 namespace keel::runtime {
 
@@ -43,26 +44,40 @@ struct LlamaModel::Slots {
   Slot dsmall;                     // (N, max(H·D, I)): datt, then dh
   Slot attn_ws;                    // attention workspace
   Slot rope_cos, rope_sin;         // (T, D/2)
+  Slot kv_grad = 0;                // (2·Hkv·D, C) shared key/value heads' gradients (TP > Hkv)
+  Slot row_max = 0, ce_stats = 0;  // (chunk), (2, chunk) doubles: vocabulary-parallel softmax
 };
 
+namespace {
+parallel::TpSplit split_of(const ModelConfig& c, ModelSplit split) {
+  const int64_t kv = c.num_key_value_heads ? c.num_key_value_heads : c.num_attention_heads;
+  return parallel::tp_split(c.num_attention_heads, kv, c.intermediate_size, c.vocab_size,
+                            split.tp_size, split.tp_rank);
+}
+}  // namespace
+
 LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool checkpointing,
-                       ModelHolds holds)
+                       ModelHolds holds, ModelSplit split)
     : config_(config),
       B_(B),
       T_(T),
       N_(B * T),
-      H_(config.num_attention_heads),
-      Hkv_(config.num_key_value_heads ? config.num_key_value_heads : config.num_attention_heads),
+      tp_(split_of(config, split)),
+      H_(tp_.heads.count),
+      Hkv_(tp_.kv_heads.count),
       D_(config.hidden_size / config.num_attention_heads),
       C_(config.hidden_size),
-      I_(config.intermediate_size),
-      V_(config.vocab_size),
+      I_(tp_.inter.count),
+      V_(tp_.vocab.count),
       QKV_((H_ + 2 * Hkv_) * D_),
       checkpointing_(checkpointing),
       holds_(holds),
-      block_({C_, H_, Hkv_, D_, I_, static_cast<float>(config.rms_norm_eps)}),
+      block_(
+          {C_, H_, Hkv_, D_, I_, static_cast<float>(config.rms_norm_eps), tp_.kv_replicas,
+           tp_.kv_heads.begin,
+           config.num_key_value_heads ? config.num_key_value_heads : config.num_attention_heads}),
       s_(std::make_unique<Slots>()) {
-  config_.num_key_value_heads = Hkv_;
+  if (!config_.num_key_value_heads) config_.num_key_value_heads = config_.num_attention_heads;
   KEEL_CHECK(B > 0 && T > 0, "micro-batch must be positive, got B={} T={}", B, T);
   KEEL_CHECK(T <= config.max_position_embeddings,
              "sequence length {} exceeds model.max_position_embeddings {}", T,
@@ -150,6 +165,12 @@ void LlamaModel::build_plans() {
   workspace_threads_ = omp_get_max_threads();
   const size_t ws = k::attention_workspace_floats(B_, T_, H_, Hkv_, D_, workspace_threads_);
   s.attn_ws = work_.add("attention", DType::F32, {static_cast<int64_t>(ws)});
+  if (tp_.kv_replicas > 1)
+    s.kv_grad = work_.add("kv_grad", DType::F32, {2 * config_.num_key_value_heads * D_, C_});
+  if (tp_.split()) {  // the vocabulary-parallel cross-entropy's per-row statistics
+    s.row_max = work_.add("row_max", DType::F32, {chunk_rows_});
+    s.ce_stats = work_.add("ce_stats", DType::F64, {2, chunk_rows_});
+  }
   s.rope_cos = work_.add("rope_cos", DType::F32, {T_, D_ / 2});
   s.rope_sin = work_.add("rope_sin", DType::F32, {T_, D_ / 2});
 
@@ -165,8 +186,17 @@ void LlamaModel::build_plans() {
   }
 
   // Parameters under their Hugging Face names, as views of the plan (null where not held), and
-  // in their unit's list for ZeRO.
-  auto add_param = [&](const std::string& name, Slot slot, int64_t row0, int64_t rows, bool decay) {
+  // in their unit's list for ZeRO. Each names its global shape and, under TP, the slice held here.
+  const int64_t Hg = config_.num_attention_heads, Hkvg = config_.num_key_value_heads;
+  const int64_t Ig = config_.intermediate_size, Vg = config_.vocab_size;
+  auto split = [&](int dim, parallel::Span span, int64_t scale, int64_t total) {
+    return span.count * scale == total ? ShardSpec{}
+                                       : ShardSpec{dim, span.begin * scale, span.end() * scale};
+  };
+  const bool first = tp_.rank == 0;  // counts the tensors every TP rank holds alike
+  const bool kv_first = tp_.rank % tp_.kv_replicas == 0;
+  auto add_param = [&](const std::string& name, Slot slot, int64_t row0, int64_t rows, bool decay,
+                       Shape global, ShardSpec shard, bool counted_if_split) {
     const Shape full = weights_.shape(slot);
     const Shape shape = rows >= 0 ? Shape{rows, full[1]} : full;
     const int64_t at = slot_at_[slot] + (rows >= 0 ? row0 * full[1] : 0);  // rows of a fused matrix
@@ -175,29 +205,50 @@ void LlamaModel::build_plans() {
              DType::F32, shape);
     Tensor g(gbase_[static_cast<size_t>(u)] ? gbase_[static_cast<size_t>(u)] + at : nullptr,
              DType::F32, shape);
-    params_.push_back({name, shape, {}, decay, w, g});
+    params_.push_back({name, global, shard, decay, shard.whole() ? first : counted_if_split, w, g});
     parallel::ZeroUnit& unit = units_[static_cast<size_t>(u)];
     unit.params.push_back({name, shape[0], shape.numel() / shape[0]});
     unit.offsets.push_back(at);
     return params_.size() - 1;
   };
-  s.embed = add_param("model.embed_tokens.weight", s.w_embed, 0, -1, true);
+  const ShardSpec vocab = split(0, tp_.vocab, 1, Vg);
+  const ShardSpec q_rows = split(0, tp_.heads, D_, Hg * D_),
+                  o_cols = split(1, tp_.heads, D_, Hg * D_);
+  const ShardSpec kv_rows = split(0, tp_.kv_heads, D_, Hkvg * D_);
+  const ShardSpec mlp_rows = split(0, tp_.inter, 1, Ig), down_cols = split(1, tp_.inter, 1, Ig);
+  s.embed = add_param("model.embed_tokens.weight", s.w_embed, 0, -1, true, {Vg, C_}, vocab, true);
   for (int64_t l = 0; l < L; ++l) {
     Layer& y = layers_[static_cast<size_t>(l)];
     const std::string p = "model.layers." + std::to_string(l) + ".";
-    y.in_norm = add_param(p + "input_layernorm.weight", y.w_in_norm, 0, -1, false);
-    y.q = add_param(p + "self_attn.q_proj.weight", y.w_qkv, 0, H_ * D_, true);
-    y.k = add_param(p + "self_attn.k_proj.weight", y.w_qkv, H_ * D_, Hkv_ * D_, true);
-    y.v = add_param(p + "self_attn.v_proj.weight", y.w_qkv, (H_ + Hkv_) * D_, Hkv_ * D_, true);
-    y.o = add_param(p + "self_attn.o_proj.weight", y.w_o, 0, -1, true);
-    y.post_norm = add_param(p + "post_attention_layernorm.weight", y.w_post_norm, 0, -1, false);
-    y.gate = add_param(p + "mlp.gate_proj.weight", y.w_gate_up, 0, I_, true);
-    y.up = add_param(p + "mlp.up_proj.weight", y.w_gate_up, I_, I_, true);
-    y.down = add_param(p + "mlp.down_proj.weight", y.w_down, 0, -1, true);
+    y.in_norm = add_param(p + "input_layernorm.weight", y.w_in_norm, 0, -1, false, {C_}, {}, true);
+    y.q = add_param(p + "self_attn.q_proj.weight", y.w_qkv, 0, H_ * D_, true, {Hg * D_, C_}, q_rows,
+                    true);
+    y.k = add_param(p + "self_attn.k_proj.weight", y.w_qkv, H_ * D_, Hkv_ * D_, true,
+                    {Hkvg * D_, C_}, kv_rows, kv_first);
+    y.v = add_param(p + "self_attn.v_proj.weight", y.w_qkv, (H_ + Hkv_) * D_, Hkv_ * D_, true,
+                    {Hkvg * D_, C_}, kv_rows, kv_first);
+    y.o = add_param(p + "self_attn.o_proj.weight", y.w_o, 0, -1, true, {C_, Hg * D_}, o_cols, true);
+    y.post_norm = add_param(p + "post_attention_layernorm.weight", y.w_post_norm, 0, -1, false,
+                            {C_}, {}, true);
+    y.gate =
+        add_param(p + "mlp.gate_proj.weight", y.w_gate_up, 0, I_, true, {Ig, C_}, mlp_rows, true);
+    y.up = add_param(p + "mlp.up_proj.weight", y.w_gate_up, I_, I_, true, {Ig, C_}, mlp_rows, true);
+    y.down =
+        add_param(p + "mlp.down_proj.weight", y.w_down, 0, -1, true, {C_, Ig}, down_cols, true);
   }
-  s.final_norm = add_param("model.norm.weight", s.w_final_norm, 0, -1, false);
-  s.head =
-      config_.tie_word_embeddings ? s.embed : add_param("lm_head.weight", s.w_head, 0, -1, true);
+  s.final_norm = add_param("model.norm.weight", s.w_final_norm, 0, -1, false, {C_}, {}, true);
+  s.head = config_.tie_word_embeddings
+               ? s.embed
+               : add_param("lm_head.weight", s.w_head, 0, -1, true, {Vg, C_}, vocab, true);
+}
+
+void LlamaModel::set_tensor_parallel(parallel::TpMappings tp) {
+  KEEL_CHECK(tp.size() == tp_.size && tp.rank() == tp_.rank,
+             "the model holds TP slice {} of {}, and the group given is rank {} of {} (internal "
+             "error)",
+             tp_.rank, tp_.size, tp.rank(), tp.size());
+  tp_comm_ = tp;
+  block_.set_tensor_parallel(tp);
 }
 
 float* LlamaModel::own_weights(int u) const {
@@ -251,7 +302,7 @@ Parameter& LlamaModel::parameter(const std::string& name) {
 
 int64_t LlamaModel::num_parameters() const {
   int64_t n = 0;
-  for (const Parameter& p : params_) n += p.value.numel();
+  for (const Parameter& p : params_) n += p.global_shape.numel();
   return n;
 }
 
@@ -267,7 +318,7 @@ void LlamaModel::init_unit(int u, uint64_t seed, float* base) const {
     const parallel::ZeroParamSpec& spec = unit.params[i];
     const Parameter& owner = parameter_by_name(spec.name);
     Parameter p = owner;
-    p.value = Tensor(base + unit.offsets[i], DType::F32, owner.global_shape);
+    p.value = Tensor(base + unit.offsets[i], DType::F32, owner.value.shape());
     if (p.value.rank() == 1)
       init_constant(p, 1.0f);
     else
@@ -301,9 +352,22 @@ void LlamaModel::embed(const int32_t* tokens) {
              "the model was built for {} OpenMP threads and now runs with {}; build it after "
              "setting the thread count",
              workspace_threads_, omp_get_max_threads());
+  KEEL_CHECK(tp_comm_.size() == tp_.size,
+             "the model holds a tensor-parallel slice and has no TP group (internal error)");
   int32_t* kept = acts_[s_->tokens].data_as<int32_t>();
   std::copy_n(tokens, N_, kept);
-  k::embedding_forward(acts_[s_->x[0]].f32(), kept, w(s_->w_embed), N_, C_, V_);
+  float* x0 = acts_[s_->x[0]].f32();
+  if (!tp_.split()) {
+    k::embedding_forward(x0, kept, w(s_->w_embed), N_, C_, V_);
+    return;
+  }
+  // Vocabulary-parallel: each rank looks up the tokens its rows hold, zeros elsewhere, summed.
+  for (int64_t n = 0; n < N_; ++n)
+    KEEL_CHECK(kept[n] >= 0 && kept[n] < config_.vocab_size,
+               "embedding: token {} of row {} is outside the vocabulary of {}", kept[n], n,
+               config_.vocab_size);
+  k::embedding_forward_slice(x0, kept, w(s_->w_embed), N_, C_, tp_.vocab.begin, V_);
+  tp_comm_.reduce(x0, N_ * C_);
 }
 
 BlockWeights LlamaModel::block_weights(int l) const {
@@ -337,8 +401,9 @@ void LlamaModel::block_forward(int l, bool recompute) {
 // Takes ∂/∂x[l+1] in dres and leaves ∂/∂x[l] there; parameter gradients accumulate.
 void LlamaModel::block_backward(int l) {
   if (checkpointing_) block_forward(l, /*recompute=*/true);
-  const BlockScratch scratch = {work_[s_->dres].f32(), work_[s_->dtmp].f32(), work_[s_->dbig].f32(),
-                                work_[s_->dsmall].f32()};
+  const BlockScratch scratch = {work_[s_->dres].f32(), work_[s_->dtmp].f32(),
+                                work_[s_->dbig].f32(), work_[s_->dsmall].f32(),
+                                tp_.kv_replicas > 1 ? work_[s_->kv_grad].f32() : nullptr};
   block_.backward(acts_[s_->x[static_cast<size_t>(l)]].f32(), block_weights(l), block_grads(l),
                   block_acts(l), positions(), scratch, work_[s_->attn_ws].f32());
 }
@@ -363,12 +428,17 @@ double LlamaModel::head(const int32_t* targets, float grad_scale, bool backward,
     k::matmul_forward(logits, lnf + r0 * C_, w_head, rows, C_, V_);
     if (logits_out) std::copy_n(logits, rows * V_, logits_out + r0 * V_);
     if (!targets) continue;
-    if (backward) {
+    if (tp_.split())
+      sliced_cross_entropy(losses + r0, logits, targets + r0, rows, grad_scale, backward);
+    else if (backward)
       k::cross_entropy_forward_backward(losses + r0, logits, targets + r0, rows, V_, grad_scale);
+    else
+      k::cross_entropy_forward(losses + r0, logits, targets + r0, rows, V_);
+    if (backward) {
       k::matmul_backward(dtmp + r0 * C_, g_head, logits, lnf + r0 * C_, w_head, rows, C_, V_,
                          false);
-    } else {
-      k::cross_entropy_forward(losses + r0, logits, targets + r0, rows, V_);
+      tp_comm_.reduce(dtmp + r0 * C_,
+                      rows * C_);  // the head is column-parallel over the vocabulary
     }
     for (int64_t i = 0; i < rows; ++i) total += losses[r0 + i];
     progress();
@@ -378,6 +448,22 @@ double LlamaModel::head(const int32_t* targets, float grad_scale, bool backward,
                         acts_[s_->rstdf].f32(), N_, C_, false);
   }
   return total;
+}
+
+// Cross-entropy over the vocabulary split across the TP group (kernels/vocab_parallel.h): the
+// row maxima and then Σ exp and the target's logit are joined over the group, so no rank ever
+// holds a whole row of logits; with backward the logits become their gradient in place.
+void LlamaModel::sliced_cross_entropy(float* losses, float* logits, const int32_t* targets,
+                                      int64_t rows, float grad_scale, bool backward) {
+  float* row_max = work_[s_->row_max].f32();
+  double* stats = work_[s_->ce_stats].data_as<double>();
+  k::cross_entropy_slice_max(row_max, logits, rows, V_);
+  tp_comm_.reduce_max(row_max, rows);
+  // Rows past `rows` of the (2, chunk) statistics are not used: pack the two halves together.
+  k::cross_entropy_slice_sums(stats, logits, row_max, targets, rows, V_, tp_.vocab.begin);
+  tp_comm_.reduce(stats, 2 * rows);
+  k::cross_entropy_slice_finish(losses, logits, row_max, stats, targets, rows, V_, tp_.vocab.begin,
+                                grad_scale, backward);
 }
 
 // The embedding and every block's forward, each unit's weights held only while it runs.
@@ -394,6 +480,8 @@ void LlamaModel::run_forward(const int32_t* tokens) {
 }
 
 double LlamaModel::forward(const int32_t* tokens, const int32_t* targets, float* logits) {
+  KEEL_CHECK(!logits || !tp_.split(),
+             "the logits of a tensor-parallel model are split over its TP group (internal error)");
   run_forward(tokens);
   const int head_unit = static_cast<int>(layers_.size()) + 1;
   const bool tied = config_.tie_word_embeddings;
@@ -427,8 +515,12 @@ double LlamaModel::forward_backward(const int32_t* tokens, const int32_t* target
     drop_grads(1 + l);
   }
   if (!tied) use_grads(0);  // the embedding's backward reads no weights
-  k::embedding_backward(g(s_->w_embed), work_[s_->dres].f32(), acts_[s_->tokens].data_as<int32_t>(),
-                        N_, C_, V_);
+  const int32_t* kept = acts_[s_->tokens].data_as<int32_t>();
+  if (tp_.split())
+    k::embedding_backward_slice(g(s_->w_embed), work_[s_->dres].f32(), kept, N_, C_,
+                                tp_.vocab.begin, V_);
+  else
+    k::embedding_backward(g(s_->w_embed), work_[s_->dres].f32(), kept, N_, C_, V_);
   drop_grads(0);
   return loss;
 }
@@ -438,10 +530,14 @@ double LlamaModel::flops_per_token() const {
   // (the embedding lookup is not a product), plus attention's QKᵀ and PV: 2·2·T·D per head
   // forward, half of it masked away by causality, ×3 with the backward. Work that checkpointing
   // recomputes is not model FLOPs and is not counted.
-  const double L = static_cast<double>(config_.num_hidden_layers);
-  const double per_layer = static_cast<double>(QKV_ * C_ + C_ * H_ * D_ + 3 * I_ * C_);
-  const double matmul = 6.0 * (L * per_layer + static_cast<double>(V_ * C_));
-  const double attention = 3.0 * L * static_cast<double>(H_) * 2.0 * static_cast<double>(T_ * D_);
+  // The whole model's, whatever slice of it this rank holds.
+  const ModelConfig& m = config_;
+  const double L = static_cast<double>(m.num_hidden_layers);
+  const int64_t H = m.num_attention_heads, QKV = (H + 2 * m.num_key_value_heads) * D_;
+  const double per_layer =
+      static_cast<double>(QKV * C_ + C_ * H * D_ + 3 * m.intermediate_size * C_);
+  const double matmul = 6.0 * (L * per_layer + static_cast<double>(m.vocab_size * C_));
+  const double attention = 3.0 * L * static_cast<double>(H) * 2.0 * static_cast<double>(T_ * D_);
   return matmul + attention;
 }
 

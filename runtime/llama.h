@@ -26,17 +26,28 @@ struct ModelHolds {
   bool allocate = true;  // false: the plans and units only, for sizes (keel plan); cannot run
 };
 
+// Which slice of the model this rank holds: its place in the tensor-parallel group.
+struct ModelSplit {
+  int tp_size = 1;
+  int tp_rank = 0;
+};
+
 class LlamaModel {
  public:
   // B sequences of T tokens per micro-batch. With checkpointing, only each block's input is kept
-  // from the forward; the backward recomputes the block's insides.
+  // from the forward; the backward recomputes the block's insides. Under tensor parallelism
+  // (split.tp_size > 1) the model holds its TP slice of every layer (parallel/tensor_parallel.h)
+  // and cannot run before set_tensor_parallel names the group.
   LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool checkpointing,
-             ModelHolds holds = {});
+             ModelHolds holds = {}, ModelSplit split = {});
   ~LlamaModel();
   LlamaModel(const LlamaModel&) = delete;
   LlamaModel& operator=(const LlamaModel&) = delete;
 
   const ModelConfig& config() const { return config_; }
+  const parallel::TpSplit& tp_split() const { return tp_; }
+  // The TP group (of tp_split().size ranks, this one at tp_split().rank).
+  void set_tensor_parallel(parallel::TpMappings tp);
   int64_t batch() const { return B_; }
   int64_t seq() const { return T_; }
 
@@ -102,6 +113,8 @@ class LlamaModel {
   void block_forward(int l, bool recompute);
   void block_backward(int l);
   double head(const int32_t* targets, float grad_scale, bool backward, float* logits);
+  void sliced_cross_entropy(float* losses, float* logits, const int32_t* targets, int64_t rows,
+                            float grad_scale, bool backward);
   void run_forward(const int32_t* tokens);  // embedding and blocks
   // Weights and gradients of a slot, wherever its unit's buffer is now.
   float* w(MemoryPlan::Slot s) const { return wbase_[unit_of_[s]] + slot_at_[s]; }
@@ -116,9 +129,11 @@ class LlamaModel {
 
   ModelConfig config_;
   int64_t B_, T_, N_;
-  int64_t H_, Hkv_, D_, C_, I_, V_, QKV_;
-  int64_t chunk_rows_;     // rows of logits that exist at once
-  int workspace_threads_;  // OpenMP threads the attention workspace is sized for
+  parallel::TpSplit tp_;
+  parallel::TpMappings tp_comm_;
+  int64_t H_, Hkv_, D_, C_, I_, V_, QKV_;  // as this rank holds them (V_: its vocabulary rows)
+  int64_t chunk_rows_;                     // rows of logits that exist at once
+  int workspace_threads_;                  // OpenMP threads the attention workspace is sized for
   bool checkpointing_;
   ModelHolds holds_;
   LlamaBlock block_;

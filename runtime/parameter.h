@@ -10,8 +10,9 @@
 
 namespace keel::runtime {
 
-// Which part of the global tensor the local value holds: rows [begin, end) of dimension `dim`,
-// or the whole tensor when dim < 0.
+// Which part of the global tensor the local value holds: rows (dim 0) or columns (dim 1)
+// [begin, end) of it, or the whole tensor when dim < 0. Tensor parallelism's split; ZeRO's shard
+// of the local value is a rectangle inside it, and the two compose (runtime/memory_report.h).
 struct ShardSpec {
   int dim = -1;
   int64_t begin = 0;
@@ -24,8 +25,12 @@ struct Parameter {
   Shape global_shape;
   ShardSpec shard;
   bool weight_decay = true;  // false for norm weights (Hugging Face Trainer's rule)
-  Tensor value;              // fp32, the local slice
-  Tensor grad;               // fp32, same shape as value; accumulates across micro-batches
+  // Whether this rank counts the tensor in sums over the TP group (the gradient norm): true for
+  // a TP split's own slice; of the ranks holding the same values (norms everywhere, a key/value
+  // head shared by several ranks) only the first.
+  bool tp_counted = true;
+  Tensor value;  // fp32, the local slice
+  Tensor grad;   // fp32, same shape as value; accumulates across micro-batches
 };
 
 // Fills `value` with N(0, std²) from a counter-based generator keyed by (seed, name, global

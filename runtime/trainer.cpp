@@ -10,6 +10,7 @@
 #include "runtime/grad_sync.h"
 #include "runtime/memory_fit.h"
 #include "runtime/memory_report.h"
+#include "runtime/model/tp_gather.h"
 #include "runtime/peak_flops.h"
 #include "runtime/safetensors.h"
 #include "runtime/schedule.h"
@@ -102,7 +103,9 @@ void Trainer::build() {
   // with the settings that would fit, not an OOM kill without a word.
   admit_memory(config_, grid_.world(), grid_.dp().size(), console_);
   model_ = std::make_unique<LlamaModel>(config_.model, B, T, t.gradient_checkpointing,
-                                        model_holds(config_));
+                                        model_holds(config_),
+                                        ModelSplit{grid_.tp().size(), grid_.tp().rank()});
+  model_->set_tensor_parallel(parallel::TpMappings(&grid_.tp()));
   sync_ = make_grad_sync(config_, *model_, grid_.dp());
   const std::vector<optim::ParamRef>& refs = sync_->tensors();
   if (per_layer) build_per_layer(refs);
@@ -171,8 +174,23 @@ parallel::ZeroTimers Trainer::zero_timers() const { return sync_->timers(); }
 void Trainer::write_parameters(const std::string& path) {
   const bool writer = grid_.rank() == 0;
   std::vector<std::pair<std::string, Tensor>> tensors;
-  std::vector<float> gathered;         // ZeRO 3, rank 0: every unit, gathered one after another
-  if (sync_->model_holds_weights()) {  // every rank holds the full weights: views suffice
+  std::vector<float> gathered;  // ZeRO 3, rank 0: every unit, gathered one after another
+  if (model_->tp_split().split()) {
+    // Each tensor whole from the TP group's slices (the config keeps TP to stages that hold the
+    // weights); every rank takes part, rank 0 writes.
+    KEEL_CHECK(sync_->model_holds_weights(),
+               "tensor parallelism under ZeRO 3 cannot gather the weights yet (internal error)");
+    int64_t total = 0;
+    for (const Parameter& p : model_->parameters()) total += p.global_shape.numel();
+    gathered.resize(static_cast<size_t>(total));
+    int64_t at = 0;
+    const parallel::TpMappings tp(&grid_.tp());
+    for (const Parameter& p : model_->parameters()) {
+      gather_whole(p, p.value.f32(), gathered.data() + at, tp);
+      tensors.emplace_back(p.name, Tensor(gathered.data() + at, DType::F32, p.global_shape));
+      at += p.global_shape.numel();
+    }
+  } else if (sync_->model_holds_weights()) {  // every rank holds the full weights: views suffice
     for (const Parameter& p : model_->parameters()) tensors.emplace_back(p.name, p.value);
   } else {
     const std::vector<parallel::ZeroUnit>& units = model_->units();
@@ -194,6 +212,15 @@ void Trainer::write_parameters(const std::string& path) {
     }
   }
   if (writer) write_safetensors(path, tensors, {{"format", "pt"}});
+}
+
+double Trainer::tp_sum(double x) {
+  parallel::Communicator& tp = grid_.tp();
+  if (tp.size() == 1) return x;
+  Tensor t = batch_[totals_].slice0(2, 3);
+  t.data_as<double>()[0] = x;
+  tp.all_reduce(t);
+  return t.data_as<double>()[0];
 }
 
 StepStats Trainer::step() {
@@ -247,7 +274,9 @@ StepStats Trainer::step() {
   dp.all_reduce(totals.slice0(1, 2));
 
   // The summed gradient (per-layer update: every unit stepped already) and its norm².
-  const double sq = sync_->reduce([this] { return unit_sum_squares_; });
+  // Under TP each rank summed its slices (a tensor held alike by several, once): the TP group's
+  // sum is the whole gradient's.
+  const double sq = tp_sum(sync_->reduce([this] { return unit_sum_squares_; }));
   const double norm = std::sqrt(sq);
   StepStats s;
   s.loss = total[1] / valid;

@@ -88,6 +88,8 @@ class Trainer {
   // The divergence guard (trainer_guard.cpp). Why a step with this global loss and gradient
   // norm² must not update the weights, or "" when it may (the same verdict on every rank).
   std::string judge(double loss, double grad_sum_squares);
+  // x summed over the tensor-parallel group (x itself without TP).
+  double tp_sum(double x);
   // The name of the first optimizer tensor (in their order) whose gradient on some rank holds a
   // NaN or an infinity, or "" (collective over the data-parallel group).
   std::string first_nonfinite_gradient();
@@ -138,7 +140,7 @@ class Trainer {
   std::unique_ptr<optim::Optimizer> optimizer_;
   MemoryPlan batch_{"batch"};
   MemoryPlan::Slot tokens_, targets_;  // (accumulation, B, T): this rank's slice of the batch
-  MemoryPlan::Slot totals_;  // (3) F64 over ranks: valid targets, loss sum, GEMM peak
+  MemoryPlan::Slot totals_;            // (3) F64 over ranks: valid targets, loss sum, GEMM peak
   // How gradients are summed over the data-parallel group, and what the optimizer steps.
   std::unique_ptr<GradSync> sync_;
   // Per-layer update: unit u steps the optimizer's tensors [unit_first_[u], unit_first_[u+1]);

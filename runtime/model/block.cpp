@@ -28,6 +28,7 @@ void LlamaBlock::forward_with(float* out, const float* x, const BlockWeights& w,
   attend();
   progress();
   k::matmul_forward(a.xmid, a.att, w.o, N, HD, C);
+  tp_.reduce(a.xmid, N * C);  // row-parallel o: the sum of every rank's heads
   progress();
   k::add_inplace(a.xmid, x, N * C);
   // MLP: out = xmid + down(swiglu(gate_up(norm(xmid)))).
@@ -37,6 +38,7 @@ void LlamaBlock::forward_with(float* out, const float* x, const BlockWeights& w,
   k::swiglu_forward(a.h, a.gu, N, I);
   if (!out) return;
   k::matmul_forward(out, a.h, w.down, N, I, C);
+  tp_.reduce(out, N * C);  // row-parallel down
   k::add_inplace(out, a.xmid, N * C);
 }
 
@@ -58,6 +60,7 @@ void LlamaBlock::backward(const float* x, const BlockWeights& w, const BlockGrad
   progress();
   k::swiglu_backward(sc.dbig, sc.dsmall, a.gu, N, I);
   k::matmul_backward(sc.dtmp, g.gate_up, sc.dbig, a.ln2, w.gate_up, N, C, 2 * I, false);
+  tp_.reduce(sc.dtmp, N * C);  // column-parallel gate/up: the input's gradient sums over ranks
   progress();
   k::rmsnorm_backward(sc.dres, g.post_norm, sc.dtmp, a.xmid, w.post_norm, a.rstd2, N, C, true);
   // Attention, in reverse.
@@ -68,9 +71,36 @@ void LlamaBlock::backward(const float* x, const BlockWeights& w, const BlockGrad
   progress();
   k::rope_backward(sc.dbig, pos.cos, pos.sin, pos.B, pos.T, s.H, s.D, QKV);
   k::rope_backward(sc.dbig + HD, pos.cos, pos.sin, pos.B, pos.T, s.Hkv, s.D, QKV);
-  k::matmul_backward(sc.dtmp, g.qkv, sc.dbig, a.ln1, w.qkv, N, C, QKV, false);
+  qkv_backward(w, g, a, sc, N);
+  tp_.reduce(sc.dtmp, N * C);  // column-parallel q/k/v
   progress();
   k::rmsnorm_backward(sc.dres, g.in_norm, sc.dtmp, x, w.in_norm, a.rstd1, N, C, true);
+}
+
+// dtmp = dqkv · W_qkv, and the weight gradient. A key/value head shared by several TP ranks gets
+// part of its gradient from each (each rank's own query heads): those rows are summed over the TP
+// group in a buffer with a place for every head (zero where a rank holds none) before they join
+// the gradient, so every replica holds the same whole gradient and steps the same way.
+void LlamaBlock::qkv_backward(const BlockWeights& w, const BlockGrads& g, const BlockActs& a,
+                              const BlockScratch& sc, int64_t N) const {
+  const BlockShape& s = shape_;
+  const int64_t C = s.C, QKV = s.qkv_width(), HD = s.q_width(), KV = s.kv_width();
+  if (s.kv_replicas == 1) {
+    k::matmul_backward(sc.dtmp, g.qkv, sc.dbig, a.ln1, w.qkv, N, C, QKV, false);
+    return;
+  }
+  k::matmul_backward(sc.dtmp, nullptr, sc.dbig, a.ln1, w.qkv, N, C, QKV, false);
+  // g_q (HD, C) += dq (N, HD)ᵀ · ln1 (N, C): the columns of dqkv that are q, row stride QKV.
+  k::gemm(true, false, HD, C, N, 1.0f, sc.dbig, QKV, a.ln1, C, 1.0f, g.qkv, C);
+  const int64_t head = s.D * C, total = 2 * s.kv_total * head;
+  std::fill_n(sc.kv_grad, total, 0.0f);
+  float* gk = sc.kv_grad + s.kv_first * head;
+  float* gv = sc.kv_grad + (s.kv_total + s.kv_first) * head;
+  k::gemm(true, false, KV, C, N, 1.0f, sc.dbig + HD, QKV, a.ln1, C, 0.0f, gk, C);
+  k::gemm(true, false, KV, C, N, 1.0f, sc.dbig + HD + KV, QKV, a.ln1, C, 0.0f, gv, C);
+  tp_.reduce(sc.kv_grad, total);
+  k::add_inplace(g.qkv + HD * C, gk, KV * C);
+  k::add_inplace(g.qkv + (HD + KV) * C, gv, KV * C);
 }
 
 void LlamaBlock::forward_cached(float* x, const BlockWeights& w, const BlockActs& a,

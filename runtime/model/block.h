@@ -9,9 +9,11 @@
 #include <cstdint>
 #include <functional>
 
+#include "parallel/tensor_parallel.h"
+
 namespace keel::runtime {
 
-// The sizes of a block as this rank holds it.
+// The sizes of a block as this rank holds it (under tensor parallelism, its slice).
 struct BlockShape {
   int64_t C = 0;    // hidden size
   int64_t H = 0;    // query heads
@@ -19,6 +21,10 @@ struct BlockShape {
   int64_t D = 0;    // head dimension
   int64_t I = 0;    // MLP intermediate size
   float eps = 0;    // RMSNorm epsilon
+  // A key/value head shared by kv_replicas TP ranks (TP above the key/value heads): its weight
+  // gradient sums over them. kv_first is the head held here, of kv_total in the model.
+  int kv_replicas = 1;
+  int64_t kv_first = 0, kv_total = 0;
   int64_t q_width() const { return H * D; }
   int64_t kv_width() const { return Hkv * D; }
   int64_t qkv_width() const { return (H + 2 * Hkv) * D; }
@@ -63,10 +69,11 @@ struct BlockPositions {
 
 // Scratch the backward needs, N rows each. dres carries the residual gradient in and out.
 struct BlockScratch {
-  float* dres = nullptr;    // (N, C)
-  float* dtmp = nullptr;    // (N, C)
-  float* dbig = nullptr;    // (N, max(QKV, 2I))
-  float* dsmall = nullptr;  // (N, max(H·D, I))
+  float* dres = nullptr;     // (N, C)
+  float* dtmp = nullptr;     // (N, C)
+  float* dbig = nullptr;     // (N, max(QKV, 2I))
+  float* dsmall = nullptr;   // (N, max(H·D, I))
+  float* kv_grad = nullptr;  // (2·kv_total·D, C) when kv_replicas > 1
 };
 
 // Decoding's cache of one block: the keys (rope applied) and values of every earlier position.
@@ -81,6 +88,10 @@ class LlamaBlock {
  public:
   explicit LlamaBlock(const BlockShape& shape) : shape_(shape) {}
   const BlockShape& shape() const { return shape_; }
+  // The TP group this block's slice belongs to (Megatron's four conjugate pairs: after the o and
+  // down GEMMs forward, after the q/k/v and gate/up GEMMs' input gradients backward).
+  void set_tensor_parallel(parallel::TpMappings tp) { tp_ = tp; }
+  const parallel::TpMappings& tensor_parallel() const { return tp_; }
   // Called between the block's long operations, so a watchdog can see the rank is alive.
   void set_progress(std::function<void()> progress) { progress_ = std::move(progress); }
 
@@ -108,7 +119,11 @@ class LlamaBlock {
     if (progress_) progress_();
   }
 
+  void qkv_backward(const BlockWeights& w, const BlockGrads& g, const BlockActs& a,
+                    const BlockScratch& sc, int64_t N) const;
+
   BlockShape shape_;
+  parallel::TpMappings tp_;
   std::function<void()> progress_;
 };
 

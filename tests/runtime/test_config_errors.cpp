@@ -143,12 +143,30 @@ TEST(Config, UnsupportedChoicesListWhatIsSupported) {
   EXPECT_EQ(parse_error(kMinimalYaml, {"data.tokenizer=bpe"}),
             "data.tokenizer is 'bpe'; set it to auto (the tokenizer.json of prepared data, bytes "
             "for text), bytes, or the path of a tokenizer.json");
-  for (const std::string kind : {"tensor", "pipeline", "expert"}) {
+  for (const std::string kind : {"pipeline", "expert"}) {
     const std::string key = kind + "_model_parallel_size";
     EXPECT_EQ(parse_error(kMinimalYaml, {"parallel." + key + "=2"}),
               "parallel." + key + " is 2, but " + kind +
                   " parallelism is not supported yet in this build; set it to 1");
   }
+}
+
+// Tensor parallelism splits heads, the MLP and the vocabulary; what is not built on it yet is
+// refused by name, with the setting that works.
+TEST(Config, TensorParallelismRefusesWhatItCannotServe) {
+  const std::string tp2 = "parallel.tensor_model_parallel_size=2";
+  EXPECT_EQ(parse_config(kMinimalYaml, {tp2}).parallel.tensor_model_parallel_size, 2);
+  EXPECT_NE(parse_error(kMinimalYaml, {"parallel.tensor_model_parallel_size=5"})
+                .find("is not a multiple of 5"),
+            std::string::npos);
+  EXPECT_EQ(parse_error(kMinimalYaml, {tp2, "parallel.zero_stage=3"}),
+            "parallel.tensor_model_parallel_size 2 with parallel.zero_stage 3 is not supported "
+            "yet; set parallel.zero_stage: 0 (or set parallel.tensor_model_parallel_size: 1)");
+  EXPECT_NE(parse_error(kMinimalYaml, {tp2, "optimizer.type=adafactor"}).find("use adamw"),
+            std::string::npos);
+  EXPECT_NE(
+      parse_error(kMinimalYaml, {tp2, "training.save_steps=10"}).find("set training.save_steps: 0"),
+      std::string::npos);
 }
 
 // A per-layer update steps a unit before the units below it have gradients: whatever needs the
