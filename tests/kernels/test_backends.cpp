@@ -5,6 +5,7 @@
 // without the CUDA kernels or without a GPU.
 #include <gtest/gtest.h>
 
+#include <ostream>
 #include <set>
 #include <string>
 
@@ -44,6 +45,11 @@ std::vector<BackendCase> backend_cases() {
   for (const DeviceType t : {DeviceType::CPU, DeviceType::CUDA})
     for (const OpCase& c : all_cases()) all.push_back({t, c});
   return all;
+}
+
+// "cpu/gemm" in failure messages, not the parameter's bytes.
+void PrintTo(const BackendCase& c, std::ostream* os) {
+  *os << (c.backend == DeviceType::CPU ? "cpu" : "cuda") << "/" << c.op.name;
 }
 
 class Backends : public ::testing::TestWithParam<BackendCase> {};
