@@ -20,9 +20,12 @@ struct Device {
   std::string str() const { return is_cpu() ? "cpu" : "cuda:" + std::to_string(index); }
 };
 
-// An opaque stream handle: cudaStream_t on CUDA, unused on CPU.
+// An opaque stream handle: cudaStream_t on CUDA, unused on CPU. blas is the cuBLAS handle the
+// caller owns for this stream (a kernels::cuda::CublasHandle*, not owned here): the op table's
+// CUDA GEMMs (kernels/ops.h) take it from the stream, since keel keeps no hidden global handle.
 struct Stream {
   void* handle = nullptr;
+  void* blas = nullptr;
 };
 
 }  // namespace keel

@@ -6,6 +6,7 @@
 
 #include "kernels/adafactor.h"
 #include "kernels/error.h"
+#include "kernels/ops.h"
 
 namespace keel::optim {
 namespace {
@@ -13,6 +14,10 @@ namespace {
 using kernels::cpu::AdafactorHyper;
 using kernels::cpu::AdafactorPart;
 using kernels::cpu::AdafactorScale;
+
+// The phases read and write the optimizer's host scratch (factors, partial sums) beside its state
+// plan, so they run on the CPU's ops; the decay and step size are host arithmetic, called by name.
+const kernels::Ops& host_ops() { return kernels::ops(Device::cpu()); }
 
 // The part of a tensor held here: its rect, or all of it when it carries none.
 parallel::ShardRect held(const ParamRef& p) {
@@ -149,31 +154,30 @@ void Adafactor::gather_sums(size_t i, const AdafactorHyper& h) {
   double* out = sums_.data() + s.sums_at;
   out[kCount] = static_cast<double>(s.rect.rows * s.rect.cols);
   if (!s.factored) {
-    out[kParamSq] = kernels::cpu::adafactor_sums(part, h, nullptr, nullptr);
+    out[kParamSq] = host_ops().adafactor_sums(part, h, nullptr, nullptr);
     return;
   }
   const kernels::cpu::AdafactorDecay d = kernels::cpu::adafactor_decay(h);
   float* row = state_[s.row].f32();
   if (s.row_split) {  // whole rows here: their means now, Σ of them and the column sums to reduce
-    out[kParamSq] = kernels::cpu::adafactor_sums(part, h, local_sums_.data(), out + kRest + 1);
-    kernels::cpu::adafactor_update_means(row, local_sums_.data(), part.rows,
-                                         static_cast<double>(p.cols), d);
+    out[kParamSq] = host_ops().adafactor_sums(part, h, local_sums_.data(), out + kRest + 1);
+    host_ops().adafactor_update_means(row, local_sums_.data(), part.rows,
+                                      static_cast<double>(p.cols), d);
     double row_sum = 0.0;
     for (int64_t r = 0; r < part.rows; ++r) row_sum += row[r];
     out[kRest] = row_sum;
   } else {  // whole columns here: their means now, the row sums to reduce
-    out[kParamSq] = kernels::cpu::adafactor_sums(part, h, out + kRest, local_sums_.data());
-    kernels::cpu::adafactor_update_means(state_[s.col].f32(), local_sums_.data(), part.cols,
-                                         static_cast<double>(p.rows), d);
+    out[kParamSq] = host_ops().adafactor_sums(part, h, out + kRest, local_sums_.data());
+    host_ops().adafactor_update_means(state_[s.col].f32(), local_sums_.data(), part.cols,
+                                      static_cast<double>(p.rows), d);
   }
 }
 
 AdafactorScale Adafactor::scale_of(size_t i) {
   const Slots& s = slots_[i];
   if (!s.factored) return {nullptr, nullptr, state_[s.sq].f32()};
-  kernels::cpu::adafactor_factors(row_factor_.data(), state_[s.row].f32(), s.rect.rows,
-                                  row_mean_[i]);
-  kernels::cpu::adafactor_factors(col_factor_.data(), state_[s.col].f32(), s.rect.cols, 1.0f);
+  host_ops().adafactor_factors(row_factor_.data(), state_[s.row].f32(), s.rect.rows, row_mean_[i]);
+  host_ops().adafactor_factors(col_factor_.data(), state_[s.col].f32(), s.rect.cols, 1.0f);
   return {row_factor_.data(), col_factor_.data(), nullptr};
 }
 
@@ -184,7 +188,7 @@ double Adafactor::measure_update(size_t i, const AdafactorHyper& h) {
   const double* sums = sums_.data() + s.sums_at;
   const kernels::cpu::AdafactorDecay d = kernels::cpu::adafactor_decay(h);
   if (!s.factored) {
-    kernels::cpu::adafactor_second_moment(part, state_[s.sq].f32(), h, d);
+    host_ops().adafactor_second_moment(part, state_[s.sq].f32(), h, d);
   } else {
     KEEL_CHECK(sums[kCount] == static_cast<double>(p.rows * p.cols),
                "adafactor: the shards of '{}' hold {} values of its {}x{}; they must cover it "
@@ -193,17 +197,16 @@ double Adafactor::measure_update(size_t i, const AdafactorHyper& h) {
     const auto rows = static_cast<double>(p.rows);
     float* row = state_[s.row].f32();
     if (s.row_split) {
-      kernels::cpu::adafactor_update_means(state_[s.col].f32(), sums + kRest + 1, p.cols, rows, d);
+      host_ops().adafactor_update_means(state_[s.col].f32(), sums + kRest + 1, p.cols, rows, d);
       row_mean_[i] = static_cast<float>(sums[kRest] / rows);
     } else {
-      kernels::cpu::adafactor_update_means(row, sums + kRest, p.rows, static_cast<double>(p.cols),
-                                           d);
+      host_ops().adafactor_update_means(row, sums + kRest, p.rows, static_cast<double>(p.cols), d);
       double row_sum = 0.0;
       for (int64_t r = 0; r < p.rows; ++r) row_sum += row[r];
       row_mean_[i] = static_cast<float>(row_sum / rows);
     }
   }
-  return kernels::cpu::adafactor_update_sum_sq(part, scale_of(i), h);
+  return host_ops().adafactor_update_sum_sq(part, scale_of(i), h);
 }
 
 void Adafactor::step_tensors(size_t first, size_t last, double lr, double grad_scale) {
@@ -225,8 +228,8 @@ void Adafactor::step_tensors(size_t first, size_t last, double lr, double grad_s
     const double step_size =
         kernels::cpu::adafactor_step_size(h, std::sqrt(sums[kParamSq] / count));
     float* m = config_.adafactor_beta1 > 0 ? state_[s.m].f32() : nullptr;
-    kernels::cpu::adafactor_apply({p.value, p.grad, s.rect.rows, s.rect.cols, s.rect.ld},
-                                  scale_of(i), m, h, step_size, std::sqrt(update_sq_[i] / count));
+    host_ops().adafactor_apply({p.value, p.grad, s.rect.rows, s.rect.cols, s.rect.ld}, scale_of(i),
+                               m, h, step_size, std::sqrt(update_sq_[i] / count));
   }
 }
 

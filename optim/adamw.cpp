@@ -1,6 +1,6 @@
 #include "optim/adamw.h"
 
-#include "kernels/adamw.h"
+#include "kernels/ops.h"
 
 namespace keel::optim {
 
@@ -38,7 +38,8 @@ void AdamW::step_tensors(size_t first, size_t last, double lr, double grad_scale
   for (size_t i = first; i < last; ++i) {
     const ParamRef& p = params_[i];
     h.weight_decay = p.weight_decay ? static_cast<float>(config_.weight_decay) : 0.0f;
-    kernels::cpu::adamw_step(p.value, state_[m_[i]].f32(), state_[v_[i]].f32(), p.grad, p.n, h);
+    const Tensor m = state_[m_[i]], v = state_[v_[i]];
+    kernels::ops(m.device()).adamw_step(p.value, m.f32(), v.f32(), p.grad, p.n, h, {});
   }
 }
 

@@ -1,5 +1,5 @@
 // AdamW over a set of parameter tensors (or, under ZeRO, parameter shards): owns the first and
-// second moments in one memory plan and steps every tensor with kernels::cpu::adamw_step.
+// second moments in one memory plan and steps every tensor with the op table's adamw_step.
 #pragma once
 
 #include <string>

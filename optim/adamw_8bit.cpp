@@ -2,13 +2,13 @@
 
 #include <cstring>
 
-#include "kernels/adamw.h"
-#include "kernels/adamw_8bit.h"
 #include "kernels/error.h"
+#include "kernels/ops.h"
 
 namespace keel::optim {
 
-namespace k = keel::kernels::cpu;
+// The 8-bit maps and the block limit are host constants; the ops go through the table.
+namespace q = keel::kernels::cpu;
 
 void AdamW8bit::declare(MemoryPlan& plan, const std::vector<ParamRef>& params,
                         const OptimizerConfig& config, std::vector<Slots>& slots) {
@@ -30,11 +30,11 @@ void AdamW8bit::declare(MemoryPlan& plan, const std::vector<ParamRef>& params,
 AdamW8bit::AdamW8bit(std::vector<ParamRef> params, const OptimizerConfig& config)
     : params_(std::move(params)),
       config_(config),
-      signed_(k::dynamic_map(true)),
-      unsigned_(k::dynamic_map(false)) {
-  KEEL_CHECK(config.block_size > 0 && config.block_size <= k::kMaxQuantBlock,
+      signed_(q::dynamic_map(true)),
+      unsigned_(q::dynamic_map(false)) {
+  KEEL_CHECK(config.block_size > 0 && config.block_size <= q::kMaxQuantBlock,
              "optimizer.block_size is {}; it must be in [1, {}]", config.block_size,
-             k::kMaxQuantBlock);
+             q::kMaxQuantBlock);
   declare(state_, params_, config_, slots_);
   state_.allocate();
   // Zero moments: absmax 0, and the codes of 0 (what requantizing zeros gives).
@@ -82,24 +82,26 @@ void AdamW8bit::load_state(size_t i, const std::string& name, const float* value
   KEEL_CHECK(name == "exp_avg" || name == "exp_avg_sq",
              "the 8-bit optimizer keeps no element-wise state '{}'", name);
   const bool m = name == "exp_avg";
-  k::quantize_blockwise(state_[m ? s.m : s.v].data_as<uint8_t>(),
-                        state_[m ? s.m_absmax : s.v_absmax].f32(), values, params_[i].n,
-                        config_.block_size, m ? signed_ : unsigned_);
+  const Tensor codes = state_[m ? s.m : s.v];
+  kernels::ops(codes.device())
+      .quantize_blockwise(codes.data_as<uint8_t>(), state_[m ? s.m_absmax : s.v_absmax].f32(),
+                          values, params_[i].n, config_.block_size, m ? signed_ : unsigned_, {});
 }
 
 void AdamW8bit::step_tensors(size_t first, size_t last, double lr, double grad_scale) {
-  k::AdamWHyper h = adamw_hyper(config_, lr, grad_scale, t_);
+  q::AdamWHyper h = adamw_hyper(config_, lr, grad_scale, t_);
   for (size_t i = first; i < last; ++i) {
     const ParamRef& p = params_[i];
     const Slots& s = slots_[i];
     h.weight_decay = p.weight_decay ? static_cast<float>(config_.weight_decay) : 0.0f;
+    const kernels::Ops& k = kernels::ops(state_[s.m].device());
     if (!s.quantized) {
-      k::adamw_step(p.value, state_[s.m].f32(), state_[s.v].f32(), p.grad, p.n, h);
+      k.adamw_step(p.value, state_[s.m].f32(), state_[s.v].f32(), p.grad, p.n, h, {});
       continue;
     }
-    k::adamw_8bit_step(p.value, state_[s.m].data_as<uint8_t>(), state_[s.m_absmax].f32(),
-                       state_[s.v].data_as<uint8_t>(), state_[s.v_absmax].f32(), p.grad, p.n,
-                       config_.block_size, signed_, unsigned_, h);
+    k.adamw_8bit_step(p.value, state_[s.m].data_as<uint8_t>(), state_[s.m_absmax].f32(),
+                      state_[s.v].data_as<uint8_t>(), state_[s.v_absmax].f32(), p.grad, p.n,
+                      config_.block_size, signed_, unsigned_, h, {});
   }
 }
 

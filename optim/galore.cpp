@@ -9,11 +9,9 @@
 #include "kernels/error.h"
 #include "kernels/hash.h"
 #include "kernels/low_rank.h"
-#include "kernels/matmul.h"
+#include "kernels/ops.h"
 
 namespace keel::optim {
-
-namespace k = keel::kernels::cpu;
 
 namespace detail {
 
@@ -116,6 +114,7 @@ void declare(const std::vector<ParamRef>& params, const OptimizerConfig& config,
   const bool randomized = g.projector == "randomized";
   int64_t inner = 1, staging = 1, gram = 1, gram_scratch = 1, eig = 1, eig_int = 1, r_max = 1;
   int64_t basis = 1, sketch = 1, qr = 1, small = 1, small_vectors = 1, product = 1;
+  const kernels::Ops& k = kernels::ops(Device::cpu());  // the plans below are host memory
   for (const ParamRef& p : params) {
     GaloreLayout l = layout_of(p, g, shards, rank);
     if (l.on) {
@@ -128,16 +127,16 @@ void declare(const std::vector<ParamRef>& params, const OptimizerConfig& config,
       if (randomized) {
         const int64_t q = sketch_size(l, g);
         sketch = std::max(sketch, q * l.S);
-        qr = std::max(qr, k::orthonormalize_scratch(q));
+        qr = std::max(qr, k.orthonormalize_scratch(q));
         small = std::max(small, q * q);
         small_vectors = std::max(small_vectors, l.r * q);
         product = std::max(product, q * l.Lk);
-        const k::EigenScratch e = k::eigen_scratch(q, l.r);
+        const kernels::cpu::EigenScratch e = k.eigen_scratch(q, l.r);
         eig = std::max(eig, e.doubles), eig_int = std::max(eig_int, e.ints);
       } else {
         gram = std::max(gram, l.S * l.S);
-        gram_scratch = std::max(gram_scratch, k::kGramBlock * l.S);
-        const k::EigenScratch e = k::eigen_scratch(l.S, l.r);
+        gram_scratch = std::max(gram_scratch, kernels::cpu::kGramBlock * l.S);
+        const kernels::cpu::EigenScratch e = k.eigen_scratch(l.S, l.r);
         eig = std::max(eig, e.doubles), eig_int = std::max(eig_int, e.ints);
       }
     }
@@ -268,6 +267,7 @@ void GaLore::step_tensors(size_t first, size_t last, double lr, double grad_scal
 
 void GaLore::project(size_t i) {
   const GaloreLayout& l = layouts_[i];
+  const kernels::Ops& k = kernels::ops(state_[l.projector].device());
   const ParamRef& p = params_[i];
   float* R = work_[slots_->grad].f32();
   float* D = work_[slots_->delta].f32();
@@ -276,9 +276,9 @@ void GaLore::project(size_t i) {
   std::fill_n(D, l.inner, 0.0f);
   if (l.short_side) {
     if (l.rows_long) {  // R (Lk × r) = G (Lk × S) · Vᵀ
-      k::gemm(false, true, l.Lk, l.r, l.S, 1.0f, p.grad, ld, P, l.S, 0.0f, R, l.r);
+      k.gemm(false, true, l.Lk, l.r, l.S, 1.0f, p.grad, ld, P, l.S, 0.0f, R, l.r, {});
     } else {  // R (r × Lk) = V · G (S × Lk)
-      k::gemm(false, false, l.r, l.Lk, l.S, 1.0f, P, l.S, p.grad, ld, 0.0f, R, l.Lk);
+      k.gemm(false, false, l.r, l.Lk, l.S, 1.0f, P, l.S, p.grad, ld, 0.0f, R, l.Lk, {});
     }
     return;
   }
@@ -286,9 +286,9 @@ void GaLore::project(size_t i) {
   const int n = shards_ ? shards_->size() : 1;
   float* full = shards_ ? work_[slots_->staging].f32() : R;
   if (l.rows_long) {  // R (r × S) = U (r × Lk) · G (Lk × S)
-    k::gemm(false, false, l.r, l.S, l.Lk, 1.0f, P, l.Lk, p.grad, ld, 0.0f, full, l.S);
+    k.gemm(false, false, l.r, l.S, l.Lk, 1.0f, P, l.Lk, p.grad, ld, 0.0f, full, l.S, {});
   } else {  // R (S × r) = G (S × Lk) · Uᵀ
-    k::gemm(false, true, l.S, l.r, l.Lk, 1.0f, p.grad, ld, P, l.Lk, 0.0f, full, l.r);
+    k.gemm(false, true, l.S, l.r, l.Lk, 1.0f, p.grad, ld, P, l.Lk, 0.0f, full, l.r, {});
   }
   std::fill(full + l.S * l.r, full + n * l.chunk, 0.0f);
   if (shards_)
@@ -298,6 +298,7 @@ void GaLore::project(size_t i) {
 
 void GaLore::project_back(size_t i, double lr) {
   const GaloreLayout& l = layouts_[i];
+  const kernels::Ops& k = kernels::ops(state_[l.projector].device());
   const ParamRef& p = params_[i];
   const float* D = work_[slots_->delta].f32();  // −lr · the inner optimizer's step direction
   const float* P = state_[l.projector].f32();
@@ -307,9 +308,9 @@ void GaLore::project_back(size_t i, double lr) {
   const auto alpha = static_cast<float>(config_.galore.scale);
   if (l.short_side) {
     if (l.rows_long) {  // (Lk × S) += D (Lk × r) · V
-      k::gemm(false, false, l.Lk, l.S, l.r, alpha, D, l.r, P, l.S, decay, p.value, ld);
+      k.gemm(false, false, l.Lk, l.S, l.r, alpha, D, l.r, P, l.S, decay, p.value, ld, {});
     } else {  // (S × Lk) += Vᵀ · D (r × Lk)
-      k::gemm(true, false, l.S, l.Lk, l.r, alpha, P, l.S, D, l.Lk, decay, p.value, ld);
+      k.gemm(true, false, l.S, l.Lk, l.r, alpha, P, l.S, D, l.Lk, decay, p.value, ld, {});
     }
     return;
   }
@@ -322,35 +323,37 @@ void GaLore::project_back(size_t i, double lr) {
     full = staging;
   }
   if (l.rows_long) {  // (Lk × S) += Uᵀ · D (r × S)
-    k::gemm(true, false, l.Lk, l.S, l.r, alpha, P, l.Lk, full, l.S, decay, p.value, ld);
+    k.gemm(true, false, l.Lk, l.S, l.r, alpha, P, l.Lk, full, l.S, decay, p.value, ld, {});
   } else {  // (S × Lk) += D (S × r) · U
-    k::gemm(false, false, l.S, l.Lk, l.r, alpha, full, l.r, P, l.Lk, decay, p.value, ld);
+    k.gemm(false, false, l.S, l.Lk, l.r, alpha, full, l.r, P, l.Lk, decay, p.value, ld, {});
   }
 }
 
 float* GaLore::sketch_product(size_t i, const double* sketch, int64_t q) {
   const GaloreLayout& l = layouts_[i];
+  const kernels::Ops& k = kernels::ops(work_[slots_->product].device());
   const ParamRef& p = params_[i];
   float* qf = work_[slots_->sketch_f].f32();
   float* z = work_[slots_->product].f32();
   to_float(qf, sketch, q * l.S);
   if (l.rows_long) {  // Z (Lk × q) = G Qᵀ
-    k::gemm(false, true, l.Lk, q, l.S, 1.0f, p.grad, p.rect.ld, qf, l.S, 0.0f, z, q);
+    k.gemm(false, true, l.Lk, q, l.S, 1.0f, p.grad, p.rect.ld, qf, l.S, 0.0f, z, q, {});
   } else {  // Z (q × Lk) = Q G
-    k::gemm(false, false, q, l.Lk, l.S, 1.0f, qf, l.S, p.grad, p.rect.ld, 0.0f, z, l.Lk);
+    k.gemm(false, false, q, l.Lk, l.S, 1.0f, qf, l.S, p.grad, p.rect.ld, 0.0f, z, l.Lk, {});
   }
   return z;
 }
 
 void GaLore::apply_gram(size_t i, double* sketch, int64_t q) {
   const GaloreLayout& l = layouts_[i];
+  const kernels::Ops& k = kernels::ops(work_[slots_->sketch_f].device());
   const ParamRef& p = params_[i];
   const float* z = sketch_product(i, sketch, q);
   float* y = work_[slots_->sketch_f].f32();
   if (l.rows_long) {  // Gram = Gᵀ G: Q Gram = Zᵀ G
-    k::gemm(true, false, q, l.S, l.Lk, 1.0f, z, q, p.grad, p.rect.ld, 0.0f, y, l.S);
+    k.gemm(true, false, q, l.S, l.Lk, 1.0f, z, q, p.grad, p.rect.ld, 0.0f, y, l.S, {});
   } else {  // Gram = G Gᵀ: Q Gram = Z Gᵀ
-    k::gemm(false, true, q, l.S, l.Lk, 1.0f, z, l.Lk, p.grad, p.rect.ld, 0.0f, y, l.S);
+    k.gemm(false, true, q, l.S, l.Lk, 1.0f, z, l.Lk, p.grad, p.rect.ld, 0.0f, y, l.S, {});
   }
   if (shards_) shards_->all_reduce(parallel::host_view(y, static_cast<size_t>(q * l.S)));
   to_double(sketch, y, q * l.S);
@@ -359,6 +362,7 @@ void GaLore::apply_gram(size_t i, double* sketch, int64_t q) {
 void GaLore::refresh(size_t i) {
   const auto t0 = std::chrono::steady_clock::now();
   const GaloreLayout& l = layouts_[i];
+  const kernels::Ops& k = kernels::ops(work_[slots_->basis].device());
   const ParamRef& p = params_[i];
   double* values = work_[slots_->values].data_as<double>();
   double* basis = work_[slots_->basis].data_as<double>();
@@ -371,35 +375,35 @@ void GaLore::refresh(size_t i) {
     double* sketch = work_[slots_->sketch].data_as<double>();
     double* qr = work_[slots_->qr].data_as<double>();
     const uint64_t seed = fnv1a(p.name, kFnvOffsetBasis ^ config_.seed) ^ static_cast<uint64_t>(t_);
-    k::gaussian_fill(sketch, q * l.S, seed);
+    k.gaussian_fill(sketch, q * l.S, seed);
     apply_gram(i, sketch, q);
     for (int64_t it = 0; it < config_.galore.power_iterations; ++it) {
-      k::orthonormalize_rows(sketch, q, l.S, qr);
+      k.orthonormalize_rows(sketch, q, l.S, qr);
       apply_gram(i, sketch, q);
     }
-    k::orthonormalize_rows(sketch, q, l.S, qr);
+    k.orthonormalize_rows(sketch, q, l.S, qr);
     // T (q × q) = Q Gram Qᵀ = Zᵀ Z (or Z Zᵀ) with Z the sketch applied to G.
     const float* z = sketch_product(i, sketch, q);
     float* tf = work_[slots_->small_f].f32();
     if (l.rows_long) {
-      k::gemm(true, false, q, q, l.Lk, 1.0f, z, q, z, q, 0.0f, tf, q);
+      k.gemm(true, false, q, q, l.Lk, 1.0f, z, q, z, q, 0.0f, tf, q, {});
     } else {
-      k::gemm(false, true, q, q, l.Lk, 1.0f, z, l.Lk, z, l.Lk, 0.0f, tf, q);
+      k.gemm(false, true, q, q, l.Lk, 1.0f, z, l.Lk, z, l.Lk, 0.0f, tf, q, {});
     }
     if (shards_) shards_->all_reduce(parallel::host_view(tf, static_cast<size_t>(q * q)));
     double* t = work_[slots_->small].data_as<double>();
     double* w = work_[slots_->small_vectors].data_as<double>();
     to_double(t, tf, q * q);
-    k::symmetric_top_eigen(t, q, l.r, values, w, eig, eig_int);
-    k::combine_rows(basis, w, sketch, l.r, q, l.S);
-    k::canonicalize_signs(basis, l.r, l.S);
+    k.symmetric_top_eigen(t, q, l.r, values, w, eig, eig_int);
+    k.combine_rows(basis, w, sketch, l.r, q, l.S);
+    k.canonicalize_signs(basis, l.r, l.S);
   } else {
     double* gram = work_[slots_->gram].data_as<double>();
     std::fill_n(gram, l.S * l.S, 0.0);
-    k::gram_accumulate(gram, p.grad, l.S, l.Lk, p.rect.ld, l.rows_long,
-                       work_[slots_->gram_scratch].data_as<double>());
+    k.gram_accumulate(gram, p.grad, l.S, l.Lk, p.rect.ld, l.rows_long,
+                      work_[slots_->gram_scratch].data_as<double>());
     if (shards_) shards_->all_reduce(parallel::host_view(gram, static_cast<size_t>(l.S * l.S)));
-    k::symmetric_top_eigen(gram, l.S, l.r, values, basis, eig, eig_int);
+    k.symmetric_top_eigen(gram, l.S, l.r, values, basis, eig, eig_int);
   }
   set_projector(i, basis, values);
   refresh_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -407,6 +411,7 @@ void GaLore::refresh(size_t i) {
 
 void GaLore::set_projector(size_t i, const double* basis, const double* values) {
   const GaloreLayout& l = layouts_[i];
+  const kernels::Ops& k = kernels::ops(state_[l.projector].device());
   const ParamRef& p = params_[i];
   float* P = state_[l.projector].f32();
   if (l.short_side) {
@@ -416,7 +421,7 @@ void GaLore::set_projector(size_t i, const double* basis, const double* values) 
   // U = G V Σ⁻¹ on this rank's long-side rows: U (r × Lk) = V (r × S) · (G as S × Lk) / σ.
   float* vf = work_[slots_->basis_f].f32();
   to_float(vf, basis, l.r * l.S);
-  k::gemm(false, l.rows_long, l.r, l.Lk, l.S, 1.0f, vf, l.S, p.grad, p.rect.ld, 0.0f, P, l.Lk);
+  k.gemm(false, l.rows_long, l.r, l.Lk, l.S, 1.0f, vf, l.S, p.grad, p.rect.ld, 0.0f, P, l.Lk, {});
   // A direction the gradient does not span (σ ≈ 0) has no left vector: it stays zero.
   const double top = std::sqrt(std::max(values[0], 0.0));
   for (int64_t j = 0; j < l.r; ++j) {

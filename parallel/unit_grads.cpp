@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <chrono>
 
-#include "kernels/elementwise.h"
 #include "kernels/error.h"
+#include "kernels/ops.h"
 
 namespace keel::parallel {
 
@@ -93,7 +93,8 @@ void UnitGrads::release_grads(int unit) {
   const size_t u = static_cast<size_t>(unit);
   const size_t s = static_cast<size_t>(slot_of(unit));
   KEEL_CHECK(owner_[s] == unit, "unit gradients: unit '{}' released but not held", units_[u].name);
-  float* g = plan_[slots_[s]].f32();
+  const Tensor buffer = plan_[slots_[s]];
+  float* g = buffer.f32();
   if (dp_.size() > 1) {
     // Blocking: the buffer is stepped and reused right after, and ZeRO 0 keeps no second one to
     // overlap with.
@@ -101,7 +102,7 @@ void UnitGrads::release_grads(int unit) {
     dp_.all_reduce(Tensor(g, DType::F32, {units_[u].elems}));
     wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
-  ready_(unit, kernels::cpu::sum_squares(g, units_[u].elems));
+  ready_(unit, kernels::ops(buffer.device()).sum_squares(g, units_[u].elems, {}));
   handed_[u] = true;
   owner_[s] = -1;
 }

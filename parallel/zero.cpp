@@ -4,8 +4,8 @@
 #include <chrono>
 #include <cstring>
 
-#include "kernels/elementwise.h"
 #include "kernels/error.h"
+#include "kernels/ops.h"
 
 namespace keel::parallel {
 
@@ -260,7 +260,8 @@ void Zero::finish(InFlight& f) {
     const float* chunk =
         plan_[staging_[static_cast<size_t>(f.staging)]].f32() + dp_.rank() * region;
     const auto t0 = Clock::now();
-    kernels::cpu::add_inplace(plan_[grad_].f32() + grad_at(f.unit), chunk, region);
+    const Tensor grads = plan_[grad_];
+    kernels::ops(grads.device()).add_inplace(grads.f32() + grad_at(f.unit), chunk, region, {});
     timers_.copy_seconds += since(t0);
   }
   staging_owner_[static_cast<size_t>(f.staging)] = -1;
@@ -355,9 +356,10 @@ void Zero::hand_over(int unit) {
   while (std::any_of(flights_.begin(), flights_.end(),
                      [&](const auto& f) { return f->reduce && f->unit == unit; }))
     finish_oldest();
-  const float* g = plan_[grad_].f32() + grad_at(unit);
+  const Tensor grads = plan_[grad_];
+  const float* g = grads.f32() + grad_at(unit);
   const int64_t region = layouts_[static_cast<size_t>(unit)].region_elems();
-  ready_(unit, kernels::cpu::sum_squares(g, region));
+  ready_(unit, kernels::ops(grads.device()).sum_squares(g, region, {}));
   grad_slot_owner_[static_cast<size_t>(unit % kGradSlots)] = -1;
   ++handed_;
 }
@@ -367,7 +369,7 @@ double Zero::grad_sum_squares() const {
              "ZeRO: with a per-layer update the units share gradient shard buffers; each unit's "
              "Σ g² comes with its hand-over");
   const Tensor g = plan_[grad_];
-  return kernels::cpu::sum_squares(g.f32(), g.numel());
+  return kernels::ops(g.device()).sum_squares(g.f32(), g.numel(), {});
 }
 
 void Zero::publish_weights() {

@@ -3,7 +3,7 @@
 #include <chrono>
 #include <cstring>
 
-#include "kernels/elementwise.h"
+#include "kernels/ops.h"
 #include "parallel/unit_grads.h"
 #include "runtime/memory_report.h"
 
@@ -58,7 +58,8 @@ class AllReduceSync final : public WholeModelSync {
     wait_ += std::chrono::duration<double>(Clock::now() - t0).count();
     double sq = 0.0;
     for (const Parameter& p : model_.parameters())
-      if (p.tp_counted) sq += kernels::cpu::sum_squares(p.grad.f32(), p.grad.numel());
+      if (p.tp_counted)
+        sq += kernels::ops(p.grad.device()).sum_squares(p.grad.f32(), p.grad.numel(), {});
     return sq;
   }
   parallel::ZeroTimers timers() const override { return {wait_, 0.0}; }

@@ -4,8 +4,8 @@
 #include <chrono>
 #include <cstdio>
 
-#include "kernels/matmul.h"
 #include "kernels/memory_plan.h"
+#include "kernels/ops.h"
 
 namespace keel::runtime {
 
@@ -42,6 +42,7 @@ PeakProbe probe_peak_flops(const std::vector<ProbeShape>& shapes, int min_runs,
     const auto b = plan.add("b", DType::F32, {s.n, s.k});
     const auto c = plan.add("c", DType::F32, {s.m, s.n});
     plan.allocate();  // zeroed, and its pages touched before the first timed run
+    const kernels::Ops& k = kernels::ops(plan[c].device());
     const double flops =
         2.0 * static_cast<double>(s.m) * static_cast<double>(s.n) * static_cast<double>(s.k);
     s.best = 0, s.worst = 0, s.runs = 0;
@@ -50,8 +51,8 @@ PeakProbe probe_peak_flops(const std::vector<ProbeShape>& shapes, int min_runs,
            (s.runs < min_runs ||
             std::chrono::duration<double>(Clock::now() - start).count() < min_seconds)) {
       const auto t0 = Clock::now();
-      kernels::cpu::gemm(false, true, s.m, s.n, s.k, 1.0f, plan[a].f32(), s.k, plan[b].f32(), s.k,
-                         0.0f, plan[c].f32(), s.n);
+      k.gemm(false, true, s.m, s.n, s.k, 1.0f, plan[a].f32(), s.k, plan[b].f32(), s.k, 0.0f,
+             plan[c].f32(), s.n, {});
       const double rate = flops / std::chrono::duration<double>(Clock::now() - t0).count();
       s.best = std::max(s.best, rate);
       s.worst = s.runs == 0 ? rate : std::min(s.worst, rate);

@@ -5,7 +5,6 @@
 #include <sstream>
 
 #include "kernels/hash.h"
-#include "kernels/matmul.h"
 #include "parallel/self_communicator.h"
 #include "runtime/grad_sync.h"
 #include "runtime/memory_fit.h"
@@ -17,7 +16,6 @@
 
 namespace keel::runtime {
 
-namespace k = keel::kernels::cpu;
 using Clock = std::chrono::steady_clock;
 
 struct Trainer::OwnGrid {

@@ -8,7 +8,7 @@
 #include <numeric>
 #include <sstream>
 
-#include "kernels/elementwise.h"
+#include "kernels/ops.h"
 #include "parallel/agree.h"
 #include "runtime/trainer.h"
 
@@ -69,9 +69,9 @@ std::string Trainer::judge(double loss, double grad_sum_squares) {
 std::string Trainer::first_nonfinite_gradient() {
   int64_t first = unit_bad_tensor_;  // per-layer update: found as the units were stepped
   if (!config_.optimizer.per_layer_update) {
+    const kernels::Ops& k = kernels::ops(Device::cpu());  // gradient views are host memory
     for (size_t i = 0; i < grads_.size() && first < 0; ++i)
-      if (kernels::cpu::count_nonfinite(grads_[i].grad, grads_[i].n) > 0)
-        first = static_cast<int64_t>(i);
+      if (k.count_nonfinite(grads_[i].grad, grads_[i].n, {}) > 0) first = static_cast<int64_t>(i);
   }
   // Under ZeRO each rank holds shards: the first over the group. Without it every rank holds
   // the same summed gradient, and the reduction changes nothing.
@@ -82,8 +82,9 @@ std::string Trainer::first_nonfinite_gradient() {
 std::string Trainer::first_nonfinite_weight() {
   int64_t first = -1;
   std::vector<std::string> names;
+  const kernels::Ops& k = kernels::ops(Device::cpu());  // weights and master shards: host memory
   for_each_tensor([&](const TensorSlot& t) {
-    if (first < 0 && kernels::cpu::count_nonfinite(t.value, t.elems) > 0)
+    if (first < 0 && k.count_nonfinite(t.value, t.elems, {}) > 0)
       first = static_cast<int64_t>(names.size());
     names.push_back(t.name);
   });

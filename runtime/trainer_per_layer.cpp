@@ -4,7 +4,7 @@
 // this file maps a unit to its optimizer tensors and steps them.
 #include <cmath>
 
-#include "kernels/elementwise.h"
+#include "kernels/ops.h"
 #include "runtime/trainer.h"
 
 namespace keel::runtime {
@@ -39,8 +39,9 @@ void Trainer::step_unit(int unit, double grad_sum_squares) {
   const size_t u = static_cast<size_t>(unit);
   unit_sum_squares_ += grad_sum_squares;
   if (unit_bad_tensor_ < 0 && !std::isfinite(grad_sum_squares)) {
+    const kernels::Ops& k = kernels::ops(Device::cpu());  // gradient views are host memory
     for (size_t i = unit_first_[u]; i < unit_first_[u + 1] && unit_bad_tensor_ < 0; ++i)
-      if (kernels::cpu::count_nonfinite(grads_[i].grad, grads_[i].n) > 0)
+      if (k.count_nonfinite(grads_[i].grad, grads_[i].n, {}) > 0)
         unit_bad_tensor_ = static_cast<int64_t>(i);
     if (unit_bad_tensor_ < 0) unit_bad_tensor_ = static_cast<int64_t>(unit_first_[u]);
   }
