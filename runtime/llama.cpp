@@ -401,8 +401,8 @@ void LlamaModel::block_forward(int l, bool recompute) {
 // Takes ∂/∂x[l+1] in dres and leaves ∂/∂x[l] there; parameter gradients accumulate.
 void LlamaModel::block_backward(int l) {
   if (checkpointing_) block_forward(l, /*recompute=*/true);
-  const BlockScratch scratch = {work_[s_->dres].f32(), work_[s_->dtmp].f32(),
-                                work_[s_->dbig].f32(), work_[s_->dsmall].f32(),
+  const BlockScratch scratch = {work_[s_->dres].f32(), work_[s_->dtmp].f32(), work_[s_->dbig].f32(),
+                                work_[s_->dsmall].f32(),
                                 tp_.kv_replicas > 1 ? work_[s_->kv_grad].f32() : nullptr};
   block_.backward(acts_[s_->x[static_cast<size_t>(l)]].f32(), block_weights(l), block_grads(l),
                   block_acts(l), positions(), scratch, work_[s_->attn_ws].f32());

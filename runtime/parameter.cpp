@@ -18,8 +18,7 @@ void init_normal(Parameter& p, uint64_t seed, double std) {
   // Local element (r, c) is global element (r + row0, c + col0) of a (rows, gcols) matrix.
   const int64_t gcols = p.global_shape.rank() > 1 ? p.global_shape.numel() / p.global_shape[0] : 1;
   const int64_t cols = p.value.rank() > 1 ? p.value.numel() / p.value.shape()[0] : 1;
-  const int64_t row0 = p.shard.dim == 0 ? p.shard.begin : 0;
-  const int64_t col0 = p.shard.dim == 1 ? p.shard.begin : 0;
+  const int64_t row0 = p.shard.row0(), col0 = p.shard.col0();
   KEEL_CHECK(p.shard.dim <= 1 && (p.shard.dim != 1 || p.value.rank() == 2),
              "init of '{}': a shard is rows or columns of a matrix", p.name);
   float* v = p.value.f32();

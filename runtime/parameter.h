@@ -18,6 +18,9 @@ struct ShardSpec {
   int64_t begin = 0;
   int64_t end = 0;
   bool whole() const { return dim < 0; }
+  // Where the local value's element (0, 0) sits in the global tensor.
+  int64_t row0() const { return dim == 0 ? begin : 0; }
+  int64_t col0() const { return dim == 1 ? begin : 0; }
 };
 
 struct Parameter {

@@ -10,8 +10,7 @@ void gather_whole(const Parameter& p, const float* local, float* whole,
   const int64_t gcols = p.global_shape.rank() > 1 ? n / p.global_shape[0] : 1;
   const int64_t rows = p.value.rank() > 1 ? p.value.shape()[0] : p.value.numel();
   const int64_t cols = p.value.numel() / std::max<int64_t>(rows, 1);
-  const int64_t row0 = p.shard.dim == 0 ? p.shard.begin : 0;
-  const int64_t col0 = p.shard.dim == 1 ? p.shard.begin : 0;
+  const int64_t row0 = p.shard.row0(), col0 = p.shard.col0();
   std::fill_n(whole, n, 0.0f);
   if (p.tp_counted)
     for (int64_t r = 0; r < rows; ++r)
