@@ -357,9 +357,7 @@ void Zero::hand_over(int unit) {
                      [&](const auto& f) { return f->reduce && f->unit == unit; }))
     finish_oldest();
   const Tensor grads = plan_[grad_];
-  const float* g = grads.f32() + grad_at(unit);
-  const int64_t region = layouts_[static_cast<size_t>(unit)].region_elems();
-  ready_(unit, kernels::ops(grads.device()).sum_squares(g, region, {}));
+  ready_(unit, counted_sum_squares(unit, grads.f32() + grad_at(unit), grads.device()));
   grad_slot_owner_[static_cast<size_t>(unit % kGradSlots)] = -1;
   ++handed_;
 }
@@ -369,7 +367,23 @@ double Zero::grad_sum_squares() const {
              "ZeRO: with a per-layer update the units share gradient shard buffers; each unit's "
              "Σ g² comes with its hand-over");
   const Tensor g = plan_[grad_];
-  return kernels::ops(g.device()).sum_squares(g.f32(), g.numel(), {});
+  double sum = 0.0;
+  for (size_t u = 0; u < units_.size(); ++u)
+    sum += counted_sum_squares(static_cast<int>(u), g.f32() + region_at_[u], g.device());
+  return sum;
+}
+
+double Zero::counted_sum_squares(int unit, const float* region, Device device) const {
+  const kernels::Ops& k = kernels::ops(device);
+  const ZeroLayout& layout = layouts_[static_cast<size_t>(unit)];
+  const std::vector<ZeroParamSpec>& params = layout.params();
+  if (std::all_of(params.begin(), params.end(), [](const ZeroParamSpec& p) { return p.counted; }))
+    return k.sum_squares(region, layout.region_elems(), {});
+  double sum = 0.0;
+  for (size_t i = 0; i < params.size(); ++i)
+    if (params[i].counted)
+      sum += k.sum_squares(region + layout.shard(i).offset, layout.shard(i).elems, {});
+  return sum;
 }
 
 void Zero::publish_weights() {

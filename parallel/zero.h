@@ -131,8 +131,8 @@ class Zero final : public UnitHooks {
   // reductions still in flight. Afterwards shards() hold the gradient summed over the group
   // (per-layer update: the last unit is handed over instead, and every unit has been).
   void reduce_gradients();
-  // Σ g² over this rank's gradient shards (padding is zero); sum it over the group for the norm.
-  // Not with a per-layer update: UnitReady gives each unit's sum.
+  // Σ g² over this rank's gradient shards of the counted parameters (padding is zero); sum it
+  // over the group for the norm. Not with a per-layer update: UnitReady gives each unit's sum.
   double grad_sum_squares() const;
   // Stages 1 and 2: all-gathers the updated master shards into the model's weights.
   void publish_weights();
@@ -161,6 +161,8 @@ class Zero final : public UnitHooks {
   void finish_oldest();
   void finish_all();
   void hand_over(int unit);
+  // Σ g² over the counted parameters' shards in unit's region (ZeroParamSpec::counted).
+  double counted_sum_squares(int unit, const float* region, Device device) const;
   int64_t grad_at(int unit) const;
   std::vector<const float*> unit_ptrs(int u, const float* base) const;
   std::vector<float*> unit_ptrs(int u, float* base) const;

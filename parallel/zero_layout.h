@@ -16,6 +16,9 @@ struct ZeroParamSpec {
   std::string name;
   int64_t rows = 0;
   int64_t cols = 1;
+  // Whether Σ g² (the gradient norm) counts it on this rank. Tensor parallelism holds some
+  // tensors alike on several ranks (norms, a shared key/value head) and counts them on one.
+  bool counted = true;
 };
 
 struct ZeroShard {

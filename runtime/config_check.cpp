@@ -187,11 +187,6 @@ void check_tensor_parallel(const Config& config) {
                "parallel.tensor_model_parallel_size: 1)",
                tp, what, fix);
   };
-  not_yet(config.parallel.zero_stage == 0,
-          "parallel.zero_stage " + std::to_string(config.parallel.zero_stage),
-          "set parallel.zero_stage: 0");
-  not_yet(!config.optimizer.per_layer_update, "optimizer.per_layer_update",
-          "set optimizer.per_layer_update: false");
   not_yet(config.optimizer.type == "adamw" || config.optimizer.type == "adamw_8bit",
           "optimizer.type " + config.optimizer.type, "use adamw or adamw_8bit");
   not_yet(config.optimizer.galore.rank == 0, "GaLore", "turn optimizer.galore off");

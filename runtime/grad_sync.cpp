@@ -186,7 +186,7 @@ GradSyncPlan plan_grad_sync(const Config& config, const LlamaModel& model, int d
     if (per_layer)
       plan.bytes.unit_grads = parallel::UnitGrads::plan_bytes(model.units(), model.live_units());
     for (const Parameter& p : model.parameters())
-      plan.tensors.push_back(optimizer_tensor(p, nullptr, nullptr, p.global_shape.numel()));
+      plan.tensors.push_back(optimizer_tensor(p, nullptr, nullptr, p.value.numel()));
     return plan;
   }
   plan.bytes = parallel::Zero::plan(model.units(), stage, dp, model.live_units(), per_layer);

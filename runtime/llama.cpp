@@ -205,9 +205,10 @@ void LlamaModel::build_plans() {
              DType::F32, shape);
     Tensor g(gbase_[static_cast<size_t>(u)] ? gbase_[static_cast<size_t>(u)] + at : nullptr,
              DType::F32, shape);
-    params_.push_back({name, global, shard, decay, shard.whole() ? first : counted_if_split, w, g});
+    const bool counted = shard.whole() ? first : counted_if_split;
+    params_.push_back({name, global, shard, decay, counted, w, g});
     parallel::ZeroUnit& unit = units_[static_cast<size_t>(u)];
-    unit.params.push_back({name, shape[0], shape.numel() / shape[0]});
+    unit.params.push_back({name, shape[0], shape.numel() / shape[0], counted});
     unit.offsets.push_back(at);
     return params_.size() - 1;
   };

@@ -34,9 +34,12 @@ optim::ParamRef optimizer_tensor(const Parameter& p, float* value, const float* 
   optim::ParamRef r{p.name, value, grad, n, p.weight_decay, quantize_state(p.name)};
   if (p.global_shape.rank() == 2) {
     r.rows = p.global_shape[0], r.cols = p.global_shape[1];
-    r.rect = {0, 0, r.rows, r.cols, r.cols};
+    const int64_t rows = p.value.shape()[0], cols = p.value.shape()[1];
+    r.rect = {0, 0, rows, cols, cols};  // the local tensor: all of it, or TP's slice
   }
-  if (shard) r.rect = *shard;
+  if (shard) r.rect = *shard;  // ZeRO's rectangle of the local tensor
+  // TP's slice then ZeRO's slice of that: the rectangle in the global tensor.
+  if (r.rect.ld > 0) r.rect.row0 += p.shard.row0(), r.rect.col0 += p.shard.col0();
   return r;
 }
 

@@ -40,8 +40,10 @@ RankMemory account(const LlamaModel& model, const parallel::ZeroBytes& zero,
 // update to m / eps).
 bool quantize_state(const std::string& param);
 
-// The tensor the optimizer steps for parameter p: n floats at value and grad holding `shard` of it
-// under ZeRO (nullptr: all of it), with p's decay flag, 8-bit rule and, for a matrix, its shape.
+// The tensor the optimizer steps for parameter p: n floats at value and grad holding `shard` of
+// the local tensor under ZeRO (nullptr: all of it), with p's decay flag, 8-bit rule and, for a
+// matrix, its global shape. The ParamRef's rect is in the global tensor: tensor parallelism's
+// slice (p.shard), then ZeRO's rectangle of that slice.
 optim::ParamRef optimizer_tensor(const Parameter& p, float* value, const float* grad, int64_t n,
                                  const parallel::ShardRect* shard = nullptr);
 

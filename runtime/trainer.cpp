@@ -172,41 +172,41 @@ parallel::ZeroTimers Trainer::zero_timers() const { return sync_->timers(); }
 void Trainer::write_parameters(const std::string& path) {
   const bool writer = grid_.rank() == 0;
   std::vector<std::pair<std::string, Tensor>> tensors;
-  std::vector<float> gathered;  // ZeRO 3, rank 0: every unit, gathered one after another
-  if (model_->tp_split().split()) {
-    // Each tensor whole from the TP group's slices (the config keeps TP to stages that hold the
-    // weights); every rank takes part, rank 0 writes.
-    KEEL_CHECK(sync_->model_holds_weights(),
-               "tensor parallelism under ZeRO 3 cannot gather the weights yet (internal error)");
-    int64_t total = 0;
-    for (const Parameter& p : model_->parameters()) total += p.global_shape.numel();
-    gathered.resize(static_cast<size_t>(total));
-    int64_t at = 0;
-    const parallel::TpMappings tp(&grid_.tp());
-    for (const Parameter& p : model_->parameters()) {
-      gather_whole(p, p.value.f32(), gathered.data() + at, tp);
-      tensors.emplace_back(p.name, Tensor(gathered.data() + at, DType::F32, p.global_shape));
-      at += p.global_shape.numel();
-    }
-  } else if (sync_->model_holds_weights()) {  // every rank holds the full weights: views suffice
+  const bool tp = model_->tp_split().split();
+  if (!tp && sync_->model_holds_weights()) {  // every rank holds the full weights: views suffice
     for (const Parameter& p : model_->parameters()) tensors.emplace_back(p.name, p.value);
-  } else {
-    const std::vector<parallel::ZeroUnit>& units = model_->units();
-    int64_t total = 0, widest = 0;
-    for (const parallel::ZeroUnit& u : units) total += u.elems, widest = std::max(widest, u.elems);
-    // Rank 0 keeps the whole model; the others need room for one unit only.
-    gathered.resize(static_cast<size_t>(writer ? total : widest));
-    int64_t at = 0;
-    for (size_t u = 0; u < units.size(); ++u) {
-      float* base = gathered.data() + at;
-      sync_->gather_unit(static_cast<int>(u), base);
+    if (writer) write_safetensors(path, tensors, {{"format", "pt"}});
+    return;
+  }
+  // Unit by unit: its weights as this rank holds them (the model's own, or gathered from ZeRO 3's
+  // shards), then each tensor whole from the TP group's slices. Rank 0 keeps every tensor; the
+  // others need room for one unit and one tensor only. Every rank takes part in each collective.
+  const std::vector<parallel::ZeroUnit>& units = model_->units();
+  int64_t total = 0, widest_unit = 0, widest = 0;
+  for (const Parameter& p : model_->parameters())
+    total += p.global_shape.numel(), widest = std::max(widest, p.global_shape.numel());
+  for (const parallel::ZeroUnit& u : units) widest_unit = std::max(widest_unit, u.elems);
+  std::vector<float> out(static_cast<size_t>(writer ? total : widest));
+  std::vector<float> unit(sync_->model_holds_weights() ? 0 : static_cast<size_t>(widest_unit));
+  const parallel::TpMappings mappings(&grid_.tp());
+  int64_t at = 0;
+  for (size_t u = 0; u < units.size(); ++u) {
+    const float* base = model_->own_weights(static_cast<int>(u));
+    if (!sync_->model_holds_weights()) {
+      sync_->gather_unit(static_cast<int>(u), unit.data());
+      base = unit.data();
+    }
+    for (size_t i = 0; i < units[u].params.size(); ++i) {
+      const Parameter& p = model_->parameter_by_name(units[u].params[i].name);
+      float* whole = out.data() + (writer ? at : 0);
+      const float* local = base + units[u].offsets[i];
+      if (tp)
+        gather_whole(p, local, whole, mappings);
+      else if (writer)
+        std::copy_n(local, p.global_shape.numel(), whole);
       if (!writer) continue;
-      for (size_t i = 0; i < units[u].params.size(); ++i)
-        tensors.emplace_back(
-            units[u].params[i].name,
-            Tensor(base + units[u].offsets[i], DType::F32,
-                   model_->parameter_by_name(units[u].params[i].name).global_shape));
-      at += units[u].elems;
+      tensors.emplace_back(p.name, Tensor(whole, DType::F32, p.global_shape));
+      at += p.global_shape.numel();
     }
   }
   if (writer) write_safetensors(path, tensors, {{"format", "pt"}});
