@@ -62,11 +62,8 @@ void Adafactor::declare(MemoryPlan& plan, const std::vector<ParamRef>& params,
   }
 }
 
-Adafactor::Adafactor(std::vector<ParamRef> params, const OptimizerConfig& config,
-                     parallel::Communicator* shards)
-    : params_(std::move(params)),
-      config_(config),
-      shards_(shards && shards->size() > 1 ? shards : nullptr) {
+Adafactor::Adafactor(std::vector<ParamRef> params, const OptimizerConfig& config)
+    : params_(std::move(params)), config_(config) {
   declare(state_, params_, config_, slots_);
   state_.allocate();
   size_t at = 0;
@@ -142,9 +139,29 @@ AdafactorHyper Adafactor::hyper(size_t i, double lr, double grad_scale) const {
   return h;
 }
 
-void Adafactor::reduce(std::vector<double>& values, size_t from, size_t to) {
-  if (shards_ && to > from)
-    shards_->all_reduce(parallel::host_view(values.data() + from, to - from));
+void Adafactor::reduce(std::vector<double>& values, size_t first, size_t last,
+                       const std::function<Segment(size_t)>& segment) {
+  std::vector<parallel::Communicator*> groups;  // in order of first use: the same on every rank
+  for (size_t i = first; i < last; ++i) {
+    parallel::Communicator* g = params_[i].group;
+    if (g && g->size() > 1 && std::find(groups.begin(), groups.end(), g) == groups.end())
+      groups.push_back(g);
+  }
+  for (parallel::Communicator* g : groups) {
+    packed_.clear();
+    for (size_t i = first; i < last; ++i) {
+      if (params_[i].group != g) continue;
+      const auto [from, to] = segment(i);
+      for (size_t j = from; j < to; ++j) packed_.push_back(params_[i].counted ? values[j] : 0.0);
+    }
+    g->all_reduce(parallel::host_view(packed_.data(), packed_.size()));
+    size_t at = 0;
+    for (size_t i = first; i < last; ++i) {
+      if (params_[i].group != g) continue;
+      const auto [from, to] = segment(i);
+      for (size_t j = from; j < to; ++j) values[j] = packed_[at++];
+    }
+  }
 }
 
 void Adafactor::gather_sums(size_t i, const AdafactorHyper& h) {
@@ -216,9 +233,11 @@ void Adafactor::step_tensors(size_t first, size_t last, double lr, double grad_s
   std::fill(sums_.begin() + static_cast<std::ptrdiff_t>(from),
             sums_.begin() + static_cast<std::ptrdiff_t>(to), 0.0);
   for (size_t i = first; i < last; ++i) gather_sums(i, hyper(i, lr, grad_scale));
-  reduce(sums_, from, to);
+  reduce(sums_, first, last, [&](size_t i) {
+    return Segment{slots_[i].sums_at, i + 1 < slots_.size() ? slots_[i + 1].sums_at : sums_.size()};
+  });
   for (size_t i = first; i < last; ++i) update_sq_[i] = measure_update(i, hyper(i, lr, grad_scale));
-  reduce(update_sq_, first, last);
+  reduce(update_sq_, first, last, [](size_t i) { return Segment{i, i + 1}; });
   for (size_t i = first; i < last; ++i) {
     const Slots& s = slots_[i];
     const ParamRef& p = params_[i];

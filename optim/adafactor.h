@@ -3,14 +3,17 @@
 // rows · cols), a vector keeps it whole; a first moment only with a positive beta1. The step size
 // is the trainer's learning rate, or the paper's relative step (relative_step).
 //
-// On ZeRO shards (each rank holds whole rows or whole columns of a matrix, a slice of a vector)
-// the sums that span the whole tensor are reduced across the shards group, so every rank steps
-// its part exactly as one rank would step the whole, up to summation order: a row-split matrix's
+// On a tensor split over ranks (ZeRO's shards, tensor parallelism's slices, or both, each rank
+// holding whole rows or whole columns of a matrix, a slice of a vector) the sums that span the
+// whole tensor are reduced across the tensor's group (ParamRef::group), so every rank steps its
+// part exactly as one rank would step the whole, up to summation order: a row-split matrix's
 // column sums of g², a column-split one's row sums, and the sums of squares behind RMS(param) and
-// RMS(update). A range of tensors costs two all-reduces, one per phase.
+// RMS(update). A range of tensors costs two all-reduces per group, one per phase.
 #pragma once
 
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/adafactor.h"
@@ -21,10 +24,8 @@ namespace keel::optim {
 
 class Adafactor final : public Optimizer {
  public:
-  // A ParamRef with rows and cols is a matrix (factored); any other tensor is a vector. shards:
-  // the group the tensors are ZeRO shards across, or nullptr when they are whole.
-  Adafactor(std::vector<ParamRef> params, const OptimizerConfig& config,
-            parallel::Communicator* shards = nullptr);
+  // A ParamRef with rows and cols is a matrix (factored); any other tensor is a vector.
+  Adafactor(std::vector<ParamRef> params, const OptimizerConfig& config);
   static size_t plan_bytes(const OptimizerConfig& config, const std::vector<ParamRef>& params);
 
   void step_tensors(size_t first, size_t last, double lr, double grad_scale) override;
@@ -50,8 +51,11 @@ class Adafactor final : public Optimizer {
   static void declare(MemoryPlan& plan, const std::vector<ParamRef>& params,
                       const OptimizerConfig& config, std::vector<Slots>& slots);
   kernels::cpu::AdafactorHyper hyper(size_t i, double lr, double grad_scale) const;
-  // Sums values [from, to) over the shards group (nothing to do without one).
-  void reduce(std::vector<double>& values, size_t from, size_t to);
+  // Sums each tensor's values (segment(i): its [from, to) in values) over the tensor's group, one
+  // all-reduce per group among tensors [first, last); a part this rank does not count adds zeros.
+  using Segment = std::pair<size_t, size_t>;
+  void reduce(std::vector<double>& values, size_t first, size_t last,
+              const std::function<Segment(size_t)>& segment);
   // Phase 1: this part's sums into sums_, and the running means whose sums are complete here.
   void gather_sums(size_t i, const kernels::cpu::AdafactorHyper& h);
   // After the reduction: the other means, the factors; returns the part's Σ u².
@@ -60,13 +64,13 @@ class Adafactor final : public Optimizer {
 
   std::vector<ParamRef> params_;
   OptimizerConfig config_;
-  parallel::Communicator* shards_;  // nullptr: no collectives
   MemoryPlan state_{"optimizer state"};
   std::vector<Slots> slots_;
   // Per tensor, for each step: [Σ param², values held, then Σ row means and the column sums
-  // (row split) or the row sums (column split)], summed over the shards in one all-reduce.
+  // (row split) or the row sums (column split)], summed over each tensor's group.
   std::vector<double> sums_;
   std::vector<double> update_sq_;   // Σ u² per tensor, the second all-reduce
+  std::vector<double> packed_;      // one group's values, side by side, for its all-reduce
   std::vector<float> row_mean_;     // per tensor: the mean of its row means
   std::vector<double> local_sums_;  // the sums that stay here (max(rows, cols))
   std::vector<float> row_factor_, col_factor_;

@@ -15,23 +15,27 @@ namespace keel::optim {
 
 namespace detail {
 
-// A targeted matrix seen from its short side S and long side L. ZeRO splits the long side, so this
-// rank holds Lk long-side vectors (padding included) of all S short-side positions: rows_long,
-// the tensor is (Lk × S) with rect.ld == S; else (S × Lk) with rect.ld == Lk.
+// A targeted matrix seen from the side S that every rank of its group holds whole and the side L
+// split across them (ZeRO splits the longer side, tensor parallelism the side of its own split;
+// a whole matrix counts as split along its longer side). This rank holds Lk split-side vectors
+// (padding included) of all S whole-side positions: rows_split, the tensor is (Lk × S) with
+// rect.ld == S; else (S × Lk) with rect.ld == Lk. The Gram matrix is always the whole side's
+// (S × S, summed over the group); the split side's vectors follow from it.
 struct GaloreLayout {
   bool on = false;
-  bool rows_long = true;
-  bool short_side = true;  // the projected side is the short one
+  bool rows_split = true;
+  bool whole_side = true;   // the projected side is the whole one (S)
+  bool whole_short = true;  // S is the short side (whose vectors sign each singular pair)
   int64_t S = 0, L = 0, Lk = 0, r = 0;
-  int64_t chunk = 0;  // long side projected: R's elements per rank (S · r split evenly)
+  int64_t chunk = 0;  // split side projected: R's elements per rank (S · r split evenly)
   int64_t inner = 0;  // elements of R the inner optimizer steps on this rank
   // R and the projector as checkpoints see them: global shapes and the parts held here. R keeps
-  // the long side when the short one is projected (sliced as the matrix is), else it is an
+  // the split side when the whole one is projected (sliced as the matrix is), else it is an
   // (S · r) × 1 vector split evenly; the projector is V (r × S, whole on every rank) or Uᵀ
   // (r × L, this rank's columns).
   int64_t r_rows = 0, r_cols = 0, p_rows = 0, p_cols = 0;
   parallel::ShardRect r_rect, p_rect;
-  MemoryPlan::Slot projector = 0;  // short: V (r × S); long: this rank's U rows (r × Lk)
+  MemoryPlan::Slot projector = 0;  // whole side: V (r × S); split: this rank's U rows (r × Lk)
 };
 
 struct GaloreSlots {
@@ -40,6 +44,7 @@ struct GaloreSlots {
   MemoryPlan::Slot gram = 0, gram_scratch = 0, eig = 0, eig_int = 0, values = 0, basis = 0;
   MemoryPlan::Slot sketch = 0, qr = 0, small = 0, small_f = 0, small_vectors = 0;
   MemoryPlan::Slot sketch_f = 0, product = 0, basis_f = 0;
+  MemoryPlan::Slot split_vectors = 0, signs = 0;  // the split short side's vectors, their signs
 };
 
 }  // namespace detail
@@ -62,38 +67,49 @@ bool targeted(const std::string& name, const std::string& targets) {
   return false;
 }
 
-GaloreLayout layout_of(const ParamRef& p, const GaloreConfig& g, int shards, int rank) {
+GaloreLayout layout_of(const ParamRef& p, const GaloreConfig& g, int rank) {
   GaloreLayout l;
   if (g.rank <= 0 || !p.matrix() || !targeted(p.name, g.targets)) return l;
   l.on = true;
-  l.rows_long = p.rows >= p.cols;  // ZeRO's rule: the longer side is split, rows on a tie
-  l.S = l.rows_long ? p.cols : p.rows;
-  l.L = l.rows_long ? p.rows : p.cols;
+  const bool rows_long = p.rows >= p.cols;  // the short side is the columns on a tie
   const int64_t ld = p.rect.ld;
   KEEL_CHECK(ld > 0 && p.n % ld == 0, "GaLore: '{}' holds {} values in rows of {}", p.name, p.n,
              ld);
-  l.Lk = l.rows_long ? p.n / ld : ld;
-  KEEL_CHECK((l.rows_long ? ld : p.n / ld) == l.S,
-             "GaLore: '{}' ({}x{}) is not split along its longer side", p.name, p.rows, p.cols);
+  const bool all_cols = p.rect.col0 == 0 && p.rect.cols == p.cols;
+  const bool all_rows = p.rect.row0 == 0 && p.rect.rows == p.rows;
+  KEEL_CHECK(all_cols || all_rows,
+             "GaLore: '{}' ({}x{}) is held as rows [{}, {}) and columns [{}, {}); a part must span "
+             "whole rows or whole columns",
+             p.name, p.rows, p.cols, p.rect.row0, p.rect.row0 + p.rect.rows, p.rect.col0,
+             p.rect.col0 + p.rect.cols);
+  l.rows_split = all_cols && all_rows ? rows_long : all_cols;
+  l.whole_short = l.rows_split == rows_long;
+  l.S = l.rows_split ? p.cols : p.rows;
+  l.L = l.rows_split ? p.rows : p.cols;
+  l.Lk = l.rows_split ? p.n / ld : ld;
+  KEEL_CHECK((l.rows_split ? ld : p.n / ld) == l.S,
+             "GaLore: '{}' ({}x{}) holds {} values in rows of {}, not whole {}", p.name, p.rows,
+             p.cols, p.n, ld, l.rows_split ? "rows" : "columns");
   // The reference rule: std projects the short side, reverse_std the long one; left projects
   // the rows and right the columns, whichever side they are.
-  if (g.proj_type == "std") l.short_side = true;
-  if (g.proj_type == "reverse_std") l.short_side = false;
-  if (g.proj_type == "right") l.short_side = l.rows_long;
-  if (g.proj_type == "left") l.short_side = !l.rows_long;
-  l.r = std::min(g.rank, l.S);  // G's rank is at most S
-  l.chunk = (l.S * l.r + shards - 1) / shards;
-  l.inner = l.short_side ? l.Lk * l.r : l.chunk;
-  const int64_t offset = l.rows_long ? p.rect.row0 : p.rect.col0;
-  const int64_t real = l.rows_long ? p.rect.rows : p.rect.cols;  // long-side vectors, no padding
-  if (!l.short_side) {
+  bool project_cols = rows_long;  // std
+  if (g.proj_type == "reverse_std") project_cols = !rows_long;
+  if (g.proj_type == "right") project_cols = true;
+  if (g.proj_type == "left") project_cols = false;
+  l.whole_side = project_cols == l.rows_split;  // S is the columns when the rows are split
+  l.r = std::min({g.rank, p.rows, p.cols});     // G's rank is at most its short side
+  l.chunk = (l.S * l.r + p.parts - 1) / p.parts;
+  l.inner = l.whole_side ? l.Lk * l.r : l.chunk;
+  const int64_t offset = l.rows_split ? p.rect.row0 : p.rect.col0;
+  const int64_t real = l.rows_split ? p.rect.rows : p.rect.cols;  // split-side vectors, no padding
+  if (!l.whole_side) {
     const int64_t from = rank * l.chunk;
     l.r_rows = l.S * l.r, l.r_cols = 1;
     l.r_rect = {from, 0, std::clamp<int64_t>(l.S * l.r - from, 0, l.chunk), 1, 1};
     l.p_rows = l.r, l.p_cols = l.L, l.p_rect = {0, offset, l.r, real, l.Lk};
     return l;
   }
-  if (l.rows_long) {
+  if (l.rows_split) {
     l.r_rows = l.L, l.r_cols = l.r, l.r_rect = {offset, 0, real, l.r, l.r};
   } else {
     l.r_rows = l.r, l.r_cols = l.L, l.r_rect = {0, offset, l.r, real, l.Lk};
@@ -107,23 +123,24 @@ int64_t sketch_size(const GaloreLayout& l, const GaloreConfig& g) {
 }
 
 // Lays out the projectors in state and the largest workspace any tensor needs in work.
-void declare(const std::vector<ParamRef>& params, const OptimizerConfig& config, int shards,
-             int rank, MemoryPlan& state, MemoryPlan& work, std::vector<GaloreLayout>& layouts,
-             GaloreSlots& s) {
+void declare(const std::vector<ParamRef>& params, const OptimizerConfig& config, MemoryPlan& state,
+             MemoryPlan& work, std::vector<GaloreLayout>& layouts, GaloreSlots& s) {
   const GaloreConfig& g = config.galore;
   const bool randomized = g.projector == "randomized";
   int64_t inner = 1, staging = 1, gram = 1, gram_scratch = 1, eig = 1, eig_int = 1, r_max = 1;
   int64_t basis = 1, sketch = 1, qr = 1, small = 1, small_vectors = 1, product = 1;
+  int64_t split_vectors = 1;
   const kernels::Ops& k = kernels::ops(Device::cpu());  // the plans below are host memory
   for (const ParamRef& p : params) {
-    GaloreLayout l = layout_of(p, g, shards, rank);
+    GaloreLayout l = layout_of(p, g, p.group ? p.group->rank() : 0);  // a plan: rank 0's
     if (l.on) {
       l.projector =
-          state.add("galore_projector." + p.name, DType::F32, {l.r, l.short_side ? l.S : l.Lk});
+          state.add("galore_projector." + p.name, DType::F32, {l.r, l.whole_side ? l.S : l.Lk});
       inner = std::max(inner, l.inner);
-      if (!l.short_side) staging = std::max(staging, shards * l.chunk);
+      if (!l.whole_side) staging = std::max(staging, p.parts * l.chunk);
       r_max = std::max(r_max, l.r);
       basis = std::max(basis, l.r * l.S);
+      if (!l.whole_short) split_vectors = std::max(split_vectors, l.r * l.Lk);
       if (randomized) {
         const int64_t q = sketch_size(l, g);
         sketch = std::max(sketch, q * l.S);
@@ -148,6 +165,8 @@ void declare(const std::vector<ParamRef>& params, const OptimizerConfig& config,
   s.basis = work.add("basis", DType::F64, {basis});
   s.basis_f = work.add("basis fp32", DType::F32, {basis});
   s.values = work.add("eigenvalues", DType::F64, {r_max});
+  s.split_vectors = work.add("split-side vectors", DType::F32, {split_vectors});
+  s.signs = work.add("signs", DType::F64, {2, r_max});
   s.eig = work.add("eigen scratch", DType::F64, {eig});
   s.eig_int = work.add("eigen scratch (int)", DType::I32, {eig_int});
   if (randomized) {
@@ -179,7 +198,10 @@ std::vector<ParamRef> inner_refs(const std::vector<ParamRef>& params,
     }
     ParamRef r{p.name, delta, grad, l.inner, false, p.quantize};
     r.rect = l.r_rect;
-    if (l.short_side) r.rows = l.r_rows, r.cols = l.r_cols;  // a matrix; else a vector's slice
+    r.group = p.group, r.parts = p.parts;
+    if (l.whole_side) {  // a matrix, sliced as the tensor is
+      r.rows = l.r_rows, r.cols = l.r_cols, r.counted = p.counted;
+    }  // else a vector split evenly: each rank of the group holds its own chunk
     out.push_back(r);
   }
   return out;
@@ -200,31 +222,26 @@ void to_double(double* out, const float* in, int64_t n) {
 
 }  // namespace
 
-GaLore::GaLore(std::vector<ParamRef> params, const OptimizerConfig& config,
-               parallel::Communicator* shards)
-    : params_(std::move(params)),
-      config_(config),
-      shards_(shards && shards->size() > 1 ? shards : nullptr),
-      slots_(std::make_unique<GaloreSlots>()) {
-  declare(params_, config_, shards_ ? shards_->size() : 1, shards_ ? shards_->rank() : 0, state_,
-          work_, layouts_, *slots_);
+GaLore::GaLore(std::vector<ParamRef> params, const OptimizerConfig& config)
+    : params_(std::move(params)), config_(config), slots_(std::make_unique<GaloreSlots>()) {
+  declare(params_, config_, state_, work_, layouts_, *slots_);
   state_.allocate();
   work_.allocate();
   inner_ = make_optimizer(
       inner_refs(params_, layouts_, work_[slots_->grad].f32(), work_[slots_->delta].f32()),
-      inner_config(config_), shards);
+      inner_config(config_));
 }
 
 GaLore::~GaLore() = default;
 
 OptimizerBytes GaLore::plan_bytes(const OptimizerConfig& config,
-                                  const std::vector<ParamRef>& params, int shards) {
+                                  const std::vector<ParamRef>& params) {
   MemoryPlan state("GaLore projectors"), work("GaLore workspace");
   std::vector<GaloreLayout> layouts;
   GaloreSlots slots;
-  declare(params, config, shards, 0, state, work, layouts, slots);  // rank 0's
-  const OptimizerBytes inner = optimizer_plan_bytes(
-      inner_config(config), inner_refs(params, layouts, nullptr, nullptr), shards);
+  declare(params, config, state, work, layouts, slots);
+  const OptimizerBytes inner =
+      optimizer_plan_bytes(inner_config(config), inner_refs(params, layouts, nullptr, nullptr));
   return {state.bytes() + inner.state, work.bytes() + inner.workspace};
 }
 
@@ -274,26 +291,28 @@ void GaLore::project(size_t i) {
   const float* P = state_[l.projector].f32();
   const int64_t ld = p.rect.ld;
   std::fill_n(D, l.inner, 0.0f);
-  if (l.short_side) {
-    if (l.rows_long) {  // R (Lk × r) = G (Lk × S) · Vᵀ
+  if (l.whole_side) {
+    if (l.rows_split) {  // R (Lk × r) = G (Lk × S) · Vᵀ
       k.gemm(false, true, l.Lk, l.r, l.S, 1.0f, p.grad, ld, P, l.S, 0.0f, R, l.r, {});
     } else {  // R (r × Lk) = V · G (S × Lk)
       k.gemm(false, false, l.r, l.Lk, l.S, 1.0f, P, l.S, p.grad, ld, 0.0f, R, l.Lk, {});
     }
     return;
   }
-  // The long side: this rank's part of the sum over ranks, then each rank keeps its chunk.
-  const int n = shards_ ? shards_->size() : 1;
-  float* full = shards_ ? work_[slots_->staging].f32() : R;
-  if (l.rows_long) {  // R (r × S) = U (r × Lk) · G (Lk × S)
+  // The split side: this rank's part of the sum over ranks, then each rank keeps its chunk.
+  parallel::Communicator* group = group_of(i);
+  const int n = group ? group->size() : 1;
+  float* full = group ? work_[slots_->staging].f32() : R;
+  if (l.rows_split) {  // R (r × S) = U (r × Lk) · G (Lk × S)
     k.gemm(false, false, l.r, l.S, l.Lk, 1.0f, P, l.Lk, p.grad, ld, 0.0f, full, l.S, {});
   } else {  // R (S × r) = G (S × Lk) · Uᵀ
     k.gemm(false, true, l.S, l.r, l.Lk, 1.0f, p.grad, ld, P, l.Lk, 0.0f, full, l.r, {});
   }
   std::fill(full + l.S * l.r, full + n * l.chunk, 0.0f);
-  if (shards_)
-    shards_->reduce_scatter(parallel::host_view(R, static_cast<size_t>(l.chunk)),
-                            parallel::host_view(full, static_cast<size_t>(n * l.chunk)));
+  if (!p.counted) std::fill_n(full, l.S * l.r, 0.0f);  // another rank of the group adds this part
+  if (group)
+    group->reduce_scatter(parallel::host_view(R, static_cast<size_t>(l.chunk)),
+                          parallel::host_view(full, static_cast<size_t>(n * l.chunk)));
 }
 
 void GaLore::project_back(size_t i, double lr) {
@@ -306,8 +325,8 @@ void GaLore::project_back(size_t i, double lr) {
   // W ← (1 − lr·wd) W + α · back(D): decay first, as torch's AdamW does.
   const float decay = p.weight_decay ? static_cast<float>(1.0 - lr * config_.weight_decay) : 1.0f;
   const auto alpha = static_cast<float>(config_.galore.scale);
-  if (l.short_side) {
-    if (l.rows_long) {  // (Lk × S) += D (Lk × r) · V
+  if (l.whole_side) {
+    if (l.rows_split) {  // (Lk × S) += D (Lk × r) · V
       k.gemm(false, false, l.Lk, l.S, l.r, alpha, D, l.r, P, l.S, decay, p.value, ld, {});
     } else {  // (S × Lk) += Vᵀ · D (r × Lk)
       k.gemm(true, false, l.S, l.Lk, l.r, alpha, P, l.S, D, l.Lk, decay, p.value, ld, {});
@@ -315,14 +334,13 @@ void GaLore::project_back(size_t i, double lr) {
     return;
   }
   const float* full = D;
-  if (shards_) {
+  if (parallel::Communicator* group = group_of(i)) {
     float* staging = work_[slots_->staging].f32();
-    shards_->all_gather(
-        parallel::host_view(staging, static_cast<size_t>(shards_->size() * l.chunk)),
-        parallel::host_view(const_cast<float*>(D), static_cast<size_t>(l.chunk)));
+    group->all_gather(parallel::host_view(staging, static_cast<size_t>(group->size() * l.chunk)),
+                      parallel::host_view(const_cast<float*>(D), static_cast<size_t>(l.chunk)));
     full = staging;
   }
-  if (l.rows_long) {  // (Lk × S) += Uᵀ · D (r × S)
+  if (l.rows_split) {  // (Lk × S) += Uᵀ · D (r × S)
     k.gemm(true, false, l.Lk, l.S, l.r, alpha, P, l.Lk, full, l.S, decay, p.value, ld, {});
   } else {  // (S × Lk) += D (S × r) · U
     k.gemm(false, false, l.S, l.Lk, l.r, alpha, full, l.r, P, l.Lk, decay, p.value, ld, {});
@@ -336,7 +354,7 @@ float* GaLore::sketch_product(size_t i, const double* sketch, int64_t q) {
   float* qf = work_[slots_->sketch_f].f32();
   float* z = work_[slots_->product].f32();
   to_float(qf, sketch, q * l.S);
-  if (l.rows_long) {  // Z (Lk × q) = G Qᵀ
+  if (l.rows_split) {  // Z (Lk × q) = G Qᵀ
     k.gemm(false, true, l.Lk, q, l.S, 1.0f, p.grad, p.rect.ld, qf, l.S, 0.0f, z, q, {});
   } else {  // Z (q × Lk) = Q G
     k.gemm(false, false, q, l.Lk, l.S, 1.0f, qf, l.S, p.grad, p.rect.ld, 0.0f, z, l.Lk, {});
@@ -350,12 +368,12 @@ void GaLore::apply_gram(size_t i, double* sketch, int64_t q) {
   const ParamRef& p = params_[i];
   const float* z = sketch_product(i, sketch, q);
   float* y = work_[slots_->sketch_f].f32();
-  if (l.rows_long) {  // Gram = Gᵀ G: Q Gram = Zᵀ G
+  if (l.rows_split) {  // Gram = Gᵀ G: Q Gram = Zᵀ G
     k.gemm(true, false, q, l.S, l.Lk, 1.0f, z, q, p.grad, p.rect.ld, 0.0f, y, l.S, {});
   } else {  // Gram = G Gᵀ: Q Gram = Z Gᵀ
     k.gemm(false, true, q, l.S, l.Lk, 1.0f, z, l.Lk, p.grad, p.rect.ld, 0.0f, y, l.S, {});
   }
-  if (shards_) shards_->all_reduce(parallel::host_view(y, static_cast<size_t>(q * l.S)));
+  sum_over_group(i, y, q * l.S);
   to_double(sketch, y, q * l.S);
 }
 
@@ -385,12 +403,12 @@ void GaLore::refresh(size_t i) {
     // T (q × q) = Q Gram Qᵀ = Zᵀ Z (or Z Zᵀ) with Z the sketch applied to G.
     const float* z = sketch_product(i, sketch, q);
     float* tf = work_[slots_->small_f].f32();
-    if (l.rows_long) {
+    if (l.rows_split) {
       k.gemm(true, false, q, q, l.Lk, 1.0f, z, q, z, q, 0.0f, tf, q, {});
     } else {
       k.gemm(false, true, q, q, l.Lk, 1.0f, z, l.Lk, z, l.Lk, 0.0f, tf, q, {});
     }
-    if (shards_) shards_->all_reduce(parallel::host_view(tf, static_cast<size_t>(q * q)));
+    sum_over_group(i, tf, q * q);
     double* t = work_[slots_->small].data_as<double>();
     double* w = work_[slots_->small_vectors].data_as<double>();
     to_double(t, tf, q * q);
@@ -400,42 +418,91 @@ void GaLore::refresh(size_t i) {
   } else {
     double* gram = work_[slots_->gram].data_as<double>();
     std::fill_n(gram, l.S * l.S, 0.0);
-    k.gram_accumulate(gram, p.grad, l.S, l.Lk, p.rect.ld, l.rows_long,
+    k.gram_accumulate(gram, p.grad, l.S, l.Lk, p.rect.ld, l.rows_split,
                       work_[slots_->gram_scratch].data_as<double>());
-    if (shards_) shards_->all_reduce(parallel::host_view(gram, static_cast<size_t>(l.S * l.S)));
+    sum_over_group(i, gram, l.S * l.S);
     k.symmetric_top_eigen(gram, l.S, l.r, values, basis, eig, eig_int);
   }
+  if (!l.whole_short) sign_by_split_side(i, basis, values);
   set_projector(i, basis, values);
   refresh_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 void GaLore::set_projector(size_t i, const double* basis, const double* values) {
   const GaloreLayout& l = layouts_[i];
-  const kernels::Ops& k = kernels::ops(state_[l.projector].device());
-  const ParamRef& p = params_[i];
   float* P = state_[l.projector].f32();
-  if (l.short_side) {
+  if (l.whole_side) {
     to_float(P, basis, l.r * l.S);
     return;
   }
-  // U = G V Σ⁻¹ on this rank's long-side rows: U (r × Lk) = V (r × S) · (G as S × Lk) / σ.
+  split_vectors(i, basis, values, P);
+}
+
+void GaLore::split_vectors(size_t i, const double* basis, const double* values, float* out) {
+  const GaloreLayout& l = layouts_[i];
+  const kernels::Ops& k = kernels::ops(work_[slots_->basis_f].device());
+  const ParamRef& p = params_[i];
+  // U = G V Σ⁻¹ on this rank's split-side rows: U (r × Lk) = V (r × S) · (G as S × Lk) / σ.
   float* vf = work_[slots_->basis_f].f32();
   to_float(vf, basis, l.r * l.S);
-  k.gemm(false, l.rows_long, l.r, l.Lk, l.S, 1.0f, vf, l.S, p.grad, p.rect.ld, 0.0f, P, l.Lk, {});
+  k.gemm(false, l.rows_split, l.r, l.Lk, l.S, 1.0f, vf, l.S, p.grad, p.rect.ld, 0.0f, out, l.Lk,
+         {});
   // A direction the gradient does not span (σ ≈ 0) has no left vector: it stays zero.
   const double top = std::sqrt(std::max(values[0], 0.0));
   for (int64_t j = 0; j < l.r; ++j) {
     const double sigma = std::sqrt(std::max(values[j], 0.0));
     const float inv = sigma > 1e-6 * top && sigma > 0 ? static_cast<float>(1.0 / sigma) : 0.0f;
-    for (int64_t c = 0; c < l.Lk; ++c) P[j * l.Lk + c] *= inv;
+    for (int64_t c = 0; c < l.Lk; ++c) out[j * l.Lk + c] *= inv;
   }
+}
+
+void GaLore::sign_by_split_side(size_t i, double* basis, const double* values) {
+  const GaloreLayout& l = layouts_[i];
+  const ParamRef& p = params_[i];
+  float* u = work_[slots_->split_vectors].f32();
+  split_vectors(i, basis, values, u);
+  const int64_t real = l.rows_split ? p.rect.rows : p.rect.cols;  // padding is not an entry
+  double* most = work_[slots_->signs].data_as<double>();  // per vector: |largest entry| here
+  double* sign = most + l.r;                              // and its sign
+  for (int64_t j = 0; j < l.r; ++j) {
+    int64_t big = 0;
+    for (int64_t c = 1; c < real; ++c)
+      if (std::abs(u[j * l.Lk + c]) > std::abs(u[j * l.Lk + big])) big = c;
+    most[j] = real > 0 ? std::abs(u[j * l.Lk + big]) : 0.0;
+    sign[j] = real > 0 && u[j * l.Lk + big] < 0 ? -1.0 : 1.0;
+  }
+  // The largest over the group, and the sign of the rank (or ranks, alike) holding it.
+  std::vector<double> local(most, most + l.r);
+  parallel::Communicator* group = group_of(i);
+  if (group)
+    group->all_reduce(parallel::host_view(most, static_cast<size_t>(l.r)),
+                      parallel::ReduceOp::kMax);
+  for (int64_t j = 0; j < l.r; ++j)
+    sign[j] = p.counted && local[static_cast<size_t>(j)] == most[j] ? sign[j] : 0.0;
+  if (group) group->all_reduce(parallel::host_view(sign, static_cast<size_t>(l.r)));
+  for (int64_t j = 0; j < l.r; ++j)
+    if (sign[j] < 0)
+      for (int64_t c = 0; c < l.S; ++c) basis[j * l.S + c] = -basis[j * l.S + c];
+}
+
+parallel::Communicator* GaLore::group_of(size_t i) const {
+  parallel::Communicator* g = params_[i].group;
+  return g && g->size() > 1 ? g : nullptr;
+}
+
+template <class T>
+void GaLore::sum_over_group(size_t i, T* x, int64_t n) {
+  parallel::Communicator* group = group_of(i);
+  if (!group) return;
+  if (!params_[i].counted) std::fill_n(x, n, T(0));  // another rank of the group adds this part
+  group->all_reduce(parallel::host_view(x, static_cast<size_t>(n)));
 }
 
 std::vector<StateTensor> GaLore::state(size_t i) {
   const GaloreLayout& l = layouts_[i];
   if (!l.on) return inner_->state(i);
   std::vector<StateTensor> out = {{"galore_projector", state_[l.projector].f32(), nullptr,
-                                   l.r * (l.short_side ? l.S : l.Lk), StateLayout::kOwnRect,
+                                   l.r * (l.whole_side ? l.S : l.Lk), StateLayout::kOwnRect,
                                    l.p_rows, l.p_cols, l.p_rect}};
   for (StateTensor s : inner_->state(i)) {
     s.name = std::string(kInnerPrefix) + s.name;

@@ -49,19 +49,17 @@ kernels::cpu::AdamWHyper adamw_hyper(const OptimizerConfig& config, double lr, d
 }
 
 std::unique_ptr<Optimizer> make_optimizer(std::vector<ParamRef> params,
-                                          const OptimizerConfig& config,
-                                          parallel::Communicator* shards) {
-  if (config.galore.rank > 0) return std::make_unique<GaLore>(std::move(params), config, shards);
+                                          const OptimizerConfig& config) {
+  if (config.galore.rank > 0) return std::make_unique<GaLore>(std::move(params), config);
   if (config.type == "adamw") return std::make_unique<AdamW>(std::move(params), config);
   if (config.type == "adamw_8bit") return std::make_unique<AdamW8bit>(std::move(params), config);
-  if (config.type == "adafactor")
-    return std::make_unique<Adafactor>(std::move(params), config, shards);
+  if (config.type == "adafactor") return std::make_unique<Adafactor>(std::move(params), config);
   KEEL_FAIL("optimizer.type '{}' is not one of adamw, adamw_8bit, adafactor", config.type);
 }
 
 OptimizerBytes optimizer_plan_bytes(const OptimizerConfig& config,
-                                    const std::vector<ParamRef>& params, int shards) {
-  if (config.galore.rank > 0) return GaLore::plan_bytes(config, params, shards);
+                                    const std::vector<ParamRef>& params) {
+  if (config.galore.rank > 0) return GaLore::plan_bytes(config, params);
   if (config.type == "adamw_8bit") return {AdamW8bit::plan_bytes(config, params)};
   if (config.type == "adafactor") return {Adafactor::plan_bytes(config, params)};
   std::vector<int64_t> sizes;

@@ -30,6 +30,14 @@ struct ParamRef {
   bool quantize = true;           // an 8-bit optimizer may quantize its state (see min_8bit_size)
   int64_t rows = 0, cols = 0;     // a matrix's global shape; 0 for a vector
   parallel::ShardRect rect = {};  // the part held here (ld 0: a whole vector)
+  // The ranks holding the parts of the tensor (ZeRO's shards, tensor parallelism's slices, or
+  // both), over which statistics of the whole tensor (Adafactor's row and column sums, GaLore's
+  // Gram matrix) are summed; nullptr when it is whole here. parts: that group's size (what a plan
+  // without communicators sizes by). counted: whether this rank's part adds to those sums (tensor
+  // parallelism may hold one part alike on several ranks of the group: one of them counts it).
+  parallel::Communicator* group = nullptr;
+  int parts = 1;
+  bool counted = true;
   bool matrix() const { return rows > 0 && cols > 0; }
 };
 
@@ -111,14 +119,12 @@ std::string describe_share(const std::vector<ParamRef>& params,
 kernels::cpu::AdamWHyper adamw_hyper(const OptimizerConfig& config, double lr, double grad_scale,
                                      int64_t step);
 
-// shards: the group the tensors are ZeRO shards across (each rank holds its own part of every
-// matrix), or nullptr when every rank holds them whole.
+// Each tensor names the group its parts are spread over (ParamRef::group).
 std::unique_ptr<Optimizer> make_optimizer(std::vector<ParamRef> params,
-                                          const OptimizerConfig& config,
-                                          parallel::Communicator* shards = nullptr);
-// What that optimizer would allocate over these tensors (value and grad unused) on `shards`
-// ranks, without allocating.
+                                          const OptimizerConfig& config);
+// What that optimizer would allocate over these tensors (value and grad unused; each spread over
+// ParamRef::parts ranks), without allocating.
 OptimizerBytes optimizer_plan_bytes(const OptimizerConfig& config,
-                                    const std::vector<ParamRef>& params, int shards = 1);
+                                    const std::vector<ParamRef>& params);
 
 }  // namespace keel::optim

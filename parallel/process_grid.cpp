@@ -23,6 +23,7 @@ std::string_view group_name(Group g) {
     case Group::kPipeline: return "pp";
     case Group::kExpert: return "ep";
     case Group::kExpertData: return "edp";
+    case Group::kTensorData: return "tp_dp";
     case Group::kWorld: return "world";
   }
   return "?";
@@ -70,6 +71,7 @@ int GridLayout::size(Group g) const {
     case Group::kPipeline: return sizes_.pp;
     case Group::kExpert: return sizes_.ep;
     case Group::kExpertData: return sizes_.dp / sizes_.ep;
+    case Group::kTensorData: return sizes_.tp * sizes_.dp;
     case Group::kWorld: return world_size();
   }
   return 0;
@@ -116,6 +118,7 @@ int GridLayout::group_id(Group g, int rank) const {
     case Group::kPipeline: return c.tp + tp * c.dp;
     case Group::kExpert: return c.tp + tp * (c.edp + size(Group::kExpertData) * c.pp);
     case Group::kExpertData: return c.tp + tp * (c.ep + sizes_.ep * c.pp);
+    case Group::kTensorData: return c.pp;
     case Group::kWorld: return 0;
   }
   return 0;
@@ -129,6 +132,7 @@ int GridLayout::index_in(Group g, int rank) const {
     case Group::kPipeline: return c.pp;
     case Group::kExpert: return c.ep;
     case Group::kExpertData: return c.edp;
+    case Group::kTensorData: return c.tp + sizes_.tp * c.dp;
     case Group::kWorld: return rank;
   }
   return 0;
@@ -146,6 +150,7 @@ std::vector<int> GridLayout::members(Group g, int rank) const {
       case Group::kPipeline: m.pp = i; break;
       case Group::kExpert: m.dp = i + sizes_.ep * c.edp; break;
       case Group::kExpertData: m.dp = c.ep + sizes_.ep * i; break;
+      case Group::kTensorData: m.tp = i % sizes_.tp, m.dp = i / sizes_.tp; break;
       case Group::kWorld: out.push_back(i); continue;
     }
     out.push_back(rank_of(m));

@@ -24,12 +24,16 @@ enum class Group : uint8_t {
   kPipeline,    // pp: the stages of one pipeline
   kExpert,      // ep: ranks that split the experts of an MoE layer (a slice of the dp group)
   kExpertData,  // edp: ranks holding the same experts; expert gradients are reduced here
-  kWorld,       // every rank
+  // tp_dp: the ranks of one pipeline stage (Megatron's tensor-and-data-parallel group): those
+  // holding the parts of a tensor that TP splits and ZeRO shards, which an optimizer's statistics
+  // over the whole tensor are summed across
+  kTensorData,
+  kWorld,  // every rank
 };
-inline constexpr std::array<Group, 6> kAllGroups = {Group::kTensor,     Group::kData,
-                                                    Group::kPipeline,   Group::kExpert,
-                                                    Group::kExpertData, Group::kWorld};
-// "tp", "dp", "pp", "ep", "edp", "world".
+inline constexpr std::array<Group, 7> kAllGroups = {
+    Group::kTensor,     Group::kData,       Group::kPipeline, Group::kExpert,
+    Group::kExpertData, Group::kTensorData, Group::kWorld};
+// "tp", "dp", "pp", "ep", "edp", "tp_dp", "world".
 std::string_view group_name(Group g);
 
 // The sizes of the grid's dimensions, as the config names them: tp is
@@ -125,6 +129,7 @@ class ProcessGrid {
   Communicator& pp() const { return comm(Group::kPipeline); }
   Communicator& ep() const { return comm(Group::kExpert); }
   Communicator& edp() const { return comm(Group::kExpertData); }
+  Communicator& tp_dp() const { return comm(Group::kTensorData); }
   Communicator& world() const { return *world_; }
 
   // Every group's counters summed (world included), and reset of them all.

@@ -48,7 +48,9 @@ ZeroLayout::ZeroLayout(std::vector<ZeroParamSpec> params, int ranks)
     KEEL_CHECK(p.rows >= 1 && p.cols >= 1, "parameter '{}' has an empty shape {}x{}", p.name,
                p.rows, p.cols);
     ZeroShard s;
-    s.dim = p.rows >= p.cols ? 0 : 1;
+    KEEL_CHECK(p.dim >= -1 && p.dim <= 1, "parameter '{}': ZeRO splits dimension 0 or 1, not {}",
+               p.name, p.dim);
+    s.dim = p.dim >= 0 ? p.dim : (p.rows >= p.cols ? 0 : 1);
     const int64_t along = s.dim == 0 ? p.rows : p.cols;
     const int64_t across = s.dim == 0 ? p.cols : p.rows;
     s.chunk = (along + ranks - 1) / ranks;

@@ -1,8 +1,9 @@
 // ZeRO's per-parameter sharding: every parameter is split across the N ranks of the data-parallel
 // group along its longer dimension (rows of a matrix with rows >= cols, else columns; a vector
-// along its length), in N equal chunks, the last padded. A rank's shard of every parameter, packed
-// one after another, is its region; the N regions side by side form the staging layout that
-// reduce_scatter and all_gather work on, so each collective is one call over all parameters.
+// along its length) unless it names one, in N equal chunks, the last padded. A rank's shard of
+// every parameter, packed one after another, is its region; the N regions side by side form the
+// staging layout that reduce_scatter and all_gather work on, so each collective is one call over
+// all parameters.
 #pragma once
 
 #include <cstdint>
@@ -19,6 +20,10 @@ struct ZeroParamSpec {
   // Whether Σ g² (the gradient norm) counts it on this rank. Tensor parallelism holds some
   // tensors alike on several ranks (norms, a shared key/value head) and counts them on one.
   bool counted = true;
+  // The dimension ZeRO splits (0 rows, 1 columns), or -1 for the longer one (rows on a tie).
+  // Tensor parallelism names its own split's, so that its slice and ZeRO's rectangle of it cut the
+  // global tensor along one dimension (what Adafactor's and GaLore's reductions rely on).
+  int dim = -1;
 };
 
 struct ZeroShard {

@@ -187,9 +187,6 @@ void check_tensor_parallel(const Config& config) {
                "parallel.tensor_model_parallel_size: 1)",
                tp, what, fix);
   };
-  not_yet(config.optimizer.type == "adamw" || config.optimizer.type == "adamw_8bit",
-          "optimizer.type " + config.optimizer.type, "use adamw or adamw_8bit");
-  not_yet(config.optimizer.galore.rank == 0, "GaLore", "turn optimizer.galore off");
   not_yet(config.training.save_steps == 0, "checkpoints (training.save_steps)",
           "set training.save_steps: 0");
 }

@@ -12,14 +12,45 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// The groups an optimizer tensor's parts may be spread over (null in a plan, which has only sizes).
+struct TensorGroups {
+  parallel::Communicator* tp = nullptr;
+  parallel::Communicator* dp = nullptr;
+  parallel::Communicator* tp_dp = nullptr;
+  int tp_size = 1, dp_size = 1;
+};
+
+TensorGroups groups_of(const parallel::ProcessGrid& grid) {
+  return {&grid.tp(), &grid.dp(), &grid.tp_dp(), grid.tp().size(), grid.dp().size()};
+}
+
+// Names the group holding the parts of p's optimizer tensor r: TP's slices (the TP group), ZeRO's
+// shards (the DP group), or ZeRO's shards of TP's slices (tp_dp); a part held alike by several TP
+// ranks is counted by one (Parameter::tp_counted).
+optim::ParamRef grouped(optim::ParamRef r, const Parameter& p, const TensorGroups& g, bool zero) {
+  const bool split = !p.shard.whole();
+  if (split && zero) {
+    r.group = g.tp_dp, r.parts = g.tp_size * g.dp_size;
+  } else if (split) {
+    r.group = g.tp, r.parts = g.tp_size;
+  } else if (zero) {
+    r.group = g.dp, r.parts = g.dp_size;
+  }
+  r.counted = !split || p.tp_counted;
+  return r;
+}
+
 // ZeRO 0: every rank holds the whole model; the optimizer steps the parameters themselves, with
 // the gradients `grads` point at (the model's plan, or the buffer of each parameter's unit).
 class WholeModelSync : public GradSync {
  public:
-  WholeModelSync(LlamaModel& model, const std::vector<const float*>& grads) : model_(model) {
+  WholeModelSync(LlamaModel& model, const std::vector<const float*>& grads,
+                 const TensorGroups& groups)
+      : model_(model) {
     for (Parameter& p : model.parameters())
       tensors_.push_back(
-          optimizer_tensor(p, p.value.f32(), grads[tensors_.size()], p.value.numel()));
+          grouped(optimizer_tensor(p, p.value.f32(), grads[tensors_.size()], p.value.numel()), p,
+                  groups, false));
   }
   const std::vector<optim::ParamRef>& tensors() const override { return tensors_; }
   parallel::Communicator* shard_group() override { return nullptr; }
@@ -46,8 +77,8 @@ std::vector<const float*> model_grads(LlamaModel& model) {
 // ZeRO 0: the model's whole gradient plan all-reduced after the backward.
 class AllReduceSync final : public WholeModelSync {
  public:
-  AllReduceSync(LlamaModel& model, parallel::Communicator& dp)
-      : WholeModelSync(model, model_grads(model)), dp_(dp) {}
+  AllReduceSync(LlamaModel& model, const parallel::ProcessGrid& grid)
+      : WholeModelSync(model, model_grads(model), groups_of(grid)), dp_(grid.dp()) {}
   void set_unit_ready(parallel::UnitReady) override {
     KEEL_FAIL("the whole-plan all-reduce hands no unit over (internal error)");
   }
@@ -74,8 +105,9 @@ class AllReduceSync final : public WholeModelSync {
 // one unit's buffer at a time and all-reduces it on release, then hands it over to be stepped.
 class UnitAllReduceSync final : public WholeModelSync {
  public:
-  UnitAllReduceSync(LlamaModel& model, std::unique_ptr<parallel::UnitGrads> grads)
-      : WholeModelSync(model, unit_grads(model, *grads)), grads_(std::move(grads)) {
+  UnitAllReduceSync(LlamaModel& model, std::unique_ptr<parallel::UnitGrads> grads,
+                    const TensorGroups& groups)
+      : WholeModelSync(model, unit_grads(model, *grads), groups), grads_(std::move(grads)) {
     model.set_hooks(grads_.get());
   }
   void set_unit_ready(parallel::UnitReady ready) override {
@@ -113,11 +145,11 @@ class UnitAllReduceSync final : public WholeModelSync {
 // object for them unit by unit.
 class ZeroSync final : public GradSync {
  public:
-  ZeroSync(const Config& config, LlamaModel& model, parallel::Communicator& dp)
-      : dp_(dp),
+  ZeroSync(const Config& config, LlamaModel& model, const parallel::ProcessGrid& grid)
+      : dp_(grid.dp()),
         stage_(static_cast<int>(config.parallel.zero_stage)),
         per_layer_(config.optimizer.per_layer_update),
-        zero_(model.units(), stage_, dp, model.live_units(), per_layer_) {
+        zero_(model.units(), stage_, dp_, model.live_units(), per_layer_) {
     const uint64_t seed = config.training.seed;
     const int n = static_cast<int>(model.units().size());
     if (stage_ < 3) {
@@ -139,9 +171,11 @@ class ZeroSync final : public GradSync {
     }
     if (stage_ >= 2) model.set_hooks(&zero_);
     zero_.set_overlap(config.parallel.overlap_comm);
-    for (const parallel::ZeroShardRef& s : zero_.shards())  // (a vector's rect: rows of n × 1)
-      tensors_.push_back(optimizer_tensor(model.parameter_by_name(s.spec->name), s.master, s.grad,
-                                          s.elems, &s.rect));
+    for (const parallel::ZeroShardRef& s : zero_.shards()) {  // (a vector's rect: rows of n × 1)
+      const Parameter& p = model.parameter_by_name(s.spec->name);
+      tensors_.push_back(grouped(optimizer_tensor(p, s.master, s.grad, s.elems, &s.rect), p,
+                                 groups_of(grid), true));
+    }
   }
   const std::vector<optim::ParamRef>& tensors() const override { return tensors_; }
   parallel::Communicator* shard_group() override { return &dp_; }
@@ -181,35 +215,39 @@ ModelHolds model_holds(const Config& config, bool allocate) {
 GradSyncPlan plan_grad_sync(const Config& config, const LlamaModel& model, int dp) {
   const int stage = static_cast<int>(config.parallel.zero_stage);
   const bool per_layer = config.optimizer.per_layer_update;
+  TensorGroups sizes;
+  sizes.tp_size = model.tp_split().size, sizes.dp_size = dp;
   GradSyncPlan plan;
   if (stage == 0) {
     if (per_layer)
       plan.bytes.unit_grads = parallel::UnitGrads::plan_bytes(model.units(), model.live_units());
     for (const Parameter& p : model.parameters())
-      plan.tensors.push_back(optimizer_tensor(p, nullptr, nullptr, p.value.numel()));
+      plan.tensors.push_back(
+          grouped(optimizer_tensor(p, nullptr, nullptr, p.value.numel()), p, sizes, false));
     return plan;
   }
   plan.bytes = parallel::Zero::plan(model.units(), stage, dp, model.live_units(), per_layer);
-  plan.shards = dp;
   for (const parallel::ZeroUnit& u : model.units()) {
     const parallel::ZeroLayout layout(u.params, dp);
     for (size_t i = 0; i < u.params.size(); ++i) {
       const parallel::ShardRect rect = layout.rect(i, 0);
-      plan.tensors.push_back(optimizer_tensor(model.parameter_by_name(u.params[i].name), nullptr,
-                                              nullptr, layout.shard(i).elems, &rect));
+      const Parameter& p = model.parameter_by_name(u.params[i].name);
+      plan.tensors.push_back(grouped(
+          optimizer_tensor(p, nullptr, nullptr, layout.shard(i).elems, &rect), p, sizes, true));
     }
   }
   return plan;
 }
 
 std::unique_ptr<GradSync> make_grad_sync(const Config& config, LlamaModel& model,
-                                         parallel::Communicator& dp) {
-  if (config.parallel.zero_stage > 0) return std::make_unique<ZeroSync>(config, model, dp);
+                                         const parallel::ProcessGrid& grid) {
+  if (config.parallel.zero_stage > 0) return std::make_unique<ZeroSync>(config, model, grid);
   model.init_weights(config.training.seed);
   if (config.optimizer.per_layer_update)
     return std::make_unique<UnitAllReduceSync>(
-        model, std::make_unique<parallel::UnitGrads>(model.units(), dp, model.live_units()));
-  return std::make_unique<AllReduceSync>(model, dp);
+        model, std::make_unique<parallel::UnitGrads>(model.units(), grid.dp(), model.live_units()),
+        groups_of(grid));
+  return std::make_unique<AllReduceSync>(model, grid);
 }
 
 }  // namespace keel::runtime

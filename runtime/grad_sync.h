@@ -15,6 +15,7 @@
 
 #include "optim/optimizer.h"
 #include "parallel/communicator.h"
+#include "parallel/process_grid.h"
 #include "parallel/zero.h"
 #include "runtime/config.h"
 #include "runtime/llama.h"
@@ -27,10 +28,10 @@ class GradSync {
 
   // The optimizer's tensors, unit after unit in the model's parameter order: whole parameters
   // (weights and the model's gradients), or this rank's shards (fp32 master and summed gradient
-  // shard, with their rectangles). The same list every call.
+  // shard), each with its rectangle of the global tensor and the group holding its other parts
+  // (TP's slices, ZeRO's shards, or both). The same list every call.
   virtual const std::vector<optim::ParamRef>& tensors() const = 0;
-  // The group the tensors are split over (the optimizer reduces a matrix's statistics over it),
-  // or nullptr when every rank holds each tensor whole.
+  // ZeRO's group, which the tensors are sharded over, or nullptr without ZeRO.
   virtual parallel::Communicator* shard_group() = 0;
   // Whether the model holds every unit's full weights between steps (not under ZeRO 3).
   virtual bool model_holds_weights() const = 0;
@@ -63,18 +64,17 @@ ModelHolds model_holds(const Config& config, bool allocate = true);
 
 // What make_grad_sync would build on one of dp ranks, in sizes only (keel plan, the memory
 // admission): its buffers, and the optimizer's tensors (rank 0's shards: every rank's are the
-// same size, the last padded) with no data, split over `shards` ranks.
+// same size, the last padded) with no data, each spread over ParamRef::parts ranks.
 struct GradSyncPlan {
   parallel::ZeroBytes bytes;
   std::vector<optim::ParamRef> tensors;
-  int shards = 1;
 };
 GradSyncPlan plan_grad_sync(const Config& config, const LlamaModel& model, int dp);
 
-// The synchronisation the config asks for, over the data-parallel group dp: initialises the
+// The synchronisation the config asks for, over the grid's data-parallel group: initialises the
 // model's weights (or, under ZeRO 3, each unit's shards) from training.seed, and hooks itself
 // into the model where it hands out buffers per unit.
 std::unique_ptr<GradSync> make_grad_sync(const Config& config, LlamaModel& model,
-                                         parallel::Communicator& dp);
+                                         const parallel::ProcessGrid& grid);
 
 }  // namespace keel::runtime

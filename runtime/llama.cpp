@@ -208,7 +208,7 @@ void LlamaModel::build_plans() {
     const bool counted = shard.whole() ? first : counted_if_split;
     params_.push_back({name, global, shard, decay, counted, w, g});
     parallel::ZeroUnit& unit = units_[static_cast<size_t>(u)];
-    unit.params.push_back({name, shape[0], shape.numel() / shape[0], counted});
+    unit.params.push_back({name, shape[0], shape.numel() / shape[0], counted, shard.dim});
     unit.offsets.push_back(at);
     return params_.size() - 1;
   };

@@ -72,7 +72,7 @@ RankMemory plan_rank_memory(const Config& config, int dp) {
   MemoryPlan batch("batch");
   declare_batch(batch, t, config.data.seq_length);
   return account(model, sync.bytes,
-                 optim::optimizer_plan_bytes(optimizer_config(config), sync.tensors, sync.shards),
+                 optim::optimizer_plan_bytes(optimizer_config(config), sync.tensors),
                  batch.bytes());
 }
 

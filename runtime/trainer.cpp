@@ -104,11 +104,11 @@ void Trainer::build() {
                                         model_holds(config_),
                                         ModelSplit{grid_.tp().size(), grid_.tp().rank()});
   model_->set_tensor_parallel(parallel::TpMappings(&grid_.tp()));
-  sync_ = make_grad_sync(config_, *model_, grid_.dp());
+  sync_ = make_grad_sync(config_, *model_, grid_);
   const std::vector<optim::ParamRef>& refs = sync_->tensors();
   if (per_layer) build_per_layer(refs);
   for (const optim::ParamRef& r : refs) grads_.push_back({r.name, r.grad, r.n});
-  optimizer_ = optim::make_optimizer(refs, optimizer_config(config_), sync_->shard_group());
+  optimizer_ = optim::make_optimizer(refs, optimizer_config(config_));
 
   const BatchSlots slots = declare_batch(batch_, t, T);
   tokens_ = slots.tokens;

@@ -18,10 +18,14 @@ training: {max_steps: 20, learning_rate: 3.0e-3, warmup_steps: 2, logging_steps:
            weight_decay: 0.1, max_grad_norm: 0.5, per_device_train_batch_size: 4}
 )";
 
+// GaLore's exact projector, refreshed at steps 1, 6, 11 and 16.
+constexpr const char* kGalore =
+    " --set optimizer.galore.rank=8 --set optimizer.galore.update_proj_gap=5";
+
 struct Layout {
   const char* name;
   int ranks, tp;
-  const char* sets;   // besides the layout's own
+  std::string sets;   // besides the layout's own
   double tol = 1e-5;  // relative, on each loss and (when exact) on the parameters
   bool exact = true;  // false: 8-bit blocks are cut from each rank's slice, as under ZeRO
 };
@@ -34,12 +38,11 @@ TEST_P(TensorParallel, TrainsAsOneRankDoes) {
   const std::string cfg = write("m.yaml", kModel);
   const int dp = l.ranks / l.tp;
   const std::string one = (dir_ / "one").string(), split = (dir_ / "split").string();
-  Result r = train(1, cfg, std::string(l.sets) + " --set training.output_dir=" + one);
+  Result r = train(1, cfg, l.sets + " --set training.output_dir=" + one);
   ASSERT_EQ(r.code, 0) << r.out;
   // The same global batch: dp ranks of 4/dp sequences each.
   r = train(l.ranks, cfg,
-            std::string(l.sets) +
-                " --set parallel.tensor_model_parallel_size=" + std::to_string(l.tp) +
+            l.sets + " --set parallel.tensor_model_parallel_size=" + std::to_string(l.tp) +
                 " --set training.per_device_train_batch_size=" + std::to_string(4 / dp) +
                 " --set training.output_dir=" + split);
   ASSERT_EQ(r.code, 0) << r.out;
@@ -86,7 +89,18 @@ INSTANTIATE_TEST_SUITE_P(
         // 8-bit blocks are cut from each rank's slice (a column slice is not contiguous in the
         // whole matrix), so the state rounds differently: within 1 %, as under ZeRO.
         Layout{"tp2_dp2_adamw_8bit", 4, 2,
-               " --set optimizer.type=adamw_8bit --set optimizer.min_8bit_size=1024", 0.01, false}),
+               " --set optimizer.type=adamw_8bit --set optimizer.min_8bit_size=1024", 0.01, false},
+        // Adafactor's row and column sums of a split matrix over the TP (and DP) ranks.
+        Layout{"tp2_dp2_adafactor", 4, 2, " --set optimizer.type=adafactor"},
+        Layout{"tp2_dp2_adafactor_zero3_beta1", 4, 2,
+               " --set optimizer.type=adafactor --set optimizer.adafactor_beta1=0.9"
+               " --set parallel.zero_stage=3"},
+        // GaLore on the whole matrix: k, v and o are split along their short side, whose
+        // vectors then follow from the long side's Gram matrix, signed over the group.
+        Layout{"tp2_galore", 2, 2, kGalore},
+        Layout{"tp2_dp2_galore_zero2", 4, 2, std::string(kGalore) + " --set parallel.zero_stage=2"},
+        Layout{"tp4_gqa_galore_reverse", 4, 4,
+               std::string(kGalore) + " --set optimizer.galore.proj_type=reverse_std"}),
     [](const ::testing::TestParamInfo<Layout>& p) { return std::string(p.param.name); });
 
 // Megatron's count per step on the TP group (N = B·T rows of width C, n = 4·N·C bytes, an
@@ -121,8 +135,6 @@ TEST_F(Cli, LayoutsTensorParallelismCannotServeAreOneLine) {
   refused(" --set parallel.tensor_model_parallel_size=3", "model.num_attention_heads 4");
   refused(" --set parallel.tensor_model_parallel_size=4 --set model.intermediate_size=90",
           "model.intermediate_size 90");
-  refused(" --set parallel.tensor_model_parallel_size=2 --set optimizer.type=adafactor",
-          "optimizer.type adafactor");
   // One rank cannot be split two ways.
   refused(" --set parallel.tensor_model_parallel_size=2", "tensor_model_parallel_size");
 }

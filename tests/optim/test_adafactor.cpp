@@ -133,8 +133,9 @@ struct Rank {
           {kSpecs[i].name, values.data() + s.offset, grads.data() + s.offset, s.elems, true});
       refs.back().rect = layout.rect(i, k);
       if (is_matrix(i)) refs.back().rows = kSpecs[i].rows, refs.back().cols = kSpecs[i].cols;
+      refs.back().group = &comm, refs.back().parts = layout.ranks();
     }
-    opt = make_optimizer(refs, c, &comm);
+    opt = make_optimizer(refs, c);
   }
   ThreadCommunicator comm;
   std::vector<float> values, grads;

@@ -24,13 +24,14 @@ std::string error_of(const std::function<void()>& f) {
 }
 
 // The coordinate a group of kind g varies.
-int varying(Group g, const GridCoord& c, int rank) {
+int varying(Group g, const GridCoord& c, int rank, const GridSizes& s) {
   switch (g) {
     case Group::kTensor: return c.tp;
     case Group::kData: return c.dp;
     case Group::kPipeline: return c.pp;
     case Group::kExpert: return c.ep;
     case Group::kExpertData: return c.edp;
+    case Group::kTensorData: return c.tp + s.tp * c.dp;  // TP fastest inside the stage
     case Group::kWorld: return rank;
   }
   return -1;
@@ -44,6 +45,7 @@ bool same_group(Group g, const GridCoord& a, const GridCoord& b) {
     case Group::kPipeline: return a.tp == b.tp && a.dp == b.dp;
     case Group::kExpert: return a.tp == b.tp && a.pp == b.pp && a.edp == b.edp;
     case Group::kExpertData: return a.tp == b.tp && a.pp == b.pp && a.ep == b.ep;
+    case Group::kTensorData: return a.pp == b.pp;
     case Group::kWorld: return true;
   }
   return false;
@@ -102,7 +104,7 @@ TEST(GridLayoutTest, GroupsPartitionTheWorldAndListMembersByCoordinate) {
           const int m = members[i];
           const GridCoord mc = layout.coord(m);
           EXPECT_TRUE(same_group(g, c, mc)) << "rank " << m << " in the group of rank " << r;
-          EXPECT_EQ(varying(g, mc, m), static_cast<int>(i));  // ordered by the coordinate
+          EXPECT_EQ(varying(g, mc, m, s), static_cast<int>(i));  // ordered by the coordinate
           EXPECT_EQ(layout.group_id(g, m), layout.group_id(g, r));
           EXPECT_EQ(layout.index_in(g, m), static_cast<int>(i));
         }
