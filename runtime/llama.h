@@ -95,6 +95,9 @@ class LlamaModel {
 
   // Model FLOPs per trained token (forward + backward, causal attention counted at half).
   double flops_per_token() const;
+  // Bytes one forward_backward moves on the TP group, each rank's count as the communicator's
+  // counters count it (runtime/model/tp_traffic.cpp); 0 without TP.
+  uint64_t tp_bytes_per_micro_batch() const;
   // The memory plans the model holds, buffer by buffer, in MiB, and their sizes.
   std::string describe_memory() const;
   size_t planned_bytes() const;  // the four below together

@@ -76,13 +76,37 @@ RankMemory plan_rank_memory(const Config& config, int dp) {
                  batch.bytes());
 }
 
+uint64_t tp_bytes_per_step(const Config& config, const LlamaModel& model) {
+  const int tp = model.tp_split().size;
+  if (tp == 1) return 0;
+  const TrainingConfig& t = config.training;
+  // Every micro-batch's activations, then the gradient norm's sum (one double); with a per-layer
+  // update also each unit's verdict on its gradient's finiteness.
+  const uint64_t one = parallel::all_reduce_bytes(8, tp);
+  const uint64_t units = config.optimizer.per_layer_update ? model.units().size() : 0;
+  return static_cast<uint64_t>(t.gradient_accumulation_steps) * model.tp_bytes_per_micro_batch() +
+         one * (1 + units);
+}
+
 std::string describe_layout(const Config& config, int dp) {
   const TrainingConfig& t = config.training;
   const int64_t B = t.per_device_train_batch_size, A = t.gradient_accumulation_steps;
+  const int64_t tp = config.parallel.tensor_model_parallel_size;
   std::ostringstream os;
-  os << "keel: " << dp << (dp == 1 ? " rank" : " data-parallel ranks") << ", ZeRO stage "
-     << config.parallel.zero_stage << ", global batch " << dp * A * B << " sequences (" << B
-     << " per micro-batch x " << A << " accumulation steps x " << dp << " ranks)\n";
+  os << "keel: " << dp << (dp == 1 ? " rank" : " data-parallel ranks");
+  if (tp > 1) os << " x " << tp << " tensor-parallel ranks";
+  os << ", ZeRO stage " << config.parallel.zero_stage << ", global batch " << dp * A * B
+     << " sequences (" << B << " per micro-batch x " << A << " accumulation steps x " << dp
+     << " ranks)\n";
+  if (tp > 1) {
+    const LlamaModel model(config.model, B, config.data.seq_length, t.gradient_checkpointing,
+                           model_holds(config, false), ModelSplit{static_cast<int>(tp), 0});
+    os << "keel: tensor parallelism: each rank holds 1/" << tp
+       << " of every layer's heads, MLP and vocabulary; its TP group moves "
+       << format_mib(tp_bytes_per_step(config, model)) << " (" << tp_bytes_per_step(config, model)
+       << " bytes)"
+       << " per rank per step (2 all-reduces of the activations per layer forward, 2 backward)\n";
+  }
   return os.str();
 }
 

@@ -53,8 +53,12 @@ optim::OptimizerConfig optimizer_config(const Config& config);
 // What one rank of a run of `config` on `dp` data-parallel ranks plans, without allocating it.
 RankMemory plan_rank_memory(const Config& config, int dp);
 
-// "keel: 2 data-parallel ranks, ZeRO stage 1, global batch ..." and "keel: memory plan per rank
-// ...: parameters ..., gradients ..." lines.
+// The bytes each rank of the TP group moves in one step of `model` (this rank's slice) under
+// the config, as the communicator's counters count them; 0 without TP.
+uint64_t tp_bytes_per_step(const Config& config, const LlamaModel& model);
+
+// "keel: 2 data-parallel ranks, ZeRO stage 1, global batch ..." (with TP, and the bytes its group
+// moves per step) and "keel: memory plan per rank ...: parameters ..., gradients ..." lines.
 std::string describe_layout(const Config& config, int dp);
 std::string describe_memory(const RankMemory& m);
 

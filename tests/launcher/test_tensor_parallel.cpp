@@ -123,6 +123,56 @@ TEST_F(Cli, TensorParallelBytesPerStepAreTheLayoutsCount) {
   for (double b : bytes) EXPECT_EQ(static_cast<int64_t>(b), want);
 }
 
+// keel plan's count of the TP group's bytes per step is what a run's counters see, step by step:
+// shared key/value heads (their weight gradient summed), gradient checkpointing (the recompute's
+// sums), accumulation, the per-layer update's verdicts; the logits in several chunks.
+TEST_F(Cli, KeelPlanCountsTheBytesTensorParallelismMoves) {
+  if (!have_mpi()) GTEST_SKIP() << "built without MPI";
+  const std::string cfg = write("m.yaml", kModel);
+  const std::vector<std::pair<int, std::string>> cases = {
+      {2, ""},
+      {4,
+       " --set training.gradient_checkpointing=true --set training.gradient_accumulation_steps=2"
+       " --set training.per_device_train_batch_size=2 --set model.vocab_size=4099"},
+      {2, " --set optimizer.per_layer_update=true --set training.max_grad_norm=0"},
+  };
+  for (const auto& [tp, sets] : cases) {
+    const std::string layout = " --set parallel.tensor_model_parallel_size=" + std::to_string(tp) +
+                               " --set training.max_steps=2" + sets;
+    Result r = run("plan " + cfg + " --world-size " + std::to_string(tp) + layout);
+    ASSERT_EQ(r.code, 0) << r.out;
+    const size_t at = r.out.find(" bytes) per rank per step");
+    ASSERT_NE(at, std::string::npos) << r.out;
+    const int64_t planned = std::stoll(r.out.substr(r.out.rfind('(', at) + 1));
+    const std::string out = (dir_ / ("tp" + std::to_string(tp) + std::to_string(planned))).string();
+    r = train(tp, cfg, layout + " --set training.output_dir=" + out);
+    ASSERT_EQ(r.code, 0) << r.out;
+    const std::vector<double> bytes = field(out + "/metrics.jsonl", "comm_bytes");
+    ASSERT_EQ(bytes.size(), 2u) << sets;
+    for (double b : bytes) EXPECT_EQ(static_cast<int64_t>(b), planned) << sets;
+  }
+}
+
+// keel plan's memory per rank is the TP slice's: parameters halve under tp2 but for the norms
+// every rank holds whole (the model widened fourfold so that 0.1 MiB resolves them).
+TEST_F(Cli, KeelPlanShowsTheMemoryOfATensorParallelRank) {
+  const std::string cfg = write("m.yaml", kModel);
+  auto parameters_mib = [&](int tp) {
+    const Result r = run("plan " + cfg + " --world-size " + std::to_string(tp) +
+                         " --set model.hidden_size=256 --set model.intermediate_size=384" +
+                         " --set parallel.tensor_model_parallel_size=" + std::to_string(tp));
+    EXPECT_EQ(r.code, 0) << r.out;
+    const size_t at = r.out.find(": parameters ");
+    return at == std::string::npos ? 0.0 : std::stod(r.out.substr(at + 13));
+  };
+  // Embedding and head, then per layer q, o (C·C), k, v (C/2·C), gate, up, down (384·C); norms.
+  const double C = 256, norms = C * 5;
+  const double whole = 257 * C * 2 + 2 * (C * C * 2 + 2 * (C / 2) * C + 3 * 384 * C) + norms;
+  const double tp2 = (whole - norms - 2 * C) / 2 + norms + 2 * C;  // rank 0: 129 vocabulary rows
+  EXPECT_NEAR(parameters_mib(1), whole * 4 / (1 << 20), 0.051);
+  EXPECT_NEAR(parameters_mib(2), tp2 * 4 / (1 << 20), 0.051);
+}
+
 TEST_F(Cli, LayoutsTensorParallelismCannotServeAreOneLine) {
   const std::string cfg = write("m.yaml", kModel);
   auto refused = [&](const std::string& sets, const std::string& says) {
