@@ -5,17 +5,11 @@
 #include <algorithm>
 #include <sstream>
 
-#include "kernels/attention.h"
-#include "kernels/cross_entropy.h"
-#include "kernels/embedding.h"
-#include "kernels/matmul.h"
-#include "kernels/rmsnorm.h"
+#include "kernels/ops.h"
 #include "kernels/rope.h"
-#include "kernels/vocab_parallel.h"
 
 namespace keel::runtime {
 
-namespace k = keel::kernels::cpu;
 using Slot = MemoryPlan::Slot;
 
 namespace {
@@ -59,6 +53,7 @@ parallel::TpSplit split_of(const ModelConfig& c, ModelSplit split) {
 LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool checkpointing,
                        ModelHolds holds, ModelSplit split)
     : config_(config),
+      ops_(&kernels::ops(device_)),
       B_(B),
       T_(T),
       N_(B * T),
@@ -72,10 +67,10 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
       QKV_((H_ + 2 * Hkv_) * D_),
       checkpointing_(checkpointing),
       holds_(holds),
-      block_(
-          {C_, H_, Hkv_, D_, I_, static_cast<float>(config.rms_norm_eps), tp_.kv_replicas,
-           tp_.kv_heads.begin,
-           config.num_key_value_heads ? config.num_key_value_heads : config.num_attention_heads}),
+      block_({C_, H_, Hkv_, D_, I_, static_cast<float>(config.rms_norm_eps), tp_.kv_replicas,
+              tp_.kv_heads.begin,
+              config.num_key_value_heads ? config.num_key_value_heads : config.num_attention_heads},
+             device_),
       s_(std::make_unique<Slots>()) {
   if (!config_.num_key_value_heads) config_.num_key_value_heads = config_.num_attention_heads;
   KEEL_CHECK(B > 0 && T > 0, "micro-batch must be positive, got B={} T={}", B, T);
@@ -86,7 +81,8 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
   chunk_rows_ = std::min(N_, std::max<int64_t>(kLogitsChunkFloats / V_ / 16 * 16, 16));
   build_plans();
   if (!holds_.allocate) return;
-  k::rope_tables(work_[s_->rope_cos].f32(), work_[s_->rope_sin].f32(), T_, D_, config_.rope_theta);
+  kernels::cpu::rope_tables(work_[s_->rope_cos].f32(), work_[s_->rope_sin].f32(), T_, D_,
+                            config_.rope_theta);
 }
 
 LlamaModel::~LlamaModel() = default;
@@ -163,7 +159,8 @@ void LlamaModel::build_plans() {
   s.dbig = work_.add("d_qkv_or_gate_up", DType::F32, {N_, std::max(QKV_, 2 * I_)});
   s.dsmall = work_.add("d_att_or_h", DType::F32, {N_, std::max(H_ * D_, I_)});
   workspace_threads_ = omp_get_max_threads();
-  const size_t ws = k::attention_workspace_floats(B_, T_, H_, Hkv_, D_, workspace_threads_);
+  const kernels::Ops& k = *ops_;
+  const size_t ws = k.attention_workspace_floats(B_, T_, H_, Hkv_, D_, workspace_threads_);
   s.attn_ws = work_.add("attention", DType::F32, {static_cast<int64_t>(ws)});
   if (tp_.kv_replicas > 1)
     s.kv_grad = work_.add("kv_grad", DType::F32, {2 * config_.num_key_value_heads * D_, C_});
@@ -354,11 +351,12 @@ void LlamaModel::embed(const int32_t* tokens) {
              workspace_threads_, omp_get_max_threads());
   KEEL_CHECK(tp_comm_.size() == tp_.size,
              "the model holds a tensor-parallel slice and has no TP group (internal error)");
+  const kernels::Ops& k = *ops_;
   int32_t* kept = acts_[s_->tokens].data_as<int32_t>();
   std::copy_n(tokens, N_, kept);
   float* x0 = acts_[s_->x[0]].f32();
   if (!tp_.split()) {
-    k::embedding_forward(x0, kept, w(s_->w_embed), N_, C_, V_);
+    k.embedding_forward(x0, kept, w(s_->w_embed), N_, C_, V_, stream_);
     return;
   }
   // Vocabulary-parallel: each rank looks up the tokens its rows hold, zeros elsewhere, summed.
@@ -366,7 +364,7 @@ void LlamaModel::embed(const int32_t* tokens) {
     KEEL_CHECK(kept[n] >= 0 && kept[n] < config_.vocab_size,
                "embedding: token {} of row {} is outside the vocabulary of {}", kept[n], n,
                config_.vocab_size);
-  k::embedding_forward_slice(x0, kept, w(s_->w_embed), N_, C_, tp_.vocab.begin, V_);
+  k.embedding_forward_slice(x0, kept, w(s_->w_embed), N_, C_, tp_.vocab.begin, V_, stream_);
   tp_comm_.reduce(x0, N_ * C_);
 }
 
@@ -412,6 +410,7 @@ void LlamaModel::block_backward(int l) {
 // ∂/∂x[L] in dres and accumulates the head's and final norm's gradients.
 double LlamaModel::head(const int32_t* targets, float grad_scale, bool backward,
                         float* logits_out) {
+  const kernels::Ops& k = *ops_;
   const float* xL = acts_[s_->x.back()].f32();
   float* lnf = acts_[s_->lnf].f32();
   const Slot head_slot = config_.tie_word_embeddings ? s_->w_embed : s_->w_head;
@@ -420,23 +419,24 @@ double LlamaModel::head(const int32_t* targets, float grad_scale, bool backward,
   float* logits = work_[s_->logits].f32();
   float* losses = work_[s_->losses].f32();
   float* dtmp = work_[s_->dtmp].f32();
-  k::rmsnorm_forward(lnf, acts_[s_->rstdf].f32(), xL, w(s_->w_final_norm), N_, C_,
-                     static_cast<float>(config_.rms_norm_eps));
+  k.rmsnorm_forward(lnf, acts_[s_->rstdf].f32(), xL, w(s_->w_final_norm), N_, C_,
+                    static_cast<float>(config_.rms_norm_eps), stream_);
   double total = 0.0;
   for (int64_t r0 = 0; r0 < N_; r0 += chunk_rows_) {
     const int64_t rows = std::min(chunk_rows_, N_ - r0);
-    k::matmul_forward(logits, lnf + r0 * C_, w_head, rows, C_, V_);
+    k.matmul_forward(logits, lnf + r0 * C_, w_head, rows, C_, V_, stream_);
     if (logits_out) std::copy_n(logits, rows * V_, logits_out + r0 * V_);
     if (!targets) continue;
     if (tp_.split())
       sliced_cross_entropy(losses + r0, logits, targets + r0, rows, grad_scale, backward);
     else if (backward)
-      k::cross_entropy_forward_backward(losses + r0, logits, targets + r0, rows, V_, grad_scale);
+      k.cross_entropy_forward_backward(losses + r0, logits, targets + r0, rows, V_, grad_scale,
+                                       stream_);
     else
-      k::cross_entropy_forward(losses + r0, logits, targets + r0, rows, V_);
+      k.cross_entropy_forward(losses + r0, logits, targets + r0, rows, V_, stream_);
     if (backward) {
-      k::matmul_backward(dtmp + r0 * C_, g_head, logits, lnf + r0 * C_, w_head, rows, C_, V_,
-                         false);
+      k.matmul_backward(dtmp + r0 * C_, g_head, logits, lnf + r0 * C_, w_head, rows, C_, V_, false,
+                        stream_);
       tp_comm_.reduce(dtmp + r0 * C_,
                       rows * C_);  // the head is column-parallel over the vocabulary
     }
@@ -444,8 +444,8 @@ double LlamaModel::head(const int32_t* targets, float grad_scale, bool backward,
     progress();
   }
   if (backward) {
-    k::rmsnorm_backward(work_[s_->dres].f32(), g(s_->w_final_norm), dtmp, xL, w(s_->w_final_norm),
-                        acts_[s_->rstdf].f32(), N_, C_, false);
+    k.rmsnorm_backward(work_[s_->dres].f32(), g(s_->w_final_norm), dtmp, xL, w(s_->w_final_norm),
+                       acts_[s_->rstdf].f32(), N_, C_, false, stream_);
   }
   return total;
 }
@@ -455,15 +455,16 @@ double LlamaModel::head(const int32_t* targets, float grad_scale, bool backward,
 // holds a whole row of logits; with backward the logits become their gradient in place.
 void LlamaModel::sliced_cross_entropy(float* losses, float* logits, const int32_t* targets,
                                       int64_t rows, float grad_scale, bool backward) {
+  const kernels::Ops& k = *ops_;
   float* row_max = work_[s_->row_max].f32();
   double* stats = work_[s_->ce_stats].data_as<double>();
-  k::cross_entropy_slice_max(row_max, logits, rows, V_);
+  k.cross_entropy_slice_max(row_max, logits, rows, V_, stream_);
   tp_comm_.reduce_max(row_max, rows);
   // Rows past `rows` of the (2, chunk) statistics are not used: pack the two halves together.
-  k::cross_entropy_slice_sums(stats, logits, row_max, targets, rows, V_, tp_.vocab.begin);
+  k.cross_entropy_slice_sums(stats, logits, row_max, targets, rows, V_, tp_.vocab.begin, stream_);
   tp_comm_.reduce(stats, 2 * rows);
-  k::cross_entropy_slice_finish(losses, logits, row_max, stats, targets, rows, V_, tp_.vocab.begin,
-                                grad_scale, backward);
+  k.cross_entropy_slice_finish(losses, logits, row_max, stats, targets, rows, V_, tp_.vocab.begin,
+                               grad_scale, backward, stream_);
 }
 
 // The embedding and every block's forward, each unit's weights held only while it runs.
@@ -515,12 +516,13 @@ double LlamaModel::forward_backward(const int32_t* tokens, const int32_t* target
     drop_grads(1 + l);
   }
   if (!tied) use_grads(0);  // the embedding's backward reads no weights
+  const kernels::Ops& k = *ops_;
   const int32_t* kept = acts_[s_->tokens].data_as<int32_t>();
   if (tp_.split())
-    k::embedding_backward_slice(g(s_->w_embed), work_[s_->dres].f32(), kept, N_, C_,
-                                tp_.vocab.begin, V_);
+    k.embedding_backward_slice(g(s_->w_embed), work_[s_->dres].f32(), kept, N_, C_, tp_.vocab.begin,
+                               V_, stream_);
   else
-    k::embedding_backward(g(s_->w_embed), work_[s_->dres].f32(), kept, N_, C_, V_);
+    k.embedding_backward(g(s_->w_embed), work_[s_->dres].f32(), kept, N_, C_, V_, stream_);
   drop_grads(0);
   return loss;
 }

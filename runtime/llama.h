@@ -128,6 +128,11 @@ class LlamaModel {
   }
 
   ModelConfig config_;
+  // The backend of the plans' memory (host memory: MemoryPlan allocates on the CPU), whose op
+  // table the model and its block call, and the stream they order work on.
+  Device device_ = Device::cpu();
+  const kernels::Ops* ops_;
+  Stream stream_;
   int64_t B_, T_, N_;
   parallel::TpSplit tp_;
   parallel::TpMappings tp_comm_;

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 
+#include "kernels/ops.h"
 #include "parallel/tensor_parallel.h"
 
 namespace keel::runtime {
@@ -86,7 +87,8 @@ struct KvCache {
 
 class LlamaBlock {
  public:
-  explicit LlamaBlock(const BlockShape& shape) : shape_(shape) {}
+  // device: where the buffers the block is handed live; its ops come from that backend's table.
+  LlamaBlock(const BlockShape& shape, Device device) : shape_(shape), ops_(&kernels::ops(device)) {}
   const BlockShape& shape() const { return shape_; }
   // The TP group this block's slice belongs to (Megatron's four conjugate pairs: after the o and
   // down GEMMs forward, after the q/k/v and gate/up GEMMs' input gradients backward).
@@ -123,6 +125,8 @@ class LlamaBlock {
                     const BlockScratch& sc, int64_t N) const;
 
   BlockShape shape_;
+  const kernels::Ops* ops_;
+  Stream stream_;  // what the ops are ordered on (unused on the CPU)
   parallel::TpMappings tp_;
   std::function<void()> progress_;
 };
