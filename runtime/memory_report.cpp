@@ -61,10 +61,10 @@ optim::OptimizerConfig optimizer_config(const Config& config) {
 
 RankMemory plan_rank_memory(const Config& config, int dp) {
   const TrainingConfig& t = config.training;
-  const LlamaModel model(
-      config.model, t.per_device_train_batch_size, config.data.seq_length, t.gradient_checkpointing,
-      model_holds(config, false),
-      ModelSplit{static_cast<int>(config.parallel.tensor_model_parallel_size), 0});
+  const LlamaModel model(config.model, t.per_device_train_batch_size, config.data.seq_length,
+                         t.gradient_checkpointing, model_holds(config, false),
+                         ModelSplit{static_cast<int>(config.parallel.tensor_model_parallel_size), 0,
+                                    config.parallel.sequence_parallel});
   const GradSyncPlan sync = plan_grad_sync(config, model, dp);
   MemoryPlan batch("batch");
   declare_batch(batch, t, config.data.seq_length);
