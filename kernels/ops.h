@@ -36,6 +36,7 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
+#include "kernels/vocab_parallel.h"
 
 namespace keel::kernels {
 
@@ -85,6 +86,12 @@ struct Ops {
   decltype(&cpu::attention_cached_workspace_floats) attention_cached_workspace_floats = nullptr;
   decltype(&cpu::cross_entropy_forward) cross_entropy_forward = nullptr;
   decltype(&cpu::cross_entropy_forward_backward) cross_entropy_forward_backward = nullptr;
+  // tensor parallelism's vocabulary-parallel embedding and cross-entropy (vocab_parallel.h)
+  decltype(&cpu::embedding_forward_slice) embedding_forward_slice = nullptr;
+  decltype(&cpu::embedding_backward_slice) embedding_backward_slice = nullptr;
+  decltype(&cpu::cross_entropy_slice_max) cross_entropy_slice_max = nullptr;
+  decltype(&cpu::cross_entropy_slice_sums) cross_entropy_slice_sums = nullptr;
+  decltype(&cpu::cross_entropy_slice_finish) cross_entropy_slice_finish = nullptr;
   // optimizers
   decltype(&cpu::adamw_step) adamw_step = nullptr;
   decltype(&cpu::quantize_blockwise) quantize_blockwise = nullptr;
@@ -122,7 +129,7 @@ struct OpEntry {
 
 #define KEEL_OP_ENTRY(op) \
   OpEntry { #op, o.op != nullptr }
-constexpr std::array<OpEntry, 42> op_entries(const Ops& o) {
+constexpr std::array<OpEntry, 47> op_entries(const Ops& o) {
   return {KEEL_OP_ENTRY(add_inplace),
           KEEL_OP_ENTRY(add),
           KEEL_OP_ENTRY(scale_inplace),
@@ -146,6 +153,11 @@ constexpr std::array<OpEntry, 42> op_entries(const Ops& o) {
           KEEL_OP_ENTRY(attention_cached_workspace_floats),
           KEEL_OP_ENTRY(cross_entropy_forward),
           KEEL_OP_ENTRY(cross_entropy_forward_backward),
+          KEEL_OP_ENTRY(embedding_forward_slice),
+          KEEL_OP_ENTRY(embedding_backward_slice),
+          KEEL_OP_ENTRY(cross_entropy_slice_max),
+          KEEL_OP_ENTRY(cross_entropy_slice_sums),
+          KEEL_OP_ENTRY(cross_entropy_slice_finish),
           KEEL_OP_ENTRY(adamw_step),
           KEEL_OP_ENTRY(quantize_blockwise),
           KEEL_OP_ENTRY(dequantize_blockwise),

@@ -1,6 +1,7 @@
 #include "parallel/tensor_parallel.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "kernels/error.h"
 #include "parallel/communicator.h"
@@ -62,6 +63,25 @@ void TpMappings::reduce(double* x, int64_t n) const {
 
 void TpMappings::reduce_max(float* x, int64_t n) const {
   if (tp_) tp_->all_reduce(Tensor(x, DType::F32, {n}), ReduceOp::kMax);
+}
+
+void TpMappings::all_gather(float* full, const float* chunk, int64_t n) const {
+  if (!tp_) {
+    if (full != chunk) std::memmove(full, chunk, static_cast<size_t>(n) * sizeof(float));
+    return;
+  }
+  // The communicator reads `chunk` only; its Tensor view is not const.
+  tp_->all_gather(Tensor(full, DType::F32, {n * size()}),
+                  Tensor(const_cast<float*>(chunk), DType::F32, {n}));
+}
+
+void TpMappings::reduce_scatter(float* chunk, float* full, int64_t n) const {
+  if (!tp_) {
+    if (full != chunk) std::memmove(chunk, full, static_cast<size_t>(n) * sizeof(float));
+    return;
+  }
+  tp_->reduce_scatter(Tensor(chunk, DType::F32, {n}), Tensor(full, DType::F32, {n * size()}),
+                      ReduceOp::kSum);
 }
 
 }  // namespace keel::parallel

@@ -11,7 +11,7 @@
 //   backward dx ─ reduce (all-reduce) ─ … ─ … ─ copy's conjugate (identity) ─ dout
 // With sequence parallelism the replicated tensors (norms and residual stream) are split along
 // the sequence instead: the copy becomes an all-gather and the reduce a reduce-scatter, and their
-// backwards the reverse.
+// backwards the reverse. The rows are cut in contiguous chunks, rank r holding chunk r.
 #pragma once
 
 #include <cstdint>
@@ -67,6 +67,14 @@ class TpMappings {
   void reduce(double* x, int64_t n) const;
   // Max over ranks, in place (the vocabulary-parallel softmax's running max).
   void reduce_max(float* x, int64_t n) const;
+
+  // Sequence parallelism's pair. full holds size() chunks of n floats, chunk r from rank r.
+  // all_gather: full ← every rank's `chunk` in its place; chunk may be full's own chunk rank()
+  // (gathered in place). reduce_scatter: chunk ← the sum over ranks of their full's chunk rank();
+  // chunk may be full's own chunk rank(), and the rest of full is then left undefined. TP = 1:
+  // a copy (nothing when the two are the same floats).
+  void all_gather(float* full, const float* chunk, int64_t n) const;
+  void reduce_scatter(float* chunk, float* full, int64_t n) const;
 
  private:
   Communicator* tp_;

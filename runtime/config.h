@@ -103,6 +103,9 @@ struct ParallelConfig {
   int64_t zero_stage = 0;
   bool overlap_comm = true;  // ZeRO 1-3: run collectives asynchronously behind compute
   int64_t tensor_model_parallel_size = 1;
+  // Under TP: the residual stream and the norms between the TP regions hold 1/tp of the tokens
+  // (Megatron's sequence parallelism); nothing to split with tensor_model_parallel_size 1.
+  bool sequence_parallel = false;
   int64_t pipeline_model_parallel_size = 1;
   int64_t expert_model_parallel_size = 1;
 };

@@ -173,7 +173,8 @@ void check_parallel_size(int64_t size, std::string_view key, std::string_view wh
 
 // Tensor parallelism: the model's sizes must split (parallel::tp_split says which does not), and
 // what is built on it so far: ZeRO 0 without the per-layer update, the element-wise optimizers,
-// no checkpoints. The rest is refused by name rather than run wrong.
+// no checkpoints. The rest is refused by name rather than run wrong. Sequence parallelism cuts
+// each micro-batch's B·T rows into tp equal chunks: T must divide by tp.
 void check_tensor_parallel(const Config& config) {
   const int64_t tp = config.parallel.tensor_model_parallel_size;
   if (tp == 1) return;
@@ -181,6 +182,12 @@ void check_tensor_parallel(const Config& config) {
   parallel::tp_split(m.num_attention_heads,
                      m.num_key_value_heads ? m.num_key_value_heads : m.num_attention_heads,
                      m.intermediate_size, m.vocab_size, static_cast<int>(tp), 0);
+  const int64_t T = config.data.seq_length;
+  KEEL_CHECK(!config.parallel.sequence_parallel || T % tp == 0,
+             "parallel.sequence_parallel splits each sequence over the {} tensor-parallel ranks, "
+             "but data.seq_length {} is not a multiple of {}; set data.seq_length to a multiple "
+             "of {} (e.g. {}) or parallel.sequence_parallel: false",
+             tp, T, tp, tp, std::max(T / tp * tp, tp));
   auto not_yet = [&](bool ok, std::string_view what, std::string_view fix) {
     KEEL_CHECK(ok,
                "parallel.tensor_model_parallel_size {} with {} is not supported yet; {} (or set "

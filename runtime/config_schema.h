@@ -121,6 +121,7 @@ inline constexpr auto kFields = std::to_array<Field>({
     KEEL_CONFIG_FIELD(parallel, zero_stage, closed(0, 3)),
     KEEL_CONFIG_FIELD(parallel, overlap_comm, any_value()),
     KEEL_CONFIG_FIELD(parallel, tensor_model_parallel_size, at_least(1)),
+    KEEL_CONFIG_FIELD(parallel, sequence_parallel, any_value()),
     KEEL_CONFIG_FIELD(parallel, pipeline_model_parallel_size, at_least(1)),
     KEEL_CONFIG_FIELD(parallel, expert_model_parallel_size, at_least(1)),
 });

@@ -6,16 +6,12 @@
 #include <cmath>
 #include <numeric>
 
-#include "kernels/attention_cached.h"
-#include "kernels/embedding.h"
 #include "kernels/error.h"
-#include "kernels/matmul.h"
-#include "kernels/rmsnorm.h"
+#include "kernels/ops.h"
 #include "kernels/rope.h"
 
 namespace keel::runtime {
 
-namespace k = keel::kernels::cpu;
 using Slot = MemoryPlan::Slot;
 
 namespace {
@@ -43,6 +39,7 @@ struct Generator::Slots {
 Generator::Generator(const LlamaModel& model, int64_t max_positions)
     : max_positions_(max_positions),
       chunk_(std::min(max_positions, kChunk)),
+      ops_(&kernels::ops(model.parameters().front().value.device())),
       s_(std::make_unique<Slots>()) {
   const ModelConfig& m = model.config();
   L_ = m.num_hidden_layers, H_ = m.num_attention_heads, Hkv_ = m.num_key_value_heads;
@@ -66,6 +63,7 @@ Generator::Generator(const LlamaModel& model, int64_t max_positions)
   s.head = m.tie_word_embeddings ? s.embed : weight("lm_head.weight");
   s.eps = static_cast<float>(m.rms_norm_eps);
 
+  const kernels::Ops& k = *ops_;
   const int64_t HD = H_ * D_, KV = Hkv_ * D_, QKV = HD + 2 * KV;
   s.k_cache = plan_.add("k_cache", DType::F32, {L_, max_positions, KV});
   s.v_cache = plan_.add("v_cache", DType::F32, {L_, max_positions, KV});
@@ -81,10 +79,11 @@ Generator::Generator(const LlamaModel& model, int64_t max_positions)
   s.logits = plan_.add("logits", DType::F32, {V_});
   s.rope_cos = plan_.add("rope_cos", DType::F32, {max_positions, D_ / 2});
   s.rope_sin = plan_.add("rope_sin", DType::F32, {max_positions, D_ / 2});
-  const size_t ws = k::attention_cached_workspace_floats(max_positions, omp_get_max_threads());
+  const size_t ws = k.attention_cached_workspace_floats(max_positions, omp_get_max_threads());
   s.attn_ws = plan_.add("attention", DType::F32, {static_cast<int64_t>(ws)});
   plan_.allocate();
-  k::rope_tables(plan_[s.rope_cos].f32(), plan_[s.rope_sin].f32(), max_positions, D_, m.rope_theta);
+  kernels::cpu::rope_tables(plan_[s.rope_cos].f32(), plan_[s.rope_sin].f32(), max_positions, D_,
+                            m.rope_theta);
 }
 
 Generator::~Generator() = default;
@@ -97,11 +96,13 @@ const float* Generator::append(const int32_t* tokens, int64_t n) {
   for (int64_t i = 0; i < n; i += chunk_) run_chunk(tokens + i, std::min(chunk_, n - i));
   // The logits after the last position: its row of the chunk that ran last.
   const Slots& s = *s_;
+  const kernels::Ops& k = *ops_;
   const int64_t last = (n - 1) % chunk_;
   float* ln = plan_[s.ln].f32();
-  k::rmsnorm_forward(ln, plan_[s.rstd].f32(), plan_[s.x].f32() + last * C_, s.norm, 1, C_, s.eps);
+  k.rmsnorm_forward(ln, plan_[s.rstd].f32(), plan_[s.x].f32() + last * C_, s.norm, 1, C_, s.eps,
+                    stream_);
   float* logits = plan_[s.logits].f32();
-  k::matmul_forward(logits, ln, s.head, 1, C_, V_);
+  k.matmul_forward(logits, ln, s.head, 1, C_, V_, stream_);
   return logits;
 }
 
@@ -109,6 +110,7 @@ const float* Generator::append(const int32_t* tokens, int64_t n) {
 // values going to the cache and attention reading every cached position).
 void Generator::run_chunk(const int32_t* tokens, int64_t n) {
   const Slots& s = *s_;
+  const kernels::Ops& k = *ops_;
   const int64_t KV = Hkv_ * D_;
   for (int64_t i = 0; i < n; ++i)
     KEEL_CHECK(tokens[i] >= 0 && tokens[i] < V_, "token {} is outside the vocabulary of {}",
@@ -121,7 +123,7 @@ void Generator::run_chunk(const int32_t* tokens, int64_t n) {
       ln, rstd, plan_[s.gate_up].f32(), plan_[s.h].f32()};
   const BlockPositions pos = {1, n, plan_[s.rope_cos].f32() + length_ * (D_ / 2),
                               plan_[s.rope_sin].f32() + length_ * (D_ / 2)};
-  k::embedding_forward(x, tokens, s.embed, n, C_, V_);
+  k.embedding_forward(x, tokens, s.embed, n, C_, V_, stream_);
   for (int64_t l = 0; l < L_; ++l) {
     const KvCache cache = {plan_[s.k_cache].f32() + l * max_positions_ * KV,
                            plan_[s.v_cache].f32() + l * max_positions_ * KV, length_,

@@ -35,6 +35,9 @@ class Generator {
   void run_chunk(const int32_t* tokens, int64_t n);
   int64_t max_positions_, chunk_, length_ = 0;
   int64_t L_, H_, Hkv_, D_, C_, I_, V_;
+  // The op table of the model's weights' device, and the stream the ops are ordered on.
+  const kernels::Ops* ops_;
+  Stream stream_;
   MemoryPlan plan_{"generation"};
   struct Slots;
   std::unique_ptr<Slots> s_;

@@ -5,17 +5,11 @@
 #include <algorithm>
 #include <sstream>
 
-#include "kernels/attention.h"
-#include "kernels/cross_entropy.h"
-#include "kernels/embedding.h"
-#include "kernels/matmul.h"
-#include "kernels/rmsnorm.h"
+#include "kernels/ops.h"
 #include "kernels/rope.h"
-#include "kernels/vocab_parallel.h"
 
 namespace keel::runtime {
 
-namespace k = keel::kernels::cpu;
 using Slot = MemoryPlan::Slot;
 
 namespace {
@@ -35,17 +29,18 @@ struct LlamaModel::Layer {
 struct LlamaModel::Slots {
   Slot w_embed, w_final_norm, w_head;
   size_t embed, final_norm, head;  // indices into params_
-  std::vector<Slot> x;             // (N, C) residual stream entering block l; x[L] leaves the last
-  Slot lnf, rstdf;                 // (N, C), (N)
+  std::vector<Slot> x;             // (n, C) residual stream entering block l; x[L] leaves the last
+  Slot lnf, rstdf;                 // (N, C) (SP: gathered), (n)
   Slot tokens;                     // (N) the micro-batch's tokens, kept for the embedding backward
   Slot logits, losses;             // (chunk, V), (N)
-  Slot dres, dtmp;                 // (N, C) residual gradient, scratch gradient
+  Slot dres, dtmp;                 // (n, C) residual gradient (n: rows held), (N, C) scratch
   Slot dbig;                       // (N, max(QKV, 2I)): dqkv, then dgate_up
   Slot dsmall;                     // (N, max(H·D, I)): datt, then dh
   Slot attn_ws;                    // attention workspace
   Slot rope_cos, rope_sin;         // (T, D/2)
   Slot kv_grad = 0;                // (2·Hkv·D, C) shared key/value heads' gradients (TP > Hkv)
   Slot row_max = 0, ce_stats = 0;  // (chunk), (2, chunk) doubles: vocabulary-parallel softmax
+  Slot norm_grad = 0;              // (2, C) SP: a norm's partial weight gradient, summed over TP
 };
 
 namespace {
@@ -59,6 +54,7 @@ parallel::TpSplit split_of(const ModelConfig& c, ModelSplit split) {
 LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool checkpointing,
                        ModelHolds holds, ModelSplit split)
     : config_(config),
+      ops_(&kernels::ops(device_)),
       B_(B),
       T_(T),
       N_(B * T),
@@ -72,21 +68,29 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
       QKV_((H_ + 2 * Hkv_) * D_),
       checkpointing_(checkpointing),
       holds_(holds),
-      block_(
-          {C_, H_, Hkv_, D_, I_, static_cast<float>(config.rms_norm_eps), tp_.kv_replicas,
-           tp_.kv_heads.begin,
-           config.num_key_value_heads ? config.num_key_value_heads : config.num_attention_heads}),
+      sp_(split.sequence_parallel && tp_.split()),
+      rows_(sp_ ? parallel::Span{tp_.rank * N_ / tp_.size, N_ / tp_.size} : parallel::Span{0, N_}),
+      block_({C_, H_, Hkv_, D_, I_, static_cast<float>(config.rms_norm_eps), tp_.kv_replicas,
+              tp_.kv_heads.begin,
+              config.num_key_value_heads ? config.num_key_value_heads : config.num_attention_heads,
+              sp_},
+             device_),
       s_(std::make_unique<Slots>()) {
   if (!config_.num_key_value_heads) config_.num_key_value_heads = config_.num_attention_heads;
   KEEL_CHECK(B > 0 && T > 0, "micro-batch must be positive, got B={} T={}", B, T);
   KEEL_CHECK(T <= config.max_position_embeddings,
              "sequence length {} exceeds model.max_position_embeddings {}", T,
              config.max_position_embeddings);
+  KEEL_CHECK(!sp_ || N_ % tp_.size == 0,
+             "sequence parallelism over {} ranks splits the {} rows of a micro-batch (B={} "
+             "sequences of T={}); set data.seq_length to a multiple of {}",
+             tp_.size, N_, B, T, tp_.size);
   block_.set_progress([this] { progress(); });
   chunk_rows_ = std::min(N_, std::max<int64_t>(kLogitsChunkFloats / V_ / 16 * 16, 16));
   build_plans();
   if (!holds_.allocate) return;
-  k::rope_tables(work_[s_->rope_cos].f32(), work_[s_->rope_sin].f32(), T_, D_, config_.rope_theta);
+  kernels::cpu::rope_tables(work_[s_->rope_cos].f32(), work_[s_->rope_sin].f32(), T_, D_,
+                            config_.rope_theta);
 }
 
 LlamaModel::~LlamaModel() = default;
@@ -129,7 +133,7 @@ void LlamaModel::build_plans() {
 
   // Activations.
   for (int64_t l = 0; l <= L; ++l)
-    s.x.push_back(acts_.add("x." + std::to_string(l), DType::F32, {N_, C_}));
+    s.x.push_back(acts_.add("x." + std::to_string(l), DType::F32, {rows_.count, C_}));
   const int64_t kept = checkpointing_ ? 1 : L;
   for (int64_t l = 0; l < L; ++l) {
     Layer& y = layers_[static_cast<size_t>(l)];
@@ -141,29 +145,30 @@ void LlamaModel::build_plans() {
     }
     const std::string p = "layers." + std::to_string(l) + ".";
     y.ln1 = acts_.add(p + "ln1", DType::F32, {N_, C_});
-    y.rstd1 = acts_.add(p + "rstd1", DType::F32, {N_});
+    y.rstd1 = acts_.add(p + "rstd1", DType::F32, {rows_.count});
     y.qkv = acts_.add(p + "qkv", DType::F32, {N_, QKV_});
     y.att = acts_.add(p + "att", DType::F32, {N_, H_ * D_});
     y.lse = acts_.add(p + "lse", DType::F32, {B_, H_, T_});
-    y.xmid = acts_.add(p + "xmid", DType::F32, {N_, C_});
+    y.xmid = acts_.add(p + "xmid", DType::F32, {rows_.count, C_});
     y.ln2 = acts_.add(p + "ln2", DType::F32, {N_, C_});
-    y.rstd2 = acts_.add(p + "rstd2", DType::F32, {N_});
+    y.rstd2 = acts_.add(p + "rstd2", DType::F32, {rows_.count});
     y.gu = acts_.add(p + "gate_up", DType::F32, {N_, 2 * I_});
     y.h = acts_.add(p + "h", DType::F32, {N_, I_});
   }
   s.lnf = acts_.add("norm", DType::F32, {N_, C_});
-  s.rstdf = acts_.add("rstd", DType::F32, {N_});
+  s.rstdf = acts_.add("rstd", DType::F32, {rows_.count});
   s.tokens = acts_.add("tokens", DType::I32, {N_});
 
   // Workspace: lives across steps, contents meaningless between calls.
   s.logits = work_.add("logits_chunk", DType::F32, {chunk_rows_, V_});
   s.losses = work_.add("losses", DType::F32, {N_});
-  s.dres = work_.add("d_residual", DType::F32, {N_, C_});
+  s.dres = work_.add("d_residual", DType::F32, {rows_.count, C_});
   s.dtmp = work_.add("d_scratch", DType::F32, {N_, C_});
   s.dbig = work_.add("d_qkv_or_gate_up", DType::F32, {N_, std::max(QKV_, 2 * I_)});
   s.dsmall = work_.add("d_att_or_h", DType::F32, {N_, std::max(H_ * D_, I_)});
   workspace_threads_ = omp_get_max_threads();
-  const size_t ws = k::attention_workspace_floats(B_, T_, H_, Hkv_, D_, workspace_threads_);
+  const kernels::Ops& k = *ops_;
+  const size_t ws = k.attention_workspace_floats(B_, T_, H_, Hkv_, D_, workspace_threads_);
   s.attn_ws = work_.add("attention", DType::F32, {static_cast<int64_t>(ws)});
   if (tp_.kv_replicas > 1)
     s.kv_grad = work_.add("kv_grad", DType::F32, {2 * config_.num_key_value_heads * D_, C_});
@@ -171,6 +176,7 @@ void LlamaModel::build_plans() {
     s.row_max = work_.add("row_max", DType::F32, {chunk_rows_});
     s.ce_stats = work_.add("ce_stats", DType::F64, {2, chunk_rows_});
   }
+  if (sp_) s.norm_grad = work_.add("norm_grad", DType::F32, {2, C_});
   s.rope_cos = work_.add("rope_cos", DType::F32, {T_, D_ / 2});
   s.rope_sin = work_.add("rope_sin", DType::F32, {T_, D_ / 2});
 
@@ -355,11 +361,12 @@ void LlamaModel::embed(const int32_t* tokens) {
              workspace_threads_, omp_get_max_threads());
   KEEL_CHECK(tp_comm_.size() == tp_.size,
              "the model holds a tensor-parallel slice and has no TP group (internal error)");
+  const kernels::Ops& k = *ops_;
   int32_t* kept = acts_[s_->tokens].data_as<int32_t>();
   std::copy_n(tokens, N_, kept);
   float* x0 = acts_[s_->x[0]].f32();
   if (!tp_.split()) {
-    k::embedding_forward(x0, kept, w(s_->w_embed), N_, C_, V_);
+    k.embedding_forward(x0, kept, w(s_->w_embed), N_, C_, V_, stream_);
     return;
   }
   // Vocabulary-parallel: each rank looks up the tokens its rows hold, zeros elsewhere, summed.
@@ -367,8 +374,15 @@ void LlamaModel::embed(const int32_t* tokens) {
     KEEL_CHECK(kept[n] >= 0 && kept[n] < config_.vocab_size,
                "embedding: token {} of row {} is outside the vocabulary of {}", kept[n], n,
                config_.vocab_size);
-  k::embedding_forward_slice(x0, kept, w(s_->w_embed), N_, C_, tp_.vocab.begin, V_);
-  tp_comm_.reduce(x0, N_ * C_);
+  if (!sp_) {
+    k.embedding_forward_slice(x0, kept, w(s_->w_embed), N_, C_, tp_.vocab.begin, V_, stream_);
+    tp_comm_.reduce(x0, N_ * C_);
+    return;
+  }
+  // Sequence parallelism: the sum is scattered, each rank keeping its rows of the stream.
+  float* every_row = work_[s_->dtmp].f32();
+  k.embedding_forward_slice(every_row, kept, w(s_->w_embed), N_, C_, tp_.vocab.begin, V_, stream_);
+  tp_comm_.reduce_scatter(x0, every_row, rows_.count * C_);
 }
 
 BlockWeights LlamaModel::block_weights(int l) const {
@@ -395,24 +409,33 @@ BlockPositions LlamaModel::positions() const {
 // One block: x[l] → x[l+1]. With recompute (checkpointing's backward), x[l+1] is left alone.
 void LlamaModel::block_forward(int l, bool recompute) {
   const size_t i = static_cast<size_t>(l);
+  // dtmp is free in the forward and in the backward's recompute (dres holds the gradient then).
   block_.forward(recompute ? nullptr : acts_[s_->x[i + 1]].f32(), acts_[s_->x[i]].f32(),
-                 block_weights(l), block_acts(l), positions(), work_[s_->attn_ws].f32());
+                 block_weights(l), block_acts(l), positions(), work_[s_->attn_ws].f32(),
+                 work_[s_->dtmp].f32());
 }
 
 // Takes ∂/∂x[l+1] in dres and leaves ∂/∂x[l] there; parameter gradients accumulate.
 void LlamaModel::block_backward(int l) {
   if (checkpointing_) block_forward(l, /*recompute=*/true);
-  const BlockScratch scratch = {work_[s_->dres].f32(), work_[s_->dtmp].f32(), work_[s_->dbig].f32(),
+  const BlockScratch scratch = {work_[s_->dres].f32(),
+                                work_[s_->dtmp].f32(),
+                                work_[s_->dbig].f32(),
                                 work_[s_->dsmall].f32(),
-                                tp_.kv_replicas > 1 ? work_[s_->kv_grad].f32() : nullptr};
+                                tp_.kv_replicas > 1 ? work_[s_->kv_grad].f32() : nullptr,
+                                sp_ ? work_[s_->norm_grad].f32() : nullptr};
   block_.backward(acts_[s_->x[static_cast<size_t>(l)]].f32(), block_weights(l), block_grads(l),
                   block_acts(l), positions(), scratch, work_[s_->attn_ws].f32());
 }
 
 // Final norm, output head and cross-entropy, chunk by chunk of rows. With backward, leaves
-// ∂/∂x[L] in dres and accumulates the head's and final norm's gradients.
+// ∂/∂x[L] in dres and accumulates the head's and final norm's gradients. Under sequence
+// parallelism the norm runs on the rows held and its output is gathered whole for the head (the
+// loss covers every row on every rank, as without SP); backward, the head's input gradient is
+// reduce-scattered back to the rows held.
 double LlamaModel::head(const int32_t* targets, float grad_scale, bool backward,
                         float* logits_out) {
+  const kernels::Ops& k = *ops_;
   const float* xL = acts_[s_->x.back()].f32();
   float* lnf = acts_[s_->lnf].f32();
   const Slot head_slot = config_.tie_word_embeddings ? s_->w_embed : s_->w_head;
@@ -421,33 +444,47 @@ double LlamaModel::head(const int32_t* targets, float grad_scale, bool backward,
   float* logits = work_[s_->logits].f32();
   float* losses = work_[s_->losses].f32();
   float* dtmp = work_[s_->dtmp].f32();
-  k::rmsnorm_forward(lnf, acts_[s_->rstdf].f32(), xL, w(s_->w_final_norm), N_, C_,
-                     static_cast<float>(config_.rms_norm_eps));
+  const int64_t at = rows_.begin * C_, n = rows_.count;
+  k.rmsnorm_forward(lnf + at, acts_[s_->rstdf].f32(), xL, w(s_->w_final_norm), n, C_,
+                    static_cast<float>(config_.rms_norm_eps), stream_);
+  if (sp_) tp_comm_.all_gather(lnf, lnf + at, n * C_);
   double total = 0.0;
   for (int64_t r0 = 0; r0 < N_; r0 += chunk_rows_) {
     const int64_t rows = std::min(chunk_rows_, N_ - r0);
-    k::matmul_forward(logits, lnf + r0 * C_, w_head, rows, C_, V_);
+    k.matmul_forward(logits, lnf + r0 * C_, w_head, rows, C_, V_, stream_);
     if (logits_out) std::copy_n(logits, rows * V_, logits_out + r0 * V_);
     if (!targets) continue;
     if (tp_.split())
       sliced_cross_entropy(losses + r0, logits, targets + r0, rows, grad_scale, backward);
     else if (backward)
-      k::cross_entropy_forward_backward(losses + r0, logits, targets + r0, rows, V_, grad_scale);
+      k.cross_entropy_forward_backward(losses + r0, logits, targets + r0, rows, V_, grad_scale,
+                                       stream_);
     else
-      k::cross_entropy_forward(losses + r0, logits, targets + r0, rows, V_);
+      k.cross_entropy_forward(losses + r0, logits, targets + r0, rows, V_, stream_);
     if (backward) {
-      k::matmul_backward(dtmp + r0 * C_, g_head, logits, lnf + r0 * C_, w_head, rows, C_, V_,
-                         false);
-      tp_comm_.reduce(dtmp + r0 * C_,
-                      rows * C_);  // the head is column-parallel over the vocabulary
+      k.matmul_backward(dtmp + r0 * C_, g_head, logits, lnf + r0 * C_, w_head, rows, C_, V_, false,
+                        stream_);
+      // The head is column-parallel over the vocabulary: its input gradient sums over ranks
+      // (under SP once every chunk is in, below).
+      if (!sp_) tp_comm_.reduce(dtmp + r0 * C_, rows * C_);
     }
     for (int64_t i = 0; i < rows; ++i) total += losses[r0 + i];
     progress();
   }
-  if (backward) {
-    k::rmsnorm_backward(work_[s_->dres].f32(), g(s_->w_final_norm), dtmp, xL, w(s_->w_final_norm),
-                        acts_[s_->rstdf].f32(), N_, C_, false);
+  if (!backward) return total;
+  if (!sp_) {
+    k.rmsnorm_backward(work_[s_->dres].f32(), g(s_->w_final_norm), dtmp, xL, w(s_->w_final_norm),
+                       acts_[s_->rstdf].f32(), N_, C_, false, stream_);
+    return total;
   }
+  tp_comm_.reduce_scatter(dtmp + at, dtmp, n * C_);
+  // The norm weight's gradient over the rows held, summed over the group (as in the blocks).
+  float* g_norm = work_[s_->norm_grad].f32();
+  std::fill_n(g_norm, C_, 0.0f);
+  k.rmsnorm_backward(work_[s_->dres].f32(), g_norm, dtmp + at, xL, w(s_->w_final_norm),
+                     acts_[s_->rstdf].f32(), n, C_, false, stream_);
+  tp_comm_.reduce(g_norm, C_);
+  k.add_inplace(g(s_->w_final_norm), g_norm, C_, stream_);
   return total;
 }
 
@@ -456,15 +493,16 @@ double LlamaModel::head(const int32_t* targets, float grad_scale, bool backward,
 // holds a whole row of logits; with backward the logits become their gradient in place.
 void LlamaModel::sliced_cross_entropy(float* losses, float* logits, const int32_t* targets,
                                       int64_t rows, float grad_scale, bool backward) {
+  const kernels::Ops& k = *ops_;
   float* row_max = work_[s_->row_max].f32();
   double* stats = work_[s_->ce_stats].data_as<double>();
-  k::cross_entropy_slice_max(row_max, logits, rows, V_);
+  k.cross_entropy_slice_max(row_max, logits, rows, V_, stream_);
   tp_comm_.reduce_max(row_max, rows);
   // Rows past `rows` of the (2, chunk) statistics are not used: pack the two halves together.
-  k::cross_entropy_slice_sums(stats, logits, row_max, targets, rows, V_, tp_.vocab.begin);
+  k.cross_entropy_slice_sums(stats, logits, row_max, targets, rows, V_, tp_.vocab.begin, stream_);
   tp_comm_.reduce(stats, 2 * rows);
-  k::cross_entropy_slice_finish(losses, logits, row_max, stats, targets, rows, V_, tp_.vocab.begin,
-                                grad_scale, backward);
+  k.cross_entropy_slice_finish(losses, logits, row_max, stats, targets, rows, V_, tp_.vocab.begin,
+                               grad_scale, backward, stream_);
 }
 
 // The embedding and every block's forward, each unit's weights held only while it runs.
@@ -516,12 +554,17 @@ double LlamaModel::forward_backward(const int32_t* tokens, const int32_t* target
     drop_grads(1 + l);
   }
   if (!tied) use_grads(0);  // the embedding's backward reads no weights
+  const kernels::Ops& k = *ops_;
   const int32_t* kept = acts_[s_->tokens].data_as<int32_t>();
+  const float* dx0 = work_[s_->dres].f32();
+  if (sp_) {  // the lookups of every row: the rows held by each rank, gathered
+    tp_comm_.all_gather(work_[s_->dtmp].f32(), dx0, rows_.count * C_);
+    dx0 = work_[s_->dtmp].f32();
+  }
   if (tp_.split())
-    k::embedding_backward_slice(g(s_->w_embed), work_[s_->dres].f32(), kept, N_, C_,
-                                tp_.vocab.begin, V_);
+    k.embedding_backward_slice(g(s_->w_embed), dx0, kept, N_, C_, tp_.vocab.begin, V_, stream_);
   else
-    k::embedding_backward(g(s_->w_embed), work_[s_->dres].f32(), kept, N_, C_, V_);
+    k.embedding_backward(g(s_->w_embed), work_[s_->dres].f32(), kept, N_, C_, V_, stream_);
   drop_grads(0);
   return loss;
 }

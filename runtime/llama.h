@@ -26,10 +26,13 @@ struct ModelHolds {
   bool allocate = true;  // false: the plans and units only, for sizes (keel plan); cannot run
 };
 
-// Which slice of the model this rank holds: its place in the tensor-parallel group.
+// Which slice of the model this rank holds: its place in the tensor-parallel group, and whether
+// the residual stream between the TP regions is split along the sequence too (sequence
+// parallelism, parallel.sequence_parallel; nothing to split with tp_size 1).
 struct ModelSplit {
   int tp_size = 1;
   int tp_rank = 0;
+  bool sequence_parallel = false;
 };
 
 class LlamaModel {
@@ -37,7 +40,9 @@ class LlamaModel {
   // B sequences of T tokens per micro-batch. With checkpointing, only each block's input is kept
   // from the forward; the backward recomputes the block's insides. Under tensor parallelism
   // (split.tp_size > 1) the model holds its TP slice of every layer (parallel/tensor_parallel.h)
-  // and cannot run before set_tensor_parallel names the group.
+  // and cannot run before set_tensor_parallel names the group. With sequence parallelism too,
+  // the residual stream and the norms' statistics hold rows [r·B·T/tp, (r+1)·B·T/tp) only (B·T
+  // must divide by tp); the embedding reduce-scatters into them and the head gathers them back.
   LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool checkpointing,
              ModelHolds holds = {}, ModelSplit split = {});
   ~LlamaModel();
@@ -131,6 +136,11 @@ class LlamaModel {
   }
 
   ModelConfig config_;
+  // The backend of the plans' memory (host memory: MemoryPlan allocates on the CPU), whose op
+  // table the model and its block call, and the stream they order work on.
+  Device device_ = Device::cpu();
+  const kernels::Ops* ops_;
+  Stream stream_;
   int64_t B_, T_, N_;
   parallel::TpSplit tp_;
   parallel::TpMappings tp_comm_;
@@ -139,6 +149,8 @@ class LlamaModel {
   int workspace_threads_;                  // OpenMP threads the attention workspace is sized for
   bool checkpointing_;
   ModelHolds holds_;
+  bool sp_;              // sequence parallelism (under TP only)
+  parallel::Span rows_;  // rows of the residual stream held here: all N_, or the SP chunk
   LlamaBlock block_;
   parallel::UnitHooks* hooks_ = nullptr;
 

@@ -64,10 +64,10 @@ optim::OptimizerConfig optimizer_config(const Config& config) {
 
 RankMemory plan_rank_memory(const Config& config, int dp) {
   const TrainingConfig& t = config.training;
-  const LlamaModel model(
-      config.model, t.per_device_train_batch_size, config.data.seq_length, t.gradient_checkpointing,
-      model_holds(config, false),
-      ModelSplit{static_cast<int>(config.parallel.tensor_model_parallel_size), 0});
+  const LlamaModel model(config.model, t.per_device_train_batch_size, config.data.seq_length,
+                         t.gradient_checkpointing, model_holds(config, false),
+                         ModelSplit{static_cast<int>(config.parallel.tensor_model_parallel_size), 0,
+                                    config.parallel.sequence_parallel});
   const GradSyncPlan sync = plan_grad_sync(config, model, dp);
   MemoryPlan batch("batch");
   declare_batch(batch, t, config.data.seq_length);
@@ -100,12 +100,15 @@ std::string describe_layout(const Config& config, int dp) {
      << " ranks)\n";
   if (tp > 1) {
     const LlamaModel model(config.model, B, config.data.seq_length, t.gradient_checkpointing,
-                           model_holds(config, false), ModelSplit{static_cast<int>(tp), 0});
+                           model_holds(config, false),
+                           ModelSplit{static_cast<int>(tp), 0, config.parallel.sequence_parallel});
     os << "keel: tensor parallelism: each rank holds 1/" << tp
        << " of every layer's heads, MLP and vocabulary; its TP group moves "
        << format_mib(tp_bytes_per_step(config, model)) << " (" << tp_bytes_per_step(config, model)
        << " bytes)"
-       << " per rank per step (2 all-reduces of the activations per layer forward, 2 backward)\n";
+       << " per rank per step (2 all-reduces of the activations per layer forward, 2 backward"
+       << (config.parallel.sequence_parallel ? ", each as an all-gather and a reduce-scatter" : "")
+       << ")\n";
   }
   return os.str();
 }

@@ -100,9 +100,9 @@ void Trainer::build() {
   // Before the first large allocation: a plan that does not fit this rank's memory is one line
   // with the settings that would fit, not an OOM kill without a word.
   admit_memory(config_, grid_.world(), grid_.dp().size(), console_);
-  model_ = std::make_unique<LlamaModel>(config_.model, B, T, t.gradient_checkpointing,
-                                        model_holds(config_),
-                                        ModelSplit{grid_.tp().size(), grid_.tp().rank()});
+  model_ = std::make_unique<LlamaModel>(
+      config_.model, B, T, t.gradient_checkpointing, model_holds(config_),
+      ModelSplit{grid_.tp().size(), grid_.tp().rank(), config_.parallel.sequence_parallel});
   model_->set_tensor_parallel(parallel::TpMappings(&grid_.tp()));
   sync_ = make_grad_sync(config_, *model_, grid_);
   const std::vector<optim::ParamRef>& refs = sync_->tensors();

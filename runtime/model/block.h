@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 
+#include "kernels/ops.h"
 #include "parallel/tensor_parallel.h"
 
 namespace keel::runtime {
@@ -25,6 +26,12 @@ struct BlockShape {
   // gradient sums over them. kv_first is the head held here, of kv_total in the model.
   int kv_replicas = 1;
   int64_t kv_first = 0, kv_total = 0;
+  // Sequence parallelism (training's forward and backward; decoding runs every row everywhere):
+  // the residual stream, the norms' inputs and their statistics hold only this rank's chunk of
+  // the N rows (rows [r·N/tp, (r+1)·N/tp) on TP rank r). Each norm's output is all-gathered
+  // whole before its column-parallel GEMM, and the row-parallel GEMMs' outputs are
+  // reduce-scattered back to the chunk; backward, the reverse.
+  bool sequence_parallel = false;
   int64_t q_width() const { return H * D; }
   int64_t kv_width() const { return Hkv * D; }
   int64_t qkv_width() const { return (H + 2 * Hkv) * D; }
@@ -44,16 +51,17 @@ struct BlockTensors {
 using BlockWeights = BlockTensors<const float>;
 using BlockGrads = BlockTensors<float>;
 
-// What the forward keeps for the backward, N rows each (N = B·T).
+// What the forward keeps for the backward, N rows each (N = B·T); under sequence parallelism
+// n = N/tp rows (this rank's chunk) where marked, else N.
 struct BlockActs {
-  float* ln1 = nullptr;    // (N, C) normalised input
-  float* rstd1 = nullptr;  // (N)
+  float* ln1 = nullptr;    // (N, C) normalised input (SP: gathered from every rank's chunk)
+  float* rstd1 = nullptr;  // (n)
   float* qkv = nullptr;    // (N, QKV) rope applied to q and k
   float* att = nullptr;    // (N, H·D) attention output
   float* lse = nullptr;    // (B, H, T) log-sum-exp per query (training only)
-  float* xmid = nullptr;   // (N, C) residual stream after attention
-  float* ln2 = nullptr;    // (N, C)
-  float* rstd2 = nullptr;  // (N)
+  float* xmid = nullptr;   // (n, C) residual stream after attention
+  float* ln2 = nullptr;    // (N, C) (SP: gathered)
+  float* rstd2 = nullptr;  // (n)
   float* gu = nullptr;     // (N, 2I) gate and up
   float* h = nullptr;      // (N, I) SwiGLU output
 };
@@ -69,11 +77,12 @@ struct BlockPositions {
 
 // Scratch the backward needs, N rows each. dres carries the residual gradient in and out.
 struct BlockScratch {
-  float* dres = nullptr;     // (N, C)
-  float* dtmp = nullptr;     // (N, C)
-  float* dbig = nullptr;     // (N, max(QKV, 2I))
-  float* dsmall = nullptr;   // (N, max(H·D, I))
-  float* kv_grad = nullptr;  // (2·kv_total·D, C) when kv_replicas > 1
+  float* dres = nullptr;       // (n, C): this rank's chunk under sequence parallelism
+  float* dtmp = nullptr;       // (N, C)
+  float* dbig = nullptr;       // (N, max(QKV, 2I))
+  float* dsmall = nullptr;     // (N, max(H·D, I))
+  float* kv_grad = nullptr;    // (2·kv_total·D, C) when kv_replicas > 1
+  float* norm_grad = nullptr;  // (2, C) under sequence parallelism: the norms' partial gradients
 };
 
 // Decoding's cache of one block: the keys (rope applied) and values of every earlier position.
@@ -86,7 +95,8 @@ struct KvCache {
 
 class LlamaBlock {
  public:
-  explicit LlamaBlock(const BlockShape& shape) : shape_(shape) {}
+  // device: where the buffers the block is handed live; its ops come from that backend's table.
+  LlamaBlock(const BlockShape& shape, Device device) : shape_(shape), ops_(&kernels::ops(device)) {}
   const BlockShape& shape() const { return shape_; }
   // The TP group this block's slice belongs to (Megatron's four conjugate pairs: after the o and
   // down GEMMs forward, after the q/k/v and gate/up GEMMs' input gradients backward).
@@ -95,11 +105,13 @@ class LlamaBlock {
   // Called between the block's long operations, so a watchdog can see the rank is alive.
   void set_progress(std::function<void()> progress) { progress_ = std::move(progress); }
 
-  // out = the block applied to x (N rows). With out null (checkpointing's recompute), stops once
-  // the activations the backward reads are rebuilt. out may equal x. attn_ws: the attention
-  // workspace for these sizes (kernels/attention.h).
+  // out = the block applied to x (N rows; under sequence parallelism both this rank's chunk).
+  // With out null (checkpointing's recompute), stops once the activations the backward reads are
+  // rebuilt. out may equal x. attn_ws: the attention workspace for these sizes
+  // (kernels/attention.h); partial: (N, C) scratch for the row-parallel GEMMs' outputs before
+  // their reduce-scatter (sequence parallelism only, else unused).
   void forward(float* out, const float* x, const BlockWeights& w, const BlockActs& a,
-               const BlockPositions& pos, float* attn_ws) const;
+               const BlockPositions& pos, float* attn_ws, float* partial = nullptr) const;
   // Takes ∂/∂out in s.dres and leaves ∂/∂x there; parameter gradients accumulate into g.
   void backward(const float* x, const BlockWeights& w, const BlockGrads& g, const BlockActs& a,
                 const BlockPositions& pos, const BlockScratch& s, float* attn_ws) const;
@@ -112,17 +124,23 @@ class LlamaBlock {
 
  private:
   // The forward with attention as a step the two passes fill in differently.
+  // split: sequence parallelism on (training) or off (decoding).
   template <typename Attend>
   void forward_with(float* out, const float* x, const BlockWeights& w, const BlockActs& a,
-                    const BlockPositions& pos, Attend&& attend) const;
+                    const BlockPositions& pos, bool split, float* partial, Attend&& attend) const;
   void progress() const {
     if (progress_) progress_();
   }
+  // The rows of an N-row pass's residual stream held here: all of them, or with split (sequence
+  // parallelism) this rank's chunk, [first, first + count).
+  parallel::Span held_rows(int64_t N, bool split) const;
 
   void qkv_backward(const BlockWeights& w, const BlockGrads& g, const BlockActs& a,
                     const BlockScratch& sc, int64_t N) const;
 
   BlockShape shape_;
+  const kernels::Ops* ops_;
+  Stream stream_;  // what the ops are ordered on (unused on the CPU)
   parallel::TpMappings tp_;
   std::function<void()> progress_;
 };

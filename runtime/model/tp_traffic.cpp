@@ -13,18 +13,28 @@ uint64_t LlamaModel::tp_bytes_per_micro_batch() const {
     return parallel::all_reduce_bytes(static_cast<uint64_t>(floats * width), P);
   };
   const int64_t L = config_.num_hidden_layers;
+  // An all-reduce of the activations; under sequence parallelism an all-gather or a
+  // reduce-scatter of them instead (each half the bytes, in pairs).
   const uint64_t activation = all_reduce(N_ * C_);
-  // Each block: the row-parallel o and down outputs forward (checkpointing's recompute sums o's
-  // again; it needs the MLP's insides, not its output), the column-parallel q/k/v and gate/up
-  // input gradients backward, and a shared key/value head's weight gradient.
-  uint64_t block = (checkpointing_ ? 3 : 2) * activation + 2 * activation;
+  const uint64_t slice = parallel::reduce_scatter_bytes(static_cast<uint64_t>(4 * N_ * C_), P);
+  // Each block, forward: the row-parallel o and down outputs summed (SP: the norms' outputs
+  // gathered and o's and down's scattered); checkpointing's recompute again up to the MLP's
+  // insides (o's sum, or the two gathers and o's scatter). Backward: the column-parallel q/k/v and
+  // gate/up input gradients summed (SP: scattered, after the row-parallel GEMMs' output gradients
+  // are gathered; and the norm weights' gradients, 2·C floats, summed). A shared key/value head's
+  // weight gradient is summed over the group.
+  uint64_t block = sp_ ? (checkpointing_ ? 11 : 8) * slice + all_reduce(2 * C_)
+                       : (checkpointing_ ? 5 : 4) * activation;
   if (tp_.kv_replicas > 1) block += all_reduce(2 * block_.shape().kv_total * D_ * C_);
-  // The embedding's sum forward; per chunk of logits rows, the softmax's row maxima (floats) and
-  // sums (two doubles a row), and the head's input gradient.
-  uint64_t bytes = activation + static_cast<uint64_t>(L) * block;
+  // The embedding's sum forward (SP: scattered, and its gradient gathered backward; the final
+  // norm's output gathered for the head, the head's input gradient scattered, the final norm's
+  // weight gradient summed). Per chunk of logits rows, the softmax's row maxima (floats) and sums
+  // (two doubles a row), and without SP the head's input gradient summed.
+  uint64_t bytes = static_cast<uint64_t>(L) * block;
+  bytes += sp_ ? 4 * slice + all_reduce(C_) : activation;
   for (int64_t r0 = 0; r0 < N_; r0 += chunk_rows_) {
     const int64_t rows = std::min(chunk_rows_, N_ - r0);
-    bytes += all_reduce(rows) + all_reduce(2 * rows, 8) + all_reduce(rows * C_);
+    bytes += all_reduce(rows) + all_reduce(2 * rows, 8) + (sp_ ? 0 : all_reduce(rows * C_));
   }
   return bytes;
 }

@@ -121,9 +121,11 @@ struct OpCase {
   void (*run)(BackendRun& b);
 };
 
-// Cases for the model's layers and the elementwise ops (backend_cases_layers.cpp), and for the
-// optimizers' ops (backend_cases_optim.cpp).
+// Cases for the model's layers and the elementwise ops (backend_cases_layers.cpp), for tensor
+// parallelism's vocabulary-parallel ops (backend_cases_vocab.cpp) and for the optimizers' ops
+// (backend_cases_optim.cpp).
 std::vector<OpCase> layer_cases();
+std::vector<OpCase> vocab_parallel_cases();
 std::vector<OpCase> optimizer_cases();
 
 }  // namespace keel::testing

@@ -1,7 +1,8 @@
-// Tensor parallelism end to end: every TP layout trains as one rank does (each step's loss within
-// 1e-5 relative over 20 steps, the final parameters gathered whole within 1e-5 of the one-rank
-// run's), the TP group moves exactly the bytes Megatron's layout implies, and the layouts TP
-// cannot serve are one clear line before any work.
+// Tensor parallelism end to end: every TP layout, with sequence parallelism and without, trains as
+// one rank does (each step's loss and validation loss within 1e-5 relative over 20 steps, the
+// final parameters gathered whole within 1e-5 of the one-rank run's), the TP group moves exactly
+// the bytes Megatron's layout implies, and the layouts TP cannot serve are one clear line before
+// any work.
 #include <gtest/gtest.h>
 
 #include "cli_util.h"
@@ -32,6 +33,13 @@ struct Layout {
 
 class TensorParallel : public Cli, public ::testing::WithParamInterface<Layout> {};
 
+// Sequence parallelism (the one-rank run gets it too, where it splits nothing), and validation
+// on the first 9 sequences every 10 steps (batches of 4 over the ranks leave the last partial).
+const std::string kSp = " --set parallel.sequence_parallel=true";
+const std::string kEval =
+    " --set training.eval_steps=10 --set data.validation=data/kjv.txt.gz"
+    " --set data.max_eval_samples=9";
+
 TEST_P(TensorParallel, TrainsAsOneRankDoes) {
   if (!have_mpi()) GTEST_SKIP() << "built without MPI";
   const Layout& l = GetParam();
@@ -57,6 +65,12 @@ TEST_P(TensorParallel, TrainsAsOneRankDoes) {
   ASSERT_EQ(got_norm.size(), want_norm.size());
   for (size_t i = 0; i < want_norm.size(); ++i)
     EXPECT_NEAR(got_norm[i], want_norm[i], 10 * l.tol * want_norm[i]) << i + 1;
+  // Validation, where the layout asks for it (kEval).
+  const std::vector<double> want_eval = field(one + "/metrics.jsonl", "eval_loss");
+  const std::vector<double> got_eval = field(split + "/metrics.jsonl", "eval_loss");
+  ASSERT_EQ(got_eval.size(), want_eval.size());
+  for (size_t i = 0; i < want_eval.size(); ++i)
+    EXPECT_NEAR(got_eval[i], want_eval[i], l.tol * want_eval[i]) << "validation " << i + 1;
   if (l.exact) {
     EXPECT_LT(max_relative_difference(one + "/model.safetensors", split + "/model.safetensors"),
               l.tol);
@@ -100,7 +114,18 @@ INSTANTIATE_TEST_SUITE_P(
         Layout{"tp2_galore", 2, 2, kGalore},
         Layout{"tp2_dp2_galore_zero2", 4, 2, std::string(kGalore) + " --set parallel.zero_stage=2"},
         Layout{"tp4_gqa_galore_reverse", 4, 4,
-               std::string(kGalore) + " --set optimizer.galore.proj_type=reverse_std"}),
+               std::string(kGalore) + " --set optimizer.galore.proj_type=reverse_std"},
+        // Sequence parallelism: the residual stream and norms on 1/tp of the rows.
+        Layout{"tp2_sp", 2, 2, kSp + kEval},
+        Layout{"tp2_mqa_tied_sp", 2, 2,
+               kSp + " --set model.num_key_value_heads=1 --set model.tie_word_embeddings=true"},
+        Layout{"tp4_gqa_sp", 4, 4, kSp},
+        Layout{"tp2_dp2_tied_sp", 4, 2, kSp + kEval + " --set model.tie_word_embeddings=true"},
+        // The backward's recompute gathers the norms' outputs again.
+        Layout{"tp2_sp_checkpointing", 2, 2, kSp + " --set training.gradient_checkpointing=true"},
+        // ZeRO 3 shards each rank's slice; GaLore's projector over the whole matrix.
+        Layout{"tp2_dp2_sp_zero3", 4, 2, kSp + " --set parallel.zero_stage=3"},
+        Layout{"tp4_gqa_sp_zero3_galore", 4, 4, kSp + kGalore + " --set parallel.zero_stage=3"}),
     [](const ::testing::TestParamInfo<Layout>& p) { return std::string(p.param.name); });
 
 // Megatron's count per step on the TP group (N = B·T rows of width C, n = 4·N·C bytes, an
@@ -135,6 +160,10 @@ TEST_F(Cli, KeelPlanCountsTheBytesTensorParallelismMoves) {
        " --set training.gradient_checkpointing=true --set training.gradient_accumulation_steps=2"
        " --set training.per_device_train_batch_size=2 --set model.vocab_size=4099"},
       {2, " --set optimizer.per_layer_update=true --set training.max_grad_norm=0"},
+      {2, kSp},
+      {4, kSp + " --set training.gradient_checkpointing=true"
+                " --set training.gradient_accumulation_steps=2"
+                " --set training.per_device_train_batch_size=2 --set model.vocab_size=4099"},
   };
   for (const auto& [tp, sets] : cases) {
     const std::string layout = " --set parallel.tensor_model_parallel_size=" + std::to_string(tp) +
@@ -173,6 +202,32 @@ TEST_F(Cli, KeelPlanShowsTheMemoryOfATensorParallelRank) {
   EXPECT_NEAR(parameters_mib(2), tp2 * 4 / (1 << 20), 0.051);
 }
 
+// With sequence parallelism each all-reduce of an activation becomes a reduce-scatter and an
+// all-gather of the same n bytes, each moving n/2 on 2 ranks: forward, the embedding's sum
+// scattered, per layer two gathers (before q/k/v and gate/up) and two scatters (after o and
+// down), the final norm's output gathered for the head; backward, the conjugates (the head's
+// input gradient scattered, per layer two scatters and two gathers, the embedding's gradient
+// gathered). So the activations move (4 · n/2 + 4L · n), as without SP; besides, the norm
+// weights' gradients, summed over the rows each rank held (2·C floats per layer and C for the
+// final norm, all-reduced: 8·C and 4·C bytes), and as before the softmax's statistics and the
+// gradient norm's sum.
+TEST_F(Cli, SequenceParallelBytesPerStepAreTheLayoutsCount) {
+  if (!have_mpi()) GTEST_SKIP() << "built without MPI";
+  const std::string cfg = write("m.yaml", kModel);
+  const std::string out = (dir_ / "tp2_sp").string();
+  const Result r = train(2, cfg,
+                         " --set parallel.tensor_model_parallel_size=2 --set training.max_steps=3"
+                         " --set parallel.sequence_parallel=true --set training.output_dir=" +
+                             out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const int64_t L = 2, N = 4 * 32, C = 64, n = 4 * N * C;
+  const int64_t activations = 4 * n / 2 + 4 * L * n;
+  const int64_t want = activations + (8 * L + 4) * C + 4 * N + 16 * N + 8;
+  const std::vector<double> bytes = field(out + "/metrics.jsonl", "comm_bytes");
+  ASSERT_EQ(bytes.size(), 3u);
+  for (double b : bytes) EXPECT_EQ(static_cast<int64_t>(b), want);
+}
+
 TEST_F(Cli, LayoutsTensorParallelismCannotServeAreOneLine) {
   const std::string cfg = write("m.yaml", kModel);
   auto refused = [&](const std::string& sets, const std::string& says) {
@@ -185,6 +240,10 @@ TEST_F(Cli, LayoutsTensorParallelismCannotServeAreOneLine) {
   refused(" --set parallel.tensor_model_parallel_size=3", "model.num_attention_heads 4");
   refused(" --set parallel.tensor_model_parallel_size=4 --set model.intermediate_size=90",
           "model.intermediate_size 90");
+  refused(
+      " --set parallel.tensor_model_parallel_size=4 --set parallel.sequence_parallel=true"
+      " --set data.seq_length=30",
+      "data.seq_length 30 is not a multiple of 4");
   // One rank cannot be split two ways.
   refused(" --set parallel.tensor_model_parallel_size=2", "tensor_model_parallel_size");
 }

@@ -1,7 +1,8 @@
 // Tensor parallelism's split of a LLaMA layer, without MPI: every rank's heads, key/value heads,
 // MLP rows and vocabulary rows tile the model exactly once (shared key/value heads once per
 // group of ranks), query heads sit with the key/value head they read, and the sizes TP cannot
-// serve are one clear error naming the key.
+// serve are one clear error naming the key; without a TP group, sequence parallelism's mappings
+// are copies.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -78,6 +79,22 @@ TEST(TpSplitErrors, NameTheSizeTpCannotServe) {
   EXPECT_NE(message({12, 3, 96, 256}, 4).find("model.num_key_value_heads 3"), std::string::npos);
   EXPECT_NE(message({4, 4, 90, 256}, 4).find("model.intermediate_size 90"), std::string::npos);
   EXPECT_NE(message({4, 4, 96, 3}, 4).find("model.vocab_size 3"), std::string::npos);
+}
+
+// TP = 1: the gather and the scatter of one chunk are copies, and nothing in place.
+TEST(TpMappings, WithoutAGroupGatherAndScatterCopy) {
+  const TpMappings none;
+  EXPECT_EQ(none.size(), 1);
+  std::vector<float> chunk = {1, 2, 3}, full = {9, 9, 9};
+  none.all_gather(full.data(), chunk.data(), 3);
+  EXPECT_EQ(full, chunk);
+  std::vector<float> out = {0, 0, 0};
+  full = {4, 5, 6};
+  none.reduce_scatter(out.data(), full.data(), 3);
+  EXPECT_EQ(out, full);
+  none.all_gather(full.data(), full.data(), 3);
+  none.reduce_scatter(full.data(), full.data(), 3);
+  EXPECT_EQ(full, (std::vector<float>{4, 5, 6}));
 }
 
 }  // namespace

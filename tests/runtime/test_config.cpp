@@ -41,7 +41,7 @@ const std::vector<std::string> kAllKeys = {
     "optimizer.galore.update_proj_gap", "optimizer.galore.scale", "optimizer.galore.proj_type",
     "optimizer.galore.projector", "optimizer.galore.targets", "optimizer.galore.oversample",
     "optimizer.galore.power_iterations", "parallel.zero_stage",
-    "parallel.overlap_comm", "parallel.tensor_model_parallel_size",
+    "parallel.overlap_comm", "parallel.tensor_model_parallel_size", "parallel.sequence_parallel",
     "parallel.pipeline_model_parallel_size", "parallel.expert_model_parallel_size"};
 // clang-format on
 
@@ -85,6 +85,7 @@ optimizer:
 parallel:
   zero_stage: 2
   tensor_model_parallel_size: 1
+  sequence_parallel: true
   pipeline_model_parallel_size: 1
   expert_model_parallel_size: 1
 )";
@@ -123,6 +124,7 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.optimizer.type, b.optimizer.type);
   EXPECT_EQ(a.parallel.zero_stage, b.parallel.zero_stage);
   EXPECT_EQ(a.parallel.tensor_model_parallel_size, b.parallel.tensor_model_parallel_size);
+  EXPECT_EQ(a.parallel.sequence_parallel, b.parallel.sequence_parallel);
   EXPECT_EQ(a.parallel.pipeline_model_parallel_size, b.parallel.pipeline_model_parallel_size);
   EXPECT_EQ(a.parallel.expert_model_parallel_size, b.parallel.expert_model_parallel_size);
 }
@@ -202,6 +204,7 @@ TEST(Config, FullFileSetsEveryKey) {
   EXPECT_EQ(c.optimizer.type, "adamw");
   EXPECT_EQ(c.parallel.zero_stage, 2);
   EXPECT_EQ(c.parallel.tensor_model_parallel_size, 1);
+  EXPECT_TRUE(c.parallel.sequence_parallel);
   EXPECT_EQ(c.parallel.pipeline_model_parallel_size, 1);
   EXPECT_EQ(c.parallel.expert_model_parallel_size, 1);
 }

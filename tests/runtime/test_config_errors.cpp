@@ -33,7 +33,7 @@ TEST(Config, UnknownKeyNamesItTheFileLineAndTheClosestKey) {
   expect_mentions(parse_error("parallel: {lookahead: 1}\n"),
                   {"'parallel.lookahead'", "did you mean",
                    "(valid: zero_stage, overlap_comm, tensor_model_parallel_size, "
-                   "pipeline_model_parallel_size, expert_model_parallel_size)"});
+                   "sequence_parallel, pipeline_model_parallel_size, expert_model_parallel_size)"});
 }
 
 TEST(Config, UnknownSectionSuggestsTheClosest) {
@@ -165,6 +165,22 @@ TEST(Config, TensorParallelismRefusesWhatItCannotServe) {
   EXPECT_NE(
       parse_error(kMinimalYaml, {tp2, "training.save_steps=10"}).find("set training.save_steps: 0"),
       std::string::npos);
+}
+
+// Sequence parallelism cuts every sequence into tp equal chunks: a length tp does not divide is
+// one line naming both settings and a length that works, before any work.
+TEST(Config, SequenceParallelismNeedsALengthTpDivides) {
+  const std::string tp2 = "parallel.tensor_model_parallel_size=2",
+                    sp = "parallel.sequence_parallel=true";
+  EXPECT_TRUE(
+      parse_config(kMinimalYaml, {tp2, sp, "data.seq_length=64"}).parallel.sequence_parallel);
+  EXPECT_EQ(parse_error(kMinimalYaml, {tp2, sp, "data.seq_length=65"}),
+            "parallel.sequence_parallel splits each sequence over the 2 tensor-parallel ranks, but "
+            "data.seq_length 65 is not a multiple of 2; set data.seq_length to a multiple of 2 "
+            "(e.g. 64) or parallel.sequence_parallel: false");
+  // Without sequence parallelism, or without a TP group to split over, any length serves.
+  parse_config(kMinimalYaml, {tp2, "data.seq_length=65"});
+  parse_config(kMinimalYaml, {sp, "data.seq_length=65"});
 }
 
 // A per-layer update steps a unit before the units below it have gradients: whatever needs the

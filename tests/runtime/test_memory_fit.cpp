@@ -69,6 +69,24 @@ TEST_F(MemoryFitTest, PlanIsWhatTheTrainerPlans) {
   }
 }
 
+// Sequence parallelism keeps 1/tp of the rows of the slots that hold the residual stream between
+// the TP regions (each block's input and middle, the norms' statistics, the residual gradient);
+// the gathered norm outputs and everything inside the TP regions keep every row.
+TEST(MemoryFit, SequenceParallelismShrinksTheSlotsThatHoldATokenSlice) {
+  const std::vector<std::string> tp2 = {"parallel.tensor_model_parallel_size=2"};
+  std::vector<std::string> sp = tp2;
+  sp.push_back("parallel.sequence_parallel=true");
+  const RankMemory off = plan_rank_memory(config_with(tp2), 1),
+                   on = plan_rank_memory(config_with(sp), 1);
+  // N = 4·32 rows, half of them held: L+1 = 3 block inputs (n, C), per layer xmid (n, C) and two
+  // rstd (n), the final rstd (n); every slot a multiple of 64 bytes, so nothing is padding.
+  const size_t L = 2, n = 64, C = 64, f = sizeof(float);
+  EXPECT_EQ(off.activations - on.activations, f * ((L + 1) * n * C + L * (n * C + 2 * n) + n));
+  // The residual gradient (n, C) instead of (N, C); the norms' partial gradients (2, C) added.
+  EXPECT_EQ(off.buffers - on.buffers, f * (n * C - 2 * C));
+  EXPECT_EQ(on.parameters, off.parameters);
+}
+
 // Every setting the search offers fits when applied as its --set arguments say; none is a
 // stronger version of another listed; the cheapest comes first.
 TEST(MemoryFit, EverySettingOfferedFitsAndTheCheapestComesFirst) {
