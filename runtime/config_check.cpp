@@ -172,8 +172,8 @@ void check_parallel_size(int64_t size, std::string_view key, std::string_view wh
 }
 
 // Tensor parallelism: the model's sizes must split (parallel::tp_split says which does not), and
-// what is built on it so far: ZeRO 0 without the per-layer update, the element-wise optimizers,
-// no checkpoints. The rest is refused by name rather than run wrong.
+// what is built on it so far: the element-wise optimizers (AdamW, 8-bit AdamW) without GaLore.
+// The rest is refused by name rather than run wrong.
 void check_tensor_parallel(const Config& config) {
   const int64_t tp = config.parallel.tensor_model_parallel_size;
   if (tp == 1) return;
@@ -190,8 +190,6 @@ void check_tensor_parallel(const Config& config) {
   not_yet(config.optimizer.type == "adamw" || config.optimizer.type == "adamw_8bit",
           "optimizer.type " + config.optimizer.type, "use adamw or adamw_8bit");
   not_yet(config.optimizer.galore.rank == 0, "GaLore", "turn optimizer.galore off");
-  not_yet(config.training.save_steps == 0, "checkpoints (training.save_steps)",
-          "set training.save_steps: 0");
 }
 
 // A unit is stepped as soon as its gradient is complete in the backward, before the units below
