@@ -180,6 +180,21 @@ std::string optimizer_state_name(std::string_view state, const std::string& para
 
 bool is_optimizer_state(const std::string& name) { return name.starts_with(kOptimizerPrefix); }
 
+std::string written_by(const CheckpointInfo& info) {
+  const int dp = info.data_parallel_size, tp = info.tensor_parallel_size;
+  const int pp = info.pipeline_parallel_size, ep = info.expert_parallel_size;
+  std::string text;
+  if (tp == 1 && pp == 1 && ep == 1) {
+    text = format("{} data-parallel rank{}", dp, dp > 1 ? "s" : "");
+  } else {
+    text = format("{} ranks ({} tensor-parallel x {} data-parallel", tp * dp * pp, tp, dp);
+    if (pp > 1) text += format(" x {} pipeline", pp);
+    if (ep > 1) text += format(", {} expert-parallel", ep);
+    text += ")";
+  }
+  return text + format(", ZeRO {}", info.zero_stage);
+}
+
 std::string state_file_name(int rank) {
   char name[40];
   std::snprintf(name, sizeof name, "rank_%05d.safetensors", rank);
@@ -240,6 +255,9 @@ void write_checkpoint_info(const std::string& dir, const CheckpointInfo& info) {
   j["samples_consumed"] = info.samples_consumed;
   j["seed"] = info.seed;
   j["data_parallel_size"] = info.data_parallel_size;
+  j["tensor_parallel_size"] = info.tensor_parallel_size;
+  j["pipeline_parallel_size"] = info.pipeline_parallel_size;
+  j["expert_parallel_size"] = info.expert_parallel_size;
   j["zero_stage"] = info.zero_stage;
   j["optimizer"] = info.optimizer;
   j["files"] = info.files;
@@ -304,6 +322,10 @@ CheckpointInfo read_checkpoint_info(const std::string& dir, const std::string& f
     info.samples_consumed = j.at("samples_consumed").get<int64_t>();
     info.seed = j.at("seed").get<uint64_t>();
     info.data_parallel_size = j.at("data_parallel_size").get<int>();
+    // Absent from checkpoints written before tensor parallelism: one rank of each.
+    info.tensor_parallel_size = j.value("tensor_parallel_size", 1);
+    info.pipeline_parallel_size = j.value("pipeline_parallel_size", 1);
+    info.expert_parallel_size = j.value("expert_parallel_size", 1);
     info.zero_stage = j.at("zero_stage").get<int>();
     info.optimizer = j.at("optimizer").get<std::string>();
     info.files = j.at("files").get<std::vector<std::string>>();
@@ -328,6 +350,12 @@ CheckpointInfo read_checkpoint_info(const std::string& dir, const std::string& f
   KEEL_CHECK(info.step >= 0 && info.samples_consumed >= 0 && !info.files.empty(),
              "{}: step {}, samples {} and {} files make no checkpoint", path, info.step,
              info.samples_consumed, info.files.size());
+  KEEL_CHECK(info.data_parallel_size >= 1 && info.tensor_parallel_size >= 1 &&
+                 info.pipeline_parallel_size >= 1 && info.expert_parallel_size >= 1,
+             "{}: a layout of dp {}, tp {}, pp {}, ep {} ranks makes no checkpoint; the checkpoint "
+             "is damaged{}",
+             path, info.data_parallel_size, info.tensor_parallel_size, info.pipeline_parallel_size,
+             info.expert_parallel_size, fix);
   return info;
 }
 

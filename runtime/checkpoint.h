@@ -49,7 +49,11 @@ struct CheckpointInfo {
   int64_t step = 0;              // optimizer steps completed
   int64_t samples_consumed = 0;  // global samples of the data order trained on so far
   uint64_t seed = 0;             // of the data order
-  int data_parallel_size = 1;    // of the run that wrote it
+  // The layout of the run that wrote it (a checkpoint written before TP records dp alone).
+  int data_parallel_size = 1;
+  int tensor_parallel_size = 1;
+  int pipeline_parallel_size = 1;
+  int expert_parallel_size = 1;
   int zero_stage = 0;
   std::string optimizer;           // optimizer.type
   std::string config_yaml;         // the writing run's resolved config
@@ -63,6 +67,10 @@ struct CheckpointInfo {
 std::string optimizer_state_name(std::string_view state, const std::string& param);
 // Whether a checkpoint tensor is optimizer state rather than a parameter.
 bool is_optimizer_state(const std::string& name);
+
+// The layout that wrote a checkpoint, for messages: "2 data-parallel ranks, ZeRO 3", or with
+// tensor parallelism "4 ranks (2 tensor-parallel x 2 data-parallel), ZeRO 1".
+std::string written_by(const CheckpointInfo& info);
 
 // The state file of world rank r: "rank_00003.safetensors".
 std::string state_file_name(int rank);

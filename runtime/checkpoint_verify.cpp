@@ -37,11 +37,12 @@ CheckpointCheck verify_checkpoint(const std::string& dir) {
     return c;
   }
   const bool checksummed = !info.sums.empty();
-  line("meta.json", format("ok: step {}, {} state file{}, {} tensors{}", info.step,
+  line("meta.json", format("ok: step {}, {} state file{}, {} tensors{}; written by {}", info.step,
                            info.files.size(), info.files.size() == 1 ? "" : "s", info.shapes.size(),
                            checksummed ? ", checksum matches"
                                        : " (version 1: written before checksums, so only the "
-                                         "files' structure can be checked)"));
+                                         "files' structure can be checked)",
+                           written_by(info)));
 
   std::map<std::string, std::vector<parallel::ShardRect>> rects;  // each tensor's, distinct
   bool every_file_read = true;

@@ -171,10 +171,8 @@ void check_parallel_size(int64_t size, std::string_view key, std::string_view wh
       size, what);
 }
 
-// Tensor parallelism: the model's sizes must split (parallel::tp_split says which does not), and
-// what is built on it so far: ZeRO 0 without the per-layer update, the element-wise optimizers,
-// no checkpoints. The rest is refused by name rather than run wrong. Sequence parallelism cuts
-// each micro-batch's B·T rows into tp equal chunks: T must divide by tp.
+// Tensor parallelism: the model's sizes must split (parallel::tp_split says which does not).
+// Sequence parallelism cuts each micro-batch's B·T rows into tp equal chunks: T must divide by tp.
 void check_tensor_parallel(const Config& config) {
   const int64_t tp = config.parallel.tensor_model_parallel_size;
   if (tp == 1) return;
@@ -188,14 +186,6 @@ void check_tensor_parallel(const Config& config) {
              "but data.seq_length {} is not a multiple of {}; set data.seq_length to a multiple "
              "of {} (e.g. {}) or parallel.sequence_parallel: false",
              tp, T, tp, tp, std::max(T / tp * tp, tp));
-  auto not_yet = [&](bool ok, std::string_view what, std::string_view fix) {
-    KEEL_CHECK(ok,
-               "parallel.tensor_model_parallel_size {} with {} is not supported yet; {} (or set "
-               "parallel.tensor_model_parallel_size: 1)",
-               tp, what, fix);
-  };
-  not_yet(config.training.save_steps == 0, "checkpoints (training.save_steps)",
-          "set training.save_steps: 0");
 }
 
 // A unit is stepped as soon as its gradient is complete in the backward, before the units below

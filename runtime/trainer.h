@@ -8,6 +8,7 @@
 
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <ostream>
 #include <set>
@@ -91,7 +92,7 @@ class Trainer {
   // x summed over the tensor-parallel group (x itself without TP).
   double tp_sum(double x);
   // The name of the first optimizer tensor (in their order) whose gradient on some rank holds a
-  // NaN or an infinity, or "" (collective over the data-parallel group).
+  // NaN or an infinity, or "" (collective over the world).
   std::string first_nonfinite_gradient();
   // The same for the weights (fp32 master shards under ZeRO): collective over the world.
   std::string first_nonfinite_weight();
@@ -114,11 +115,16 @@ class Trainer {
     size_t index;  // in the optimizer's list
     float* value;  // weights or fp32 master shard
     int64_t elems;
+    bool counted;  // false where another TP rank holds it alike and writes it (tp_counted)
   };
   void for_each_tensor(const std::function<void(const TensorSlot&)>& f);
-  // This rank's training state (weights or master shards, optimizer state) as checkpoint pieces.
-  std::vector<StatePiece> state_pieces();
-  // Optimizer state s of tensor t as a checkpoint piece.
+  // This rank's training state (weights or master shards, optimizer state) as checkpoint pieces;
+  // `written`: only what this rank writes (of tensors that TP ranks hold alike, the first's).
+  // Collective over the world (per-block state is stacked over the ranks, runtime/block_index.h);
+  // block_totals, when given, receives every per-block state's stacked rows.
+  std::vector<StatePiece> state_pieces(bool written = false,
+                                       std::map<std::string, int64_t>* block_totals = nullptr);
+  // Optimizer state s of tensor t (element-wise or its own rectangle) as a checkpoint piece.
   StatePiece state_piece(const TensorSlot& t, const optim::StateTensor& s) const;
   // Restores a checkpoint whose 8-bit state was quantized in other blocks (of saved_block_size
   // codes, cut from other shards) or by another optimizer (fp32 AdamW for an 8-bit run, or the

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "optim/adamw_8bit.h"
+#include "runtime/block_index.h"
 #include "runtime/checkpoint.h"
 #include "runtime/trainer.h"
 
@@ -50,22 +51,24 @@ std::vector<StateFileSum> gather_sums(parallel::Communicator& world, const State
   return sums;
 }
 
-// The blocks a run cuts 8-bit optimizer state into: shards per parameter (the DP size under ZeRO
-// 1-3, else 1), optimizer.block_size and optimizer.min_8bit_size (the largest int64 for an
-// optimizer that quantizes nothing). GaLore's projected state is cut by the same three.
+// The blocks a run cuts 8-bit optimizer state into: TP's slices, ZeRO's shards of each (the DP
+// size under ZeRO 1-3, else 1), optimizer.block_size and optimizer.min_8bit_size (the largest
+// int64 for an optimizer that quantizes nothing). GaLore's projected state is cut by the same.
 struct QuantizedLayout {
+  int tp = 1;
   int shards = 1;
   int64_t block_size = 256;
   int64_t min_8bit_size = 4096;
   bool operator==(const QuantizedLayout&) const = default;
 };
 
-QuantizedLayout quantized_layout(const Config& config, int data_parallel_size) {
+QuantizedLayout quantized_layout(const Config& config, int data_parallel_size,
+                                 int tensor_parallel_size) {
   const int64_t min_8bit = config.optimizer.type == "adamw_8bit"
                                ? config.optimizer.min_8bit_size
                                : std::numeric_limits<int64_t>::max();
-  return {config.parallel.zero_stage > 0 ? data_parallel_size : 1, config.optimizer.block_size,
-          min_8bit};
+  return {tensor_parallel_size, config.parallel.zero_stage > 0 ? data_parallel_size : 1,
+          config.optimizer.block_size, min_8bit};
 }
 
 }  // namespace
@@ -78,30 +81,52 @@ void Trainer::for_each_tensor(const std::function<void(const TensorSlot&)>& f) {
     // A whole vector carries no rectangle: all of it, as rows of n × 1.
     const parallel::ShardRect rect =
         refs[i].rect.ld > 0 ? refs[i].rect : parallel::ShardRect{0, 0, rows, cols, cols};
-    f({refs[i].name, rows, cols, rect, i, refs[i].value, refs[i].n});
+    f({refs[i].name, rows, cols, rect, i, refs[i].value, refs[i].n,
+       model_->parameter_by_name(refs[i].name).tp_counted});
   }
 }
 
 StatePiece Trainer::state_piece(const TensorSlot& t, const optim::StateTensor& s) const {
   const std::string name = optimizer_state_name(s.name, t.name);
-  if (s.layout == optim::StateLayout::kPerBlock) {
-    // Per-block state (8-bit absmax) belongs to this rank's shard: the global tensor stacks the
-    // shards' blocks, (shards × blocks) × 1, and this rank holds its rows.
-    const parallel::Communicator* group = sync_->shard_group();
-    const int ranks = group ? group->size() : 1, rank = group ? group->rank() : 0;
-    return {name, ranks * s.elems, 1, {rank * s.elems, 0, s.elems, 1, 1}, s.data, s.elems};
-  }
+  KEEL_CHECK(s.layout != optim::StateLayout::kPerBlock,
+             "'{}' is per-block state, which state_pieces stacks (internal error)", name);
   if (s.layout == optim::StateLayout::kOwnRect)
     return {name, s.rows, s.cols, s.rect, s.data, s.elems, s.bytes};
   return {name, t.rows, t.cols, t.rect, s.data, t.elems, s.bytes};
 }
 
-std::vector<StatePiece> Trainer::state_pieces() {
+std::vector<StatePiece> Trainer::state_pieces(bool written,
+                                              std::map<std::string, int64_t>* block_totals) {
+  // Per-block state (8-bit absmax) belongs to the buffer it was cut from: this rank's TP slice
+  // or ZeRO shard of it. Its rows in the stacked tensor come from every rank's buffers.
+  const parallel::Communicator* group = sync_->shard_group();
+  const int64_t shard = group ? group->rank() : 0;
   std::vector<StatePiece> out;
+  std::vector<std::pair<size_t, BlockRecord>> blocks;  // (piece, its buffer)
+  std::vector<BlockRecord> records;
   for_each_tensor([&](const TensorSlot& t) {
-    out.push_back({t.name, t.rows, t.cols, t.rect, t.value, t.elems});
-    for (const optim::StateTensor& s : optimizer_->state(t.index)) out.push_back(state_piece(t, s));
+    const bool keep = !written || t.counted;
+    if (keep) out.push_back({t.name, t.rows, t.cols, t.rect, t.value, t.elems});
+    for (const optim::StateTensor& s : optimizer_->state(t.index)) {
+      if (s.layout != optim::StateLayout::kPerBlock) {
+        if (keep) out.push_back(state_piece(t, s));
+        continue;
+      }
+      const BlockRecord r{optimizer_state_name(s.name, t.name), shard, t.rect.row0, t.rect.col0,
+                          s.elems};
+      records.push_back(r);
+      if (!keep) continue;
+      blocks.emplace_back(out.size(), r);
+      out.push_back({r.name, 0, 1, {}, s.data, s.elems});
+    }
   });
+  const BlockIndex index(gather_block_records(grid_.world(), records));
+  for (const auto& [at, r] : blocks) {
+    StatePiece& p = out[at];
+    p.rows = index.total(r.name);
+    p.rect = {index.first(r), 0, r.blocks, 1, 1};
+  }
+  if (block_totals) *block_totals = index.totals();
   return out;
 }
 
@@ -147,12 +172,14 @@ std::string Trainer::write_checkpoint() {
   parallel::Communicator& world = grid_.world();
   const CheckpointStore store(config_.training.output_dir + "/checkpoints");
   const bool lead = world.rank() == 0;
-  // Without ZeRO every rank holds the same state: rank 0 alone writes it.
+  // Without ZeRO the ranks of a data-parallel group hold the same state: its first writes it,
+  // one file for each TP slice. A tensor that TP ranks hold alike is written by the first.
   const bool sharded = sync_->shard_group() != nullptr;
-  const bool writes = sharded || lead;
+  const bool writes = sharded || grid_.dp().rank() == 0;
   agree(world, lead ? attempt([&] { store.begin(step_); }) : "", "starting a checkpoint");
 
-  const std::vector<StatePiece> pieces = state_pieces();
+  std::map<std::string, int64_t> block_totals;
+  const std::vector<StatePiece> pieces = state_pieces(true, &block_totals);
   const std::string tmp = store.staging(step_);
   StateFileSum sum;
   agree(world,
@@ -172,14 +199,21 @@ std::string Trainer::write_checkpoint() {
       info.samples_consumed = samples_;
       info.seed = config_.training.seed;
       info.data_parallel_size = grid_.dp().size();
+      info.tensor_parallel_size = grid_.tp().size();
+      info.pipeline_parallel_size = grid_.pp().size();
+      info.expert_parallel_size = grid_.ep().size();
       info.zero_stage = static_cast<int>(config_.parallel.zero_stage);
       info.optimizer = config_.optimizer.type;
       info.config_yaml = config_to_yaml(config_);
-      for (int r = 0; r < (sharded ? world.size() : 1); ++r) {
+      for (int r = 0; r < world.size(); ++r) {
+        if (sums[static_cast<size_t>(r)].bytes == 0) continue;  // wrote no file
         info.files.push_back(state_file_name(r));
         info.sums.push_back(sums[static_cast<size_t>(r)]);
       }
+      // Rank 0 holds a part of every tensor (the first TP rank writes what the ranks share);
+      // per-block state it may not keep (a larger slice quantized elsewhere) comes from the index.
       for (const StatePiece& p : pieces) info.shapes[p.name] = {p.rows, p.cols};
+      for (const auto& [name, total] : block_totals) info.shapes[name] = {total, 1};
       write_checkpoint_info(tmp, info);
       dir = store.commit(step_, config_.training.save_total_limit);
     });
@@ -227,12 +261,13 @@ void Trainer::load_checkpoint(const std::string& dir) {
 void Trainer::restore(const std::string& dir, const CheckpointInfo& info, const Config& saved) {
   const auto t0 = Clock::now();
   // 8-bit state in the blocks it was saved in comes back exactly; in other blocks (another
-  // DP size or block setting), or saved by fp32 AdamW for this 8-bit run or the other way
+  // TP or DP size, or block setting), or saved by fp32 AdamW for this 8-bit run or the other way
   // round, each moment is read as fp32 and stored as this run keeps it.
-  const QuantizedLayout before = quantized_layout(saved, info.data_parallel_size);
+  const QuantizedLayout before =
+      quantized_layout(saved, info.data_parallel_size, info.tensor_parallel_size);
   const bool requantize =
       (config_.optimizer.type == "adamw_8bit" || info.optimizer == "adamw_8bit") &&
-      !(before == quantized_layout(config_, grid_.dp().size()));
+      !(before == quantized_layout(config_, grid_.dp().size(), grid_.tp().size()));
   if (requantize) {
     restore_requantized(dir, info, before.block_size);
   } else {
@@ -248,8 +283,7 @@ void Trainer::restore(const std::string& dir, const CheckpointInfo& info, const 
 
   std::ostringstream note;
   note << "keel: resumed from " << dir << " at step " << step_ << " in " << seconds
-       << " s (written by " << info.data_parallel_size << " data-parallel rank"
-       << (info.data_parallel_size > 1 ? "s" : "") << ", ZeRO " << info.zero_stage << ")\n";
+       << " s (written by " << written_by(info) << ")\n";
   if (info.sums.empty())
     note << "keel:   the checkpoint is of version " << info.version
          << ", written before checksums: its files were read unverified\n";

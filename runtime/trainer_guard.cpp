@@ -73,9 +73,10 @@ std::string Trainer::first_nonfinite_gradient() {
     for (size_t i = 0; i < grads_.size() && first < 0; ++i)
       if (k.count_nonfinite(grads_[i].grad, grads_[i].n, {}) > 0) first = static_cast<int64_t>(i);
   }
-  // Under ZeRO each rank holds shards: the first over the group. Without it every rank holds
-  // the same summed gradient, and the reduction changes nothing.
-  first = first_over_ranks(first, grid_.dp());
+  // Under ZeRO and TP each rank holds shards or slices: the first over the world (every rank
+  // judges the step alike). Without them every rank holds the same summed gradient, and the
+  // reduction changes nothing.
+  first = first_over_ranks(first, grid_.world());
   return first < 0 ? "" : grads_[static_cast<size_t>(first)].name;
 }
 

@@ -10,14 +10,8 @@
 namespace keel::test {
 namespace {
 
-// Two layers of width 64: four query heads, a vocabulary 2 and 4 do not divide.
-constexpr const char* kModel = R"(
-model: {vocab_size: 257, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 2,
-        num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64}
-data: {train: data/kjv.txt.gz, seq_length: 32}
-training: {max_steps: 20, learning_rate: 3.0e-3, warmup_steps: 2, logging_steps: 1,
-           weight_decay: 0.1, max_grad_norm: 0.5, per_device_train_batch_size: 4}
-)";
+// Two layers of width 64: four query heads, a vocabulary 2 and 4 do not divide (cli_util.h).
+const char* const kModel = kTensorParallelModel;
 
 // GaLore's exact projector, refreshed at steps 1, 6, 11 and 16.
 constexpr const char* kGalore =

@@ -329,6 +329,11 @@ TEST_F(CheckpointTest, VersionOneCheckpointsStillRead) {
   EXPECT_EQ(info.version, 1);
   EXPECT_TRUE(info.sums.empty());
   EXPECT_EQ(info.step, 7);
+  // Written before tensor parallelism: one rank of each dimension but the data-parallel one.
+  EXPECT_EQ(info.tensor_parallel_size, 1);
+  EXPECT_EQ(info.pipeline_parallel_size, 1);
+  EXPECT_EQ(info.expert_parallel_size, 1);
+  EXPECT_EQ(written_by(info), "2 data-parallel ranks, ZeRO 2");
   for (int reading : {1, 3}) {
     const Sharded want = shard(reading, full);
     Sharded got = shard(reading, full);
@@ -344,6 +349,34 @@ TEST_F(CheckpointTest, VersionOneCheckpointsStillRead) {
       }
     }
   }
+}
+
+// meta.json records every dimension of the layout that wrote it, and messages name it.
+TEST_F(CheckpointTest, MetaRecordsTheWholeLayout) {
+  const std::vector<std::vector<float>> full = all_full_values();
+  Sharded from = shard(4, full);
+  CheckpointInfo info = info_for(4);
+  info.data_parallel_size = 2;
+  info.tensor_parallel_size = 2;
+  info.zero_stage = 1;
+  for (int k = 0; k < 4; ++k)
+    info.sums.push_back(write_state_file(dir_ + "/" + state_file_name(k), from.pieces(k)));
+  write_checkpoint_info(dir_, info);
+  const nlohmann::json meta = nlohmann::json::parse(file_text(dir_ + "/meta.json"));
+  EXPECT_EQ(meta["data_parallel_size"], 2);
+  EXPECT_EQ(meta["tensor_parallel_size"], 2);
+  EXPECT_EQ(meta["pipeline_parallel_size"], 1);
+  EXPECT_EQ(meta["expert_parallel_size"], 1);
+  const CheckpointInfo back = read_checkpoint_info(dir_);
+  EXPECT_EQ(back.data_parallel_size, 2);
+  EXPECT_EQ(back.tensor_parallel_size, 2);
+  EXPECT_EQ(written_by(back), "4 ranks (2 tensor-parallel x 2 data-parallel), ZeRO 1");
+  info.pipeline_parallel_size = 2;
+  info.expert_parallel_size = 2;
+  EXPECT_EQ(
+      written_by(info),
+      "8 ranks (2 tensor-parallel x 2 data-parallel x 2 pipeline, 2 expert-parallel), ZeRO 1");
+  EXPECT_EQ(written_by(info_for(1)), "1 data-parallel rank, ZeRO 2");
 }
 
 void make_checkpoint(const CheckpointStore& store, int64_t step) {

@@ -36,7 +36,7 @@ TEST_F(CheckpointVerifyTest, AGoodCheckpointPassesWithALineAFile) {
   EXPECT_TRUE(c.good()) << joined(c.problems);
   ASSERT_EQ(c.lines.size(), 3u);
   EXPECT_NE(c.lines[0].find("meta.json               ok: step 7, 2 state files, 4 tensors, "
-                            "checksum matches"),
+                            "checksum matches; written by 2 data-parallel ranks, ZeRO 2"),
             std::string::npos)
       << c.lines[0];
   EXPECT_NE(c.lines[1].find("rank_00000.safetensors  ok: 4 tensors"), std::string::npos);
