@@ -27,12 +27,15 @@ struct GaloreLayout {
   bool whole_side = true;   // the projected side is the whole one (S)
   bool whole_short = true;  // S is the short side (whose vectors sign each singular pair)
   int64_t S = 0, L = 0, Lk = 0, r = 0;
-  int64_t chunk = 0;  // split side projected: R's elements per rank (S · r split evenly)
+  // Split side projected: R is (r × S) when the rows are split, else (S × r), and each rank of
+  // the group keeps `block` of its S positions (columns, or rows): chunk = r · block floats.
+  int64_t block = 0, chunk = 0;
   int64_t inner = 0;  // elements of R the inner optimizer steps on this rank
-  // R and the projector as checkpoints see them: global shapes and the parts held here. R keeps
-  // the split side when the whole one is projected (sliced as the matrix is), else it is an
-  // (S · r) × 1 vector split evenly; the projector is V (r × S, whole on every rank) or Uᵀ
-  // (r × L, this rank's columns).
+  // R and the projector as checkpoints see them: global shapes and the parts held here. R is the
+  // projected matrix, r × cols when the rows are projected and rows × r when the columns are,
+  // whatever the layout: sliced as the matrix is when the whole side is projected, else in
+  // blocks of S positions; the projector is V (r × S, whole on every rank) or Uᵀ (r × L, this
+  // rank's columns).
   int64_t r_rows = 0, r_cols = 0, p_rows = 0, p_cols = 0;
   parallel::ShardRect r_rect, p_rect;
   MemoryPlan::Slot projector = 0;  // whole side: V (r × S); split: this rank's U rows (r × Lk)
@@ -98,14 +101,18 @@ GaloreLayout layout_of(const ParamRef& p, const GaloreConfig& g, int rank) {
   if (g.proj_type == "left") project_cols = false;
   l.whole_side = project_cols == l.rows_split;  // S is the columns when the rows are split
   l.r = std::min({g.rank, p.rows, p.cols});     // G's rank is at most its short side
-  l.chunk = (l.S * l.r + p.parts - 1) / p.parts;
+  l.block = (l.S + p.parts - 1) / p.parts;
+  l.chunk = l.r * l.block;
   l.inner = l.whole_side ? l.Lk * l.r : l.chunk;
   const int64_t offset = l.rows_split ? p.rect.row0 : p.rect.col0;
   const int64_t real = l.rows_split ? p.rect.rows : p.rect.cols;  // split-side vectors, no padding
   if (!l.whole_side) {
-    const int64_t from = rank * l.chunk;
-    l.r_rows = l.S * l.r, l.r_cols = 1;
-    l.r_rect = {from, 0, std::clamp<int64_t>(l.S * l.r - from, 0, l.chunk), 1, 1};
+    const int64_t from = rank * l.block, held = std::clamp<int64_t>(l.S - from, 0, l.block);
+    if (l.rows_split) {  // R (r × S): this rank's columns
+      l.r_rows = l.r, l.r_cols = l.S, l.r_rect = {0, from, l.r, held, l.block};
+    } else {  // R (S × r): this rank's rows
+      l.r_rows = l.S, l.r_cols = l.r, l.r_rect = {from, 0, held, l.r, l.r};
+    }
     l.p_rows = l.r, l.p_cols = l.L, l.p_rect = {0, offset, l.r, real, l.Lk};
     return l;
   }
@@ -197,11 +204,10 @@ std::vector<ParamRef> inner_refs(const std::vector<ParamRef>& params,
       continue;
     }
     ParamRef r{p.name, delta, grad, l.inner, false, p.quantize};
-    r.rect = l.r_rect;
+    r.rows = l.r_rows, r.cols = l.r_cols, r.rect = l.r_rect;
     r.group = p.group, r.parts = p.parts;
-    if (l.whole_side) {  // a matrix, sliced as the tensor is
-      r.rows = l.r_rows, r.cols = l.r_cols, r.counted = p.counted;
-    }  // else a vector split evenly: each rank of the group holds its own chunk
+    // Sliced as the tensor is (a part held alike counted once), or a block of its own per rank.
+    r.counted = l.whole_side ? p.counted : true;
     out.push_back(r);
   }
   return out;
@@ -299,17 +305,25 @@ void GaLore::project(size_t i) {
     }
     return;
   }
-  // The split side: this rank's part of the sum over ranks, then each rank keeps its chunk.
+  // The split side: this rank's part of the sum over ranks, laid out as the ranks' blocks one
+  // after another, then each rank keeps its block.
   parallel::Communicator* group = group_of(i);
   const int n = group ? group->size() : 1;
   float* full = group ? work_[slots_->staging].f32() : R;
-  if (l.rows_split) {  // R (r × S) = U (r × Lk) · G (Lk × S)
-    k.gemm(false, false, l.r, l.S, l.Lk, 1.0f, P, l.Lk, p.grad, ld, 0.0f, full, l.S, {});
-  } else {  // R (S × r) = G (S × Lk) · Uᵀ
+  if (l.rows_split) {  // R (r × S) = U (r × Lk) · G (Lk × S), block b its columns (r × block)
+    for (int b = 0; b < n; ++b) {
+      const int64_t from = b * l.block, cols = std::clamp<int64_t>(l.S - from, 0, l.block);
+      float* out = full + b * l.chunk;
+      if (cols < l.block) std::fill_n(out, l.chunk, 0.0f);
+      if (cols > 0)
+        k.gemm(false, false, l.r, cols, l.Lk, 1.0f, P, l.Lk, p.grad + from, ld, 0.0f, out, l.block,
+               {});
+    }
+  } else {  // R (S × r) = G (S × Lk) · Uᵀ, block b its rows (block × r)
     k.gemm(false, true, l.S, l.r, l.Lk, 1.0f, p.grad, ld, P, l.Lk, 0.0f, full, l.r, {});
+    std::fill(full + l.S * l.r, full + n * l.chunk, 0.0f);
   }
-  std::fill(full + l.S * l.r, full + n * l.chunk, 0.0f);
-  if (!p.counted) std::fill_n(full, l.S * l.r, 0.0f);  // another rank of the group adds this part
+  if (!p.counted) std::fill_n(full, n * l.chunk, 0.0f);  // another rank of the group adds this
   if (group)
     group->reduce_scatter(parallel::host_view(R, static_cast<size_t>(l.chunk)),
                           parallel::host_view(full, static_cast<size_t>(n * l.chunk)));
@@ -340,8 +354,14 @@ void GaLore::project_back(size_t i, double lr) {
                       parallel::host_view(const_cast<float*>(D), static_cast<size_t>(l.chunk)));
     full = staging;
   }
-  if (l.rows_split) {  // (Lk × S) += Uᵀ · D (r × S)
-    k.gemm(true, false, l.Lk, l.S, l.r, alpha, P, l.Lk, full, l.S, decay, p.value, ld, {});
+  if (l.rows_split) {  // (Lk × S) += Uᵀ · D (r × S), block by block of columns
+    const int n = group_of(i) ? group_of(i)->size() : 1;
+    for (int b = 0; b < n; ++b) {
+      const int64_t from = b * l.block, cols = std::clamp<int64_t>(l.S - from, 0, l.block);
+      if (cols > 0)
+        k.gemm(true, false, l.Lk, cols, l.r, alpha, P, l.Lk, full + b * l.chunk, l.block, decay,
+               p.value + from, ld, {});
+    }
   } else {  // (S × Lk) += D (S × r) · U
     k.gemm(false, false, l.S, l.Lk, l.r, alpha, full, l.r, P, l.Lk, decay, p.value, ld, {});
   }
@@ -508,6 +528,9 @@ std::vector<StateTensor> GaLore::state(size_t i) {
     s.name = std::string(kInnerPrefix) + s.name;
     if (s.layout == StateLayout::kElementwise)  // shaped as R
       s.layout = StateLayout::kOwnRect, s.rows = l.r_rows, s.cols = l.r_cols, s.rect = l.r_rect;
+    if (s.layout == StateLayout::kPerBlock) s.rect = l.r_rect;  // cut from R's part
+    // Projecting the split side, each rank of the group holds its own block of R.
+    s.distinct = !l.whole_side;
     out.push_back(s);
   }
   return out;

@@ -9,8 +9,9 @@
 //   - projecting S, each rank projects its own slice (R is sliced the same way) and the projector
 //     is the same on every rank;
 //   - projecting L, each rank holds the rows of the projector for its slice, the partial products
-//     are reduce-scattered (R is split evenly over the ranks) and the update is all-gathered
-//     before the back-projection.
+//     are reduce-scattered (each rank keeps R's block of S positions: R is the same matrix, held
+//     in other parts, whatever the layout, so checkpoints reshard and an inner Adafactor factors
+//     it as one rank does) and the update is all-gathered before the back-projection.
 // The projector is refreshed every update_proj_gap steps from the Gram matrix of S (Σ over ranks
 // of the slices' Gram matrices, one all-reduce): exact takes its top-r eigenvectors (LAPACK
 // dsyevr), randomized all-reduces a range sketch (r + oversample vectors, power iterations) and

@@ -74,6 +74,10 @@ struct StateTensor {
   StateLayout layout = StateLayout::kElementwise;
   int64_t rows = 0, cols = 0;     // kOwnRect: the global tensor's shape
   parallel::ShardRect rect = {};  // kOwnRect: the part held here, row-major, rect.ld per row
+  // This rank's alone even where its tensor's part is held alike by several ranks (GaLore's block
+  // of a projected gradient): a checkpoint takes it from every rank. For per-block state, rect
+  // (when set) names the buffer its blocks were cut from instead of the tensor's part.
+  bool distinct = false;
 };
 
 class Optimizer {

@@ -108,14 +108,15 @@ std::vector<StatePiece> Trainer::state_pieces(bool written,
     const bool keep = !written || t.counted;
     if (keep) out.push_back({t.name, t.rows, t.cols, t.rect, t.value, t.elems});
     for (const optim::StateTensor& s : optimizer_->state(t.index)) {
+      const bool keep_state = keep || s.distinct;
       if (s.layout != optim::StateLayout::kPerBlock) {
-        if (keep) out.push_back(state_piece(t, s));
+        if (keep_state) out.push_back(state_piece(t, s));
         continue;
       }
-      const BlockRecord r{optimizer_state_name(s.name, t.name), shard, t.rect.row0, t.rect.col0,
-                          s.elems};
+      const parallel::ShardRect& cut = s.rect.ld > 0 ? s.rect : t.rect;  // the buffer's part
+      const BlockRecord r{optimizer_state_name(s.name, t.name), shard, cut.row0, cut.col0, s.elems};
       records.push_back(r);
-      if (!keep) continue;
+      if (!keep_state) continue;
       blocks.emplace_back(out.size(), r);
       out.push_back({r.name, 0, 1, {}, s.data, s.elems});
     }
