@@ -33,6 +33,10 @@ struct ModelSplit {
   int tp_size = 1;
   int tp_rank = 0;
   bool sequence_parallel = false;
+  // The pipeline stage: layers [first_layer, last_layer) (last_layer -1: to the end), with the
+  // embedding on the stage that holds layer 0 and the head on the one that holds the last.
+  int first_layer = 0;
+  int last_layer = -1;
 };
 
 class LlamaModel {
@@ -87,11 +91,30 @@ class LlamaModel {
   Tensor grad_storage() const;
 
   // tokens, targets (B, T); targets < 0 are ignored. Returns the sum of per-token losses.
-  // Gradients accumulate: grad += ∂(grad_scale · Σ losses)/∂param.
+  // Gradients accumulate: grad += ∂(grad_scale · Σ losses)/∂param. The whole model: a stage's
+  // forward and backward of one micro-batch with every unit on it.
   double forward_backward(const int32_t* tokens, const int32_t* targets, float grad_scale);
-  // Forward only. Returns Σ losses over valid targets (targets may be null: returns 0). When
-  // logits is not null it receives (B, T, V) floats.
+  // Forward only, the whole model. Returns Σ losses over valid targets (targets may be null:
+  // returns 0). When logits is not null it receives (B, T, V) floats.
   double forward(const int32_t* tokens, const int32_t* targets, float* logits);
+
+  // The model as a pipeline stage: a contiguous range of units (ModelSplit's layers, with the
+  // embedding on the first stage and the head on the last); one rank holding every unit is the
+  // special case. stage_forward takes token ids on the first stage, else the previous stage's
+  // output (this rank's rows × hidden); on the last stage it also runs the head forward and
+  // backward against targets and returns Σ losses (0 elsewhere). stage_output() is what it
+  // hands the next stage. stage_backward takes the next stage's stage_input_grad() (nothing on
+  // the last stage) and accumulates the stage's gradients; on the first stage it ends with the
+  // embedding's. One micro-batch at a time: its activations live until its backward.
+  double stage_forward(const int32_t* tokens, const float* input, const int32_t* targets,
+                       float grad_scale);
+  const float* stage_output() const;
+  void stage_backward(const float* output_grad);
+  const float* stage_input_grad() const;
+  bool first_stage() const { return first_; }
+  bool last_stage() const { return last_; }
+  int64_t first_layer() const { return l0_; }
+  int64_t num_layers() const { return layers_count_; }
 
   // The block every layer runs, and layer l's weights (null where the model does not hold them;
   // under ZeRO 3 valid only while the unit is acquired).
@@ -123,7 +146,11 @@ class LlamaModel {
   double head(const int32_t* targets, float grad_scale, bool backward, float* logits);
   void sliced_cross_entropy(float* losses, float* logits, const int32_t* targets, int64_t rows,
                             float grad_scale, bool backward);
-  void run_forward(const int32_t* tokens);  // embedding and blocks
+  // The embedding (first stage) or the input, then the stage's blocks.
+  void run_forward(const int32_t* tokens, const float* input);
+  // Units: the embedding (first stage), each local layer l, the head (last stage).
+  int layer_unit(int64_t l) const { return static_cast<int>(first_ + l); }
+  int head_unit() const { return static_cast<int>(units_.size()) - 1; }
   // Weights and gradients of a slot, wherever its unit's buffer is now.
   float* w(MemoryPlan::Slot s) const { return wbase_[unit_of_[s]] + slot_at_[s]; }
   float* g(MemoryPlan::Slot s) const { return gbase_[unit_of_[s]] + slot_at_[s]; }
@@ -149,8 +176,11 @@ class LlamaModel {
   int workspace_threads_;                  // OpenMP threads the attention workspace is sized for
   bool checkpointing_;
   ModelHolds holds_;
-  bool sp_;              // sequence parallelism (under TP only)
-  parallel::Span rows_;  // rows of the residual stream held here: all N_, or the SP chunk
+  int64_t l0_;                // the stage's first layer (global index)
+  int64_t layers_count_ = 0;  // and how many it holds
+  bool first_, last_;         // whether the stage holds the embedding, the head
+  bool sp_;                   // sequence parallelism (under TP only)
+  parallel::Span rows_;       // rows of the residual stream held here: all N_, or the SP chunk
   LlamaBlock block_;
   parallel::UnitHooks* hooks_ = nullptr;
 

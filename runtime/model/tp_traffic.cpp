@@ -12,7 +12,7 @@ uint64_t LlamaModel::tp_bytes_per_micro_batch() const {
   auto all_reduce = [&](int64_t floats, int64_t width = 4) {
     return parallel::all_reduce_bytes(static_cast<uint64_t>(floats * width), P);
   };
-  const int64_t L = config_.num_hidden_layers;
+  const int64_t L = layers_count_;  // the stage's
   // An all-reduce of the activations; under sequence parallelism an all-gather or a
   // reduce-scatter of them instead (each half the bytes, in pairs).
   const uint64_t activation = all_reduce(N_ * C_);
@@ -26,12 +26,15 @@ uint64_t LlamaModel::tp_bytes_per_micro_batch() const {
   uint64_t block = sp_ ? (checkpointing_ ? 11 : 8) * slice + all_reduce(2 * C_)
                        : (checkpointing_ ? 5 : 4) * activation;
   if (tp_.kv_replicas > 1) block += all_reduce(2 * block_.shape().kv_total * D_ * C_);
-  // The embedding's sum forward (SP: scattered, and its gradient gathered backward; the final
-  // norm's output gathered for the head, the head's input gradient scattered, the final norm's
-  // weight gradient summed). Per chunk of logits rows, the softmax's row maxima (floats) and sums
-  // (two doubles a row), and without SP the head's input gradient summed.
+  // The first stage: the embedding's sum forward (SP: scattered, and its gradient gathered
+  // backward). The last: under SP the final norm's output gathered for the head, the head's
+  // input gradient scattered and the final norm's weight gradient summed; per chunk of logits
+  // rows, the softmax's row maxima (floats) and sums (two doubles a row), and without SP the
+  // head's input gradient summed.
   uint64_t bytes = static_cast<uint64_t>(L) * block;
-  bytes += sp_ ? 4 * slice + all_reduce(C_) : activation;
+  if (first_) bytes += sp_ ? 2 * slice : activation;
+  if (!last_) return bytes;
+  if (sp_) bytes += 2 * slice + all_reduce(C_);
   for (int64_t r0 = 0; r0 < N_; r0 += chunk_rows_) {
     const int64_t rows = std::min(chunk_rows_, N_ - r0);
     bytes += all_reduce(rows) + all_reduce(2 * rows, 8) + (sp_ ? 0 : all_reduce(rows * C_));

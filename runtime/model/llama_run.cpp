@@ -1,0 +1,263 @@
+// Running the model (runtime/llama.h): the embedding, the blocks, the head and its
+// cross-entropy, forward and backward, as the whole model or as a pipeline stage. The plans and
+// the parameters they hold are built in runtime/llama.cpp.
+#include <omp.h>
+
+#include <algorithm>
+
+#include "kernels/ops.h"
+#include "runtime/model/llama_slots.h"
+
+namespace keel::runtime {
+
+void LlamaModel::embed(const int32_t* tokens) {
+  KEEL_CHECK(holds_.allocate, "this model was built to plan memory only and cannot run");
+  // Attention's workspace holds one scratch slot per thread, sized when the model was built.
+  KEEL_CHECK(omp_get_max_threads() <= workspace_threads_,
+             "the model was built for {} OpenMP threads and now runs with {}; build it after "
+             "setting the thread count",
+             workspace_threads_, omp_get_max_threads());
+  KEEL_CHECK(tp_comm_.size() == tp_.size,
+             "the model holds a tensor-parallel slice and has no TP group (internal error)");
+  const kernels::Ops& k = *ops_;
+  int32_t* kept = acts_[s_->tokens].data_as<int32_t>();
+  std::copy_n(tokens, N_, kept);
+  float* x0 = acts_[s_->x[0]].f32();
+  if (!tp_.split()) {
+    k.embedding_forward(x0, kept, w(s_->w_embed), N_, C_, V_, stream_);
+    return;
+  }
+  // Vocabulary-parallel: each rank looks up the tokens its rows hold, zeros elsewhere, summed.
+  for (int64_t n = 0; n < N_; ++n)
+    KEEL_CHECK(kept[n] >= 0 && kept[n] < config_.vocab_size,
+               "embedding: token {} of row {} is outside the vocabulary of {}", kept[n], n,
+               config_.vocab_size);
+  if (!sp_) {
+    k.embedding_forward_slice(x0, kept, w(s_->w_embed), N_, C_, tp_.vocab.begin, V_, stream_);
+    tp_comm_.reduce(x0, N_ * C_);
+    return;
+  }
+  // Sequence parallelism: the sum is scattered, each rank keeping its rows of the stream.
+  float* every_row = work_[s_->dtmp].f32();
+  k.embedding_forward_slice(every_row, kept, w(s_->w_embed), N_, C_, tp_.vocab.begin, V_, stream_);
+  tp_comm_.reduce_scatter(x0, every_row, rows_.count * C_);
+}
+
+BlockWeights LlamaModel::block_weights(int l) const {
+  const Layer& y = layers_[static_cast<size_t>(l)];
+  return {w(y.w_in_norm), w(y.w_qkv), w(y.w_o), w(y.w_post_norm), w(y.w_gate_up), w(y.w_down)};
+}
+
+BlockGrads LlamaModel::block_grads(int l) const {
+  const Layer& y = layers_[static_cast<size_t>(l)];
+  return {g(y.w_in_norm), g(y.w_qkv), g(y.w_o), g(y.w_post_norm), g(y.w_gate_up), g(y.w_down)};
+}
+
+BlockActs LlamaModel::block_acts(int l) const {
+  const Layer& y = layers_[static_cast<size_t>(l)];
+  auto a = [&](Slot s) { return acts_[s].f32(); };
+  return {a(y.ln1),  a(y.rstd1), a(y.qkv),   a(y.att), a(y.lse),
+          a(y.xmid), a(y.ln2),   a(y.rstd2), a(y.gu),  a(y.h)};
+}
+
+BlockPositions LlamaModel::positions() const {
+  return {B_, T_, work_[s_->rope_cos].f32(), work_[s_->rope_sin].f32()};
+}
+
+// One block: x[l] → x[l+1]. With recompute (checkpointing's backward), x[l+1] is left alone.
+void LlamaModel::block_forward(int l, bool recompute) {
+  const size_t i = static_cast<size_t>(l);
+  // dtmp is free in the forward and in the backward's recompute (dres holds the gradient then).
+  block_.forward(recompute ? nullptr : acts_[s_->x[i + 1]].f32(), acts_[s_->x[i]].f32(),
+                 block_weights(l), block_acts(l), positions(), work_[s_->attn_ws].f32(),
+                 work_[s_->dtmp].f32());
+}
+
+// Takes ∂/∂x[l+1] in dres and leaves ∂/∂x[l] there; parameter gradients accumulate.
+void LlamaModel::block_backward(int l) {
+  if (checkpointing_) block_forward(l, /*recompute=*/true);
+  const BlockScratch scratch = {work_[s_->dres].f32(),
+                                work_[s_->dtmp].f32(),
+                                work_[s_->dbig].f32(),
+                                work_[s_->dsmall].f32(),
+                                tp_.kv_replicas > 1 ? work_[s_->kv_grad].f32() : nullptr,
+                                sp_ ? work_[s_->norm_grad].f32() : nullptr};
+  block_.backward(acts_[s_->x[static_cast<size_t>(l)]].f32(), block_weights(l), block_grads(l),
+                  block_acts(l), positions(), scratch, work_[s_->attn_ws].f32());
+}
+
+// Final norm, output head and cross-entropy, chunk by chunk of rows. With backward, leaves
+// ∂/∂x[L] in dres and accumulates the head's and final norm's gradients. Under sequence
+// parallelism the norm runs on the rows held and its output is gathered whole for the head (the
+// loss covers every row on every rank, as without SP); backward, the head's input gradient is
+// reduce-scattered back to the rows held.
+double LlamaModel::head(const int32_t* targets, float grad_scale, bool backward,
+                        float* logits_out) {
+  const kernels::Ops& k = *ops_;
+  const float* xL = acts_[s_->x.back()].f32();
+  float* lnf = acts_[s_->lnf].f32();
+  const Slot head_slot = config_.tie_word_embeddings ? s_->w_embed : s_->w_head;
+  const float* w_head = w(head_slot);
+  float* g_head = backward ? g(head_slot) : nullptr;
+  float* logits = work_[s_->logits].f32();
+  float* losses = work_[s_->losses].f32();
+  float* dtmp = work_[s_->dtmp].f32();
+  const int64_t at = rows_.begin * C_, n = rows_.count;
+  k.rmsnorm_forward(lnf + at, acts_[s_->rstdf].f32(), xL, w(s_->w_final_norm), n, C_,
+                    static_cast<float>(config_.rms_norm_eps), stream_);
+  if (sp_) tp_comm_.all_gather(lnf, lnf + at, n * C_);
+  double total = 0.0;
+  for (int64_t r0 = 0; r0 < N_; r0 += chunk_rows_) {
+    const int64_t rows = std::min(chunk_rows_, N_ - r0);
+    k.matmul_forward(logits, lnf + r0 * C_, w_head, rows, C_, V_, stream_);
+    if (logits_out) std::copy_n(logits, rows * V_, logits_out + r0 * V_);
+    if (!targets) continue;
+    if (tp_.split())
+      sliced_cross_entropy(losses + r0, logits, targets + r0, rows, grad_scale, backward);
+    else if (backward)
+      k.cross_entropy_forward_backward(losses + r0, logits, targets + r0, rows, V_, grad_scale,
+                                       stream_);
+    else
+      k.cross_entropy_forward(losses + r0, logits, targets + r0, rows, V_, stream_);
+    if (backward) {
+      k.matmul_backward(dtmp + r0 * C_, g_head, logits, lnf + r0 * C_, w_head, rows, C_, V_, false,
+                        stream_);
+      // The head is column-parallel over the vocabulary: its input gradient sums over ranks
+      // (under SP once every chunk is in, below).
+      if (!sp_) tp_comm_.reduce(dtmp + r0 * C_, rows * C_);
+    }
+    for (int64_t i = 0; i < rows; ++i) total += losses[r0 + i];
+    progress();
+  }
+  if (!backward) return total;
+  if (!sp_) {
+    k.rmsnorm_backward(work_[s_->dres].f32(), g(s_->w_final_norm), dtmp, xL, w(s_->w_final_norm),
+                       acts_[s_->rstdf].f32(), N_, C_, false, stream_);
+    return total;
+  }
+  tp_comm_.reduce_scatter(dtmp + at, dtmp, n * C_);
+  // The norm weight's gradient over the rows held, summed over the group (as in the blocks).
+  float* g_norm = work_[s_->norm_grad].f32();
+  std::fill_n(g_norm, C_, 0.0f);
+  k.rmsnorm_backward(work_[s_->dres].f32(), g_norm, dtmp + at, xL, w(s_->w_final_norm),
+                     acts_[s_->rstdf].f32(), n, C_, false, stream_);
+  tp_comm_.reduce(g_norm, C_);
+  k.add_inplace(g(s_->w_final_norm), g_norm, C_, stream_);
+  return total;
+}
+
+// Cross-entropy over the vocabulary split across the TP group (kernels/vocab_parallel.h): the
+// row maxima and then Σ exp and the target's logit are joined over the group, so no rank ever
+// holds a whole row of logits; with backward the logits become their gradient in place.
+void LlamaModel::sliced_cross_entropy(float* losses, float* logits, const int32_t* targets,
+                                      int64_t rows, float grad_scale, bool backward) {
+  const kernels::Ops& k = *ops_;
+  float* row_max = work_[s_->row_max].f32();
+  double* stats = work_[s_->ce_stats].data_as<double>();
+  k.cross_entropy_slice_max(row_max, logits, rows, V_, stream_);
+  tp_comm_.reduce_max(row_max, rows);
+  // Rows past `rows` of the (2, chunk) statistics are not used: pack the two halves together.
+  k.cross_entropy_slice_sums(stats, logits, row_max, targets, rows, V_, tp_.vocab.begin, stream_);
+  tp_comm_.reduce(stats, 2 * rows);
+  k.cross_entropy_slice_finish(losses, logits, row_max, stats, targets, rows, V_, tp_.vocab.begin,
+                               grad_scale, backward, stream_);
+}
+
+// The embedding (or the previous stage's output) and the stage's blocks forward, each unit's
+// weights held only while it runs.
+void LlamaModel::run_forward(const int32_t* tokens, const float* input) {
+  if (hooks_) hooks_->begin_micro_batch();
+  if (first_) {
+    use_weights(0);
+    embed(tokens);
+    drop_weights(0);
+  } else {
+    KEEL_CHECK(input, "the pipeline stage from layer {} needs the previous stage's output", l0_);
+    std::copy_n(input, rows_.count * C_, acts_[s_->x[0]].f32());
+  }
+  for (int64_t l = 0; l < static_cast<int64_t>(layers_.size()); ++l) {
+    use_weights(layer_unit(l));
+    block_forward(static_cast<int>(l), false);
+    drop_weights(layer_unit(l));
+  }
+}
+
+double LlamaModel::forward(const int32_t* tokens, const int32_t* targets, float* logits) {
+  KEEL_CHECK(!logits || !tp_.split(),
+             "the logits of a tensor-parallel model are split over its TP group (internal error)");
+  KEEL_CHECK(first_ && last_,
+             "forward runs the whole model; a pipeline stage runs stage_forward (internal error)");
+  run_forward(tokens, nullptr);
+  const bool tied = config_.tie_word_embeddings;
+  use_weights(head_unit());
+  if (tied) use_weights(0);
+  const double loss = head(targets, 0.0f, false, logits);
+  if (tied) drop_weights(0);
+  drop_weights(head_unit());
+  return loss;
+}
+
+double LlamaModel::forward_backward(const int32_t* tokens, const int32_t* targets,
+                                    float grad_scale) {
+  KEEL_CHECK(first_ && last_,
+             "forward_backward runs the whole model; a pipeline stage runs stage_forward and "
+             "stage_backward (internal error)");
+  const double loss = stage_forward(tokens, nullptr, targets, grad_scale);
+  stage_backward(nullptr);
+  return loss;
+}
+
+double LlamaModel::stage_forward(const int32_t* tokens, const float* input, const int32_t* targets,
+                                 float grad_scale) {
+  run_forward(tokens, input);
+  if (!last_) return 0.0;
+  // The head (final norm and lm_head, or the tied embedding) runs forward and backward at once.
+  const bool tied = config_.tie_word_embeddings;
+  use_weights(head_unit());
+  if (tied) use_weights(0);
+  use_grads(head_unit());
+  if (tied) use_grads(0);  // held until the embedding's own backward adds to it
+  const double loss = head(targets, grad_scale, true, nullptr);
+  if (tied) drop_weights(0);
+  drop_weights(head_unit());
+  drop_grads(head_unit());
+  return loss;
+}
+
+const float* LlamaModel::stage_output() const { return acts_[s_->x.back()].f32(); }
+
+const float* LlamaModel::stage_input_grad() const {
+  KEEL_CHECK(!first_, "the first pipeline stage hands no gradient back (internal error)");
+  return work_[s_->dres].f32();
+}
+
+void LlamaModel::stage_backward(const float* output_grad) {
+  if (!last_) {  // the head left ∂/∂x[L] in dres on the last stage; here the next stage hands it
+    KEEL_CHECK(output_grad, "the pipeline stage to layer {} needs the next stage's gradient",
+               l0_ + static_cast<int64_t>(layers_.size()));
+    std::copy_n(output_grad, rows_.count * C_, work_[s_->dres].f32());
+  }
+  for (int64_t l = static_cast<int64_t>(layers_.size()) - 1; l >= 0; --l) {
+    use_weights(layer_unit(l));
+    use_grads(layer_unit(l));
+    block_backward(static_cast<int>(l));
+    drop_weights(layer_unit(l));
+    drop_grads(layer_unit(l));
+  }
+  if (!first_) return;  // dres holds ∂/∂x[0], the previous stage's output gradient
+  if (!config_.tie_word_embeddings) use_grads(0);  // the embedding's backward reads no weights
+  const kernels::Ops& k = *ops_;
+  const int32_t* kept = acts_[s_->tokens].data_as<int32_t>();
+  const float* dx0 = work_[s_->dres].f32();
+  if (sp_) {  // the lookups of every row: the rows held by each rank, gathered
+    tp_comm_.all_gather(work_[s_->dtmp].f32(), dx0, rows_.count * C_);
+    dx0 = work_[s_->dtmp].f32();
+  }
+  if (tp_.split())
+    k.embedding_backward_slice(g(s_->w_embed), dx0, kept, N_, C_, tp_.vocab.begin, V_, stream_);
+  else
+    k.embedding_backward(g(s_->w_embed), work_[s_->dres].f32(), kept, N_, C_, V_, stream_);
+  drop_grads(0);
+}
+
+}  // namespace keel::runtime

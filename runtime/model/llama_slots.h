@@ -1,0 +1,42 @@
+// The model's slots (runtime/llama.h), shared by the files that build the model (llama.cpp) and
+// run it (model/llama_run.cpp); not part of the model's interface.
+#pragma once
+
+#include <vector>
+
+#include "runtime/llama.h"
+
+namespace keel::runtime {
+
+using Slot = MemoryPlan::Slot;
+
+// Logits of at most this many floats exist at once (32 MiB).
+inline constexpr int64_t kLogitsChunkFloats = int64_t{8} << 20;
+
+// Slots of one block. Parameters: q, k and v are views of one (QKV, C) matrix, gate and up of one
+// (2I, C) matrix, so each pair of projections is one GEMM.
+struct LlamaModel::Layer {
+  size_t in_norm, q, k, v, o, post_norm, gate, up, down;  // indices into params_
+  Slot w_in_norm, w_qkv, w_o, w_post_norm, w_gate_up, w_down;
+  // Activations of this block (with checkpointing all blocks share block 0's).
+  Slot ln1, rstd1, qkv, att, lse, xmid, ln2, rstd2, gu, h;
+};
+
+struct LlamaModel::Slots {
+  Slot w_embed, w_final_norm, w_head;
+  size_t embed, final_norm, head;  // indices into params_
+  std::vector<Slot> x;             // (n, C) residual stream entering block l; x[L] leaves the last
+  Slot lnf, rstdf;                 // (N, C) (SP: gathered), (n)
+  Slot tokens;                     // (N) the micro-batch's tokens, kept for the embedding backward
+  Slot logits, losses;             // (chunk, V), (N)
+  Slot dres, dtmp;                 // (n, C) residual gradient (n: rows held), (N, C) scratch
+  Slot dbig;                       // (N, max(QKV, 2I)): dqkv, then dgate_up
+  Slot dsmall;                     // (N, max(H·D, I)): datt, then dh
+  Slot attn_ws;                    // attention workspace
+  Slot rope_cos, rope_sin;         // (T, D/2)
+  Slot kv_grad = 0;                // (2·Hkv·D, C) shared key/value heads' gradients (TP > Hkv)
+  Slot row_max = 0, ce_stats = 0;  // (chunk), (2, chunk) doubles: vocabulary-parallel softmax
+  Slot norm_grad = 0;              // (2, C) SP: a norm's partial weight gradient, summed over TP
+};
+
+}  // namespace keel::runtime

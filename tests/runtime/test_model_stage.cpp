@@ -1,0 +1,136 @@
+// The model as a pipeline stage (runtime/llama.h): a model cut into stages — each a contiguous
+// range of layers, the embedding on the first, the head on the last — run one micro-batch as the
+// whole model does, bit for bit: the loss, and every parameter's gradient under its own name,
+// with the hidden state handed forward and its gradient handed back by the caller.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/error.h"
+#include "runtime/llama.h"
+
+namespace keel::runtime {
+namespace {
+
+ModelConfig small_model() {
+  ModelConfig c;
+  c.vocab_size = 97;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_hidden_layers = 4;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.max_position_embeddings = 16;
+  return c;
+}
+
+constexpr int64_t kB = 2, kT = 16;
+
+// A fixed micro-batch: tokens, and targets with a few ignored.
+void batch(std::vector<int32_t>& tokens, std::vector<int32_t>& targets) {
+  for (int64_t i = 0; i < kB * kT; ++i) {
+    tokens.push_back(static_cast<int32_t>((i * 37 + 11) % 97));
+    targets.push_back(i % 7 == 3 ? -1 : static_cast<int32_t>((i * 53 + 5) % 97));
+  }
+}
+
+// The stages' loss and every parameter's gradient, after one micro-batch through stages cut at
+// `cuts` (layer indices), against the whole model's.
+void expect_stages_equal_the_whole(const std::vector<int>& cuts, bool checkpointing) {
+  const ModelConfig config = small_model();
+  std::vector<int32_t> tokens, targets;
+  batch(tokens, targets);
+  const float scale = 1.0f / 29.0f;
+
+  LlamaModel whole(config, kB, kT, checkpointing);
+  whole.init_weights(7);
+  whole.zero_grad();
+  const double want = whole.forward_backward(tokens.data(), targets.data(), scale);
+
+  std::vector<std::unique_ptr<LlamaModel>> stages;
+  std::vector<int> bounds = {0};
+  bounds.insert(bounds.end(), cuts.begin(), cuts.end());
+  bounds.push_back(static_cast<int>(config.num_hidden_layers));
+  for (size_t s = 0; s + 1 < bounds.size(); ++s) {
+    ModelSplit split;
+    split.first_layer = bounds[s], split.last_layer = bounds[s + 1];
+    stages.push_back(
+        std::make_unique<LlamaModel>(config, kB, kT, checkpointing, ModelHolds{}, split));
+    stages.back()->init_weights(7);
+    stages.back()->zero_grad();
+  }
+  ASSERT_TRUE(stages.front()->first_stage());
+  ASSERT_TRUE(stages.back()->last_stage());
+  double got = 0.0;
+  for (size_t s = 0; s < stages.size(); ++s) {
+    const float* input = s == 0 ? nullptr : stages[s - 1]->stage_output();
+    got += stages[s]->stage_forward(tokens.data(), input, targets.data(), scale);
+  }
+  for (size_t s = stages.size(); s-- > 0;)
+    stages[s]->stage_backward(s + 1 == stages.size() ? nullptr : stages[s + 1]->stage_input_grad());
+  EXPECT_EQ(got, want);
+
+  // Every parameter on exactly one stage, with the whole model's gradient, bit for bit.
+  size_t seen = 0;
+  for (const auto& stage : stages) {
+    EXPECT_EQ(stage->num_layers(),
+              stage->units().size() - stage->first_stage() - stage->last_stage());
+    for (const Parameter& p : stage->parameters()) {
+      ++seen;
+      const Parameter& w = whole.parameter_by_name(p.name);
+      ASSERT_EQ(p.grad.numel(), w.grad.numel()) << p.name;
+      EXPECT_EQ(std::memcmp(p.value.f32(), w.value.f32(), p.value.numel() * sizeof(float)), 0)
+          << p.name;
+      EXPECT_EQ(std::memcmp(p.grad.f32(), w.grad.f32(), p.grad.numel() * sizeof(float)), 0)
+          << p.name;
+    }
+  }
+  EXPECT_EQ(seen, whole.parameters().size());
+}
+
+TEST(ModelStage, TwoStagesRunAsTheWholeModel) { expect_stages_equal_the_whole({3}, false); }
+
+TEST(ModelStage, FourStagesOfOneLayerWithCheckpointing) {
+  expect_stages_equal_the_whole({1, 2, 3}, true);
+}
+
+// A stage names its layers by their place in the whole model, and holds only its units.
+TEST(ModelStage, AStageHoldsItsLayersUnderTheirNames) {
+  ModelSplit split;
+  split.first_layer = 1, split.last_layer = 3;
+  const LlamaModel middle(small_model(), kB, kT, false, ModelHolds{}, split);
+  EXPECT_FALSE(middle.first_stage());
+  EXPECT_FALSE(middle.last_stage());
+  EXPECT_EQ(middle.first_layer(), 1);
+  ASSERT_EQ(middle.units().size(), 2u);
+  EXPECT_EQ(middle.units()[0].name, "layers.1");
+  EXPECT_EQ(middle.units()[1].name, "layers.2");
+  EXPECT_EQ(middle.parameters().front().name, "model.layers.1.input_layernorm.weight");
+  EXPECT_EQ(middle.weight_order(), (std::vector<int>{0, 1, 1, 0}));
+}
+
+TEST(ModelStage, BadRangesAndTiedEmbeddingsAcrossStagesAreOneLine) {
+  auto error = [](ModelConfig c, int first, int last) -> std::string {
+    ModelSplit split;
+    split.first_layer = first, split.last_layer = last;
+    try {
+      const LlamaModel m(c, kB, kT, false, ModelHolds{false, false, false}, split);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_NE(error(small_model(), 2, 2).find("holds layers [2, 2) of the model's 4"),
+            std::string::npos);
+  EXPECT_NE(error(small_model(), 1, 5).find("no layer past the last"), std::string::npos);
+  ModelConfig tied = small_model();
+  tied.tie_word_embeddings = true;
+  EXPECT_NE(error(tied, 0, 2).find("set model.tie_word_embeddings: false"), std::string::npos);
+  EXPECT_EQ(error(tied, 0, 4), "");
+}
+
+}  // namespace
+}  // namespace keel::runtime
