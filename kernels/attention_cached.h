@@ -23,4 +23,4 @@ size_t attention_cached_workspace_floats(int64_t positions, int max_threads);
 
 }  // namespace keel::kernels::cpu
 
-// No CUDA twin yet: keel's decoding (runtime/generate.h) runs on the CPU, as the model does.
+// No CUDA twin yet: keel's decoding (runtime/model/generate.h) runs on the CPU, as the model does.

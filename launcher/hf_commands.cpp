@@ -7,8 +7,8 @@
 
 #include "kernels/error.h"
 #include "launcher/command_line.h"
-#include "runtime/hf_format.h"
-#include "runtime/run_lock.h"
+#include "runtime/store/hf_format.h"
+#include "runtime/store/run_lock.h"
 
 namespace keel::launcher {
 

@@ -1,5 +1,5 @@
 // `keel export --format hf CKPT OUT` and `keel import HF_DIR --out DIR`: the command lines of
-// runtime/hf_format.h.
+// runtime/store/hf_format.h.
 #pragma once
 
 #include <string>

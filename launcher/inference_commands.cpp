@@ -8,9 +8,9 @@
 #include "kernels/error.h"
 #include "launcher/command_line.h"
 #include "parallel/self_communicator.h"
-#include "runtime/evaluate.h"
-#include "runtime/generate.h"
-#include "runtime/saved_model.h"
+#include "runtime/model/generate.h"
+#include "runtime/store/saved_model.h"
+#include "runtime/train/evaluate.h"
 
 namespace keel::launcher {
 

@@ -1,5 +1,5 @@
 // `keel generate CKPT --prompt TEXT` and `keel eval CKPT`: a trained checkpoint put to use, read
-// whole on one process whatever layout trained it (runtime/saved_model.h).
+// whole on one process whatever layout trained it (runtime/store/saved_model.h).
 #pragma once
 
 #include <string>

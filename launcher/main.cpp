@@ -13,11 +13,11 @@
 #include "launcher/verify.h"
 #include "launcher/world.h"
 #include "parallel/agree.h"
-#include "runtime/config.h"
-#include "runtime/memory_fit.h"
-#include "runtime/memory_report.h"
-#include "runtime/run_lock.h"
-#include "runtime/trainer.h"
+#include "runtime/config/config.h"
+#include "runtime/store/run_lock.h"
+#include "runtime/train/memory_fit.h"
+#include "runtime/train/memory_report.h"
+#include "runtime/train/trainer.h"
 
 namespace {
 
@@ -91,9 +91,9 @@ struct UsageError {
 };
 
 // Trains on every rank of the job. Rank 0 prints and writes the run's files, and holds the lock
-// of training.output_dir (runtime/run_lock.h) while it trains. A mistake that every rank finds
-// before training (the config, the output directory) is printed once and every rank exits 1; a
-// failure after that ends the whole job (MPI_Abort), since the other ranks may be waiting in a
+// of training.output_dir (runtime/store/run_lock.h) while it trains. A mistake that every rank
+// finds before training (the config, the output directory) is printed once and every rank exits 1;
+// a failure after that ends the whole job (MPI_Abort), since the other ranks may be waiting in a
 // collective.
 int train(const std::string& path, const std::vector<std::string>& overrides, int* argc,
           char*** argv) {

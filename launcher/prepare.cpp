@@ -4,7 +4,7 @@
 
 #include "kernels/error.h"
 #include "launcher/command_line.h"
-#include "runtime/prepare.h"
+#include "runtime/data/prepare.h"
 
 namespace keel::launcher {
 

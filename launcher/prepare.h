@@ -1,5 +1,5 @@
 // `keel prepare INPUT... --out DIR (--vocab-size N | --tokenizer tokenizer.json)`: the command
-// line of runtime/prepare.h.
+// line of runtime/data/prepare.h.
 #pragma once
 
 #include <string>

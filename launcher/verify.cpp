@@ -5,9 +5,9 @@
 
 #include "kernels/error.h"
 #include "launcher/command_line.h"
-#include "runtime/checkpoint.h"
-#include "runtime/checkpoint_verify.h"
-#include "runtime/state_file.h"
+#include "runtime/store/checkpoint.h"
+#include "runtime/store/checkpoint_verify.h"
+#include "runtime/store/state_file.h"
 
 namespace keel::launcher {
 

@@ -1,5 +1,5 @@
-// `keel verify CKPT [--all]`: checks checkpoints without training (runtime/checkpoint_verify.h),
-// printing one line a file and a summary.
+// `keel verify CKPT [--all]`: checks checkpoints without training
+// (runtime/store/checkpoint_verify.h), printing one line a file and a summary.
 #pragma once
 
 #include <string>

@@ -184,7 +184,8 @@ class Communicator {
   std::unique_ptr<Communicator> split(int color, int key);
 
   // How many ranks of this group run on this rank's host, itself included: they share its memory
-  // (runtime/memory_limit.h divides the host's memory by it). Collective over this communicator.
+  // (runtime/train/memory_limit.h divides the host's memory by it). Collective over this
+  // communicator.
   int ranks_on_host() { return do_ranks_on_host(); }
 
   const CommStats& stats() const { return stats_; }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Writes runtime/unicode_tables.inc: the code point ranges of the Unicode classes the
+"""Writes runtime/data/unicode_tables.inc: the code point ranges of the Unicode classes the
 pre-tokenizers' patterns use (\\p{L}, \\p{N}, \\s). Run from the repository root:
-    python3 scripts/gen_unicode_tables.py > runtime/unicode_tables.inc
+    python3 scripts/gen_unicode_tables.py > runtime/data/unicode_tables.inc
 """
 import sys
 import unicodedata

@@ -1,6 +1,6 @@
-// Running the model (runtime/llama.h): the embedding, the blocks, the head and its
+// Running the model (runtime/model/llama.h): the embedding, the blocks, the head and its
 // cross-entropy, forward and backward, as the whole model or as a pipeline stage. The plans and
-// the parameters they hold are built in runtime/llama.cpp.
+// the parameters they hold are built in runtime/model/llama.cpp.
 #include <omp.h>
 
 #include <algorithm>

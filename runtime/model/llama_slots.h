@@ -1,10 +1,10 @@
-// The model's slots (runtime/llama.h), shared by the files that build the model (llama.cpp) and
-// run it (model/llama_run.cpp); not part of the model's interface.
+// The model's slots (runtime/model/llama.h), shared by the files that build the model (llama.cpp)
+// and run it (model/llama_run.cpp); not part of the model's interface.
 #pragma once
 
 #include <vector>
 
-#include "runtime/llama.h"
+#include "runtime/model/llama.h"
 
 namespace keel::runtime {
 

@@ -5,7 +5,7 @@
 #pragma once
 
 #include "parallel/tensor_parallel.h"
-#include "runtime/parameter.h"
+#include "runtime/model/parameter.h"
 
 namespace keel::runtime {
 

@@ -2,7 +2,7 @@
 // communicator's byte counters count each call (parallel/communicator.h): keel plan prints it, and
 // the TP tests hold it against the counters of a real run.
 #include "parallel/communicator.h"
-#include "runtime/llama.h"
+#include "runtime/model/llama.h"
 
 namespace keel::runtime {
 

@@ -27,11 +27,11 @@
 #include <vector>
 
 #include "kernels/hash.h"
-#include "runtime/checkpoint.h"
-#include "runtime/config.h"
-#include "runtime/durable_file.h"
-#include "runtime/llama.h"
-#include "runtime/safetensors.h"
+#include "runtime/config/config.h"
+#include "runtime/model/llama.h"
+#include "runtime/store/checkpoint.h"
+#include "runtime/store/durable_file.h"
+#include "runtime/store/safetensors.h"
 
 namespace keel::bench {
 namespace {

@@ -17,10 +17,10 @@
 #include <vector>
 
 #include "kernels/hash.h"
-#include "runtime/data.h"
-#include "runtime/shard_manifest.h"
-#include "runtime/token_shard.h"
-#include "runtime/tokenizer_json.h"
+#include "runtime/data/data.h"
+#include "runtime/data/shard_manifest.h"
+#include "runtime/data/token_shard.h"
+#include "runtime/data/tokenizer_json.h"
 
 namespace keel::bench {
 namespace {

@@ -6,7 +6,7 @@
 #include <map>
 
 #include "cli_util.h"
-#include "runtime/tensorboard.h"
+#include "runtime/train/tensorboard.h"
 
 namespace keel::test {
 namespace {

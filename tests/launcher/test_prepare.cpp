@@ -10,8 +10,8 @@
 #include <nlohmann/json.hpp>
 
 #include "cli_util.h"
-#include "runtime/token_shard.h"
-#include "runtime/tokenizer.h"
+#include "runtime/data/token_shard.h"
+#include "runtime/data/tokenizer.h"
 
 namespace keel::test {
 namespace {

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "launcher/cli_util.h"
-#include "runtime/safetensors.h"
+#include "runtime/store/safetensors.h"
 
 namespace {
 

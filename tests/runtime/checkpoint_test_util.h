@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "parallel/zero_layout.h"
-#include "runtime/checkpoint.h"
-#include "runtime/safetensors.h"
+#include "runtime/store/checkpoint.h"
+#include "runtime/store/safetensors.h"
 
 namespace keel::runtime::checkpoint_testing {
 

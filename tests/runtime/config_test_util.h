@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "kernels/error.h"
-#include "runtime/config.h"
+#include "runtime/config/config.h"
 
 namespace keel::runtime::test {
 

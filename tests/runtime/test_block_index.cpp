@@ -1,10 +1,10 @@
-// The stacking of per-block optimizer state in checkpoints (runtime/block_index.h): each distinct
-// buffer gets its own rows, ranks holding a buffer alike share them, and without TP the shards
-// stack rank after rank as before TP.
+// The stacking of per-block optimizer state in checkpoints (runtime/store/block_index.h): each
+// distinct buffer gets its own rows, ranks holding a buffer alike share them, and without TP the
+// shards stack rank after rank as before TP.
 #include <gtest/gtest.h>
 
 #include "kernels/error.h"
-#include "runtime/block_index.h"
+#include "runtime/store/block_index.h"
 
 namespace keel::runtime {
 namespace {

@@ -12,8 +12,8 @@
 #include "kernels/error.h"
 #include "kernels/quantize.h"
 #include "parallel/zero_layout.h"
-#include "runtime/checkpoint.h"
-#include "runtime/safetensors.h"
+#include "runtime/store/checkpoint.h"
+#include "runtime/store/safetensors.h"
 
 namespace keel::runtime {
 namespace {

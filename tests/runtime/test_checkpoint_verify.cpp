@@ -1,6 +1,6 @@
-// keel verify's checks (runtime/checkpoint_verify.h): a good checkpoint of either version passes
-// with a line a file; every damaged tensor, header, file and meta.json is a problem that names it,
-// all of them in one pass; values no file holds are named too.
+// keel verify's checks (runtime/store/checkpoint_verify.h): a good checkpoint of either version
+// passes with a line a file; every damaged tensor, header, file and meta.json is a problem that
+// names it, all of them in one pass; values no file holds are named too.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -8,9 +8,9 @@
 
 #include "checkpoint_test_util.h"
 #include "file_test_util.h"
-#include "runtime/checkpoint.h"
-#include "runtime/checkpoint_verify.h"
-#include "runtime/safetensors.h"
+#include "runtime/store/checkpoint.h"
+#include "runtime/store/checkpoint_verify.h"
+#include "runtime/store/safetensors.h"
 
 namespace keel::runtime {
 namespace {

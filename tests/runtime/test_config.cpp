@@ -13,7 +13,7 @@
 
 #include "config_test_util.h"
 #include "kernels/error.h"
-#include "runtime/config.h"
+#include "runtime/config/config.h"
 
 namespace keel::runtime {
 namespace {

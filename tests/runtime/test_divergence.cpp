@@ -1,4 +1,4 @@
-// The divergence guard (runtime/trainer_guard.cpp): a step with a NaN in its loss or gradient
+// The divergence guard (runtime/train/trainer_guard.cpp): a step with a NaN in its loss or gradient
 // leaves every weight as it was and names the first tensor whose gradient is not finite; skip_step
 // passes over the batch and goes on; rollback reloads the last good checkpoint and passes over the
 // same batch, so both end with the same weights, bit for bit; stop ends the run naming the last
@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "kernels/error.h"
-#include "runtime/checkpoint.h"
-#include "runtime/trainer.h"
+#include "runtime/store/checkpoint.h"
+#include "runtime/train/trainer.h"
 
 namespace keel::runtime {
 namespace {

@@ -7,8 +7,8 @@
 #include <string>
 
 #include "parallel/self_communicator.h"
-#include "runtime/evaluate.h"
-#include "runtime/tokenizer_json.h"
+#include "runtime/data/tokenizer_json.h"
+#include "runtime/train/evaluate.h"
 #include "tests/runtime/file_test_util.h"
 
 namespace keel::runtime {

@@ -9,10 +9,10 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
-#include "runtime/generate.h"
-#include "runtime/hf_format.h"
-#include "runtime/safetensors.h"
-#include "runtime/tokenizer_json.h"
+#include "runtime/data/tokenizer_json.h"
+#include "runtime/model/generate.h"
+#include "runtime/store/hf_format.h"
+#include "runtime/store/safetensors.h"
 #include "tests/kernels/op_test_util.h"
 
 namespace keel::runtime {

@@ -7,10 +7,10 @@
 #include <nlohmann/json.hpp>
 
 #include "kernels/op_test_util.h"
-#include "runtime/hf_format.h"
-#include "runtime/llama.h"
-#include "runtime/safetensors.h"
-#include "runtime/tokenizer_json.h"
+#include "runtime/data/tokenizer_json.h"
+#include "runtime/model/llama.h"
+#include "runtime/store/hf_format.h"
+#include "runtime/store/safetensors.h"
 
 namespace keel::runtime {
 namespace {

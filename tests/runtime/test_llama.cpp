@@ -10,9 +10,9 @@
 
 #include "kernels/op_test_util.h"
 #include "optim/adamw.h"
-#include "runtime/llama.h"
-#include "runtime/safetensors.h"
-#include "runtime/schedule.h"
+#include "runtime/model/llama.h"
+#include "runtime/store/safetensors.h"
+#include "runtime/train/schedule.h"
 
 namespace keel::runtime {
 namespace {

@@ -10,7 +10,7 @@
 #include <sstream>
 
 #include "file_test_util.h"
-#include "runtime/loss_curve.h"
+#include "runtime/train/loss_curve.h"
 
 namespace keel::runtime {
 namespace {

@@ -12,8 +12,8 @@
 #include "parallel/self_communicator.h"
 #include "runtime/config_test_util.h"
 #include "runtime/file_test_util.h"
-#include "runtime/memory_fit.h"
-#include "runtime/trainer.h"
+#include "runtime/train/memory_fit.h"
+#include "runtime/train/trainer.h"
 
 namespace keel::runtime {
 namespace {

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "runtime/config_test_util.h"
-#include "runtime/memory_limit.h"
+#include "runtime/train/memory_limit.h"
 
 namespace keel::runtime {
 namespace {

@@ -1,7 +1,7 @@
-// The model as a pipeline stage (runtime/llama.h): a model cut into stages — each a contiguous
-// range of layers, the embedding on the first, the head on the last — run one micro-batch as the
-// whole model does, bit for bit: the loss, and every parameter's gradient under its own name,
-// with the hidden state handed forward and its gradient handed back by the caller.
+// The model as a pipeline stage (runtime/model/llama.h): a model cut into stages — each a
+// contiguous range of layers, the embedding on the first, the head on the last — run one
+// micro-batch as the whole model does, bit for bit: the loss, and every parameter's gradient under
+// its own name, with the hidden state handed forward and its gradient handed back by the caller.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "kernels/error.h"
-#include "runtime/llama.h"
+#include "runtime/model/llama.h"
 
 namespace keel::runtime {
 namespace {

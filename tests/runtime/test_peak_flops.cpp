@@ -7,8 +7,8 @@
 #include <fstream>
 #include <sstream>
 
-#include "runtime/peak_flops.h"
-#include "runtime/trainer.h"
+#include "runtime/train/peak_flops.h"
+#include "runtime/train/trainer.h"
 
 namespace keel::runtime {
 namespace {

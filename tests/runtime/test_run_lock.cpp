@@ -11,7 +11,7 @@
 #include <optional>
 
 #include "file_test_util.h"
-#include "runtime/run_lock.h"
+#include "runtime/store/run_lock.h"
 
 namespace keel::runtime {
 namespace {

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/safetensors.h"
+#include "runtime/store/safetensors.h"
 
 namespace keel::runtime {
 namespace {

@@ -7,8 +7,8 @@
 #include <fstream>
 #include <iterator>
 
-#include "runtime/config.h"
-#include "runtime/llama.h"
+#include "runtime/config/config.h"
+#include "runtime/model/llama.h"
 
 namespace keel::runtime {
 namespace {

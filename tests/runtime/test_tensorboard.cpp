@@ -17,8 +17,8 @@
 #include <regex>
 
 #include "file_test_util.h"
-#include "runtime/tensorboard.h"
-#include "runtime/tfrecord.h"
+#include "runtime/train/tensorboard.h"
+#include "runtime/train/tfrecord.h"
 
 namespace keel::runtime {
 namespace {

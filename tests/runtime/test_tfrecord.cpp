@@ -8,7 +8,7 @@
 
 #include "file_test_util.h"
 #include "kernels/hash.h"
-#include "runtime/tfrecord.h"
+#include "runtime/train/tfrecord.h"
 
 namespace keel::runtime {
 namespace {

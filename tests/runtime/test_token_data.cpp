@@ -14,12 +14,12 @@
 
 #include "file_test_util.h"
 #include "kernels/error.h"
-#include "runtime/bpe_train.h"
-#include "runtime/data.h"
-#include "runtime/prepare.h"
-#include "runtime/tfrecord.h"
-#include "runtime/token_shard.h"
-#include "runtime/tokenizer_json.h"
+#include "runtime/data/bpe_train.h"
+#include "runtime/data/data.h"
+#include "runtime/data/prepare.h"
+#include "runtime/data/token_shard.h"
+#include "runtime/data/tokenizer_json.h"
+#include "runtime/train/tfrecord.h"
 
 namespace keel::runtime {
 namespace {

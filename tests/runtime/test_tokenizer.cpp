@@ -13,9 +13,9 @@
 
 #include "file_test_util.h"
 #include "kernels/error.h"
-#include "runtime/bpe_train.h"
-#include "runtime/tokenizer.h"
-#include "runtime/tokenizer_json.h"
+#include "runtime/data/bpe_train.h"
+#include "runtime/data/tokenizer.h"
+#include "runtime/data/tokenizer_json.h"
 
 namespace keel::runtime {
 namespace {

@@ -6,9 +6,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "runtime/bpe_train.h"
-#include "runtime/data.h"
-#include "runtime/tokenizer_json.h"
+#include "runtime/data/bpe_train.h"
+#include "runtime/data/data.h"
+#include "runtime/data/tokenizer_json.h"
 
 namespace keel::runtime {
 namespace {

@@ -10,8 +10,8 @@
 #include <sstream>
 
 #include "kernels/op_test_util.h"
-#include "runtime/schedule.h"
-#include "runtime/trainer.h"
+#include "runtime/train/schedule.h"
+#include "runtime/train/trainer.h"
 
 namespace keel::runtime {
 namespace {

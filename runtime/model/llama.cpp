@@ -1,0 +1,386 @@
+#include "runtime/model/llama.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <sstream>
+
+#include "kernels/ops.h"
+#include "kernels/rope.h"
+#include "runtime/model/llama_slots.h"
+
+namespace keel::runtime {
+
+namespace {
+// The stage's layers [first, last) of the model's L, or one keel::Error naming the range.
+int64_t stage_end(const ModelConfig& c, const ModelSplit& split) {
+  const int64_t L = c.num_hidden_layers;
+  const int64_t last = split.last_layer < 0 ? L : split.last_layer;
+  KEEL_CHECK(0 <= split.first_layer && split.first_layer < last && last <= L,
+             "a pipeline stage holds layers [{}, {}) of the model's {}: it needs at least one, and "
+             "no layer past the last",
+             split.first_layer, last, L);
+  return last;
+}
+
+parallel::TpSplit split_of(const ModelConfig& c, ModelSplit split) {
+  const int64_t kv = c.num_key_value_heads ? c.num_key_value_heads : c.num_attention_heads;
+  return parallel::tp_split(c.num_attention_heads, kv, c.intermediate_size, c.vocab_size,
+                            split.tp_size, split.tp_rank);
+}
+}  // namespace
+
+LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool checkpointing,
+                       ModelHolds holds, ModelSplit split)
+    : config_(config),
+      ops_(&kernels::ops(device_)),
+      B_(B),
+      T_(T),
+      N_(B * T),
+      tp_(split_of(config, split)),
+      H_(tp_.heads.count),
+      Hkv_(tp_.kv_heads.count),
+      D_(config.hidden_size / config.num_attention_heads),
+      C_(config.hidden_size),
+      I_(tp_.inter.count),
+      V_(tp_.vocab.count),
+      QKV_((H_ + 2 * Hkv_) * D_),
+      checkpointing_(checkpointing),
+      holds_(holds),
+      l0_(split.first_layer),
+      first_(split.first_layer == 0),
+      last_(stage_end(config, split) == config.num_hidden_layers),
+      sp_(split.sequence_parallel && tp_.split()),
+      rows_(sp_ ? parallel::Span{tp_.rank * N_ / tp_.size, N_ / tp_.size} : parallel::Span{0, N_}),
+      block_({C_, H_, Hkv_, D_, I_, static_cast<float>(config.rms_norm_eps), tp_.kv_replicas,
+              tp_.kv_heads.begin,
+              config.num_key_value_heads ? config.num_key_value_heads : config.num_attention_heads,
+              sp_},
+             device_),
+      s_(std::make_unique<Slots>()) {
+  if (!config_.num_key_value_heads) config_.num_key_value_heads = config_.num_attention_heads;
+  KEEL_CHECK(B > 0 && T > 0, "micro-batch must be positive, got B={} T={}", B, T);
+  KEEL_CHECK(T <= config.max_position_embeddings,
+             "sequence length {} exceeds model.max_position_embeddings {}", T,
+             config.max_position_embeddings);
+  KEEL_CHECK(!sp_ || N_ % tp_.size == 0,
+             "sequence parallelism over {} ranks splits the {} rows of a micro-batch (B={} "
+             "sequences of T={}); set data.seq_length to a multiple of {}",
+             tp_.size, N_, B, T, tp_.size);
+  KEEL_CHECK(!config.tie_word_embeddings || (first_ && last_),
+             "tied word embeddings need the embedding and the head on one pipeline stage (layers "
+             "{} to {} of {} here); set model.tie_word_embeddings: false",
+             l0_, stage_end(config, split), config.num_hidden_layers);
+  layers_count_ = stage_end(config, split) - l0_;
+  block_.set_progress([this] { progress(); });
+  chunk_rows_ = std::min(N_, std::max<int64_t>(kLogitsChunkFloats / V_ / 16 * 16, 16));
+  build_plans();
+  if (!holds_.allocate) return;
+  kernels::cpu::rope_tables(work_[s_->rope_cos].f32(), work_[s_->rope_sin].f32(), T_, D_,
+                            config_.rope_theta);
+}
+
+LlamaModel::~LlamaModel() = default;
+
+void LlamaModel::build_plans() {
+  const int64_t L = layers_count_;  // the stage's; layer l is the model's l0_ + l
+  Slots& s = *s_;
+  // Parameters and gradients: the same table twice, unit after unit.
+  auto begin_unit = [&](std::string name) {
+    units_.push_back({std::move(name), {}, {}, 0});
+    unit_begin_.push_back(-1);
+  };
+  auto add_weight = [&](const std::string& name, Shape shape) {
+    const Slot slot = weights_.add(name, DType::F32, shape);
+    grads_.add(name, DType::F32, shape);
+    const int64_t at = static_cast<int64_t>(weights_.offset(slot) / sizeof(float));
+    if (unit_begin_.back() < 0) unit_begin_.back() = at;
+    unit_of_.push_back(static_cast<int>(units_.size()) - 1);
+    slot_at_.push_back(at - unit_begin_.back());
+    units_.back().elems = slot_at_.back() + shape.numel();
+    return slot;
+  };
+  if (first_) {
+    begin_unit("embed_tokens");
+    s.w_embed = add_weight("embed_tokens", {V_, C_});
+  }
+  layers_.resize(static_cast<size_t>(L));
+  for (int64_t l = 0; l < L; ++l) {
+    Layer& y = layers_[static_cast<size_t>(l)];
+    const std::string p = "layers." + std::to_string(l0_ + l) + ".";
+    begin_unit("layers." + std::to_string(l0_ + l));
+    y.w_in_norm = add_weight(p + "input_layernorm", {C_});
+    y.w_qkv = add_weight(p + "qkv_proj", {QKV_, C_});
+    y.w_o = add_weight(p + "o_proj", {C_, H_ * D_});
+    y.w_post_norm = add_weight(p + "post_attention_layernorm", {C_});
+    y.w_gate_up = add_weight(p + "gate_up_proj", {2 * I_, C_});
+    y.w_down = add_weight(p + "down_proj", {C_, I_});
+  }
+  if (last_) {
+    begin_unit("head");
+    s.w_final_norm = add_weight("norm", {C_});
+    if (!config_.tie_word_embeddings) s.w_head = add_weight("lm_head", {V_, C_});
+  }
+
+  // Activations.
+  for (int64_t l = 0; l <= L; ++l)
+    s.x.push_back(acts_.add("x." + std::to_string(l), DType::F32, {rows_.count, C_}));
+  const int64_t kept = checkpointing_ ? 1 : L;
+  for (int64_t l = 0; l < L; ++l) {
+    Layer& y = layers_[static_cast<size_t>(l)];
+    if (l >= kept) {  // checkpointing: share block 0's buffers
+      const Layer& z = layers_[0];
+      y.ln1 = z.ln1, y.rstd1 = z.rstd1, y.qkv = z.qkv, y.att = z.att, y.lse = z.lse;
+      y.xmid = z.xmid, y.ln2 = z.ln2, y.rstd2 = z.rstd2, y.gu = z.gu, y.h = z.h;
+      continue;
+    }
+    const std::string p = "layers." + std::to_string(l0_ + l) + ".";
+    y.ln1 = acts_.add(p + "ln1", DType::F32, {N_, C_});
+    y.rstd1 = acts_.add(p + "rstd1", DType::F32, {rows_.count});
+    y.qkv = acts_.add(p + "qkv", DType::F32, {N_, QKV_});
+    y.att = acts_.add(p + "att", DType::F32, {N_, H_ * D_});
+    y.lse = acts_.add(p + "lse", DType::F32, {B_, H_, T_});
+    y.xmid = acts_.add(p + "xmid", DType::F32, {rows_.count, C_});
+    y.ln2 = acts_.add(p + "ln2", DType::F32, {N_, C_});
+    y.rstd2 = acts_.add(p + "rstd2", DType::F32, {rows_.count});
+    y.gu = acts_.add(p + "gate_up", DType::F32, {N_, 2 * I_});
+    y.h = acts_.add(p + "h", DType::F32, {N_, I_});
+  }
+  if (last_) {
+    s.lnf = acts_.add("norm", DType::F32, {N_, C_});
+    s.rstdf = acts_.add("rstd", DType::F32, {rows_.count});
+  }
+  if (first_) s.tokens = acts_.add("tokens", DType::I32, {N_});
+
+  // Workspace: lives across steps, contents meaningless between calls.
+  if (last_) {
+    s.logits = work_.add("logits_chunk", DType::F32, {chunk_rows_, V_});
+    s.losses = work_.add("losses", DType::F32, {N_});
+  }
+  s.dres = work_.add("d_residual", DType::F32, {rows_.count, C_});
+  s.dtmp = work_.add("d_scratch", DType::F32, {N_, C_});
+  s.dbig = work_.add("d_qkv_or_gate_up", DType::F32, {N_, std::max(QKV_, 2 * I_)});
+  s.dsmall = work_.add("d_att_or_h", DType::F32, {N_, std::max(H_ * D_, I_)});
+  workspace_threads_ = omp_get_max_threads();
+  const kernels::Ops& k = *ops_;
+  const size_t ws = k.attention_workspace_floats(B_, T_, H_, Hkv_, D_, workspace_threads_);
+  s.attn_ws = work_.add("attention", DType::F32, {static_cast<int64_t>(ws)});
+  if (tp_.kv_replicas > 1)
+    s.kv_grad = work_.add("kv_grad", DType::F32, {2 * config_.num_key_value_heads * D_, C_});
+  if (tp_.split() && last_) {  // the vocabulary-parallel cross-entropy's per-row statistics
+    s.row_max = work_.add("row_max", DType::F32, {chunk_rows_});
+    s.ce_stats = work_.add("ce_stats", DType::F64, {2, chunk_rows_});
+  }
+  if (sp_) s.norm_grad = work_.add("norm_grad", DType::F32, {2, C_});
+  s.rope_cos = work_.add("rope_cos", DType::F32, {T_, D_ / 2});
+  s.rope_sin = work_.add("rope_sin", DType::F32, {T_, D_ / 2});
+
+  if (holds_.allocate) {
+    if (holds_.weights) weights_.allocate();
+    if (holds_.grads) grads_.allocate();
+    acts_.allocate();
+    work_.allocate();
+  }
+  for (size_t u = 0; u < units_.size(); ++u) {
+    wbase_.push_back(own_weights(static_cast<int>(u)));
+    gbase_.push_back(own_grads(static_cast<int>(u)));
+  }
+
+  // Parameters under their Hugging Face names, as views of the plan (null where not held), and
+  // in their unit's list for ZeRO. Each names its global shape and, under TP, the slice held here.
+  const int64_t Hg = config_.num_attention_heads, Hkvg = config_.num_key_value_heads;
+  const int64_t Ig = config_.intermediate_size, Vg = config_.vocab_size;
+  auto split = [&](int dim, parallel::Span span, int64_t scale, int64_t total) {
+    return span.count * scale == total ? ShardSpec{}
+                                       : ShardSpec{dim, span.begin * scale, span.end() * scale};
+  };
+  const bool first = tp_.rank == 0;  // counts the tensors every TP rank holds alike
+  const bool kv_first = tp_.rank % tp_.kv_replicas == 0;
+  auto add_param = [&](const std::string& name, Slot slot, int64_t row0, int64_t rows, bool decay,
+                       Shape global, ShardSpec shard, bool counted_if_split) {
+    const Shape full = weights_.shape(slot);
+    const Shape shape = rows >= 0 ? Shape{rows, full[1]} : full;
+    const int64_t at = slot_at_[slot] + (rows >= 0 ? row0 * full[1] : 0);  // rows of a fused matrix
+    const int u = unit_of_[slot];
+    Tensor w(wbase_[static_cast<size_t>(u)] ? wbase_[static_cast<size_t>(u)] + at : nullptr,
+             DType::F32, shape);
+    Tensor g(gbase_[static_cast<size_t>(u)] ? gbase_[static_cast<size_t>(u)] + at : nullptr,
+             DType::F32, shape);
+    const bool counted = shard.whole() ? first : counted_if_split;
+    params_.push_back({name, global, shard, decay, counted, w, g});
+    parallel::ZeroUnit& unit = units_[static_cast<size_t>(u)];
+    unit.params.push_back({name, shape[0], shape.numel() / shape[0], counted, shard.dim});
+    unit.offsets.push_back(at);
+    return params_.size() - 1;
+  };
+  const ShardSpec vocab = split(0, tp_.vocab, 1, Vg);
+  const ShardSpec q_rows = split(0, tp_.heads, D_, Hg * D_),
+                  o_cols = split(1, tp_.heads, D_, Hg * D_);
+  const ShardSpec kv_rows = split(0, tp_.kv_heads, D_, Hkvg * D_);
+  const ShardSpec mlp_rows = split(0, tp_.inter, 1, Ig), down_cols = split(1, tp_.inter, 1, Ig);
+  if (first_)
+    s.embed = add_param("model.embed_tokens.weight", s.w_embed, 0, -1, true, {Vg, C_}, vocab, true);
+  for (int64_t l = 0; l < L; ++l) {
+    Layer& y = layers_[static_cast<size_t>(l)];
+    const std::string p = "model.layers." + std::to_string(l0_ + l) + ".";
+    y.in_norm = add_param(p + "input_layernorm.weight", y.w_in_norm, 0, -1, false, {C_}, {}, true);
+    y.q = add_param(p + "self_attn.q_proj.weight", y.w_qkv, 0, H_ * D_, true, {Hg * D_, C_}, q_rows,
+                    true);
+    y.k = add_param(p + "self_attn.k_proj.weight", y.w_qkv, H_ * D_, Hkv_ * D_, true,
+                    {Hkvg * D_, C_}, kv_rows, kv_first);
+    y.v = add_param(p + "self_attn.v_proj.weight", y.w_qkv, (H_ + Hkv_) * D_, Hkv_ * D_, true,
+                    {Hkvg * D_, C_}, kv_rows, kv_first);
+    y.o = add_param(p + "self_attn.o_proj.weight", y.w_o, 0, -1, true, {C_, Hg * D_}, o_cols, true);
+    y.post_norm = add_param(p + "post_attention_layernorm.weight", y.w_post_norm, 0, -1, false,
+                            {C_}, {}, true);
+    y.gate =
+        add_param(p + "mlp.gate_proj.weight", y.w_gate_up, 0, I_, true, {Ig, C_}, mlp_rows, true);
+    y.up = add_param(p + "mlp.up_proj.weight", y.w_gate_up, I_, I_, true, {Ig, C_}, mlp_rows, true);
+    y.down =
+        add_param(p + "mlp.down_proj.weight", y.w_down, 0, -1, true, {C_, Ig}, down_cols, true);
+  }
+  if (!last_) return;
+  s.final_norm = add_param("model.norm.weight", s.w_final_norm, 0, -1, false, {C_}, {}, true);
+  s.head = config_.tie_word_embeddings
+               ? s.embed
+               : add_param("lm_head.weight", s.w_head, 0, -1, true, {Vg, C_}, vocab, true);
+}
+
+void LlamaModel::set_tensor_parallel(parallel::TpMappings tp) {
+  KEEL_CHECK(tp.size() == tp_.size && tp.rank() == tp_.rank,
+             "the model holds TP slice {} of {}, and the group given is rank {} of {} (internal "
+             "error)",
+             tp_.rank, tp_.size, tp.rank(), tp.size());
+  tp_comm_ = tp;
+  block_.set_tensor_parallel(tp);
+}
+
+float* LlamaModel::own_weights(int u) const {
+  // Slot 0 (the embedding) starts the plan.
+  return holds_.weights && holds_.allocate ? weights_[0].f32() + unit_begin_[static_cast<size_t>(u)]
+                                           : nullptr;
+}
+
+float* LlamaModel::own_grads(int u) const {
+  return holds_.grads && holds_.allocate ? grads_[0].f32() + unit_begin_[static_cast<size_t>(u)]
+                                         : nullptr;
+}
+
+std::vector<int> LlamaModel::weight_order() const {
+  const int64_t L = static_cast<int64_t>(layers_.size());
+  std::vector<int> order;
+  if (first_) order.push_back(0);
+  for (int64_t l = 0; l < L; ++l) order.push_back(layer_unit(l));
+  if (last_) order.push_back(head_unit());
+  if (config_.tie_word_embeddings) order.push_back(0);
+  for (int64_t l = L - 1; l >= 0; --l) order.push_back(layer_unit(l));
+  return order;
+}
+
+void LlamaModel::use_weights(int u) {
+  if (holds_.weights) return;
+  KEEL_CHECK(hooks_, "the model holds no weights and has no hooks to ask for them");
+  wbase_[static_cast<size_t>(u)] = hooks_->acquire_weights(u);
+}
+
+void LlamaModel::drop_weights(int u) {
+  if (holds_.weights) return;
+  hooks_->release_weights(u);
+  wbase_[static_cast<size_t>(u)] = nullptr;
+}
+
+void LlamaModel::use_grads(int u) {
+  if (holds_.grads) return;
+  KEEL_CHECK(hooks_, "the model holds no gradients and has no hooks to ask for them");
+  gbase_[static_cast<size_t>(u)] = hooks_->acquire_grads(u);
+}
+
+void LlamaModel::drop_grads(int u) {
+  if (holds_.grads) return;
+  hooks_->release_grads(u);
+  gbase_[static_cast<size_t>(u)] = nullptr;
+}
+
+Parameter& LlamaModel::parameter(const std::string& name) {
+  return const_cast<Parameter&>(parameter_by_name(name));
+}
+
+int64_t LlamaModel::num_parameters() const {
+  int64_t n = 0;
+  for (const Parameter& p : params_) n += p.global_shape.numel();
+  return n;
+}
+
+void LlamaModel::init_weights(uint64_t seed) {
+  KEEL_CHECK(holds_.weights, "init_weights: the model holds no weights (use init_unit)");
+  for (size_t u = 0; u < units_.size(); ++u)
+    init_unit(static_cast<int>(u), seed, own_weights(static_cast<int>(u)));
+}
+
+void LlamaModel::init_unit(int u, uint64_t seed, float* base) const {
+  const parallel::ZeroUnit& unit = units_[static_cast<size_t>(u)];
+  for (size_t i = 0; i < unit.params.size(); ++i) {
+    const parallel::ZeroParamSpec& spec = unit.params[i];
+    const Parameter& owner = parameter_by_name(spec.name);
+    Parameter p = owner;
+    p.value = Tensor(base + unit.offsets[i], DType::F32, owner.value.shape());
+    if (p.value.rank() == 1)
+      init_constant(p, 1.0f);
+    else
+      init_normal(p, seed, config_.initializer_range);
+  }
+}
+
+const Parameter& LlamaModel::parameter_by_name(const std::string& name) const {
+  for (const Parameter& p : params_)
+    if (p.name == name) return p;
+  KEEL_FAIL("the model has no parameter '{}'", name);
+}
+
+void LlamaModel::zero_grad() {
+  if (!holds_.grads) return;  // the hooks hand out zeroed buffers
+  Tensor g = grad_storage();
+  std::fill_n(g.f32(), g.numel(), 0.0f);
+}
+
+Tensor LlamaModel::grad_storage() const {
+  KEEL_CHECK(holds_.grads, "grad_storage: the model holds no gradients (ZeRO 2 and 3)");
+  // Every entry of the plan is F32 and 64-byte aligned, so the block is a whole number of floats.
+  return Tensor(grads_[0].data(), DType::F32,
+                {static_cast<int64_t>(grads_.bytes() / sizeof(float))});
+}
+
+double LlamaModel::flops_per_token() const {
+  // 6 FLOPs per weight per token (forward 2, backward 4) for every matrix the token passes through
+  // (the embedding lookup is not a product), plus attention's QKᵀ and PV: 2·2·T·D per head
+  // forward, half of it masked away by causality, ×3 with the backward. Work that checkpointing
+  // recomputes is not model FLOPs and is not counted.
+  // The whole model's, whatever slice of it this rank holds.
+  const ModelConfig& m = config_;
+  const double L = static_cast<double>(m.num_hidden_layers);
+  const int64_t H = m.num_attention_heads, QKV = (H + 2 * m.num_key_value_heads) * D_;
+  const double per_layer =
+      static_cast<double>(QKV * C_ + C_ * H * D_ + 3 * m.intermediate_size * C_);
+  const double matmul = 6.0 * (L * per_layer + static_cast<double>(m.vocab_size * C_));
+  const double attention = 3.0 * L * static_cast<double>(H) * 2.0 * static_cast<double>(T_ * D_);
+  return matmul + attention;
+}
+
+std::string LlamaModel::describe_memory() const {
+  std::ostringstream os;
+  if (holds_.weights) os << weights_.describe();
+  if (holds_.grads) os << grads_.describe();
+  os << acts_.describe() << work_.describe();
+  return os.str();
+}
+
+size_t LlamaModel::weight_bytes() const { return holds_.weights ? weights_.bytes() : 0; }
+size_t LlamaModel::grad_bytes() const { return holds_.grads ? grads_.bytes() : 0; }
+size_t LlamaModel::activation_bytes() const { return acts_.bytes(); }
+size_t LlamaModel::workspace_bytes() const { return work_.bytes(); }
+
+size_t LlamaModel::planned_bytes() const {
+  return weight_bytes() + grad_bytes() + activation_bytes() + workspace_bytes();
+}
+
+}  // namespace keel::runtime

@@ -1,0 +1,202 @@
+// The LLaMA model: embedding, blocks of (RMSNorm → GQA attention with RoPE → residual, RMSNorm →
+// SwiGLU MLP → residual), final RMSNorm, output head (tied or not). Forward and backward are
+// written by hand, the backward the forward in reverse; all memory comes from three plans made at
+// construction (parameters, gradients, activations, workspace). The parameters fall into units
+// that the step uses together (the embedding, each block, the head: final norm and lm_head): under
+// ZeRO 2 and 3 the model holds neither gradients nor (stage 3) weights itself and asks
+// parallel::UnitHooks for each unit's buffers as it runs.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/memory_plan.h"
+#include "parallel/zero.h"
+#include "runtime/config/config.h"
+#include "runtime/model/block.h"
+#include "runtime/model/parameter.h"
+
+namespace keel::runtime {
+
+// Which buffers the model keeps for the whole run; the hooks provide the others unit by unit.
+struct ModelHolds {
+  bool weights = true;
+  bool grads = true;
+  bool allocate = true;  // false: the plans and units only, for sizes (keel plan); cannot run
+};
+
+// Which slice of the model this rank holds: its place in the tensor-parallel group, and whether
+// the residual stream between the TP regions is split along the sequence too (sequence
+// parallelism, parallel.sequence_parallel; nothing to split with tp_size 1).
+struct ModelSplit {
+  int tp_size = 1;
+  int tp_rank = 0;
+  bool sequence_parallel = false;
+  // The pipeline stage: layers [first_layer, last_layer) (last_layer -1: to the end), with the
+  // embedding on the stage that holds layer 0 and the head on the one that holds the last.
+  int first_layer = 0;
+  int last_layer = -1;
+};
+
+class LlamaModel {
+ public:
+  // B sequences of T tokens per micro-batch. With checkpointing, only each block's input is kept
+  // from the forward; the backward recomputes the block's insides. Under tensor parallelism
+  // (split.tp_size > 1) the model holds its TP slice of every layer (parallel/tensor_parallel.h)
+  // and cannot run before set_tensor_parallel names the group. With sequence parallelism too,
+  // the residual stream and the norms' statistics hold rows [r·B·T/tp, (r+1)·B·T/tp) only (B·T
+  // must divide by tp); the embedding reduce-scatters into them and the head gathers them back.
+  LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool checkpointing,
+             ModelHolds holds = {}, ModelSplit split = {});
+  ~LlamaModel();
+  LlamaModel(const LlamaModel&) = delete;
+  LlamaModel& operator=(const LlamaModel&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  const parallel::TpSplit& tp_split() const { return tp_; }
+  // The TP group (of tp_split().size ranks, this one at tp_split().rank).
+  void set_tensor_parallel(parallel::TpMappings tp);
+  int64_t batch() const { return B_; }
+  int64_t seq() const { return T_; }
+
+  // Every parameter by its Hugging Face name, units in order. value and grad point into the
+  // model's own buffers; they are empty (null data) for the buffers the model does not hold.
+  std::vector<Parameter>& parameters() { return params_; }
+  const std::vector<Parameter>& parameters() const { return params_; }
+  Parameter& parameter(const std::string& name);
+  const Parameter& parameter_by_name(const std::string& name) const;
+  int64_t num_parameters() const;
+
+  // Hugging Face's initialisation: every matrix N(0, initializer_range²), norm weights 1.
+  void init_weights(uint64_t seed);
+  // The same for unit u alone, written into base (the unit's layout, units()[u]).
+  void init_unit(int u, uint64_t seed, float* base) const;
+
+  // The units, each with its parameters' global shapes and float offsets in the unit's buffer:
+  // 0 the embedding, 1..L the blocks, L+1 the head (final norm, and lm_head unless tied).
+  const std::vector<parallel::ZeroUnit>& units() const { return units_; }
+  // The order a micro-batch's forward and backward ask for unit weights (prefetching follows it).
+  std::vector<int> weight_order() const;
+  // Units held at once at most: 2 when the head also needs the tied embedding.
+  int live_units() const { return config_.tie_word_embeddings ? 2 : 1; }
+  // The model's own buffer of unit u (null when it does not hold weights or gradients).
+  float* own_weights(int u) const;
+  float* own_grads(int u) const;
+  // Required when the model does not hold weights or gradients; must outlive the model's use.
+  void set_hooks(parallel::UnitHooks* hooks) { hooks_ = hooks; }
+  void zero_grad();
+  // Every gradient as one contiguous F32 tensor (the gradient plan, padding between parameters
+  // included and always zero): what data parallelism all-reduces in one call. Needs held grads.
+  Tensor grad_storage() const;
+
+  // tokens, targets (B, T); targets < 0 are ignored. Returns the sum of per-token losses.
+  // Gradients accumulate: grad += ∂(grad_scale · Σ losses)/∂param. The whole model: a stage's
+  // forward and backward of one micro-batch with every unit on it.
+  double forward_backward(const int32_t* tokens, const int32_t* targets, float grad_scale);
+  // Forward only, the whole model. Returns Σ losses over valid targets (targets may be null:
+  // returns 0). When logits is not null it receives (B, T, V) floats.
+  double forward(const int32_t* tokens, const int32_t* targets, float* logits);
+
+  // The model as a pipeline stage: a contiguous range of units (ModelSplit's layers, with the
+  // embedding on the first stage and the head on the last); one rank holding every unit is the
+  // special case. stage_forward takes token ids on the first stage, else the previous stage's
+  // output (this rank's rows × hidden); on the last stage it also runs the head forward and
+  // backward against targets and returns Σ losses (0 elsewhere). stage_output() is what it
+  // hands the next stage. stage_backward takes the next stage's stage_input_grad() (nothing on
+  // the last stage) and accumulates the stage's gradients; on the first stage it ends with the
+  // embedding's. One micro-batch at a time: its activations live until its backward.
+  double stage_forward(const int32_t* tokens, const float* input, const int32_t* targets,
+                       float grad_scale);
+  const float* stage_output() const;
+  void stage_backward(const float* output_grad);
+  const float* stage_input_grad() const;
+  bool first_stage() const { return first_; }
+  bool last_stage() const { return last_; }
+  int64_t first_layer() const { return l0_; }
+  int64_t num_layers() const { return layers_count_; }
+
+  // The block every layer runs, and layer l's weights (null where the model does not hold them;
+  // under ZeRO 3 valid only while the unit is acquired).
+  const LlamaBlock& block() const { return block_; }
+  BlockWeights block_weights(int l) const;
+
+  // Model FLOPs per trained token (forward + backward, causal attention counted at half).
+  double flops_per_token() const;
+  // Bytes one forward_backward moves on the TP group, each rank's count as the communicator's
+  // counters count it (runtime/model/tp_traffic.cpp); 0 without TP.
+  uint64_t tp_bytes_per_micro_batch() const;
+  // The memory plans the model holds, buffer by buffer, in MiB, and their sizes.
+  std::string describe_memory() const;
+  size_t planned_bytes() const;  // the four below together
+  size_t weight_bytes() const;   // 0 when the model does not hold its weights
+  size_t grad_bytes() const;     // 0 when it does not hold its gradients
+  size_t activation_bytes() const;
+  size_t workspace_bytes() const;
+
+ private:
+  struct Layer;  // parameter and activation slots of one block
+  void build_plans();
+  void embed(const int32_t* tokens);
+  BlockGrads block_grads(int l) const;
+  BlockActs block_acts(int l) const;
+  BlockPositions positions() const;  // the micro-batch's: B sequences of T from position 0
+  void block_forward(int l, bool recompute);
+  void block_backward(int l);
+  double head(const int32_t* targets, float grad_scale, bool backward, float* logits);
+  void sliced_cross_entropy(float* losses, float* logits, const int32_t* targets, int64_t rows,
+                            float grad_scale, bool backward);
+  // The embedding (first stage) or the input, then the stage's blocks.
+  void run_forward(const int32_t* tokens, const float* input);
+  // Units: the embedding (first stage), each local layer l, the head (last stage).
+  int layer_unit(int64_t l) const { return static_cast<int>(first_ + l); }
+  int head_unit() const { return static_cast<int>(units_.size()) - 1; }
+  // Weights and gradients of a slot, wherever its unit's buffer is now.
+  float* w(MemoryPlan::Slot s) const { return wbase_[unit_of_[s]] + slot_at_[s]; }
+  float* g(MemoryPlan::Slot s) const { return gbase_[unit_of_[s]] + slot_at_[s]; }
+  void use_weights(int u);
+  void drop_weights(int u);
+  void use_grads(int u);
+  void drop_grads(int u);
+  void progress() const {
+    if (hooks_) hooks_->progress();
+  }
+
+  ModelConfig config_;
+  // The backend of the plans' memory (host memory: MemoryPlan allocates on the CPU), whose op
+  // table the model and its block call, and the stream they order work on.
+  Device device_ = Device::cpu();
+  const kernels::Ops* ops_;
+  Stream stream_;
+  int64_t B_, T_, N_;
+  parallel::TpSplit tp_;
+  parallel::TpMappings tp_comm_;
+  int64_t H_, Hkv_, D_, C_, I_, V_, QKV_;  // as this rank holds them (V_: its vocabulary rows)
+  int64_t chunk_rows_;                     // rows of logits that exist at once
+  int workspace_threads_;                  // OpenMP threads the attention workspace is sized for
+  bool checkpointing_;
+  ModelHolds holds_;
+  int64_t l0_;                // the stage's first layer (global index)
+  int64_t layers_count_ = 0;  // and how many it holds
+  bool first_, last_;         // whether the stage holds the embedding, the head
+  bool sp_;                   // sequence parallelism (under TP only)
+  parallel::Span rows_;       // rows of the residual stream held here: all N_, or the SP chunk
+  LlamaBlock block_;
+  parallel::UnitHooks* hooks_ = nullptr;
+
+  MemoryPlan weights_{"parameters"};
+  MemoryPlan grads_{"gradients"};
+  MemoryPlan acts_{"activations"};
+  MemoryPlan work_{"workspace"};
+  std::vector<Parameter> params_;
+  std::vector<Layer> layers_;
+  std::vector<parallel::ZeroUnit> units_;
+  std::vector<int> unit_of_;           // weight slot → unit
+  std::vector<int64_t> slot_at_;       // weight slot → float offset inside its unit
+  std::vector<int64_t> unit_begin_;    // unit → float offset in the weight (and gradient) plan
+  std::vector<float*> wbase_, gbase_;  // unit → its buffer now (null when not acquired)
+  struct Slots;
+  std::unique_ptr<Slots> s_;
+};
+
+}  // namespace keel::runtime

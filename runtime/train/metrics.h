@@ -1,0 +1,64 @@
+// What a run reports: one JSON object per logged step in <output_dir>/metrics.jsonl, the same
+// numbers as TensorBoard scalars (runtime/train/tensorboard.h), and a progress line on the console.
+#pragma once
+
+#include <cstdint>
+#include <fstream>
+#include <memory>
+#include <ostream>
+#include <string>
+
+namespace keel::runtime {
+
+struct StepStats {
+  int64_t step = 0;  // optimizer steps completed, 1-based
+  double loss = 0;   // mean loss over the step's global batch
+  double learning_rate = 0;
+  double grad_norm = 0;  // before clipping
+  double seconds = 0;    // wall time of the step
+  double tokens_per_second = 0;
+  double mfu = 0;  // model FLOP/s ÷ the measured fp32 GEMM peak of this machine
+  double peak_rss_mib = 0;
+  // Bytes this rank communicated during the step, as CommStats counts them (bus bytes: an
+  // all-reduce of n bytes over N ranks counts 2n(N-1)/N); 0 on one rank.
+  uint64_t comm_bytes = 0;
+  // Seconds this rank spent blocked on gradient and parameter collectives during the step (what
+  // the overlap did not hide); 0 on one rank.
+  double comm_wait_seconds = 0;
+  // Empty when the step updated the weights; otherwise why it did not ("the loss is nan", "the
+  // loss 9.2 is 3.1 times the mean of the last 20 steps"): the trainer's guard held the
+  // update back (training.on_nonfinite), and `step` is the step that was attempted.
+  std::string rejected;
+};
+
+class TensorBoardWriter;  // runtime/train/tensorboard.h
+
+class MetricsLog {
+ public:
+  // Opens <output_dir>/metrics.jsonl: truncated, or, for a run resumed at step keep_through,
+  // keeping the lines of steps up to keep_through (later ones are trained again). With a
+  // tensorboard_dir, also a new TensorBoard event file there.
+  explicit MetricsLog(const std::string& output_dir, int64_t keep_through = 0,
+                      const std::string& tensorboard_dir = "");
+  ~MetricsLog();
+  // A step's line. Numbers that are not finite are written as null and named in "nonfinite"
+  // (so every line stays JSON); a rejected step also has "rejected" (why) and "action" (what the
+  // run did about it: skip_step, rollback or stop), and goes to no TensorBoard curve.
+  void write(const StepStats& s, const std::string& action = "");
+  // Drops the lines of steps after `step` (a rollback trains them again).
+  void rewind(int64_t step);
+  // A validation result at `step`: {"step", "eval_loss", "eval_perplexity", "eval_tokens"}.
+  void write_eval(int64_t step, double loss, int64_t tokens);
+  const std::string& path() const { return path_; }
+
+ private:
+  void write_line(const std::string& line);
+  std::string path_;
+  std::ofstream out_;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;  // null without a tensorboard_dir
+};
+
+// "step 10/200 | loss 2.3456 | lr 3.00e-04 | 1234 tok/s | MFU 45.1% | mem 812 MiB | ETA 3m12s"
+std::string progress_line(const StepStats& s, int64_t max_steps, double eta_seconds);
+
+}  // namespace keel::runtime

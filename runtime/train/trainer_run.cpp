@@ -1,0 +1,132 @@
+// The Trainer's loop (runtime/train/trainer.h): steps to training.max_steps with the divergence
+// guard's verdicts acted on (trainer_guard.cpp), progress lines, metrics.jsonl and TensorBoard,
+// evaluation and checkpoints at their intervals, and the run's closing files and line.
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "runtime/data/tokenizer_json.h"
+#include "runtime/train/loss_curve.h"
+#include "runtime/train/tensorboard.h"
+#include "runtime/train/trainer.h"
+
+namespace keel::runtime {
+
+using Clock = std::chrono::steady_clock;
+
+void Trainer::run() {
+  const TrainingConfig& t = config_.training;
+  const bool writer = grid_.rank() == 0;
+  // Every rank logs to its own file: the plan, each logged step with this rank's own numbers,
+  // and the error that ended the run, if one did.
+  const std::string log_path = t.output_dir + "/logs/rank_" + std::to_string(grid_.rank()) + ".log";
+  std::filesystem::create_directories(t.output_dir + "/logs");
+  // A resumed run continues its logs: the rank logs grow, and metrics.jsonl keeps the steps up
+  // to the checkpoint (a crash may have logged later ones, which are trained again).
+  const bool resumed = !resumed_from_.empty();
+  std::ofstream rank_log(log_path, resumed ? std::ios::app : std::ios::trunc);
+  KEEL_CHECK(rank_log.good(), "cannot write '{}'", log_path);
+  rank_log << "rank " << grid_.rank() << " of " << grid_.world().size() << ", data-parallel rank "
+           << grid_.dp().rank() << " of " << grid_.dp().size() << "\n"
+           << plan_text_ << std::flush;
+  std::unique_ptr<MetricsLog> log;
+  if (writer) {
+    const std::string path = t.output_dir + "/config.yaml";
+    std::ofstream f(path);
+    f << config_to_yaml(config_);
+    KEEL_CHECK(f.good(), "cannot write '{}'", path);
+    // The run's tokenizer beside its checkpoints, for keel export, generate and eval.
+    write_tokenizer_json(tokenizer_->tokenizer, t.output_dir + "/tokenizer.json");
+    std::string tensorboard_dir;
+    if (t.report_to == "tensorboard" && tensorboard_available())
+      tensorboard_dir = t.logging_dir.empty() ? t.output_dir + "/tensorboard" : t.logging_dir;
+    else if (t.report_to == "tensorboard")
+      console_ << "keel: this keel was built without Protobuf, so it writes no TensorBoard event "
+                  "files (install protobuf-compiler and libprotobuf-dev and rebuild; "
+                  "training.report_to: none says nothing)\n";
+    log = std::make_unique<MetricsLog>(t.output_dir, resumed ? step_ : 0, tensorboard_dir);
+  }
+  try {
+    if (step_ >= t.max_steps)
+      console_ << "keel: nothing to train: the run is at step " << step_
+               << " and training.max_steps is " << t.max_steps << "\n";
+    double seconds = 0.0;
+    const int64_t first = step_;
+    int64_t trained = 0;  // steps run in this process (a rollback trains some twice)
+    const int64_t global =
+        t.per_device_train_batch_size * t.gradient_accumulation_steps * grid_.dp().size();
+    while (step_ < t.max_steps) {
+      if (before_step_) before_step_(step_ + 1);
+      const StepStats s = step();
+      seconds += s.seconds;
+      ++trained;
+      if (!s.rejected.empty()) {
+        handle_rejected(s, samples_ - global, true, log.get());
+        continue;
+      }
+      const bool exit = t.exit_interval > 0 && s.step % t.exit_interval == 0;
+      const bool save =
+          exit || (t.save_steps > 0 && (s.step % t.save_steps == 0 || s.step == t.max_steps));
+      const bool eval = t.eval_steps > 0 && (s.step % t.eval_steps == 0 || s.step == t.max_steps);
+      // A finite loss and gradient can still take the weights past the float range (a huge
+      // learning rate): they are checked before anything is evaluated, saved or written from them.
+      if (save || eval || s.step == t.max_steps) {
+        const auto check_start = Clock::now();
+        const std::string bad = first_nonfinite_weight();
+        weight_check_seconds_ += std::chrono::duration<double>(Clock::now() - check_start).count();
+        if (!bad.empty()) {
+          StepStats r = s;
+          r.rejected = "the update made the weights non-finite (first: " + bad + ")";
+          handle_rejected(r, samples_ - global, false, log.get());
+          continue;
+        }
+      }
+      if (s.step % t.logging_steps == 0 || s.step == t.max_steps || s.step == first + 1) {
+        if (log) log->write(s);
+        const double eta =
+            seconds / static_cast<double>(trained) * static_cast<double>(t.max_steps - s.step);
+        const std::string line = progress_line(s, t.max_steps, eta);
+        console_ << line << "\n" << std::flush;
+        rank_log << line << " | sent " << format_mib(s.comm_bytes) << " | blocked "
+                 << s.comm_wait_seconds << " s\n"
+                 << std::flush;
+      }
+      if (eval) {
+        const EvalResult r = evaluate();
+        if (log) log->write_eval(s.step, r.loss, r.tokens);
+        std::ostringstream line;
+        line << "eval step " << s.step << " | loss " << r.loss << " | perplexity " << r.perplexity()
+             << " | " << r.sequences << " sequences";
+        console_ << line.str() << "\n" << std::flush;
+        rank_log << line.str() << "\n" << std::flush;
+      }
+      if (save) rank_log << "keel: checkpoint " << write_checkpoint() << "\n" << std::flush;
+      if (exit && s.step < t.max_steps) {
+        console_ << "keel: stopping at step " << s.step << " (training.exit_interval "
+                 << t.exit_interval << "); run again to resume\n";
+        break;
+      }
+    }
+    write_parameters(t.output_dir + "/model.safetensors");
+    std::ostringstream done;
+    done << "keel: done, " << trained << " steps in " << seconds << " s (reading data "
+         << data_seconds_ << " s, " << (seconds > 0 ? 100.0 * data_seconds_ / seconds : 0.0)
+         << " %; checking the weights finite " << weight_check_seconds_ << " s); peak RSS "
+         << format_mib(peak_rss_bytes()) << " against a memory plan of "
+         << format_mib(planned_bytes_) << "\n";
+    if (log) {
+      const std::string curve = t.output_dir + "/loss.svg";
+      log.reset();  // metrics.jsonl and the event file complete
+      write_loss_curve_svg(t.output_dir + "/metrics.jsonl", curve);
+      done << "keel: loss curve in " << curve << "\n";
+    }
+    console_ << done.str();
+    rank_log << done.str();
+  } catch (const std::exception& e) {
+    rank_log << "keel: error: " << e.what() << "\n" << std::flush;
+    throw;
+  }
+}
+
+}  // namespace keel::runtime
