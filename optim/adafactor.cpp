@@ -117,6 +117,7 @@ std::vector<StateTensor> Adafactor::state(size_t i) {
                    p.rows, 1, rows});
     out.push_back({"exp_avg_sq_col", state_[s.col].f32(), nullptr, s.col_len, StateLayout::kOwnRect,
                    p.cols, 1, cols});
+    out[s.row_split ? 1 : 0].alike = true;  // the side every rank of the group holds whole
   } else {
     out.push_back({"exp_avg_sq", state_[s.sq].f32(), nullptr, p.n});
   }

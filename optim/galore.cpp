@@ -524,6 +524,7 @@ std::vector<StateTensor> GaLore::state(size_t i) {
   std::vector<StateTensor> out = {{"galore_projector", state_[l.projector].f32(), nullptr,
                                    l.r * (l.whole_side ? l.S : l.Lk), StateLayout::kOwnRect,
                                    l.p_rows, l.p_cols, l.p_rect}};
+  out.front().alike = l.whole_side;  // V, the same on every rank of the group
   for (StateTensor s : inner_->state(i)) {
     s.name = std::string(kInnerPrefix) + s.name;
     if (s.layout == StateLayout::kElementwise)  // shaped as R

@@ -18,8 +18,10 @@
 // decomposes only its small projection. L's singular vectors follow: U = G V Σ⁻¹, computed on each
 // rank's own rows. Each pair is signed by its short side's vector's largest entry, found over the
 // group when the short side is L (TP splitting a matrix's short side), so the exact projector is
-// the one a single rank holding the whole matrix computes, up to rounding; the randomized one is
-// then drawn over the other side (the same distribution, other numbers).
+// the one a single rank holding the whole matrix computes, up to rounding (and for directions
+// the gradient spans: with r above its rank, those with σ ≈ 0 stay zero on the split side, where
+// one rank gets the eigen-solver's null-space vectors); the randomized one is then drawn over the
+// other side (the same distribution, other numbers).
 #pragma once
 
 #include <memory>

@@ -78,6 +78,10 @@ struct StateTensor {
   // of a projected gradient): a checkpoint takes it from every rank. For per-block state, rect
   // (when set) names the buffer its blocks were cut from instead of the tensor's part.
   bool distinct = false;
+  // Held alike by every rank of its tensor's group (a side of a split matrix each rank keeps
+  // whole: Adafactor's means of it, GaLore's projector on it): a checkpoint takes it from the
+  // group's first rank.
+  bool alike = false;
 };
 
 class Optimizer {

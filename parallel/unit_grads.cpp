@@ -89,23 +89,6 @@ float* UnitGrads::acquire_grads(int unit) {
   return g;
 }
 
-namespace {
-
-// Σ g² over the unit's counted parameters (ZeroParamSpec::counted) in its whole gradient buffer.
-double counted_sum_squares(const ZeroUnit& unit, const float* g, Device device) {
-  const kernels::Ops& k = kernels::ops(device);
-  const std::vector<ZeroParamSpec>& params = unit.params;
-  if (std::all_of(params.begin(), params.end(), [](const ZeroParamSpec& p) { return p.counted; }))
-    return k.sum_squares(g, unit.elems, {});
-  double sum = 0.0;
-  for (size_t i = 0; i < params.size(); ++i)
-    if (params[i].counted)
-      sum += k.sum_squares(g + unit.offsets[i], params[i].rows * params[i].cols, {});
-  return sum;
-}
-
-}  // namespace
-
 void UnitGrads::release_grads(int unit) {
   const size_t u = static_cast<size_t>(unit);
   const size_t s = static_cast<size_t>(slot_of(unit));
@@ -119,7 +102,14 @@ void UnitGrads::release_grads(int unit) {
     dp_.all_reduce(Tensor(g, DType::F32, {units_[u].elems}));
     wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
-  ready_(unit, counted_sum_squares(units_[u], g, buffer.device()));
+  const ZeroUnit& whole = units_[u];
+  ready_(unit,
+         counted_sum_squares(
+             whole.params, g, whole.elems,
+             [&](size_t i) {
+               return std::pair{whole.offsets[i], whole.params[i].rows * whole.params[i].cols};
+             },
+             buffer.device()));
   handed_[u] = true;
   owner_[s] = -1;
 }

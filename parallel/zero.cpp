@@ -374,16 +374,13 @@ double Zero::grad_sum_squares() const {
 }
 
 double Zero::counted_sum_squares(int unit, const float* region, Device device) const {
-  const kernels::Ops& k = kernels::ops(device);
   const ZeroLayout& layout = layouts_[static_cast<size_t>(unit)];
-  const std::vector<ZeroParamSpec>& params = layout.params();
-  if (std::all_of(params.begin(), params.end(), [](const ZeroParamSpec& p) { return p.counted; }))
-    return k.sum_squares(region, layout.region_elems(), {});
-  double sum = 0.0;
-  for (size_t i = 0; i < params.size(); ++i)
-    if (params[i].counted)
-      sum += k.sum_squares(region + layout.shard(i).offset, layout.shard(i).elems, {});
-  return sum;
+  return parallel::counted_sum_squares(
+      layout.params(), region, layout.region_elems(),
+      [&](size_t i) {
+        return std::pair{layout.shard(i).offset, layout.shard(i).elems};
+      },
+      device);
 }
 
 void Zero::publish_weights() {

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "kernels/error.h"
+#include "kernels/ops.h"
 
 namespace keel::parallel {
 
@@ -128,6 +129,21 @@ void ZeroLayout::unpack(const float* region, int k, const std::vector<float*>& f
       copy_rows(full[i] + c0, p.cols, src, s.chunk, p.rows, c1 - c0);
     }
   }
+}
+
+double counted_sum_squares(const std::vector<ZeroParamSpec>& params, const float* g, int64_t total,
+                           const std::function<std::pair<int64_t, int64_t>(size_t)>& span,
+                           Device device) {
+  const kernels::Ops& k = kernels::ops(device);
+  if (std::all_of(params.begin(), params.end(), [](const ZeroParamSpec& p) { return p.counted; }))
+    return k.sum_squares(g, total, {});
+  double sum = 0.0;
+  for (size_t i = 0; i < params.size(); ++i)
+    if (params[i].counted) {
+      const auto [offset, floats] = span(i);
+      sum += k.sum_squares(g + offset, floats, {});
+    }
+  return sum;
 }
 
 }  // namespace keel::parallel

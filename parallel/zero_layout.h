@@ -7,8 +7,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "kernels/device.h"
 
 namespace keel::parallel {
 
@@ -70,5 +74,12 @@ class ZeroLayout {
   int ranks_;
   int64_t region_ = 0;
 };
+
+// Σ g² over the parameters this rank counts (ZeroParamSpec::counted) of a buffer of `total`
+// floats holding parameter i at span(i) = (offset, floats), padding zero: the whole buffer at once
+// when every parameter counts. A ZeRO region and a whole unit's gradients both are such buffers.
+double counted_sum_squares(const std::vector<ZeroParamSpec>& params, const float* g, int64_t total,
+                           const std::function<std::pair<int64_t, int64_t>(size_t)>& span,
+                           Device device);
 
 }  // namespace keel::parallel

@@ -8,4 +8,4 @@ bash scripts/setup.sh --deps
 bash scripts/configure.sh
 ninja -C build
 export OMP_WAIT_POLICY=PASSIVE
-ctest --test-dir build --output-on-failure --timeout 900 "$@"
+ctest --test-dir build --output-on-failure --timeout 900 -j "$(nproc)" "$@"

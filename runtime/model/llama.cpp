@@ -73,7 +73,10 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
              l0_, stage_end(config, split), config.num_hidden_layers);
   layers_count_ = stage_end(config, split) - l0_;
   block_.set_progress([this] { progress(); });
-  chunk_rows_ = std::min(N_, std::max<int64_t>(kLogitsChunkFloats / V_ / 16 * 16, 16));
+  // From the widest vocabulary slice, so that every TP rank cuts the same chunks (each chunk's
+  // softmax statistics are collectives over the group).
+  const int64_t widest = (config.vocab_size + tp_.size - 1) / tp_.size;
+  chunk_rows_ = std::min(N_, std::max<int64_t>(kLogitsChunkFloats / widest / 16 * 16, 16));
   build_plans();
   if (!holds_.allocate) return;
   kernels::cpu::rope_tables(work_[s_->rope_cos].f32(), work_[s_->rope_sin].f32(), T_, D_,

@@ -123,6 +123,8 @@ class LlamaModel {
 
   // Model FLOPs per trained token (forward + backward, causal attention counted at half).
   double flops_per_token() const;
+  // Rows of logits that exist at once (the head runs chunk by chunk): the same on every TP rank.
+  int64_t logits_chunk_rows() const { return chunk_rows_; }
   // Bytes one forward_backward moves on the TP group, each rank's count as the communicator's
   // counters count it (runtime/model/tp_traffic.cpp); 0 without TP.
   uint64_t tp_bytes_per_micro_batch() const;

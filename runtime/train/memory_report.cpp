@@ -81,9 +81,11 @@ uint64_t tp_bytes_per_step(const Config& config, const LlamaModel& model) {
   if (tp == 1) return 0;
   const TrainingConfig& t = config.training;
   // Every micro-batch's activations, then the gradient norm's sum (one double); with a per-layer
-  // update also each unit's verdict on its gradient's finiteness.
+  // update also each unit's verdict on its gradient's finiteness, which the TP group takes
+  // without ZeRO (under ZeRO the tp_dp group does, every shard's holder).
   const uint64_t one = parallel::all_reduce_bytes(8, tp);
-  const uint64_t units = config.optimizer.per_layer_update ? model.units().size() : 0;
+  const bool verdicts = config.optimizer.per_layer_update && config.parallel.zero_stage == 0;
+  const uint64_t units = verdicts ? model.units().size() : 0;
   return static_cast<uint64_t>(t.gradient_accumulation_steps) * model.tp_bytes_per_micro_batch() +
          one * (1 + units);
 }

@@ -212,12 +212,13 @@ void Trainer::write_parameters(const std::string& path) {
   if (writer) write_safetensors(path, tensors, {{"format", "pt"}});
 }
 
-double Trainer::tp_sum(double x) {
-  parallel::Communicator& tp = grid_.tp();
-  if (tp.size() == 1) return x;
+double Trainer::tp_sum(double x) { return group_sum(grid_.tp(), x); }
+
+double Trainer::group_sum(parallel::Communicator& group, double x) {
+  if (group.size() == 1) return x;
   Tensor t = batch_[totals_].slice0(2, 3);
   t.data_as<double>()[0] = x;
-  tp.all_reduce(t);
+  group.all_reduce(t);
   return t.data_as<double>()[0];
 }
 

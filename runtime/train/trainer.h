@@ -91,6 +91,8 @@ class Trainer {
   std::string judge(double loss, double grad_sum_squares);
   // x summed over the tensor-parallel group (x itself without TP).
   double tp_sum(double x);
+  // x summed over the group (x itself on a group of one rank).
+  double group_sum(parallel::Communicator& group, double x);
   // The name of the first optimizer tensor (in their order) whose gradient on some rank holds a
   // NaN or an infinity, or "" (collective over the world).
   std::string first_nonfinite_gradient();
@@ -115,7 +117,8 @@ class Trainer {
     size_t index;  // in the optimizer's list
     float* value;  // weights or fp32 master shard
     int64_t elems;
-    bool counted;  // false where another TP rank holds it alike and writes it (tp_counted)
+    bool counted;    // false where another TP rank holds it alike and writes it (tp_counted)
+    int group_rank;  // this rank's place in the group holding the tensor's parts (0 without one)
   };
   void for_each_tensor(const std::function<void(const TensorSlot&)>& f);
   // This rank's training state (weights or master shards, optimizer state) as checkpoint pieces;

@@ -82,7 +82,8 @@ void Trainer::for_each_tensor(const std::function<void(const TensorSlot&)>& f) {
     const parallel::ShardRect rect =
         refs[i].rect.ld > 0 ? refs[i].rect : parallel::ShardRect{0, 0, rows, cols, cols};
     f({refs[i].name, rows, cols, rect, i, refs[i].value, refs[i].n,
-       model_->parameter_by_name(refs[i].name).tp_counted});
+       model_->parameter_by_name(refs[i].name).tp_counted,
+       refs[i].group ? refs[i].group->rank() : 0});
   }
 }
 
@@ -108,7 +109,8 @@ std::vector<StatePiece> Trainer::state_pieces(bool written,
     const bool keep = !written || t.counted;
     if (keep) out.push_back({t.name, t.rows, t.cols, t.rect, t.value, t.elems});
     for (const optim::StateTensor& s : optimizer_->state(t.index)) {
-      const bool keep_state = keep || s.distinct;
+      // Written: a part several ranks hold alike, by one of them (every rank reads its own).
+      const bool keep_state = s.distinct || (keep && (!written || !s.alike || t.group_rank == 0));
       if (s.layout != optim::StateLayout::kPerBlock) {
         if (keep_state) out.push_back(state_piece(t, s));
         continue;

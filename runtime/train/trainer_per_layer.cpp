@@ -38,9 +38,11 @@ void Trainer::build_per_layer(const std::vector<optim::ParamRef>& refs) {
 void Trainer::step_unit(int unit, double grad_sum_squares) {
   const size_t u = static_cast<size_t>(unit);
   unit_sum_squares_ += grad_sum_squares;
-  // Under TP each rank holds other slices of the unit: the TP group decides alike, so that its
-  // ranks step the same units (the hooks run in step on every rank of the group).
-  if (unit_bad_tensor_ < 0 && !std::isfinite(tp_sum(grad_sum_squares))) {
+  // Each rank holds other parts of the unit (TP's slices; under ZeRO its shards): the ranks
+  // holding them decide alike, so that all step the same units (the optimizer's collectives over
+  // a unit's group need every part; the hooks run in step on every rank).
+  parallel::Communicator& parts = sync_->shard_group() ? grid_.tp_dp() : grid_.tp();
+  if (unit_bad_tensor_ < 0 && !std::isfinite(group_sum(parts, grad_sum_squares))) {
     const kernels::Ops& k = kernels::ops(Device::cpu());  // gradient views are host memory
     for (size_t i = unit_first_[u]; i < unit_first_[u + 1] && unit_bad_tensor_ < 0; ++i)
       if (k.count_nonfinite(grads_[i].grad, grads_[i].n, {}) > 0)

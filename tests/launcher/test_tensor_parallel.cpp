@@ -21,8 +21,10 @@ struct Layout {
   const char* name;
   int ranks, tp;
   std::string sets;   // besides the layout's own
-  double tol = 1e-5;  // relative, on each loss and (when exact) on the parameters
-  bool exact = true;  // false: 8-bit blocks are cut from each rank's slice, as under ZeRO
+  double tol = 1e-5;  // relative, on each loss and on the parameters
+  // Largest relative difference of any final weight, where it differs from tol: 8-bit blocks are
+  // cut from each rank's slice, so a small weight may round otherwise (0.055 measured).
+  double params = 0.0;
 };
 
 class TensorParallel : public Cli, public ::testing::WithParamInterface<Layout> {};
@@ -65,10 +67,8 @@ TEST_P(TensorParallel, TrainsAsOneRankDoes) {
   ASSERT_EQ(got_eval.size(), want_eval.size());
   for (size_t i = 0; i < want_eval.size(); ++i)
     EXPECT_NEAR(got_eval[i], want_eval[i], l.tol * want_eval[i]) << "validation " << i + 1;
-  if (l.exact) {
-    EXPECT_LT(max_relative_difference(one + "/model.safetensors", split + "/model.safetensors"),
-              l.tol);
-  }
+  EXPECT_LT(max_relative_difference(one + "/model.safetensors", split + "/model.safetensors"),
+            l.params > 0 ? l.params : l.tol);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -97,7 +97,7 @@ INSTANTIATE_TEST_SUITE_P(
         // 8-bit blocks are cut from each rank's slice (a column slice is not contiguous in the
         // whole matrix), so the state rounds differently: within 1 %, as under ZeRO.
         Layout{"tp2_dp2_adamw_8bit", 4, 2,
-               " --set optimizer.type=adamw_8bit --set optimizer.min_8bit_size=1024", 0.01, false},
+               " --set optimizer.type=adamw_8bit --set optimizer.min_8bit_size=1024", 0.01, 0.1},
         // Adafactor's row and column sums of a split matrix over the TP (and DP) ranks.
         Layout{"tp2_dp2_adafactor", 4, 2, " --set optimizer.type=adafactor"},
         Layout{"tp2_dp2_adafactor_zero3_beta1", 4, 2,
@@ -119,6 +119,9 @@ INSTANTIATE_TEST_SUITE_P(
         Layout{"tp2_sp_checkpointing", 2, 2, kSp + " --set training.gradient_checkpointing=true"},
         // ZeRO 3 shards each rank's slice; GaLore's projector over the whole matrix.
         Layout{"tp2_dp2_sp_zero3", 4, 2, kSp + " --set parallel.zero_stage=3"},
+        Layout{"tp4_gqa_zero3", 4, 4, " --set parallel.zero_stage=3"},
+        // Two micro-batches a step: each gathers and scatters its own rows.
+        Layout{"tp2_sp_accumulation", 2, 2, kSp + " --set training.gradient_accumulation_steps=2"},
         Layout{"tp4_gqa_sp_zero3_galore", 4, 4, kSp + kGalore + " --set parallel.zero_stage=3"}),
     [](const ::testing::TestParamInfo<Layout>& p) { return std::string(p.param.name); });
 

@@ -135,8 +135,12 @@ TEST_F(Cli, TensorParallelResumeIsBitExact) {
        {Case{"tp2_dp2", 4, 2, 0, "", 2},
         Case{"tp2_dp2_mqa_tied_zero3", 4, 2, 3,
              " --set model.num_key_value_heads=1 --set model.tie_word_embeddings=true", 4},
-        Case{"tp2_8bit", 2, 2, 0, eight_bit, 2},
-        Case{"tp2_dp2_8bit_zero1", 4, 2, 1, eight_bit, 4}}) {
+        Case{"tp2_8bit", 2, 2, 0, eight_bit, 2}, Case{"tp2_dp2_8bit_zero1", 4, 2, 1, eight_bit, 4},
+        // GaLore projecting k's and v's split short side: each rank its own block of R, also on
+        // the ranks sharing a key/value head; refreshed at step 1 only, so the resume steps with
+        // the projector it loaded.
+        Case{"tp4_gqa_galore", 4, 4, 0,
+             " --set optimizer.galore.rank=8 --set optimizer.galore.update_proj_gap=20", 4}}) {
     expect_resume_is_bit_exact(dir_, c.ranks, cfg, tp_layout(c.ranks, c.tp, c.stage) + c.sets,
                                c.tag, c.tag);
     const std::string ckpt = step_dir((dir_ / ("resumed" + c.tag)).string(), 6);
@@ -248,8 +252,9 @@ TEST_F(Cli, DivergedTensorParallelRunKeepsTheGoodCheckpoint) {
 }  // namespace
 
 // Every optimizer's state reshards across TP sizes: one 20-step run carried tp2×dp2 (ZeRO 1) →
-// tp4 → tp2×dp2 (ZeRO 3) → one rank, stopping every 5 steps (between GaLore's refreshes at 1, 6,
-// 11, 16), stays within 1e-5 of the uninterrupted one-rank run. Adafactor's row and column means
+// tp4 → tp2×dp2 (ZeRO 3) → one rank, stopping every 5 steps, stays within 1e-5 of the
+// uninterrupted one-rank run. GaLore refreshes at steps 1, 8 and 15, so the legs resuming at 6,
+// 11 and 16 step with the projector they loaded. Adafactor's row and column means
 // and GaLore's projector and projected state are stored as slices of layout-independent tensors:
 // R is the same matrix whether its side is split or not (an inner Adafactor factors it either
 // way). 8-bit state rounds in each layout's blocks: within 1 %.
@@ -257,7 +262,7 @@ TEST_F(Cli, EveryOptimizerReshardsAcrossTensorParallelSizes) {
   if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
   const std::string cfg = write("m.yaml", kTensorParallelModel);
   const std::string galore =
-      " --set optimizer.galore.rank=8 --set optimizer.galore.update_proj_gap=5";
+      " --set optimizer.galore.rank=8 --set optimizer.galore.update_proj_gap=7";
   struct Case {
     std::string tag, sets;
     double tol = 1e-5;
@@ -292,7 +297,7 @@ TEST_F(Cli, EveryOptimizerReshardsAcrossTensorParallelSizes) {
     for (size_t i = 0; i < want.size(); ++i)
       EXPECT_NEAR(got[i], want[i], c.tol * want[i]) << c.tag << " step " << i + 1;
     EXPECT_LE(max_relative_difference(one + "/model.safetensors", out + "/model.safetensors"),
-              c.tol == 1e-5 ? 1e-5 : 0.5)
+              c.tol == 1e-5 ? 1e-5 : 0.2)  // 8-bit: measured 0.11 at worst
         << c.tag;
   }
 }

@@ -1,5 +1,5 @@
-// The model as a pipeline stage (runtime/model/llama.h): a model cut into stages — each a
-// contiguous range of layers, the embedding on the first, the head on the last — run one
+// How a model is split. As a pipeline stage (runtime/model/llama.h): a model cut into stages — each
+// a contiguous range of layers, the embedding on the first, the head on the last — run one
 // micro-batch as the whole model does, bit for bit: the loss, and every parameter's gradient under
 // its own name, with the hidden state handed forward and its gradient handed back by the caller.
 #include <gtest/gtest.h>
@@ -130,6 +130,24 @@ TEST(ModelStage, BadRangesAndTiedEmbeddingsAcrossStagesAreOneLine) {
   tied.tie_word_embeddings = true;
   EXPECT_NE(error(tied, 0, 2).find("set model.tie_word_embeddings: false"), std::string::npos);
   EXPECT_EQ(error(tied, 0, 4), "");
+}
+
+// Tensor parallelism: each chunk of logits rows costs collectives over the TP group, so every
+// rank must cut the same chunks, although an uneven vocabulary gives the ranks slices of
+// different widths (32769 rows: 16385 and 16384, which would round to chunks of 496 and 512).
+TEST(ModelSplit, TensorParallelRanksCutTheLogitsAlike) {
+  ModelConfig c = small_model();
+  c.vocab_size = 32769;
+  c.max_position_embeddings = 256;
+  std::vector<int64_t> chunks;
+  for (int rank = 0; rank < 2; ++rank) {
+    ModelSplit split;
+    split.tp_size = 2, split.tp_rank = rank;
+    const LlamaModel m(c, 4, 256, false, ModelHolds{false, false, false}, split);
+    chunks.push_back(m.logits_chunk_rows());
+  }
+  EXPECT_EQ(chunks[0], chunks[1]);
+  EXPECT_LT(chunks[0], 4 * 256);  // several chunks: the case where they could differ
 }
 
 }  // namespace
