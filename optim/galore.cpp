@@ -1,61 +1,21 @@
 #include "optim/galore.h"
 
 #include <algorithm>
-#include <chrono>
-#include <cmath>
 #include <sstream>
 #include <string_view>
 
 #include "kernels/error.h"
-#include "kernels/hash.h"
 #include "kernels/low_rank.h"
 #include "kernels/ops.h"
+#include "optim/galore_layout.h"
 
 namespace keel::optim {
 
-namespace detail {
-
-// A targeted matrix seen from the side S that every rank of its group holds whole and the side L
-// split across them (ZeRO splits the longer side, tensor parallelism the side of its own split;
-// a whole matrix counts as split along its longer side). This rank holds Lk split-side vectors
-// (padding included) of all S whole-side positions: rows_split, the tensor is (Lk × S) with
-// rect.ld == S; else (S × Lk) with rect.ld == Lk. The Gram matrix is always the whole side's
-// (S × S, summed over the group); the split side's vectors follow from it.
-struct GaloreLayout {
-  bool on = false;
-  bool rows_split = true;
-  bool whole_side = true;   // the projected side is the whole one (S)
-  bool whole_short = true;  // S is the short side (whose vectors sign each singular pair)
-  int64_t S = 0, L = 0, Lk = 0, r = 0;
-  // Split side projected: R is (r × S) when the rows are split, else (S × r), and each rank of
-  // the group keeps `block` of its S positions (columns, or rows): chunk = r · block floats.
-  int64_t block = 0, chunk = 0;
-  int64_t inner = 0;  // elements of R the inner optimizer steps on this rank
-  // R and the projector as checkpoints see them: global shapes and the parts held here. R is the
-  // projected matrix, r × cols when the rows are projected and rows × r when the columns are,
-  // whatever the layout: sliced as the matrix is when the whole side is projected, else in
-  // blocks of S positions; the projector is V (r × S, whole on every rank) or Uᵀ (r × L, this
-  // rank's columns).
-  int64_t r_rows = 0, r_cols = 0, p_rows = 0, p_cols = 0;
-  parallel::ShardRect r_rect, p_rect;
-  MemoryPlan::Slot projector = 0;  // whole side: V (r × S); split: this rank's U rows (r × Lk)
-};
-
-struct GaloreSlots {
-  MemoryPlan::Slot grad = 0, delta = 0;  // R and the inner optimizer's update of it
-  MemoryPlan::Slot staging = 0;          // long side: R's partial sums, the gathered update
-  MemoryPlan::Slot gram = 0, gram_scratch = 0, eig = 0, eig_int = 0, values = 0, basis = 0;
-  MemoryPlan::Slot sketch = 0, qr = 0, small = 0, small_f = 0, small_vectors = 0;
-  MemoryPlan::Slot sketch_f = 0, product = 0, basis_f = 0;
-  MemoryPlan::Slot split_vectors = 0, signs = 0;  // the split short side's vectors, their signs
-};
-
-}  // namespace detail
-
 namespace {
 
-using detail::GaloreLayout;
-using detail::GaloreSlots;
+using galore::GaloreLayout;
+using galore::GaloreSlots;
+using galore::sketch_size;
 
 // The inner optimizer's state of R is named with this prefix ("galore.exp_avg").
 constexpr std::string_view kInnerPrefix = "galore.";
@@ -123,10 +83,6 @@ GaloreLayout layout_of(const ParamRef& p, const GaloreConfig& g, int rank) {
   }
   l.p_rows = l.r, l.p_cols = l.S, l.p_rect = {0, 0, l.r, l.S, l.S};
   return l;
-}
-
-int64_t sketch_size(const GaloreLayout& l, const GaloreConfig& g) {
-  return std::min(l.r + g.oversample, l.S);
 }
 
 // Lays out the projectors in state and the largest workspace any tensor needs in work.
@@ -217,13 +173,6 @@ OptimizerConfig inner_config(const OptimizerConfig& config) {
   OptimizerConfig c = config;
   c.galore.rank = 0;
   return c;
-}
-
-void to_float(float* out, const double* in, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(in[i]);
-}
-void to_double(double* out, const float* in, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = in[i];
 }
 
 }  // namespace
@@ -365,157 +314,6 @@ void GaLore::project_back(size_t i, double lr) {
   } else {  // (S × Lk) += D (S × r) · U
     k.gemm(false, false, l.S, l.Lk, l.r, alpha, full, l.r, P, l.Lk, decay, p.value, ld, {});
   }
-}
-
-float* GaLore::sketch_product(size_t i, const double* sketch, int64_t q) {
-  const GaloreLayout& l = layouts_[i];
-  const kernels::Ops& k = kernels::ops(work_[slots_->product].device());
-  const ParamRef& p = params_[i];
-  float* qf = work_[slots_->sketch_f].f32();
-  float* z = work_[slots_->product].f32();
-  to_float(qf, sketch, q * l.S);
-  if (l.rows_split) {  // Z (Lk × q) = G Qᵀ
-    k.gemm(false, true, l.Lk, q, l.S, 1.0f, p.grad, p.rect.ld, qf, l.S, 0.0f, z, q, {});
-  } else {  // Z (q × Lk) = Q G
-    k.gemm(false, false, q, l.Lk, l.S, 1.0f, qf, l.S, p.grad, p.rect.ld, 0.0f, z, l.Lk, {});
-  }
-  return z;
-}
-
-void GaLore::apply_gram(size_t i, double* sketch, int64_t q) {
-  const GaloreLayout& l = layouts_[i];
-  const kernels::Ops& k = kernels::ops(work_[slots_->sketch_f].device());
-  const ParamRef& p = params_[i];
-  const float* z = sketch_product(i, sketch, q);
-  float* y = work_[slots_->sketch_f].f32();
-  if (l.rows_split) {  // Gram = Gᵀ G: Q Gram = Zᵀ G
-    k.gemm(true, false, q, l.S, l.Lk, 1.0f, z, q, p.grad, p.rect.ld, 0.0f, y, l.S, {});
-  } else {  // Gram = G Gᵀ: Q Gram = Z Gᵀ
-    k.gemm(false, true, q, l.S, l.Lk, 1.0f, z, l.Lk, p.grad, p.rect.ld, 0.0f, y, l.S, {});
-  }
-  sum_over_group(i, y, q * l.S);
-  to_double(sketch, y, q * l.S);
-}
-
-void GaLore::refresh(size_t i) {
-  const auto t0 = std::chrono::steady_clock::now();
-  const GaloreLayout& l = layouts_[i];
-  const kernels::Ops& k = kernels::ops(work_[slots_->basis].device());
-  const ParamRef& p = params_[i];
-  double* values = work_[slots_->values].data_as<double>();
-  double* basis = work_[slots_->basis].data_as<double>();
-  double* eig = work_[slots_->eig].data_as<double>();
-  int* eig_int = work_[slots_->eig_int].data_as<int>();
-  if (config_.galore.projector == "randomized") {
-    // A Gaussian sketch through the Gram matrix, re-orthonormalised after each pass; the top
-    // vectors of the Gram matrix restricted to its span are the basis.
-    const int64_t q = sketch_size(l, config_.galore);
-    double* sketch = work_[slots_->sketch].data_as<double>();
-    double* qr = work_[slots_->qr].data_as<double>();
-    const uint64_t seed = fnv1a(p.name, kFnvOffsetBasis ^ config_.seed) ^ static_cast<uint64_t>(t_);
-    k.gaussian_fill(sketch, q * l.S, seed);
-    apply_gram(i, sketch, q);
-    for (int64_t it = 0; it < config_.galore.power_iterations; ++it) {
-      k.orthonormalize_rows(sketch, q, l.S, qr);
-      apply_gram(i, sketch, q);
-    }
-    k.orthonormalize_rows(sketch, q, l.S, qr);
-    // T (q × q) = Q Gram Qᵀ = Zᵀ Z (or Z Zᵀ) with Z the sketch applied to G.
-    const float* z = sketch_product(i, sketch, q);
-    float* tf = work_[slots_->small_f].f32();
-    if (l.rows_split) {
-      k.gemm(true, false, q, q, l.Lk, 1.0f, z, q, z, q, 0.0f, tf, q, {});
-    } else {
-      k.gemm(false, true, q, q, l.Lk, 1.0f, z, l.Lk, z, l.Lk, 0.0f, tf, q, {});
-    }
-    sum_over_group(i, tf, q * q);
-    double* t = work_[slots_->small].data_as<double>();
-    double* w = work_[slots_->small_vectors].data_as<double>();
-    to_double(t, tf, q * q);
-    k.symmetric_top_eigen(t, q, l.r, values, w, eig, eig_int);
-    k.combine_rows(basis, w, sketch, l.r, q, l.S);
-    k.canonicalize_signs(basis, l.r, l.S);
-  } else {
-    double* gram = work_[slots_->gram].data_as<double>();
-    std::fill_n(gram, l.S * l.S, 0.0);
-    k.gram_accumulate(gram, p.grad, l.S, l.Lk, p.rect.ld, l.rows_split,
-                      work_[slots_->gram_scratch].data_as<double>());
-    sum_over_group(i, gram, l.S * l.S);
-    k.symmetric_top_eigen(gram, l.S, l.r, values, basis, eig, eig_int);
-  }
-  if (!l.whole_short) sign_by_split_side(i, basis, values);
-  set_projector(i, basis, values);
-  refresh_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-void GaLore::set_projector(size_t i, const double* basis, const double* values) {
-  const GaloreLayout& l = layouts_[i];
-  float* P = state_[l.projector].f32();
-  if (l.whole_side) {
-    to_float(P, basis, l.r * l.S);
-    return;
-  }
-  split_vectors(i, basis, values, P);
-}
-
-void GaLore::split_vectors(size_t i, const double* basis, const double* values, float* out) {
-  const GaloreLayout& l = layouts_[i];
-  const kernels::Ops& k = kernels::ops(work_[slots_->basis_f].device());
-  const ParamRef& p = params_[i];
-  // U = G V Σ⁻¹ on this rank's split-side rows: U (r × Lk) = V (r × S) · (G as S × Lk) / σ.
-  float* vf = work_[slots_->basis_f].f32();
-  to_float(vf, basis, l.r * l.S);
-  k.gemm(false, l.rows_split, l.r, l.Lk, l.S, 1.0f, vf, l.S, p.grad, p.rect.ld, 0.0f, out, l.Lk,
-         {});
-  // A direction the gradient does not span (σ ≈ 0) has no left vector: it stays zero.
-  const double top = std::sqrt(std::max(values[0], 0.0));
-  for (int64_t j = 0; j < l.r; ++j) {
-    const double sigma = std::sqrt(std::max(values[j], 0.0));
-    const float inv = sigma > 1e-6 * top && sigma > 0 ? static_cast<float>(1.0 / sigma) : 0.0f;
-    for (int64_t c = 0; c < l.Lk; ++c) out[j * l.Lk + c] *= inv;
-  }
-}
-
-void GaLore::sign_by_split_side(size_t i, double* basis, const double* values) {
-  const GaloreLayout& l = layouts_[i];
-  const ParamRef& p = params_[i];
-  float* u = work_[slots_->split_vectors].f32();
-  split_vectors(i, basis, values, u);
-  const int64_t real = l.rows_split ? p.rect.rows : p.rect.cols;  // padding is not an entry
-  double* most = work_[slots_->signs].data_as<double>();  // per vector: |largest entry| here
-  double* sign = most + l.r;                              // and its sign
-  for (int64_t j = 0; j < l.r; ++j) {
-    int64_t big = 0;
-    for (int64_t c = 1; c < real; ++c)
-      if (std::abs(u[j * l.Lk + c]) > std::abs(u[j * l.Lk + big])) big = c;
-    most[j] = real > 0 ? std::abs(u[j * l.Lk + big]) : 0.0;
-    sign[j] = real > 0 && u[j * l.Lk + big] < 0 ? -1.0 : 1.0;
-  }
-  // The largest over the group, and the sign of the rank (or ranks, alike) holding it.
-  std::vector<double> local(most, most + l.r);
-  parallel::Communicator* group = group_of(i);
-  if (group)
-    group->all_reduce(parallel::host_view(most, static_cast<size_t>(l.r)),
-                      parallel::ReduceOp::kMax);
-  for (int64_t j = 0; j < l.r; ++j)
-    sign[j] = p.counted && local[static_cast<size_t>(j)] == most[j] ? sign[j] : 0.0;
-  if (group) group->all_reduce(parallel::host_view(sign, static_cast<size_t>(l.r)));
-  for (int64_t j = 0; j < l.r; ++j)
-    if (sign[j] < 0)
-      for (int64_t c = 0; c < l.S; ++c) basis[j * l.S + c] = -basis[j * l.S + c];
-}
-
-parallel::Communicator* GaLore::group_of(size_t i) const {
-  parallel::Communicator* g = params_[i].group;
-  return g && g->size() > 1 ? g : nullptr;
-}
-
-template <class T>
-void GaLore::sum_over_group(size_t i, T* x, int64_t n) {
-  parallel::Communicator* group = group_of(i);
-  if (!group) return;
-  if (!params_[i].counted) std::fill_n(x, n, T(0));  // another rank of the group adds this part
-  group->all_reduce(parallel::host_view(x, static_cast<size_t>(n)));
 }
 
 std::vector<StateTensor> GaLore::state(size_t i) {
