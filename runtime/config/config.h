@@ -62,6 +62,10 @@ struct TrainingConfig {
   // Stop (after a checkpoint) once the step is a multiple of this, as Megatron's exit_interval:
   // a long run in jobs of bounded time. 0: run to max_steps.
   int64_t exit_interval = 0;
+  // SIGTERM or SIGUSR1 to any rank (a scheduler's notice before it kills the job): the whole job
+  // checkpoints at the next step boundary and exits 0; a second SIGTERM ends it at once. false
+  // leaves the signals their default (the process dies where it stands).
+  bool save_on_signal = true;
   // "auto": the latest checkpoint in output_dir, if any; "none"; or a checkpoint's path.
   std::string resume_from_checkpoint = "auto";
   std::string output_dir = "runs/default";

@@ -92,6 +92,7 @@ inline constexpr auto kFields = std::to_array<Field>({
     KEEL_CONFIG_FIELD(training, save_steps, at_least(0)),
     KEEL_CONFIG_FIELD(training, save_total_limit, at_least(0)),
     KEEL_CONFIG_FIELD(training, exit_interval, at_least(0)),
+    KEEL_CONFIG_FIELD(training, save_on_signal, any_value()),
     KEEL_CONFIG_FIELD(training, resume_from_checkpoint, any_value()),
     KEEL_CONFIG_FIELD(training, output_dir, any_value()),
     KEEL_CONFIG_FIELD(training, gradient_checkpointing, any_value()),

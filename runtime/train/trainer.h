@@ -91,6 +91,8 @@ class Trainer {
   std::string judge(double loss, double grad_sum_squares);
   // x summed over the tensor-parallel group (x itself without TP).
   double tp_sum(double x);
+  // SIGTERM or SIGUSR1 received by any rank (0: none), agreed over the world (trainer_run.cpp).
+  int agreed_stop_signal();
   // x summed over the group (x itself on a group of one rank).
   double group_sum(parallel::Communicator& group, double x);
   // The name of the first optimizer tensor (in their order) whose gradient on some rank holds a

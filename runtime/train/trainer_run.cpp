@@ -4,10 +4,12 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "runtime/data/tokenizer_json.h"
 #include "runtime/train/loss_curve.h"
+#include "runtime/train/stop_signal.h"
 #include "runtime/train/tensorboard.h"
 #include "runtime/train/trainer.h"
 
@@ -15,8 +17,19 @@ namespace keel::runtime {
 
 using Clock = std::chrono::steady_clock;
 
+// The stop signal some rank received (0: none), the same on every rank: one all-reduce of an int
+// over the world at each step boundary, never inside a step.
+int Trainer::agreed_stop_signal() {
+  int32_t signal = StopSignals::received();
+  if (grid_.world().size() > 1)
+    grid_.world().all_reduce(parallel::host_view(&signal, 1), parallel::ReduceOp::kMax);
+  return signal;
+}
+
 void Trainer::run() {
   const TrainingConfig& t = config_.training;
+  std::optional<StopSignals> signals;  // training.save_on_signal: a notice becomes a checkpoint
+  if (t.save_on_signal) signals.emplace();
   const bool writer = grid_.rank() == 0;
   // Every rank logs to its own file: the plan, each logged step with this rank's own numbers,
   // and the error that ended the run, if one did.
@@ -57,6 +70,17 @@ void Trainer::run() {
     const int64_t global =
         t.per_device_train_batch_size * t.gradient_accumulation_steps * grid_.dp().size();
     while (step_ < t.max_steps) {
+      if (const int signal = signals ? agreed_stop_signal() : 0) {
+        // The steps trained since the last checkpoint are kept (none trained here: the
+        // checkpoint resumed from is this state already).
+        if (step_ > first) rank_log << "keel: checkpoint " << save_checkpoint() << "\n";
+        console_ << "keel: " << StopSignals::name(signal) << " received: stopping at step " << step_
+                 << (step_ > first ? " after a checkpoint" : "") << "; run again to resume\n"
+                 << std::flush;
+        rank_log << "keel: stopped by " << StopSignals::name(signal) << " at step " << step_ << "\n"
+                 << std::flush;
+        break;
+      }
       if (before_step_) before_step_(step_ + 1);
       const StepStats s = step();
       seconds += s.seconds;
