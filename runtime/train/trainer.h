@@ -123,13 +123,14 @@ class Trainer {
     int group_rank;  // this rank's place in the group holding the tensor's parts (0 without one)
   };
   void for_each_tensor(const std::function<void(const TensorSlot&)>& f);
-  // This rank's training state (weights or master shards, optimizer state) as checkpoint pieces;
-  // `written`: only what this rank writes (of tensors that TP ranks hold alike, the first's).
+  // This rank's training state (weights or master shards, optimizer state) as checkpoint pieces.
   // Collective over the world (per-block state is stacked over the ranks,
-  // runtime/store/block_index.h); block_totals, when given, receives every per-block state's
-  // stacked rows.
-  std::vector<StatePiece> state_pieces(bool written = false,
-                                       std::map<std::string, int64_t>* block_totals = nullptr);
+  // runtime/store/block_index.h). What a checkpoint takes from this rank (of parts several ranks
+  // hold alike, one rank's), with every per-block state's stacked rows in block_totals:
+  std::vector<StatePiece> pieces_to_write(std::map<std::string, int64_t>& block_totals);
+  // Everything this rank holds, for reading a checkpoint into:
+  std::vector<StatePiece> pieces_to_read();
+  std::vector<StatePiece> state_pieces(bool written, std::map<std::string, int64_t>* block_totals);
   // Optimizer state s of tensor t (element-wise or its own rectangle) as a checkpoint piece.
   StatePiece state_piece(const TensorSlot& t, const optim::StateTensor& s) const;
   // Restores a checkpoint whose 8-bit state was quantized in other blocks (of saved_block_size

@@ -96,6 +96,12 @@ StatePiece Trainer::state_piece(const TensorSlot& t, const optim::StateTensor& s
   return {name, t.rows, t.cols, t.rect, s.data, t.elems, s.bytes};
 }
 
+std::vector<StatePiece> Trainer::pieces_to_write(std::map<std::string, int64_t>& block_totals) {
+  return state_pieces(true, &block_totals);
+}
+
+std::vector<StatePiece> Trainer::pieces_to_read() { return state_pieces(false, nullptr); }
+
 std::vector<StatePiece> Trainer::state_pieces(bool written,
                                               std::map<std::string, int64_t>* block_totals) {
   // Per-block state (8-bit absmax) belongs to the buffer it was cut from: this rank's TP slice
@@ -182,7 +188,7 @@ std::string Trainer::write_checkpoint() {
   agree(world, lead ? attempt([&] { store.begin(step_); }) : "", "starting a checkpoint");
 
   std::map<std::string, int64_t> block_totals;
-  const std::vector<StatePiece> pieces = state_pieces(true, &block_totals);
+  const std::vector<StatePiece> pieces = pieces_to_write(block_totals);
   const std::string tmp = store.staging(step_);
   StateFileSum sum;
   agree(world,
@@ -274,7 +280,7 @@ void Trainer::restore(const std::string& dir, const CheckpointInfo& info, const 
   if (requantize) {
     restore_requantized(dir, info, before.block_size);
   } else {
-    read_state(dir, info, state_pieces());
+    read_state(dir, info, pieces_to_read());
   }
   optimizer_->set_steps_taken(info.step);
   step_ = info.step;
