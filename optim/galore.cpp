@@ -13,6 +13,7 @@ namespace keel::optim {
 
 namespace {
 
+using galore::block_width;
 using galore::GaloreLayout;
 using galore::GaloreSlots;
 using galore::sketch_size;
@@ -67,7 +68,7 @@ GaloreLayout layout_of(const ParamRef& p, const GaloreConfig& g, int rank) {
   const int64_t offset = l.rows_split ? p.rect.row0 : p.rect.col0;
   const int64_t real = l.rows_split ? p.rect.rows : p.rect.cols;  // split-side vectors, no padding
   if (!l.whole_side) {
-    const int64_t from = rank * l.block, held = std::clamp<int64_t>(l.S - from, 0, l.block);
+    const int64_t from = rank * l.block, held = block_width(l, rank);
     if (l.rows_split) {  // R (r × S): this rank's columns
       l.r_rows = l.r, l.r_cols = l.S, l.r_rect = {0, from, l.r, held, l.block};
     } else {  // R (S × r): this rank's rows
@@ -261,7 +262,7 @@ void GaLore::project(size_t i) {
   float* full = group ? work_[slots_->staging].f32() : R;
   if (l.rows_split) {  // R (r × S) = U (r × Lk) · G (Lk × S), block b its columns (r × block)
     for (int b = 0; b < n; ++b) {
-      const int64_t from = b * l.block, cols = std::clamp<int64_t>(l.S - from, 0, l.block);
+      const int64_t from = b * l.block, cols = block_width(l, b);
       float* out = full + b * l.chunk;
       if (cols < l.block) std::fill_n(out, l.chunk, 0.0f);
       if (cols > 0)
@@ -296,17 +297,18 @@ void GaLore::project_back(size_t i, double lr) {
     }
     return;
   }
+  parallel::Communicator* group = group_of(i);
+  const int n = group ? group->size() : 1;
   const float* full = D;
-  if (parallel::Communicator* group = group_of(i)) {
+  if (group) {
     float* staging = work_[slots_->staging].f32();
-    group->all_gather(parallel::host_view(staging, static_cast<size_t>(group->size() * l.chunk)),
+    group->all_gather(parallel::host_view(staging, static_cast<size_t>(n * l.chunk)),
                       parallel::host_view(const_cast<float*>(D), static_cast<size_t>(l.chunk)));
     full = staging;
   }
   if (l.rows_split) {  // (Lk × S) += Uᵀ · D (r × S), block by block of columns
-    const int n = group_of(i) ? group_of(i)->size() : 1;
     for (int b = 0; b < n; ++b) {
-      const int64_t from = b * l.block, cols = std::clamp<int64_t>(l.S - from, 0, l.block);
+      const int64_t from = b * l.block, cols = block_width(l, b);
       if (cols > 0)
         k.gemm(true, false, l.Lk, cols, l.r, alpha, P, l.Lk, full + b * l.chunk, l.block, decay,
                p.value + from, ld, {});

@@ -55,6 +55,11 @@ namespace galore {
 using detail::GaloreLayout;
 using detail::GaloreSlots;
 
+// The whole side's positions in rank b's block of R (the last blocks may be short or empty).
+inline int64_t block_width(const GaloreLayout& l, int64_t b) {
+  return std::clamp<int64_t>(l.S - b * l.block, 0, l.block);
+}
+
 // Vectors of the randomized projector's sketch: r + oversample, at most the whole side.
 inline int64_t sketch_size(const GaloreLayout& l, const GaloreConfig& g) {
   return std::min(l.r + g.oversample, l.S);

@@ -48,8 +48,9 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
       checkpointing_(checkpointing),
       holds_(holds),
       l0_(split.first_layer),
-      first_(split.first_layer == 0),
-      last_(stage_end(config, split) == config.num_hidden_layers),
+      l1_(stage_end(config, split)),
+      first_(l0_ == 0),
+      last_(l1_ == config.num_hidden_layers),
       sp_(split.sequence_parallel && tp_.split()),
       rows_(sp_ ? parallel::Span{tp_.rank * N_ / tp_.size, N_ / tp_.size} : parallel::Span{0, N_}),
       block_({C_, H_, Hkv_, D_, I_, static_cast<float>(config.rms_norm_eps), tp_.kv_replicas,
@@ -70,8 +71,7 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
   KEEL_CHECK(!config.tie_word_embeddings || (first_ && last_),
              "tied word embeddings need the embedding and the head on one pipeline stage (layers "
              "{} to {} of {} here); set model.tie_word_embeddings: false",
-             l0_, stage_end(config, split), config.num_hidden_layers);
-  layers_count_ = stage_end(config, split) - l0_;
+             l0_, l1_, config.num_hidden_layers);
   block_.set_progress([this] { progress(); });
   // From the widest vocabulary slice, so that every TP rank cuts the same chunks (each chunk's
   // softmax statistics are collectives over the group).
@@ -86,7 +86,7 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
 LlamaModel::~LlamaModel() = default;
 
 void LlamaModel::build_plans() {
-  const int64_t L = layers_count_;  // the stage's; layer l is the model's l0_ + l
+  const int64_t L = num_layers();  // the stage's; layer l is the model's l0_ + l
   Slots& s = *s_;
   // Parameters and gradients: the same table twice, unit after unit.
   auto begin_unit = [&](std::string name) {

@@ -114,7 +114,7 @@ class LlamaModel {
   bool first_stage() const { return first_; }
   bool last_stage() const { return last_; }
   int64_t first_layer() const { return l0_; }
-  int64_t num_layers() const { return layers_count_; }
+  int64_t num_layers() const { return l1_ - l0_; }
 
   // The block every layer runs, and layer l's weights (null where the model does not hold them;
   // under ZeRO 3 valid only while the unit is acquired).
@@ -178,11 +178,10 @@ class LlamaModel {
   int workspace_threads_;                  // OpenMP threads the attention workspace is sized for
   bool checkpointing_;
   ModelHolds holds_;
-  int64_t l0_;                // the stage's first layer (global index)
-  int64_t layers_count_ = 0;  // and how many it holds
-  bool first_, last_;         // whether the stage holds the embedding, the head
-  bool sp_;                   // sequence parallelism (under TP only)
-  parallel::Span rows_;       // rows of the residual stream held here: all N_, or the SP chunk
+  int64_t l0_, l1_;      // the stage's layers [l0_, l1_) of the model's
+  bool first_, last_;    // whether the stage holds the embedding, the head
+  bool sp_;              // sequence parallelism (under TP only)
+  parallel::Span rows_;  // rows of the residual stream held here: all N_, or the SP chunk
   LlamaBlock block_;
   parallel::UnitHooks* hooks_ = nullptr;
 

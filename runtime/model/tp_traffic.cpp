@@ -12,7 +12,7 @@ uint64_t LlamaModel::tp_bytes_per_micro_batch() const {
   auto all_reduce = [&](int64_t floats, int64_t width = 4) {
     return parallel::all_reduce_bytes(static_cast<uint64_t>(floats * width), P);
   };
-  const int64_t L = layers_count_;  // the stage's
+  const int64_t L = num_layers();  // the stage's
   // An all-reduce of the activations; under sequence parallelism an all-gather or a
   // reduce-scatter of them instead (each half the bytes, in pairs).
   const uint64_t activation = all_reduce(N_ * C_);

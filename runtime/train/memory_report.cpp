@@ -62,12 +62,22 @@ optim::OptimizerConfig optimizer_config(const Config& config) {
   return o;
 }
 
+namespace {
+
+// The model one rank of the config's layout holds (TP rank 0's slice), in sizes only.
+LlamaModel plan_model(const Config& config) {
+  const TrainingConfig& t = config.training;
+  return LlamaModel(config.model, t.per_device_train_batch_size, config.data.seq_length,
+                    t.gradient_checkpointing, model_holds(config, false),
+                    ModelSplit{static_cast<int>(config.parallel.tensor_model_parallel_size), 0,
+                               config.parallel.sequence_parallel});
+}
+
+}  // namespace
+
 RankMemory plan_rank_memory(const Config& config, int dp) {
   const TrainingConfig& t = config.training;
-  const LlamaModel model(config.model, t.per_device_train_batch_size, config.data.seq_length,
-                         t.gradient_checkpointing, model_holds(config, false),
-                         ModelSplit{static_cast<int>(config.parallel.tensor_model_parallel_size), 0,
-                                    config.parallel.sequence_parallel});
+  const LlamaModel model = plan_model(config);
   const GradSyncPlan sync = plan_grad_sync(config, model, dp);
   MemoryPlan batch("batch");
   declare_batch(batch, t, config.data.seq_length);
@@ -101,13 +111,10 @@ std::string describe_layout(const Config& config, int dp) {
      << " sequences (" << B << " per micro-batch x " << A << " accumulation steps x " << dp
      << " ranks)\n";
   if (tp > 1) {
-    const LlamaModel model(config.model, B, config.data.seq_length, t.gradient_checkpointing,
-                           model_holds(config, false),
-                           ModelSplit{static_cast<int>(tp), 0, config.parallel.sequence_parallel});
+    const uint64_t bytes = tp_bytes_per_step(config, plan_model(config));
     os << "keel: tensor parallelism: each rank holds 1/" << tp
-       << " of every layer's heads, MLP and vocabulary; its TP group moves "
-       << format_mib(tp_bytes_per_step(config, model)) << " (" << tp_bytes_per_step(config, model)
-       << " bytes)"
+       << " of every layer's heads, MLP and vocabulary; its TP group moves " << format_mib(bytes)
+       << " (" << bytes << " bytes)"
        << " per rank per step (2 all-reduces of the activations per layer forward, 2 backward"
        << (config.parallel.sequence_parallel ? ", each as an all-gather and a reduce-scatter" : "")
        << ")\n";
