@@ -114,12 +114,25 @@ struct ParallelConfig {
   int64_t expert_model_parallel_size = 1;
 };
 
+// The control plane (launcher/control/): where rank 0 serves gRPC, and when a silent rank ends the
+// job.
+struct ControlConfig {
+  // host:port; the default is loopback on a free port (the one bound goes to
+  // <output_dir>/control.json). Beyond loopback every call needs the run's token. "none": no
+  // server.
+  std::string address = "127.0.0.1:0";
+  double hang_timeout = 300.0;  // seconds without a rank's heartbeat or step; 0: never
+  std::string tls_cert;         // PEM paths: serve TLS instead of plaintext ("": plaintext)
+  std::string tls_key;
+};
+
 struct Config {
   ModelConfig model;
   DataConfig data;
   TrainingConfig training;
   OptimizerConfig optimizer;
   ParallelConfig parallel;
+  ControlConfig control;
 };
 
 // Parses YAML text. Applies `overrides` ("section.key=value", as `--set` takes them) on top, then

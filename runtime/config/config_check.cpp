@@ -172,6 +172,27 @@ void check_parallel_size(int64_t size, std::string_view key, std::string_view wh
       size, what);
 }
 
+// control.address is host:port (an IPv6 host in brackets) with a port in [0, 65535], or none; TLS
+// needs both of its files.
+void check_control(const ControlConfig& c) {
+  if (c.address != "none") {
+    const size_t colon = c.address.rfind(':');
+    const std::string host = colon == std::string::npos ? "" : c.address.substr(0, colon);
+    const std::string port = colon == std::string::npos ? "" : c.address.substr(colon + 1);
+    const bool bracketed = host.size() >= 2 && host.front() == '[' && host.back() == ']';
+    const bool digits = !port.empty() && port.size() <= 5 &&
+                        port.find_first_not_of("0123456789") == std::string::npos;
+    KEEL_CHECK(!host.empty() && digits && std::stoi(port) <= 65535 &&
+                   (bracketed || host.find(':') == std::string::npos),
+               "control.address is '{}'; write host:port (127.0.0.1:0 takes a free port on "
+               "loopback, [::1]:50051 for IPv6) or none for no control server",
+               c.address);
+  }
+  KEEL_CHECK(c.tls_cert.empty() == c.tls_key.empty(),
+             "control.tls_cert and control.tls_key go together (TLS needs the certificate and its "
+             "key); set both, or neither for plaintext");
+}
+
 // Tensor parallelism: the model's sizes must split (parallel::tp_split says which does not).
 // Sequence parallelism cuts each micro-batch's B·T rows into tp equal chunks: T must divide by tp.
 void check_tensor_parallel(const Config& config) {
@@ -279,6 +300,7 @@ void validate_config(const Config& config) {
                       "pipeline");
   check_parallel_size(config.parallel.expert_model_parallel_size, "expert_model_parallel_size",
                       "expert");
+  check_control(config.control);
   check_shapes(config);
 }
 

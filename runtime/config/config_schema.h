@@ -125,14 +125,18 @@ inline constexpr auto kFields = std::to_array<Field>({
     KEEL_CONFIG_FIELD(parallel, sequence_parallel, any_value()),
     KEEL_CONFIG_FIELD(parallel, pipeline_model_parallel_size, at_least(1)),
     KEEL_CONFIG_FIELD(parallel, expert_model_parallel_size, at_least(1)),
+    KEEL_CONFIG_FIELD(control, address, any_value()),
+    KEEL_CONFIG_FIELD(control, hang_timeout, at_least(0)),
+    KEEL_CONFIG_FIELD(control, tls_cert, any_value()),
+    KEEL_CONFIG_FIELD(control, tls_key, any_value()),
 });
 
 #undef KEEL_CONFIG_FIELD
 #undef KEEL_CONFIG_LIST
 // clang-format on
 
-inline constexpr std::array<std::string_view, 5> kSections = {"model", "data", "training",
-                                                              "optimizer", "parallel"};
+inline constexpr std::array<std::string_view, 6> kSections = {"model",     "data",     "training",
+                                                              "optimizer", "parallel", "control"};
 
 // ---- names and suggestions (config_schema.cpp) -------------------------------------------------
 

@@ -43,7 +43,8 @@ const std::vector<std::string> kAllKeys = {
     "optimizer.galore.projector", "optimizer.galore.targets", "optimizer.galore.oversample",
     "optimizer.galore.power_iterations", "parallel.zero_stage",
     "parallel.overlap_comm", "parallel.tensor_model_parallel_size", "parallel.sequence_parallel",
-    "parallel.pipeline_model_parallel_size", "parallel.expert_model_parallel_size"};
+    "parallel.pipeline_model_parallel_size", "parallel.expert_model_parallel_size",
+    "control.address", "control.hang_timeout", "control.tls_cert", "control.tls_key"};
 // clang-format on
 
 // Every key set away from its default.
@@ -89,6 +90,11 @@ parallel:
   sequence_parallel: true
   pipeline_model_parallel_size: 1
   expert_model_parallel_size: 1
+control:
+  address: 0.0.0.0:7000
+  hang_timeout: 60
+  tls_cert: cert.pem
+  tls_key: key.pem
 )";
 
 void expect_same(const Config& a, const Config& b) {
@@ -128,6 +134,10 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.parallel.sequence_parallel, b.parallel.sequence_parallel);
   EXPECT_EQ(a.parallel.pipeline_model_parallel_size, b.parallel.pipeline_model_parallel_size);
   EXPECT_EQ(a.parallel.expert_model_parallel_size, b.parallel.expert_model_parallel_size);
+  EXPECT_EQ(a.control.address, b.control.address);
+  EXPECT_EQ(a.control.hang_timeout, b.control.hang_timeout);
+  EXPECT_EQ(a.control.tls_cert, b.control.tls_cert);
+  EXPECT_EQ(a.control.tls_key, b.control.tls_key);
 }
 
 // A file under the test temp dir, removed at the end of the test.

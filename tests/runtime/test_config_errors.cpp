@@ -276,3 +276,21 @@ TEST(Config, SeqLengthWithinPositions) {
 
 }  // namespace
 }  // namespace keel::runtime
+
+// The control server's address and TLS files are checked before any work: one line naming the key
+// and what to write instead.
+TEST(Config, ControlAddressIsHostAndPort) {
+  for (const char* good : {"127.0.0.1:0", "0.0.0.0:7000", "[::1]:50051", "localhost:65535", "none"})
+    EXPECT_EQ(parse_config(kMinimalYaml, {std::string("control.address=") + good}).control.address,
+              good);
+  for (const char* bad : {"127.0.0.1", "7000", ":7000", "host:port", "host:70000", "::1:7000"})
+    EXPECT_EQ(parse_error(kMinimalYaml, {std::string("control.address=") + bad}),
+              std::string("control.address is '") + bad +
+                  "'; write host:port (127.0.0.1:0 takes a free port on loopback, [::1]:50051 for "
+                  "IPv6) or none for no control server");
+  EXPECT_EQ(parse_error(kMinimalYaml, {"control.tls_cert=cert.pem"}),
+            "control.tls_cert and control.tls_key go together (TLS needs the certificate and its "
+            "key); set both, or neither for plaintext");
+  EXPECT_NE(parse_error(kMinimalYaml, {"control.hang_timeout=-1"}).find("control.hang_timeout"),
+            std::string::npos);
+}
