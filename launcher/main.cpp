@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "launcher/control/client.h"
+#include "launcher/control/serve.h"
 #include "launcher/hf_commands.h"
 #include "launcher/inference_commands.h"
 #include "launcher/launch.h"
@@ -35,6 +37,8 @@ commands:
   generate CKPT --prompt TEXT                       continue a text with a checkpoint's model
   eval CKPT [--data PATH]                           validation loss and perplexity
   verify CKPT [--all]                               check a checkpoint's checksums, train nothing
+  status|watch [RUN_DIR] [--json]                   a running job's state and progress (live)
+  pause|resume|checkpoint|stop [RUN_DIR]            steer a running job at its next step boundary
 
 Run 'keel <command> --help' for a command's options. Config keys: docs/CONFIG.md.
 )";
@@ -99,6 +103,7 @@ int train(const std::string& path, const std::vector<std::string>& overrides, in
           char*** argv) {
   std::unique_ptr<keel::launcher::World> world = keel::launcher::open_world(argc, argv);
   keel::parallel::Communicator& comm = world->comm();
+  std::unique_ptr<keel::launcher::ControlServer> control;  // rank 0's; outlives the trainer
   try {
     keel::runtime::Config config;
     keel::parallel::GridLayout layout({});
@@ -117,9 +122,18 @@ int train(const std::string& path, const std::vector<std::string>& overrides, in
     });
     keel::parallel::ProcessGrid grid(comm, layout);
     std::ostream quiet(nullptr);
+    // Rank 0 serves the control plane from before the trainer loads anything, so a status call
+    // already answers "starting" (launcher/control/).
+    if (comm.rank() == 0) control = keel::launcher::serve_control(config, comm.size(), std::cout);
     keel::runtime::Trainer trainer(config, comm.rank() == 0 ? std::cout : quiet, grid);
+    if (control) {
+      if (!trainer.resumed_from().empty())
+        control->state().set_resumed_from(trainer.steps_done(), trainer.resumed_from());
+      trainer.set_control(&control->state());
+    }
     trainer.run();
   } catch (const keel::parallel::AgreedError& e) {
+    if (control) control->state().fail(e.what());
     if (comm.rank() == e.reporter())
       std::cerr << "keel: error: "
                 << (e.reporter() > 0 ? keel::format("rank {} of {}: ", e.reporter(), comm.size())
@@ -129,6 +143,7 @@ int train(const std::string& path, const std::vector<std::string>& overrides, in
   } catch (const std::exception& e) {
     // Caught here, inside the MPI session: one rank alone reports and exits cleanly; with several
     // the job is ended, since the others may be waiting in a collective.
+    if (control) control->state().fail(e.what());
     if (comm.size() > 1) world->abort(1, e.what());
     std::cerr << "keel: error: " << e.what() << "\n";
     return 1;
@@ -259,9 +274,11 @@ int main(int argc, char** argv) {
     if (command == "generate") return keel::launcher::run_generate(rest);
     if (command == "eval") return keel::launcher::run_eval(rest);
     if (command == "verify") return keel::launcher::run_verify(rest);
-    throw UsageError{
-        "unknown command '" + command +
-        "'; commands: prepare, train, launch, plan, export, import, generate, eval, verify"};
+    if (keel::launcher::is_control_command(command))
+      return keel::launcher::run_control_client(command, rest);
+    throw UsageError{"unknown command '" + command +
+                     "'; commands: prepare, train, launch, plan, export, import, generate, eval, "
+                     "verify, status, watch, pause, resume, checkpoint, stop"};
   } catch (const UsageError& e) {
     std::cerr << "keel: error: " << e.message << "\n(run 'keel --help' for usage)\n";
     return 2;

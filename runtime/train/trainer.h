@@ -23,6 +23,7 @@
 #include "runtime/train/evaluate.h"
 #include "runtime/train/grad_sync.h"
 #include "runtime/train/metrics.h"
+#include "runtime/train/run_control.h"
 
 namespace keel::runtime {
 
@@ -52,6 +53,10 @@ class Trainer {
   // Hugging Face TrainerCallback's on_step_begin: for tools that watch or steer a run, and for
   // tests that inject a fault at a known step.
   void set_before_step(std::function<void(int64_t step)> hook) { before_step_ = std::move(hook); }
+
+  // Rank 0: the control plane that steers this run (runtime/train/run_control.h), asked at every
+  // step boundary and told every step; null on the other ranks and without one. Outlives run().
+  void set_control(RunControl* control) { control_ = control; }
 
   LlamaModel& model() { return *model_; }
   int64_t steps_done() const { return step_; }
@@ -91,8 +96,18 @@ class Trainer {
   std::string judge(double loss, double grad_sum_squares);
   // x summed over the tensor-parallel group (x itself without TP).
   double tp_sum(double x);
-  // SIGTERM or SIGUSR1 received by any rank (0: none), agreed over the world (trainer_run.cpp).
-  int agreed_stop_signal();
+  // Step boundaries (trainer_run.cpp). What the ranks agreed there: a stop signal some rank
+  // received (SIGTERM, SIGUSR1; 0: none) and rank 0's command; `paused`: waiting to be resumed.
+  struct Order {
+    int signal = 0;
+    RunCommand command = RunCommand::kNone;
+  };
+  Order agreed_order(bool paused);
+  // Carries out this boundary's orders on every rank alike (a pause holds here until resumed, a
+  // checkpoint is written here); returns why the run stops here, or "" to go on.
+  std::string take_orders(std::ostream& rank_log);
+  // The checkpoint of the current step: the one already written or resumed from, else a new one.
+  std::string checkpoint_here(std::ostream& rank_log);
   // x summed over the group (x itself on a group of one rank).
   double group_sum(parallel::Communicator& group, double x);
   // The name of the first optimizer tensor (in their order) whose gradient on some rank holds a
@@ -174,6 +189,9 @@ class Trainer {
   int64_t rejected_ = 0;              // steps the guard rejected in this process
   std::set<int64_t> skip_batches_;    // data positions (samples_) a rollback skips
   std::function<void(int64_t)> before_step_;
+  RunControl* control_ = nullptr;
+  int64_t saved_step_ = -1;  // the step of the newest checkpoint written or resumed from
+  std::string saved_dir_;
   int64_t step_ = 0;
   int64_t samples_ = 0;  // global samples of the data order trained on so far
   std::string resumed_from_;

@@ -232,6 +232,9 @@ std::string Trainer::write_checkpoint() {
   console_ << "keel: checkpoint " << std::filesystem::path(dir).filename().string() << " saved in "
            << seconds << " s\n"
            << std::flush;
+  saved_step_ = step_;
+  saved_dir_ = dir;
+  if (control_) control_->on_checkpoint(step_, dir);
   return dir;
 }
 
@@ -288,6 +291,8 @@ void Trainer::restore(const std::string& dir, const CheckpointInfo& info, const 
   // Stages 1 and 2: the model's full weights from the loaded master shards.
   sync_->publish();
   resumed_from_ = dir;
+  saved_step_ = step_;  // a checkpoint command here returns it instead of writing a copy
+  saved_dir_ = dir;
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
 
   std::ostringstream note;

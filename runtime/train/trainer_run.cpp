@@ -6,6 +6,7 @@
 #include <fstream>
 #include <optional>
 #include <sstream>
+#include <thread>
 
 #include "runtime/data/tokenizer_json.h"
 #include "runtime/train/loss_curve.h"
@@ -17,13 +18,86 @@ namespace keel::runtime {
 
 using Clock = std::chrono::steady_clock;
 
-// The stop signal some rank received (0: none), the same on every rank: one all-reduce of an int
-// over the world at each step boundary, never inside a step.
-int Trainer::agreed_stop_signal() {
-  int32_t signal = StopSignals::received();
-  if (grid_.world().size() > 1)
-    grid_.world().all_reduce(parallel::host_view(&signal, 1), parallel::ReduceOp::kMax);
-  return signal;
+// What the ranks agreed at a step boundary, never inside a step: the stop signal some rank
+// received (max over ranks: 0 when none did) and rank 0's command (the others send 0), in one
+// all-reduce of two ints over the world.
+Trainer::Order Trainer::agreed_order(bool paused) {
+  int32_t order[2] = {
+      StopSignals::received(),
+      control_ ? static_cast<int32_t>(control_->next_command(paused ? 0.1 : 0.0)) : 0};
+  parallel::Communicator& world = grid_.world();
+  if (world.size() > 1) {
+    const Tensor t = parallel::host_view(order, 2);
+    if (!paused) {
+      world.all_reduce(t, parallel::ReduceOp::kMax);
+    } else {
+      // MPI's blocking collectives poll: a paused rank waiting 0.1 s for rank 0 would spin a core.
+      parallel::Work w = world.all_reduce_async(t, parallel::ReduceOp::kMax);
+      while (!w.test()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+  return {order[0], static_cast<RunCommand>(order[1])};
+}
+
+// The checkpoint of the current step: the one written or resumed from at this step, else a new one.
+std::string Trainer::checkpoint_here(std::ostream& rank_log) {
+  if (saved_step_ == step_ && !saved_dir_.empty()) return saved_dir_;
+  const std::string dir = save_checkpoint();
+  rank_log << "keel: checkpoint " << dir << "\n" << std::flush;
+  return dir;
+}
+
+std::string Trainer::take_orders(std::ostream& rank_log) {
+  const auto state = [&](RunState s) {
+    if (control_) control_->set_state(s);
+  };
+  const auto done = [&](RunCommand c, const std::string& dir) {
+    if (control_) control_->command_done(c, step_, dir);
+  };
+  bool paused = false;
+  for (;;) {
+    const Order o = agreed_order(paused);
+    if (o.signal != 0) {
+      // Nothing trained yet: no checkpoint to write (a resumed run's is this state already).
+      state(RunState::kStopping);
+      const std::string dir = step_ > 0 ? checkpoint_here(rank_log) : "";
+      return std::string(StopSignals::name(o.signal)) + " received: stopping at step " +
+             std::to_string(step_) + (dir.empty() ? "" : " after a checkpoint");
+    }
+    switch (o.command) {
+      case RunCommand::kNone:
+        if (!paused) return "";
+        break;
+      case RunCommand::kPause:
+        paused = true;
+        state(RunState::kPaused);
+        done(o.command, "");
+        console_ << "keel: paused at step " << step_ << " (keel resume continues)\n" << std::flush;
+        break;
+      case RunCommand::kResume:
+        state(RunState::kRunning);
+        done(o.command, "");
+        console_ << "keel: resumed at step " << step_ << "\n" << std::flush;
+        return "";
+      case RunCommand::kCheckpoint: {
+        state(RunState::kCheckpointing);
+        const std::string dir = checkpoint_here(rank_log);
+        state(paused ? RunState::kPaused : RunState::kRunning);
+        done(o.command, dir);
+        if (!paused) return "";
+        break;
+      }
+      case RunCommand::kStop:
+      case RunCommand::kStopNoCheckpoint: {
+        state(RunState::kStopping);
+        const bool save = o.command == RunCommand::kStop && step_ > 0;
+        const std::string dir = save ? checkpoint_here(rank_log) : "";
+        done(o.command, dir);
+        return "stop requested: stopping at step " + std::to_string(step_) +
+               (dir.empty() ? " without a checkpoint" : " after a checkpoint");
+      }
+    }
+  }
 }
 
 void Trainer::run() {
@@ -69,16 +143,11 @@ void Trainer::run() {
     int64_t trained = 0;  // steps run in this process (a rollback trains some twice)
     const int64_t global =
         t.per_device_train_batch_size * t.gradient_accumulation_steps * grid_.dp().size();
+    if (control_) control_->set_state(RunState::kRunning);
     while (step_ < t.max_steps) {
-      if (const int signal = signals ? agreed_stop_signal() : 0) {
-        // The steps trained since the last checkpoint are kept (none trained here: the
-        // checkpoint resumed from is this state already).
-        if (step_ > first) rank_log << "keel: checkpoint " << save_checkpoint() << "\n";
-        console_ << "keel: " << StopSignals::name(signal) << " received: stopping at step " << step_
-                 << (step_ > first ? " after a checkpoint" : "") << "; run again to resume\n"
-                 << std::flush;
-        rank_log << "keel: stopped by " << StopSignals::name(signal) << " at step " << step_ << "\n"
-                 << std::flush;
+      if (const std::string why = take_orders(rank_log); !why.empty()) {
+        console_ << "keel: " << why << "; run again to resume\n" << std::flush;
+        rank_log << "keel: " << why << "\n" << std::flush;
         break;
       }
       if (before_step_) before_step_(step_ + 1);
@@ -106,10 +175,13 @@ void Trainer::run() {
           continue;
         }
       }
+      const double eta =
+          seconds / static_cast<double>(trained) * static_cast<double>(t.max_steps - s.step);
+      if (control_)
+        control_->on_step({s.step, t.max_steps, s.loss, s.learning_rate, s.grad_norm,
+                           s.tokens_per_second, s.mfu, eta, s.seconds});
       if (s.step % t.logging_steps == 0 || s.step == t.max_steps || s.step == first + 1) {
         if (log) log->write(s);
-        const double eta =
-            seconds / static_cast<double>(trained) * static_cast<double>(t.max_steps - s.step);
         const std::string line = progress_line(s, t.max_steps, eta);
         console_ << line << "\n" << std::flush;
         rank_log << line << " | sent " << format_mib(s.comm_bytes) << " | blocked "
@@ -147,6 +219,7 @@ void Trainer::run() {
     }
     console_ << done.str();
     rank_log << done.str();
+    if (control_) control_->set_state(RunState::kDone);
   } catch (const std::exception& e) {
     rank_log << "keel: error: " << e.what() << "\n" << std::flush;
     throw;
