@@ -102,16 +102,21 @@ class Service final : public pb::Control::Service {
                              grpc::ServerWriter<pb::Progress>* writer) override {
     if (grpc::Status s = authorize(ctx, "WatchProgress"); !s.ok()) return s;
     uint64_t seen = 0;
+    int64_t sent_step = -1;
+    RunState sent_state = RunState::kStarting;
     for (;;) {
-      // Woken by every step; a watcher that left is noticed within half a second.
-      const RunSnapshot r =
-          state_.wait_newer(seen, ControlState::Clock::now() + std::chrono::milliseconds(500));
+      // Woken by every change; a watcher that left is noticed within half a second.
+      const RunSnapshot r = state_.wait_newer(
+          seen, ControlState::Clock::now() + std::chrono::milliseconds(500));
       if (ctx->IsCancelled()) return grpc::Status::CANCELLED;
-      if (r.version > seen || seen == 0) {
+      seen = r.version;
+      // One message per step or change of state (a checkpoint's bookkeeping is not progress).
+      if (r.progress.step != sent_step || r.state != sent_state) {
         pb::Progress p;
         fill_progress(r, &p);
         if (!writer->Write(p)) return grpc::Status::CANCELLED;  // the client left
-        seen = std::max<uint64_t>(r.version, 1);
+        sent_step = r.progress.step;
+        sent_state = r.state;
       }
       if (run_ended(r.state) || state_.watchers_stopped()) return grpc::Status::OK;
     }

@@ -1,0 +1,172 @@
+// The control plane end to end: a real 2-rank `keel train` steered through the `keel` client
+// (watch, pause, checkpoint, resume, stop), the bearer token beyond loopback, and a generic gRPC
+// client that knows nothing of keel's protos (Python grpcio, through reflection and the health
+// service).
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <regex>
+
+#include "control_util.h"
+
+namespace keel::test {
+namespace {
+
+// The step a command's answer names ("keel: pause: paused at step 12").
+int64_t answered_step(const Result& r) {
+  std::smatch m;
+  const bool found = std::regex_search(r.out, m, std::regex("at step ([0-9]+)"));
+  return found ? std::stoll(m[1]) : -1;
+}
+
+TEST_F(Cli, ClientWatchesPausesCheckpointsResumesAndStopsATwoRankRun) {
+  if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
+  if (run("status --help").out.find("built without gRPC") != std::string::npos)
+    GTEST_SKIP() << "this keel was built without gRPC";
+  const std::string cfg = write("m.yaml", kTensorParallelModel);
+  const std::string straight = (dir_ / "straight").string(), out = (dir_ / "steered").string();
+  Result r = train(2, cfg, std::string(kControlSets) + " --set training.output_dir=" + straight);
+  ASSERT_EQ(r.code, 0) << r.out;
+
+  BackgroundRun job(2, cfg, std::string(kControlSets) + " --set training.output_dir=" + out);
+  ASSERT_TRUE(wait_for_steps(out, 3)) << job.join().out;
+  Result watched{-1, ""};
+  std::thread watcher([&] { watched = run("watch " + out + " --json"); });
+
+  // Pause: the step counter holds.
+  r = run("pause " + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const int64_t paused = answered_step(r);
+  ASSERT_GE(paused, 3) << r.out;
+  nlohmann::json s = status_json(out);
+  EXPECT_EQ(s["state"], "paused");
+  EXPECT_EQ(s["step"], paused);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  s = status_json(out);
+  EXPECT_EQ(s["step"], paused) << "a paused run went on training";
+  EXPECT_FALSE(s["ranks"].empty());
+  // A second pause is refused with the reason; so is a resume of a running run, later.
+  r = run("pause " + out);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("cannot pause: the run is already paused"), std::string::npos) << r.out;
+
+  // Checkpoint while paused: written at the paused step.
+  r = run("checkpoint " + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string ckpt = out + "/checkpoints/step_" + [&] {
+    char b[16];
+    std::snprintf(b, sizeof b, "%08lld", static_cast<long long>(paused));
+    return std::string(b);
+  }();
+  EXPECT_NE(r.out.find("checkpoint step " + std::to_string(paused) + " in " + ckpt),
+            std::string::npos)
+      << r.out;
+  EXPECT_TRUE(fs::exists(ckpt + "/meta.json"));
+
+  // Resume: the steps go on.
+  r = run("resume " + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(answered_step(r), paused);
+  ASSERT_TRUE(wait_for_steps(out, paused + 5));
+  r = run("resume " + out);
+  EXPECT_NE(r.out.find("cannot resume: the run is not paused"), std::string::npos) << r.out;
+
+  // Stop: a final checkpoint, and the job exits 0.
+  r = run("stop " + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const int64_t stopped = answered_step(r);
+  EXPECT_GT(stopped, paused);
+  EXPECT_LT(stopped, 3000) << "the run ended before the stop";
+  EXPECT_NE(r.out.find("checkpoint step " + std::to_string(stopped)), std::string::npos) << r.out;
+  const Result job_result = job.join();
+  ASSERT_EQ(job_result.code, 0) << job_result.out;
+  EXPECT_NE(job_result.out.find("keel: stop requested: stopping at step " +
+                                std::to_string(stopped) + " after a checkpoint"),
+            std::string::npos)
+      << job_result.out;
+  EXPECT_FALSE(fs::exists(out + "/control.json")) << "a finished run leaves no control.json";
+
+  // The watcher saw the run to its end: steps never going back, each repeat a change of state.
+  watcher.join();
+  ASSERT_EQ(watched.code, 0) << watched.out;
+  std::istringstream lines(watched.out);
+  int64_t last_step = -1, distinct = 0;
+  std::string last_state, line;
+  bool saw_paused = false;
+  while (std::getline(lines, line)) {
+    const nlohmann::json p = nlohmann::json::parse(line);
+    const int64_t step = p["step"];
+    ASSERT_GE(step, last_step) << "watch went back from step " << last_step;
+    if (step == last_step) {
+      EXPECT_NE(p["state"], last_state) << "step " << step << " twice";
+    }
+    distinct += step > last_step;
+    saw_paused = saw_paused || p["state"] == "paused";
+    last_step = step;
+    last_state = p["state"];
+  }
+  EXPECT_GE(distinct, 5);
+  EXPECT_TRUE(saw_paused);
+  EXPECT_EQ(last_step, stopped);
+
+  // The checkpoint taken on command resumes bit-exactly into the uninterrupted run.
+  r = train(2, cfg,
+            std::string(kControlSets) + " --set training.output_dir=" + out + " --resume " + ckpt);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("at step " + std::to_string(paused) + " in"), std::string::npos) << r.out;
+  EXPECT_EQ(metric_texts(out + "/metrics.jsonl", "loss"),
+            metric_texts(straight + "/metrics.jsonl", "loss"));
+  EXPECT_TRUE(file_bytes(out + "/model.safetensors") ==
+              file_bytes(straight + "/model.safetensors"));
+}
+
+// Bound beyond loopback, every call carries the token the run wrote (owner-only) to its directory;
+// none or a wrong one is UNAUTHENTICATED, and the run logs the refusal with the caller's address.
+TEST_F(Cli, BeyondLoopbackEveryCallNeedsTheRunsToken) {
+  if (run("status --help").out.find("built without gRPC") != std::string::npos)
+    GTEST_SKIP() << "this keel was built without gRPC";
+  const std::string cfg = write("m.yaml", kTensorParallelModel);
+  const std::string out = out_dir();
+  BackgroundRun job(1, cfg,
+                    std::string(kControlSets) + " --set control.address=0.0.0.0:0" +
+                        " --set training.output_dir=" + out);
+  ASSERT_TRUE(wait_for_steps(out, 1)) << job.join().out;
+  struct stat st {};
+  ASSERT_EQ(::stat((out + "/control.token").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  const std::string address = nlohmann::json::parse(file_bytes(out + "/control.json"))["address"];
+  const std::string port = address.substr(address.rfind(':') + 1);
+  const std::string direct = "127.0.0.1:" + port;
+
+  Result r = run("status " + direct);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("this run needs its bearer token in the authorization metadata (no token "
+                       "given)"),
+            std::string::npos)
+      << r.out;
+  r = shell("KEEL_CONTROL_TOKEN=0123456789abcdef " + std::string(KEEL_BINARY) + " pause " + direct);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("(a wrong token given)"), std::string::npos) << r.out;
+  EXPECT_TRUE(status_json(direct, "KEEL_CONTROL_TOKEN=" +
+                                      file_bytes(out + "/control.token").substr(0, 64) + " ")
+                  .is_object());
+  EXPECT_TRUE(status_json(direct + " --token-file " + out + "/control.token").is_object());
+  EXPECT_EQ(status_json(out)["state"], "running") << "the run directory's token is found";
+
+  r = run("stop " + out + " --no-checkpoint");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const Result done = job.join();
+  ASSERT_EQ(done.code, 0) << done.out;
+  EXPECT_NE(done.out.find("keel: control: refused GetStatus from ipv4:127.0.0.1:"),
+            std::string::npos)
+      << done.out;
+  EXPECT_NE(done.out.find("keel: control: refused Pause from ipv4:127.0.0.1:"), std::string::npos)
+      << done.out;
+  EXPECT_NE(done.out.find("stopping at step "), std::string::npos);
+  EXPECT_NE(done.out.find(" without a checkpoint"), std::string::npos) << done.out;
+  EXPECT_FALSE(fs::exists(out + "/checkpoints"));
+  EXPECT_FALSE(fs::exists(out + "/control.token")) << "the token outlived the run";
+}
+
+}  // namespace
+}  // namespace keel::test
