@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake ninja-build pkg-config zlib1g-dev
   libopenblas-openmp-dev libyaml-cpp-dev nlohmann-json3-dev libgtest-dev libgmock-dev
-  libopenmpi-dev openmpi-bin protobuf-compiler libprotobuf-dev)
+  libopenmpi-dev openmpi-bin protobuf-compiler libprotobuf-dev libgrpc++-dev protobuf-compiler-grpc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

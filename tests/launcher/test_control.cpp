@@ -168,5 +168,48 @@ TEST_F(Cli, BeyondLoopbackEveryCallNeedsTheRunsToken) {
   EXPECT_FALSE(fs::exists(out + "/control.token")) << "the token outlived the run";
 }
 
+// A client that knows nothing of keel's protos (Python grpcio): reflection lists the service, the
+// standard health service answers SERVING while the run trains and NOT_SERVING once it winds
+// down, and GetStatus works with types built from reflection's descriptors.
+TEST_F(Cli, AGenericGrpcClientListsTheServiceChecksHealthAndReadsTheStatus) {
+  if (run("status --help").out.find("built without gRPC") != std::string::npos)
+    GTEST_SKIP() << "this keel was built without gRPC";
+  const char* env = std::getenv("KEEL_TEST_PYTHON");
+  const std::string python = env ? env : std::string(KEEL_SOURCE_DIR) + "/build/pyvenv/bin/python";
+  if (shell(python + " -c 'import grpc_reflection, grpc_health'").code != 0)
+    GTEST_SKIP() << "no Python with grpcio, grpcio-reflection and grpcio-health-checking at "
+                 << python << " (.ci/run makes it; or set KEEL_TEST_PYTHON)";
+  const std::string cfg = write("m.yaml", kTensorParallelModel);
+  const std::string out = out_dir();
+  BackgroundRun job(1, cfg, std::string(kControlSets) + " --set training.output_dir=" + out);
+  ASSERT_TRUE(wait_for_steps(out, 2)) << job.join().out;
+  const std::string address = nlohmann::json::parse(file_bytes(out + "/control.json"))["address"];
+  FILE* client = popen((python + " " + KEEL_SOURCE_DIR + "/tests/launcher/generic_grpc_client.py " +
+                        address + " --watch-health")
+                           .c_str(),
+                       "r");
+  ASSERT_NE(client, nullptr);
+  char line[8192];
+  ASSERT_NE(std::fgets(line, sizeof line, client), nullptr) << "the generic client printed nothing";
+  const nlohmann::json first = nlohmann::json::parse(line);
+  EXPECT_EQ(first["services"],
+            nlohmann::json({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                            "keel.control.v1.Control"}));
+  EXPECT_EQ(first["health"], "SERVING");
+  EXPECT_EQ(first["status"]["progress"]["state"], "STATE_RUNNING");
+  EXPECT_EQ(first["status"]["progress"]["maxSteps"], "3000");  // int64 is a string in JSON
+  EXPECT_GE(std::stoll(first["status"]["progress"]["step"].get<std::string>()), 2);
+
+  const Result r = run("stop " + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  ASSERT_NE(std::fgets(line, sizeof line, client), nullptr) << "the health watch never ended";
+  pclose(client);
+  const nlohmann::json watched = nlohmann::json::parse(line)["health_watch"];
+  ASSERT_GE(watched.size(), 2u) << watched;
+  EXPECT_EQ(watched[0], "SERVING");
+  EXPECT_NE(std::find(watched.begin(), watched.end(), "NOT_SERVING"), watched.end()) << watched;
+  EXPECT_EQ(job.join().code, 0);
+}
+
 }  // namespace
 }  // namespace keel::test
