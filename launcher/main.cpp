@@ -144,6 +144,7 @@ int train(const std::string& path, const std::vector<std::string>& overrides, in
     // Caught here, inside the MPI session: one rank alone reports and exits cleanly; with several
     // the job is ended, since the others may be waiting in a collective.
     if (control) control->state().fail(e.what());
+    control.reset();  // control.json goes with the server: abort below ends the process
     if (comm.size() > 1) world->abort(1, e.what());
     std::cerr << "keel: error: " << e.what() << "\n";
     return 1;

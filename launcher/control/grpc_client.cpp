@@ -1,8 +1,10 @@
 // The control plane's client over gRPC: finds the server (a run directory's control.json, or
 // host:port), adds the token, and prints what the server answers.
 #include <grpcpp/grpcpp.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -29,6 +31,8 @@ struct Target {
   std::string address;  // what to connect to
   std::string token;    // "" when none is needed
   std::string ca;       // PEM path: TLS; "" for plaintext
+  std::string dir;      // the run directory named, or ""
+  int pid = 0;          // its rank 0's pid, when it runs on this host (else 0)
 };
 
 std::string this_host() {
@@ -51,6 +55,8 @@ Target resolve(const CommandLine& cl) {
       t.address = (e.host == this_host() ? "127.0.0.1" : e.host) + ":" + port;
     t.ca = e.tls_ca;
     if (token_file.empty()) token_file = e.token_file;
+    t.dir = where;
+    if (e.host == this_host()) t.pid = e.pid;
   } else {
     const size_t colon = where.rfind(':');
     KEEL_CHECK(colon != std::string::npos && colon > 0 && colon + 1 < where.size(),
@@ -94,7 +100,13 @@ int report(const grpc::Status& s, const std::string& command, const Target& t) {
   std::string line;
   switch (s.error_code()) {
     case grpc::StatusCode::UNAVAILABLE:
-      line = "no keel run answers at " + t.address + " (" + s.error_message() + "): has it ended?";
+      // A run killed outright (SIGKILL, MPI_Abort) leaves its control.json behind.
+      if (t.pid > 0 && ::kill(t.pid, 0) != 0 && errno == ESRCH)
+        line = "the run in " + t.dir + " is no longer running (its rank 0, pid " +
+               std::to_string(t.pid) + ", is gone; control.json is left from it)";
+      else
+        line =
+            "no keel run answers at " + t.address + " (" + s.error_message() + "): has it ended?";
       break;
     case grpc::StatusCode::FAILED_PRECONDITION:
     case grpc::StatusCode::INVALID_ARGUMENT:
