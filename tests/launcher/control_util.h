@@ -9,7 +9,14 @@
 
 #include "cli_util.h"
 
+// Set by CMake for the targets linking launcher/control/ built with gRPC.
+#ifndef KEEL_HAVE_GRPC
+#define KEEL_HAVE_GRPC 0
+#endif
+
 namespace keel::test {
+
+inline bool have_grpc() { return KEEL_HAVE_GRPC != 0; }
 
 // A model whose steps take a few milliseconds, for 3000 of them: long enough for a client to act
 // mid-run, short enough for a test.

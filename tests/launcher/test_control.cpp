@@ -21,8 +21,7 @@ int64_t answered_step(const Result& r) {
 
 TEST_F(Cli, ClientWatchesPausesCheckpointsResumesAndStopsATwoRankRun) {
   if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
-  if (run("status --help").out.find("built without gRPC") != std::string::npos)
-    GTEST_SKIP() << "this keel was built without gRPC";
+  if (!have_grpc()) GTEST_SKIP() << "this keel was built without gRPC";
   const std::string cfg = write("m.yaml", kTensorParallelModel);
   const std::string straight = (dir_ / "straight").string(), out = (dir_ / "steered").string();
   Result r = train(2, cfg, std::string(kControlSets) + " --set training.output_dir=" + straight);
@@ -123,8 +122,7 @@ TEST_F(Cli, ClientWatchesPausesCheckpointsResumesAndStopsATwoRankRun) {
 // Bound beyond loopback, every call carries the token the run wrote (owner-only) to its directory;
 // none or a wrong one is UNAUTHENTICATED, and the run logs the refusal with the caller's address.
 TEST_F(Cli, BeyondLoopbackEveryCallNeedsTheRunsToken) {
-  if (run("status --help").out.find("built without gRPC") != std::string::npos)
-    GTEST_SKIP() << "this keel was built without gRPC";
+  if (!have_grpc()) GTEST_SKIP() << "this keel was built without gRPC";
   const std::string cfg = write("m.yaml", kTensorParallelModel);
   const std::string out = out_dir();
   BackgroundRun job(1, cfg,
@@ -172,8 +170,7 @@ TEST_F(Cli, BeyondLoopbackEveryCallNeedsTheRunsToken) {
 // standard health service answers SERVING while the run trains and NOT_SERVING once it winds
 // down, and GetStatus works with types built from reflection's descriptors.
 TEST_F(Cli, AGenericGrpcClientListsTheServiceChecksHealthAndReadsTheStatus) {
-  if (run("status --help").out.find("built without gRPC") != std::string::npos)
-    GTEST_SKIP() << "this keel was built without gRPC";
+  if (!have_grpc()) GTEST_SKIP() << "this keel was built without gRPC";
   const char* env = std::getenv("KEEL_TEST_PYTHON");
   const std::string python = env ? env : std::string(KEEL_SOURCE_DIR) + "/build/pyvenv/bin/python";
   if (shell(python + " -c 'import grpc_reflection, grpc_health'").code != 0)
@@ -209,6 +206,17 @@ TEST_F(Cli, AGenericGrpcClientListsTheServiceChecksHealthAndReadsTheStatus) {
   EXPECT_EQ(watched[0], "SERVING");
   EXPECT_NE(std::find(watched.begin(), watched.end(), "NOT_SERVING"), watched.end()) << watched;
   EXPECT_EQ(job.join().code, 0);
+}
+
+// Without gRPC the program still builds, trains and answers the client with how to get gRPC.
+TEST_F(Cli, WithoutGrpcTheClientSaysHowToGetIt) {
+  if (have_grpc()) GTEST_SKIP() << "this keel has gRPC (the build without it runs this test)";
+  const Result r = run("status " + dir_.string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("this keel was built without gRPC, so it has no control plane (install "
+                       "libgrpc++-dev and protobuf-compiler-grpc"),
+            std::string::npos)
+      << r.out;
 }
 
 }  // namespace
