@@ -208,6 +208,40 @@ TEST_F(Cli, AGenericGrpcClientListsTheServiceChecksHealthAndReadsTheStatus) {
   EXPECT_EQ(job.join().code, 0);
 }
 
+// control.tls_cert and tls_key: the server speaks TLS only, and the client trusts the certificate
+// control.json names; a plaintext client is turned away. An unreadable key stops the run at start.
+TEST_F(Cli, TlsServesWithTheRunsCertificate) {
+  if (!have_grpc()) GTEST_SKIP() << "this keel was built without gRPC";
+  if (shell("command -v openssl").code != 0) GTEST_SKIP() << "no openssl to make a certificate";
+  const std::string key = (dir_ / "key.pem").string(), cert = (dir_ / "cert.pem").string();
+  const Result made = shell(
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost"
+      " -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " +
+      key + " -out " + cert);
+  ASSERT_EQ(made.code, 0) << made.out;
+  const std::string cfg = write("m.yaml", kTensorParallelModel);
+  const std::string out = out_dir();
+  const std::string tls = " --set control.tls_cert=" + cert + " --set control.tls_key=" + key;
+  Result r = train(1, cfg,
+                   tls + " --set control.tls_key=" + key + ".missing" +
+                       " --set training.output_dir=" + (dir_ / "nokey").string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("control.tls_key '" + key + ".missing' cannot be read"), std::string::npos)
+      << r.out;
+
+  BackgroundRun job(1, cfg, std::string(kControlSets) + tls + " --set training.output_dir=" + out);
+  ASSERT_TRUE(wait_for_steps(out, 1)) << job.join().out;
+  const nlohmann::json endpoint = nlohmann::json::parse(file_bytes(out + "/control.json"));
+  EXPECT_EQ(endpoint["tls_ca"], cert);
+  const std::string address = endpoint["address"];
+  r = run("status " + address + " --timeout 5");  // plaintext to a TLS server
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_TRUE(status_json(address + " --ca " + cert).is_object());
+  r = run("stop " + out + " --no-checkpoint");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(job.join().code, 0);
+}
+
 // Without gRPC the program still builds, trains and answers the client with how to get gRPC.
 TEST_F(Cli, WithoutGrpcTheClientSaysHowToGetIt) {
   if (have_grpc()) GTEST_SKIP() << "this keel has gRPC (the build without it runs this test)";
