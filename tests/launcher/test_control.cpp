@@ -3,6 +3,7 @@
 // client that knows nothing of keel's protos (Python grpcio, through reflection and the health
 // service).
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/stat.h>
 
 #include <regex>
@@ -240,6 +241,30 @@ TEST_F(Cli, TlsServesWithTheRunsCertificate) {
   r = run("stop " + out + " --no-checkpoint");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(job.join().code, 0);
+}
+
+// A run killed outright leaves its control.json: the client names the run as gone, not just a
+// refused connection. A directory no run serves from says so.
+TEST_F(Cli, TheClientNamesARunThatIsGone) {
+  if (!have_grpc()) GTEST_SKIP() << "this keel was built without gRPC";
+  Result r = run("status " + dir_.string());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("no keel run is serving from '" + dir_.string() + "' (no control.json"),
+            std::string::npos)
+      << r.out;
+  const std::string cfg = write("m.yaml", kTensorParallelModel);
+  const std::string out = out_dir();
+  BackgroundRun job(1, cfg, std::string(kControlSets) + " --set training.output_dir=" + out);
+  ASSERT_TRUE(wait_for_steps(out, 1)) << job.join().out;
+  const int pid = nlohmann::json::parse(file_bytes(out + "/control.json"))["pid"];
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  EXPECT_NE(job.join().code, 0);
+  r = run("status " + out);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("the run in " + out + " is no longer running (its rank 0, pid " +
+                       std::to_string(pid) + ", is gone"),
+            std::string::npos)
+      << r.out;
 }
 
 // Without gRPC the program still builds, trains and answers the client with how to get gRPC.
