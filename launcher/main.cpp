@@ -13,6 +13,7 @@
 #include "launcher/verify.h"
 #include "launcher/world.h"
 #include "parallel/agree.h"
+#include "parallel/heartbeat.h"
 #include "runtime/config/config.h"
 #include "runtime/store/run_lock.h"
 #include "runtime/train/memory_fit.h"
@@ -115,10 +116,27 @@ int train(const std::string& path, const std::vector<std::string>& overrides, in
                      keel::runtime::RunLockUse{"being trained", "training.output_dir",
                                                "set training.output_dir to another directory"});
     });
+    // Hang detection (parallel/heartbeat.h): the communicators record the collective each rank
+    // is in, the trainer its step; every rank beats to rank 0, and a rank silent or stuck for
+    // control.hang_timeout is reported and the job ended. The grid's groups inherit the Activity.
+    keel::parallel::Activity activity;
+    const bool watch = comm.size() > 1 && config.control.hang_timeout > 0;
+    if (watch) comm.set_activity(&activity);
     keel::parallel::ProcessGrid grid(comm, layout);
+    std::optional<keel::parallel::Heartbeat> heartbeat;
+    if (watch) {
+      keel::parallel::HeartbeatOptions options;
+      options.hang_timeout = config.control.hang_timeout;
+      options.log_path =
+          keel::format("{}/logs/rank_{}.log", config.training.output_dir, comm.rank());
+      options.end_job = [w = world.get()](const std::string& report) { w->abort(1, report); };
+      heartbeat.emplace(comm, activity, std::move(options));
+    }
     std::ostream quiet(nullptr);
     keel::runtime::Trainer trainer(config, comm.rank() == 0 ? std::cout : quiet, grid);
+    trainer.set_before_step([&activity](int64_t step) { activity.set_step(step); });
     trainer.run();
+    if (heartbeat) heartbeat->finish();  // no rank takes another's normal exit for a hang
   } catch (const keel::parallel::AgreedError& e) {
     if (comm.rank() == e.reporter())
       std::cerr << "keel: error: "
