@@ -76,5 +76,7 @@ std::string format_mib(size_t bytes);
 
 // Peak resident set size of this process so far, in bytes (VmHWM).
 size_t peak_rss_bytes();
+// Resident set size now, in bytes (the second field of /proc/self/statm, in pages).
+size_t rss_bytes();
 
 }  // namespace keel

@@ -15,6 +15,7 @@
 #include "launcher/verify.h"
 #include "launcher/world.h"
 #include "parallel/agree.h"
+#include "parallel/heartbeat.h"
 #include "runtime/config/config.h"
 #include "runtime/store/run_lock.h"
 #include "runtime/train/memory_fit.h"
@@ -103,11 +104,19 @@ int train(const std::string& path, const std::vector<std::string>& overrides, in
           char*** argv) {
   std::unique_ptr<keel::launcher::World> world = keel::launcher::open_world(argc, argv);
   keel::parallel::Communicator& comm = world->comm();
+  // Hang detection (parallel/heartbeat.h): the communicators record the collective each rank is
+  // in, the trainer its step; every rank beats to rank 0, and a rank silent or stuck for
+  // control.hang_timeout is reported and the job ended. Declared before the control server,
+  // whose status reads the heartbeats' table, so that they outlive it.
+  // The lock goes last: with the control server's files gone, a run that failed at start leaves
+  // no trace of itself (the lock removes the output directory it created).
+  std::optional<keel::runtime::RunLock> lock;
+  keel::parallel::Activity activity;
+  std::optional<keel::parallel::Heartbeat> heartbeat;
   std::unique_ptr<keel::launcher::ControlServer> control;  // rank 0's; outlives the trainer
   try {
     keel::runtime::Config config;
     keel::parallel::GridLayout layout({});
-    std::optional<keel::runtime::RunLock> lock;
     keel::parallel::agree(comm, [&] {
       config = keel::runtime::load_config(path, overrides);
       layout = keel::parallel::GridLayout::for_world(
@@ -120,18 +129,37 @@ int train(const std::string& path, const std::vector<std::string>& overrides, in
                      keel::runtime::RunLockUse{"being trained", "training.output_dir",
                                                "set training.output_dir to another directory"});
     });
+    // The grid's groups inherit the world's Activity.
+    const bool watch = comm.size() > 1 && config.control.hang_timeout > 0;
+    if (watch) comm.set_activity(&activity);
     keel::parallel::ProcessGrid grid(comm, layout);
-    std::ostream quiet(nullptr);
     // Rank 0 serves the control plane from before the trainer loads anything, so a status call
     // already answers "starting" (launcher/control/).
-    if (comm.rank() == 0) control = keel::launcher::serve_control(config, comm.size(), std::cout);
+    if (comm.rank() == 0) control = keel::launcher::serve_control(config, comm.size());
+    if (watch) {
+      keel::parallel::HeartbeatOptions options;
+      options.hang_timeout = config.control.hang_timeout;
+      options.log_path =
+          keel::format("{}/logs/rank_{}.log", config.training.output_dir, comm.rank());
+      // The status shows the report (rank 0) until the job is gone.
+      options.on_hang = [server = control.get()](const std::string& report) {
+        if (server) server->state().fail(report);
+      };
+      options.end_job = [w = world.get()](const std::string& report) { w->abort(1, report); };
+      heartbeat.emplace(comm, activity, std::move(options));
+      if (control) control->set_rank_source([&heartbeat] { return heartbeat->ranks(); });
+    }
+    std::ostream quiet(nullptr);
     keel::runtime::Trainer trainer(config, comm.rank() == 0 ? std::cout : quiet, grid);
+    if (comm.rank() == 0) std::cout << keel::launcher::control_banner(control.get(), config);
     if (control) {
       if (!trainer.resumed_from().empty())
         control->state().set_resumed_from(trainer.steps_done(), trainer.resumed_from());
       trainer.set_control(&control->state());
     }
+    trainer.set_before_step([&activity](int64_t step) { activity.set_step(step); });
     trainer.run();
+    if (heartbeat) heartbeat->finish();  // no rank takes another's normal exit for a hang
   } catch (const keel::parallel::AgreedError& e) {
     if (control) control->state().fail(e.what());
     if (comm.rank() == e.reporter())

@@ -28,7 +28,9 @@ class SelfWorld final : public World {
 #if KEEL_HAS_MPI
 class MpiWorld final : public World {
  public:
-  MpiWorld(int* argc, char*** argv) : session_(argc, argv) {}
+  // MPI_THREAD_MULTIPLE: the heartbeat thread (parallel/heartbeat.h) sends and receives on its
+  // own communicator while the training thread is inside a collective. Open MPI provides it.
+  MpiWorld(int* argc, char*** argv) : session_(argc, argv, MPI_THREAD_MULTIPLE) {}
   parallel::Communicator& comm() override { return session_.world(); }
   [[noreturn]] void abort(int code, std::string_view why) override {
     if (session_.size() == 1) {

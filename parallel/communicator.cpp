@@ -46,9 +46,6 @@ uint64_t all_gather_bytes(uint64_t full_bytes, int ranks) {
 
 uint64_t broadcast_bytes(uint64_t n, int ranks) { return ranks > 1 ? n : 0; }
 
-namespace {
-
-// "150 B", "1.5 KiB", "12.0 MiB".
 std::string format_bytes(uint64_t bytes) {
   if (bytes < 1024) return format("{} B", bytes);
   if (bytes < (uint64_t{1} << 20)) {
@@ -59,7 +56,9 @@ std::string format_bytes(uint64_t bytes) {
   return format_mib(static_cast<size_t>(bytes));
 }
 
-}  // namespace
+std::string describe_collective(CommOp op, const char* group, uint64_t bytes) {
+  return format("{} over {}, {}", comm_op_name(op), group, format_bytes(bytes));
+}
 
 // ---- CommStats ----------------------------------------------------------------------------------
 
@@ -104,13 +103,17 @@ std::string CommStats::describe() const {
 
 Work::~Work() { wait_noexcept(); }
 
-Work::Work(Work&& o) noexcept : owner_(o.owner_), slot_(o.slot_) { o.owner_ = nullptr; }
+Work::Work(Work&& o) noexcept : owner_(o.owner_), slot_(o.slot_), op_(o.op_), bytes_(o.bytes_) {
+  o.owner_ = nullptr;
+}
 
 Work& Work::operator=(Work&& o) noexcept {
   if (this != &o) {
     wait_noexcept();
     owner_ = o.owner_;
     slot_ = o.slot_;
+    op_ = o.op_;
+    bytes_ = o.bytes_;
     o.owner_ = nullptr;
   }
   return *this;
@@ -120,6 +123,7 @@ void Work::wait() {
   if (!owner_) return;
   Communicator* c = owner_;
   owner_ = nullptr;  // the backend releases the slot whether or not the wait succeeds
+  const Activity::Scope busy(c->activity_, op_, c->name_, bytes_);
   c->work_wait(slot_);
 }
 
@@ -165,6 +169,18 @@ bool is_chunk(const Tensor& part, const Tensor& whole, int index) {
 
 }  // namespace
 
+template <class Start>
+Work Communicator::issue(CommOp op, uint64_t bytes, bool async, Start start) {
+  Work w;
+  {
+    const Activity::Scope busy(async ? nullptr : activity_, op, name_, bytes);
+    w = start();
+  }
+  w.op_ = op;
+  w.bytes_ = bytes;
+  return w;
+}
+
 Communicator::Communicator(int rank, int size) : rank_(rank), size_(size) {
   KEEL_CHECK(size >= 1 && 0 <= rank && rank < size, "communicator rank {} of size {} is invalid",
              rank, size);
@@ -198,7 +214,8 @@ Work Communicator::all_reduce_async(Tensor x, ReduceOp op) {
 Work Communicator::checked_all_reduce(Tensor x, ReduceOp op, bool async) {
   check_buffer(x, "in-out", "all_reduce");
   check_reducible(x, "all_reduce");
-  Work w = do_all_reduce(x, op, async);
+  Work w =
+      issue(CommOp::kAllReduce, x.nbytes(), async, [&] { return do_all_reduce(x, op, async); });
   stats_.add(CommOp::kAllReduce, all_reduce_bytes(x.nbytes(), size_));
   return w;
 }
@@ -226,7 +243,8 @@ Work Communicator::checked_reduce_scatter(Tensor out, Tensor in, ReduceOp op, bo
              "reduce_scatter: the output overlaps the input without being its chunk {} (this "
              "rank's); use separate buffers or exactly that chunk",
              rank_);
-  Work w = do_reduce_scatter(out, in, op, async);
+  Work w = issue(CommOp::kReduceScatter, in.nbytes(), async,
+                 [&] { return do_reduce_scatter(out, in, op, async); });
   stats_.add(CommOp::kReduceScatter, reduce_scatter_bytes(in.nbytes(), size_));
   return w;
 }
@@ -251,7 +269,8 @@ Work Communicator::checked_all_gather(Tensor out, Tensor in, bool async) {
              "all_gather: the input overlaps the output without being its chunk {} (this "
              "rank's); use separate buffers or exactly that chunk",
              rank_);
-  Work w = do_all_gather(out, in, async);
+  Work w =
+      issue(CommOp::kAllGather, out.nbytes(), async, [&] { return do_all_gather(out, in, async); });
   stats_.add(CommOp::kAllGather, all_gather_bytes(out.nbytes(), size_));
   return w;
 }
@@ -263,7 +282,8 @@ Work Communicator::broadcast_async(Tensor x, int root) { return checked_broadcas
 Work Communicator::checked_broadcast(Tensor x, int root, bool async) {
   check_buffer(x, "in-out", "broadcast");
   check_peer(root, "root", "broadcast");
-  Work w = do_broadcast(x, root, async);
+  Work w =
+      issue(CommOp::kBroadcast, x.nbytes(), async, [&] { return do_broadcast(x, root, async); });
   stats_.add(CommOp::kBroadcast, broadcast_bytes(x.nbytes(), size_));
   return w;
 }
@@ -279,7 +299,7 @@ Work Communicator::checked_send(Tensor x, int dst, int tag, bool async) {
   check_peer(dst, "destination", "send");
   KEEL_CHECK(dst != rank_, "send: rank {} cannot send to itself", rank_);
   KEEL_CHECK(0 <= tag && tag <= kMaxTag, "send: tag {} is outside [0, {}]", tag, kMaxTag);
-  Work w = do_send(x, dst, tag, async);
+  Work w = issue(CommOp::kSend, x.nbytes(), async, [&] { return do_send(x, dst, tag, async); });
   stats_.add(CommOp::kSend, x.nbytes());
   return w;
 }
@@ -295,7 +315,7 @@ Work Communicator::checked_recv(Tensor x, int src, int tag, bool async) {
   check_peer(src, "source", "recv");
   KEEL_CHECK(src != rank_, "recv: rank {} cannot receive from itself", rank_);
   KEEL_CHECK(0 <= tag && tag <= kMaxTag, "recv: tag {} is outside [0, {}]", tag, kMaxTag);
-  Work w = do_recv(x, src, tag, async);
+  Work w = issue(CommOp::kRecv, x.nbytes(), async, [&] { return do_recv(x, src, tag, async); });
   stats_.add(CommOp::kRecv, x.nbytes());
   return w;
 }
@@ -317,7 +337,8 @@ Work Communicator::checked_all_to_all(Tensor out, Tensor in, bool async) {
              "the {} ranks; they hold {} and {}",
              size_, in.numel(), out.numel());
   KEEL_CHECK(!overlaps(out, in), "all_to_all: the output overlaps the input");
-  Work w = do_all_to_all(out, in, async);
+  Work w =
+      issue(CommOp::kAllToAll, in.nbytes(), async, [&] { return do_all_to_all(out, in, async); });
   stats_.add(CommOp::kAllToAll, reduce_scatter_bytes(in.nbytes(), size_));
   return w;
 }
@@ -360,20 +381,29 @@ Work Communicator::checked_all_to_all_v(Tensor out, std::span<const int64_t> rec
              "but the output holds {}",
              received, out.numel());
   KEEL_CHECK(!overlaps(out, in), "all_to_all_v: the output overlaps the input");
-  Work w = do_all_to_all_v(out, recv_counts, in, send_counts, async);
+  Work w = issue(CommOp::kAllToAllV, in.nbytes(), async,
+                 [&] { return do_all_to_all_v(out, recv_counts, in, send_counts, async); });
   stats_.add(CommOp::kAllToAllV, static_cast<uint64_t>(leaving) * dtype_size(in.dtype()));
   return w;
 }
 
 void Communicator::barrier() {
-  do_barrier();
+  {
+    const Activity::Scope busy(activity_, CommOp::kBarrier, name_, 0);
+    do_barrier();
+  }
   stats_.add(CommOp::kBarrier, 0);
 }
 
 std::unique_ptr<Communicator> Communicator::split(int color, int key) {
   KEEL_CHECK(color >= 0 || color == kNoColor,
              "split: color {} is negative; use Communicator::kNoColor to take no part", color);
-  return do_split(color, key);
+  std::unique_ptr<Communicator> child = do_split(color, key);
+  if (child) {
+    child->activity_ = activity_;
+    child->name_ = name_;
+  }
+  return child;
 }
 
 int Communicator::do_ranks_on_host() {

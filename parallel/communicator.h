@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "kernels/tensor.h"
+#include "parallel/activity.h"
 
 namespace keel::parallel {
 
@@ -37,6 +38,10 @@ enum class CommOp : uint8_t {
 inline constexpr int kNumCommOps = 9;
 // "all_reduce", "reduce_scatter", ...
 std::string_view comm_op_name(CommOp op);
+// "150 B", "1.5 KiB", "12.0 MiB".
+std::string format_bytes(uint64_t bytes);
+// "all_reduce over dp, 4.0 MiB".
+std::string describe_collective(CommOp op, const char* group, uint64_t bytes);
 
 // Bytes, as CommStats counts them: the algorithm-independent bus bytes of a call on one rank, that
 // is the traffic each rank's link must carry under a bandwidth-optimal algorithm (the "bus
@@ -106,6 +111,9 @@ class [[nodiscard]] Work {
   void wait_noexcept() noexcept;
   Communicator* owner_ = nullptr;
   uint32_t slot_ = 0;
+  // What wait() blocks in, for the owner's Activity.
+  CommOp op_{};
+  uint64_t bytes_ = 0;
 };
 
 // A group of ranks and the collectives among them. Buffers are Tensors (contiguous; any shape,
@@ -115,8 +123,11 @@ class [[nodiscard]] Work {
 // on persistent scratch because MPI's own allocate per call (docs/PARALLEL.md).
 //
 // Every rank of the group must make the same calls in the same order with matching sizes. Not
-// thread-safe: one thread per communicator (MPI runs with MPI_THREAD_FUNNELED). Errors are
-// keel::Error: bad arguments before anything is sent, backend failures with the backend's message.
+// thread-safe: one thread per communicator. MPI runs with MPI_THREAD_MULTIPLE so that the
+// heartbeat thread (parallel/heartbeat.h) can talk over its own duplicate of the world while the
+// training thread is inside a collective; keel's communicators are still each used by one thread.
+// Errors are keel::Error: bad arguments before anything is sent, backend failures with the
+// backend's message.
 //
 // Ops: all_reduce and reduce_scatter take ReduceOp kSum or kMax on F32, F64, I32, I64 and BF16
 // (BF16 adds in fp32 and rounds each partial result to bf16); movement ops take any dtype.
@@ -191,6 +202,15 @@ class Communicator {
   const CommStats& stats() const { return stats_; }
   void reset_stats() { stats_.reset(); }
 
+  // Where this communicator records the blocking collective it is in (and an asynchronous one
+  // while Work::wait() blocks), for hang reports: null (the default) records nothing. name is
+  // the group's, as reports say it ("world", "dp", ...), a literal: the heartbeat thread reads it.
+  // Communicators split from this one inherit both; ProcessGrid renames its groups.
+  void set_activity(Activity* activity) { activity_ = activity; }
+  Activity* activity() const { return activity_; }
+  void set_name(const char* name) { name_ = name; }
+  const char* name() const { return name_; }
+
  protected:
   Communicator(int rank, int size);
 
@@ -234,9 +254,16 @@ class Communicator {
   Work checked_all_to_all_v(Tensor out, std::span<const int64_t> recv_counts, Tensor in,
                             std::span<const int64_t> send_counts, bool async);
 
+  // start() (the backend's do_*) inside an Activity::Scope when the call blocks; an asynchronous
+  // call's Work is stamped with op and bytes instead, recorded while its wait() blocks.
+  template <class Start>
+  Work issue(CommOp op, uint64_t bytes, bool async, Start start);
+
   int rank_;
   int size_;
   CommStats stats_;
+  Activity* activity_ = nullptr;
+  const char* name_ = "";
 };
 
 // Tensor views of host arrays, for callers that hold plain vectors (tests, small metadata).

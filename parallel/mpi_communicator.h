@@ -188,8 +188,8 @@ class MpiCommunicator final : public Communicator {
 // waiting in their next collective forever, so it aborts the whole job instead (MPI_Abort).
 class MpiSession {
  public:
-  // level: the thread support to ask for. FUNNELED: only the thread that made the session calls
-  // MPI, which is how keel uses it.
+  // level: the thread support to ask for. FUNNELED (the default): only the thread that made the
+  // session calls MPI. The launcher asks for MULTIPLE, for its heartbeat thread.
   explicit MpiSession(int* argc = nullptr, char*** argv = nullptr, int level = MPI_THREAD_FUNNELED);
   ~MpiSession();
   MpiSession(const MpiSession&) = delete;

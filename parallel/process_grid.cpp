@@ -192,6 +192,9 @@ ProcessGrid::ProcessGrid(Communicator& world, const GridLayout& layout)
     : layout_(layout), world_(&world), rank_(world.rank()), coord_(layout.coord(0)) {
   layout_.check_world_size(world.size());
   coord_ = layout_.coord(rank_);
+  // Hang reports name the group a rank is blocked in; the split children inherit the world's
+  // Activity (Communicator::set_activity), if it has one.
+  world.set_name(group_name(Group::kWorld).data());
   for (Group g : kAllGroups) {
     if (g == Group::kWorld) continue;
     // Color: which group; key: the position in it, so a member's rank in the new communicator is
@@ -202,6 +205,7 @@ ProcessGrid::ProcessGrid(Communicator& world, const GridLayout& layout)
                "splitting the {} group of rank {} gave rank {} of {}, expected {} of {}",
                group_name(g), rank_, c ? c->rank() : -1, c ? c->size() : 0,
                layout_.index_in(g, rank_), layout_.size(g));
+    c->set_name(group_name(g).data());  // a literal: NUL-terminated, lives for ever
     groups_[static_cast<size_t>(g)] = std::move(c);
   }
 }

@@ -109,7 +109,8 @@ class GridLayout {
 // The job's groups, one Communicator each, built once at start and passed by reference to whoever
 // communicates (never a global). Construction is collective over the world communicator: every
 // rank calls it with the same layout. The world communicator must outlive the grid; the grid owns
-// the others.
+// the others. Each communicator is named after its group ("world", "dp", ...: Communicator::name)
+// and the split ones carry the world's Activity, so hang reports say which group a rank waits in.
 class ProcessGrid {
  public:
   ProcessGrid(Communicator& world, const GridLayout& layout);

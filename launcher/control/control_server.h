@@ -8,23 +8,13 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <ostream>
 #include <string>
 #include <vector>
 
 #include "launcher/control/control_state.h"
+#include "parallel/liveness.h"
 
 namespace keel::launcher {
-
-// One rank's liveness as the status shows it (from the heartbeats).
-struct RankReport {
-  int rank = 0;
-  std::string host;
-  int64_t step = 0;
-  double seconds_since_heartbeat = 0;
-  std::string activity;
-  uint64_t rss_bytes = 0, peak_rss_bytes = 0;
-};
 
 struct ControlServerOptions {
   std::string address;  // control.address (not "none")
@@ -36,7 +26,8 @@ struct ControlServerOptions {
   int64_t max_steps = 0;
 };
 
-using RankSource = std::function<std::vector<RankReport>()>;
+// Every rank's liveness now (the heartbeats' table, parallel/heartbeat.h).
+using RankSource = std::function<std::vector<parallel::RankLiveness>()>;
 
 class ControlServer {
  public:
@@ -47,13 +38,17 @@ class ControlServer {
   // Where the status finds every rank's liveness (the heartbeats); called from the server's
   // threads. Until set, the status lists no ranks.
   virtual void set_rank_source(RankSource source) = 0;
+  // "keel: control server on 127.0.0.1:40123: keel status|watch|... DIR", for the console.
+  virtual const std::string& banner() const = 0;
   // "127.0.0.1:40123": the address bound.
   virtual const std::string& address() const = 0;
 };
 
 // Starts serving; throws keel::Error naming the fix when the address cannot be bound or the TLS
-// files cannot be read. Null in a build without gRPC (after one line on `console`).
-std::unique_ptr<ControlServer> start_control_server(const ControlServerOptions& options,
-                                                    std::ostream& console);
+// files cannot be read. Null in a build without gRPC.
+std::unique_ptr<ControlServer> start_control_server(const ControlServerOptions& options);
+
+// "" when this build serves the control plane; otherwise why not, and how to get it.
+std::string control_plane_missing();
 
 }  // namespace keel::launcher

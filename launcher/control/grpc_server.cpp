@@ -80,10 +80,10 @@ class Service final : public pb::Control::Service {
     }
     out->set_failure(r.failure);
     if (const RankSource source = rank_source()) {
-      const std::vector<RankReport> ranks = source();
+      const std::vector<parallel::RankLiveness> ranks = source();
       int64_t furthest = 0;
-      for (const RankReport& k : ranks) furthest = std::max(furthest, k.step);
-      for (const RankReport& k : ranks) {
+      for (const parallel::RankLiveness& k : ranks) furthest = std::max(furthest, k.step);
+      for (const parallel::RankLiveness& k : ranks) {
         pb::RankStatus* p = out->add_ranks();
         p->set_rank(k.rank);
         p->set_host(k.host);
@@ -106,8 +106,8 @@ class Service final : public pb::Control::Service {
     RunState sent_state = RunState::kStarting;
     for (;;) {
       // Woken by every change; a watcher that left is noticed within half a second.
-      const RunSnapshot r = state_.wait_newer(
-          seen, ControlState::Clock::now() + std::chrono::milliseconds(500));
+      const RunSnapshot r =
+          state_.wait_newer(seen, ControlState::Clock::now() + std::chrono::milliseconds(500));
       if (ctx->IsCancelled()) return grpc::Status::CANCELLED;
       seen = r.version;
       // One message per step or change of state (a checkpoint's bookkeeping is not progress).
@@ -207,7 +207,7 @@ class Service final : public pb::Control::Service {
 
 class GrpcControlServer final : public ControlServer {
  public:
-  GrpcControlServer(const ControlServerOptions& options, std::ostream& console)
+  explicit GrpcControlServer(const ControlServerOptions& options)
       : options_(options), state_(options.max_steps) {
     namespace fs = std::filesystem;
     fs::create_directories(options.output_dir);
@@ -257,11 +257,10 @@ class GrpcControlServer final : public ControlServer {
     endpoint.run_id = options.run_id;
     write_control_json(options.output_dir, endpoint);
     control_json_ = options.output_dir + "/control.json";
-    console << "keel: control server on " << address_
-            << (token_.empty() ? "" : " (token in control.token)")
-            << (endpoint.tls_ca.empty() ? "" : " over TLS")
-            << ": keel status|watch|pause|resume|checkpoint|stop " << options.output_dir << "\n"
-            << std::flush;
+    banner_ = "keel: control server on " + address_ +
+              (token_.empty() ? "" : " (token in control.token)") +
+              (endpoint.tls_ca.empty() ? "" : " over TLS") +
+              ": keel status|watch|pause|resume|checkpoint|stop " + options.output_dir;
   }
 
   ~GrpcControlServer() override {
@@ -278,6 +277,7 @@ class GrpcControlServer final : public ControlServer {
   ControlState& state() override { return state_; }
   void set_rank_source(RankSource source) override { service_->set_rank_source(std::move(source)); }
   const std::string& address() const override { return address_; }
+  const std::string& banner() const override { return banner_; }
 
  private:
   const ControlServerOptions options_;
@@ -286,14 +286,16 @@ class GrpcControlServer final : public ControlServer {
   std::unique_ptr<Service> service_;
   std::unique_ptr<grpc::Server> server_;
   std::string address_;
+  std::string banner_;
   std::string control_json_;
 };
 
 }  // namespace
 
-std::unique_ptr<ControlServer> start_control_server(const ControlServerOptions& options,
-                                                    std::ostream& console) {
-  return std::make_unique<GrpcControlServer>(options, console);
+std::unique_ptr<ControlServer> start_control_server(const ControlServerOptions& options) {
+  return std::make_unique<GrpcControlServer>(options);
 }
+
+std::string control_plane_missing() { return ""; }
 
 }  // namespace keel::launcher

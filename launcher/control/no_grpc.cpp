@@ -1,6 +1,7 @@
 // A build without gRPC (KEEL_GRPC=OFF, or gRPC not found): no control server, and a client that
 // says how to get one. Everything else, signals and hang detection included, works alike.
 #include <iostream>
+#include <string>
 
 #include "kernels/error.h"
 #include "launcher/control/client.h"
@@ -14,11 +15,9 @@ constexpr const char* kNoGrpc =
     "protobuf-compiler-grpc, or run scripts/setup.sh --deps, and rebuild)";
 }
 
-std::unique_ptr<ControlServer> start_control_server(const ControlServerOptions&,
-                                                    std::ostream& console) {
-  console << "keel: " << kNoGrpc << "; control.address: none says nothing\n";
-  return nullptr;
-}
+std::unique_ptr<ControlServer> start_control_server(const ControlServerOptions&) { return nullptr; }
+
+std::string control_plane_missing() { return kNoGrpc; }
 
 int run_control_client(const std::string&, const std::vector<std::string>& args) {
   for (const std::string& a : args)

@@ -10,19 +10,6 @@
 
 namespace keel::launcher {
 
-namespace {
-
-// Resident set size now (VmRSS), in bytes.
-uint64_t rss_bytes() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
-  return 0;
-}
-
-}  // namespace
-
 std::string config_summary(const runtime::Config& c, int world_size) {
   const int64_t tp = c.parallel.tensor_model_parallel_size;
   const int64_t kv =
@@ -38,21 +25,19 @@ std::string config_summary(const runtime::Config& c, int world_size) {
   return s.str();
 }
 
-RankReport own_rank_report(int rank, int64_t step) {
-  RankReport r;
+parallel::RankLiveness own_liveness(int64_t step, const std::string& activity) {
+  parallel::RankLiveness r;
   char host[256] = {};
   ::gethostname(host, sizeof host - 1);
-  r.rank = rank;
   r.host = host;
   r.step = step;
-  r.activity = "training";
+  r.activity = activity;
   r.rss_bytes = rss_bytes();
   r.peak_rss_bytes = peak_rss_bytes();
   return r;
 }
 
-std::unique_ptr<ControlServer> serve_control(const runtime::Config& config, int world_size,
-                                             std::ostream& console) {
+std::unique_ptr<ControlServer> serve_control(const runtime::Config& config, int world_size) {
   if (config.control.address == "none") return nullptr;
   ControlServerOptions o;
   o.address = config.control.address;
@@ -63,12 +48,20 @@ std::unique_ptr<ControlServer> serve_control(const runtime::Config& config, int 
   o.config_summary = config_summary(config, world_size);
   o.world_size = world_size;
   o.max_steps = config.training.max_steps;
-  std::unique_ptr<ControlServer> server = start_control_server(o, console);
+  std::unique_ptr<ControlServer> server = start_control_server(o);
   if (server)
     server->set_rank_source([state = &server->state()] {
-      return std::vector<RankReport>{own_rank_report(0, state->snapshot().progress.step)};
+      const RunSnapshot r = state->snapshot();
+      return std::vector<parallel::RankLiveness>{
+          own_liveness(r.progress.step, runtime::run_state_name(r.state))};
     });
   return server;
+}
+
+std::string control_banner(const ControlServer* server, const runtime::Config& config) {
+  if (server) return server->banner() + "\n";
+  if (config.control.address == "none") return "";
+  return "keel: " + control_plane_missing() + "; control.address: none says nothing\n";
 }
 
 }  // namespace keel::launcher

@@ -8,6 +8,7 @@
 #include <sstream>
 #include <thread>
 
+#include "parallel/activity.h"
 #include "runtime/data/tokenizer_json.h"
 #include "runtime/train/loss_curve.h"
 #include "runtime/train/stop_signal.h"
@@ -55,6 +56,11 @@ std::string Trainer::take_orders(std::ostream& rank_log) {
     if (control_) control_->command_done(c, step_, dir);
   };
   bool paused = false;
+  // While paused, a step that does not advance is no hang (parallel/heartbeat.h); the flag is
+  // cleared however this boundary ends.
+  parallel::Activity* const activity = grid_.world().activity();
+  const std::unique_ptr<parallel::Activity, void (*)(parallel::Activity*)> clear_pause(
+      activity, [](parallel::Activity* a) { a->set_paused(false); });
   for (;;) {
     const Order o = agreed_order(paused);
     if (o.signal != 0) {
@@ -70,6 +76,7 @@ std::string Trainer::take_orders(std::ostream& rank_log) {
         break;
       case RunCommand::kPause:
         paused = true;
+        if (activity) activity->set_paused(true);
         state(RunState::kPaused);
         done(o.command, "");
         console_ << "keel: paused at step " << step_ << " (keel resume continues)\n" << std::flush;

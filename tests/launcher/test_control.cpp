@@ -28,7 +28,9 @@ TEST_F(Cli, ClientWatchesPausesCheckpointsResumesAndStopsATwoRankRun) {
   Result r = train(2, cfg, std::string(kControlSets) + " --set training.output_dir=" + straight);
   ASSERT_EQ(r.code, 0) << r.out;
 
-  BackgroundRun job(2, cfg, std::string(kControlSets) + " --set training.output_dir=" + out);
+  BackgroundRun job(2, cfg,
+                    std::string(kControlSets) + " --set control.hang_timeout=2" +
+                        " --set training.output_dir=" + out);
   ASSERT_TRUE(wait_for_steps(out, 3)) << job.join().out;
   Result watched{-1, ""};
   std::thread watcher([&] { watched = run("watch " + out + " --json"); });
@@ -41,10 +43,19 @@ TEST_F(Cli, ClientWatchesPausesCheckpointsResumesAndStopsATwoRankRun) {
   nlohmann::json s = status_json(out);
   EXPECT_EQ(s["state"], "paused");
   EXPECT_EQ(s["step"], paused);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  // Held past control.hang_timeout: a paused job is no hang.
+  std::this_thread::sleep_for(std::chrono::milliseconds(3000));
   s = status_json(out);
   EXPECT_EQ(s["step"], paused) << "a paused run went on training";
-  EXPECT_FALSE(s["ranks"].empty());
+  // Every rank's liveness, from the heartbeats.
+  ASSERT_EQ(s["ranks"].size(), 2u) << s.dump();
+  for (const nlohmann::json& rank : s["ranks"]) {
+    EXPECT_FALSE(rank["host"].get<std::string>().empty());
+    EXPECT_GT(rank["rss_bytes"].get<uint64_t>(), 0u);
+    EXPECT_LT(rank["seconds_since_heartbeat"].get<double>(), 2.0);
+    EXPECT_EQ(rank["step_lag"], 0);
+    EXPECT_EQ(rank["activity"], "paused") << s.dump();
+  }
   // A second pause is refused with the reason; so is a resume of a running run, later.
   r = run("pause " + out);
   EXPECT_EQ(r.code, 1);

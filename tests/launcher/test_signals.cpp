@@ -6,49 +6,16 @@
 #include <signal.h>
 
 #include <chrono>
-#include <fstream>
 #include <iomanip>
 #include <sstream>
 #include <string>
 #include <thread>
 
 #include "cli_util.h"
+#include "rank_process.h"
 
 namespace keel::test {
 namespace {
-
-// A file's bytes; NUL-separated lists (/proc's cmdline, environ) come back with NULs as spaces.
-std::string slurp(const fs::path& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  for (char& c : s)
-    if (c == '\0') c = ' ';
-  return s;
-}
-
-// The pid of the `keel train` process of world rank `rank` whose command line names `marker`
-// (mpirun's own command line names it too, but mpirun has no rank), or 0.
-pid_t rank_pid(int rank, const std::string& marker) {
-  const std::string var = "OMPI_COMM_WORLD_RANK=" + std::to_string(rank) + " ";
-  const std::string tag = " " + var;
-  for (const auto& e : fs::directory_iterator("/proc")) {
-    const std::string name = e.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    if (slurp(e.path() / "cmdline").find(marker) == std::string::npos) continue;
-    const std::string env = slurp(e.path() / "environ");
-    if (env.rfind(var, 0) == 0 || env.find(tag) != std::string::npos)
-      return static_cast<pid_t>(std::stol(name));
-  }
-  return 0;
-}
-
-// Lines in a file (0 while it does not exist).
-size_t lines(const std::string& path) {
-  std::ifstream f(path);
-  size_t n = 0;
-  for (std::string line; std::getline(f, line);) ++n;
-  return n;
-}
 
 // Trains `sets` on 2 ranks in the background and sends `signal` to world rank `rank` once three
 // steps are logged; returns the run's result.

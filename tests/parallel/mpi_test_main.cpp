@@ -51,7 +51,8 @@ class RankFailurePrinter : public ::testing::EmptyTestEventListener {
 }  // namespace keel::parallel::testing
 
 int main(int argc, char** argv) {
-  keel::parallel::MpiSession session(&argc, &argv);
+  // MPI_THREAD_MULTIPLE, as keel train opens it: the heartbeat tests run its thread.
+  keel::parallel::MpiSession session(&argc, &argv, MPI_THREAD_MULTIPLE);
   keel::parallel::testing::g_world = &session.world();
   ::testing::InitGoogleTest(&argc, argv);
   const int rank = session.rank();
