@@ -9,6 +9,11 @@
 
 namespace keel::launcher {
 
+// Thrown for command-line mistakes: keel's main prints it with the usage hint, exit code 2.
+struct UsageError {
+  std::string message;
+};
+
 class CommandLine {
  public:
   // command: "generate" (for messages). valued: options followed by a value; flags: options
