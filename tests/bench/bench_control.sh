@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The control plane's cost and latencies on a real 2-rank run (2 ranks x 1 thread):
-#  1. step time with no server (control.address: none: the peer), with the server and one
-#     `keel watch`, and with 100 watchers, in alternating rounds; mean s/step over steps 3..;
+#  1. step time with neither server nor heartbeats (control.address: none, hang_timeout 0: the
+#     peer), with heartbeats alone, with the server and heartbeats and one `keel watch`, and with
+#     100 watchers, in alternating rounds; mean s/step over steps 3..;
 #  2. the latency of `keel stop` (answer = final checkpoint committed; then the job's exit) and of
 #     SIGTERM to rank 1 (to the job's exit), with the step time beside them: a command waits for
 #     the step boundary, so up to one step of it is the step in flight.
@@ -65,10 +66,12 @@ PY
 
 declare -A total
 for round in $(seq "$rounds"); do
-  for mode in none watch1 watch100; do
+  for mode in bare heartbeat watch1 watch100; do
     name="$mode-$round"
-    if [ "$mode" = none ]; then
-      start "$name" --set training.max_steps="$steps" --set control.address=none
+    if [ "$mode" = bare ] || [ "$mode" = heartbeat ]; then
+      timeout=300; [ "$mode" = bare ] && timeout=0
+      start "$name" --set training.max_steps="$steps" --set control.address=none \
+        --set control.hang_timeout=$timeout
       wait "$job"
     else
       start "$name" --set training.max_steps="$steps"
@@ -87,12 +90,14 @@ for round in $(seq "$rounds"); do
     echo "round $round: $mode: $s s/step"
   done
 done
-python3 - "${total[none]}" "${total[watch1]}" "${total[watch100]}" "$rounds" <<'PY'
+python3 - "${total[bare]}" "${total[heartbeat]}" "${total[watch1]}" "${total[watch100]}" "$rounds" <<'PY'
 import sys
-none, one, hundred, rounds = map(float, sys.argv[1:])
-print(f"mean over rounds: no server {none / rounds:.4f} s/step, 1 watcher {one / rounds:.4f} "
-      f"({100 * (one / none - 1):+.1f} %), 100 watchers {hundred / rounds:.4f} "
-      f"({100 * (hundred / none - 1):+.1f} %)")
+bare, beat, one, hundred, rounds = map(float, sys.argv[1:])
+def row(name, x):
+    return f"{name} {x / rounds:.4f} s/step ({100 * (x / bare - 1):+.1f} %)"
+print("mean over rounds: neither server nor heartbeats " + f"{bare / rounds:.4f} s/step; " +
+      "; ".join([row("heartbeats", beat), row("server + 1 watcher", one),
+                 row("server + 100 watchers", hundred)]))
 PY
 
 # Stop: answer (final checkpoint committed) and exit, from the call.
