@@ -1,7 +1,10 @@
 #include "launcher/train_command.h"
 
+#include <chrono>
+#include <functional>
 #include <iostream>
 #include <optional>
+#include <thread>
 
 #include "launcher/command_line.h"
 #include "launcher/control/serve.h"
@@ -63,6 +66,17 @@ int train(const std::string& path, const std::vector<std::string>& overrides, in
   keel::parallel::Activity activity;
   std::optional<keel::parallel::Heartbeat> heartbeat;
   std::unique_ptr<ControlServer> control;  // rank 0's; outlives the trainer
+  // The one safe order, on every path: the status stops reading the heartbeats' table, the
+  // heartbeat (whose hang report goes to the server) ends, then the server (control.json).
+  const auto end_watching = [&] {
+    if (control) control->set_rank_source({});
+    heartbeat.reset();
+    control.reset();
+  };
+  struct AtExit {
+    const std::function<void()> f;
+    ~AtExit() { f(); }
+  } at_exit{end_watching};
   try {
     keel::runtime::Config config;
     keel::parallel::GridLayout layout({});
@@ -90,9 +104,12 @@ int train(const std::string& path, const std::vector<std::string>& overrides, in
       options.hang_timeout = config.control.hang_timeout;
       options.log_path =
           keel::format("{}/logs/rank_{}.log", config.training.output_dir, comm.rank());
-      // The status shows the report (rank 0) until the job is gone.
+      // The status shows the report (rank 0), and watchers get it, before the job is ended: the
+      // job is stuck anyway, so it waits a moment for them.
       options.on_hang = [server = control.get()](const std::string& report) {
-        if (server) server->state().fail(report);
+        if (!server) return;
+        server->state().fail(report);
+        std::this_thread::sleep_for(std::chrono::seconds(2));
       };
       options.end_job = [w = world.get()](const std::string& report) { w->abort(1, report); };
       heartbeat.emplace(comm, activity, std::move(options));
@@ -121,7 +138,7 @@ int train(const std::string& path, const std::vector<std::string>& overrides, in
     // Caught here, inside the MPI session: one rank alone reports and exits cleanly; with several
     // the job is ended, since the others may be waiting in a collective.
     if (control) control->state().fail(e.what());
-    control.reset();  // control.json goes with the server: abort below ends the process
+    end_watching();  // control.json goes with the server: abort below ends the process
     if (comm.size() > 1) world->abort(1, e.what());
     std::cerr << "keel: error: " << e.what() << "\n";
     return 1;

@@ -29,8 +29,10 @@ class SelfWorld final : public World {
 class MpiWorld final : public World {
  public:
   // MPI_THREAD_MULTIPLE: the heartbeat thread (parallel/heartbeat.h) sends and receives on its
-  // own communicator while the training thread is inside a collective. Open MPI provides it.
-  MpiWorld(int* argc, char*** argv) : session_(argc, argv, MPI_THREAD_MULTIPLE) {}
+  // own communicator while the training thread is inside a collective. Open MPI provides it; a
+  // library that does not still runs keel with control.hang_timeout: 0.
+  MpiWorld(int* argc, char*** argv)
+      : session_(argc, argv, MPI_THREAD_MULTIPLE, MPI_THREAD_FUNNELED) {}
   parallel::Communicator& comm() override { return session_.world(); }
   [[noreturn]] void abort(int code, std::string_view why) override {
     if (session_.size() == 1) {

@@ -189,8 +189,11 @@ class MpiCommunicator final : public Communicator {
 class MpiSession {
  public:
   // level: the thread support to ask for. FUNNELED (the default): only the thread that made the
-  // session calls MPI. The launcher asks for MULTIPLE, for its heartbeat thread.
-  explicit MpiSession(int* argc = nullptr, char*** argv = nullptr, int level = MPI_THREAD_FUNNELED);
+  // session calls MPI. The launcher asks for MULTIPLE, for its heartbeat thread, and takes
+  // FUNNELED (min_level) from a library without it: hang detection then refuses to start, saying
+  // why, while runs without it (control.hang_timeout: 0) go on. min_level -1: level itself.
+  explicit MpiSession(int* argc = nullptr, char*** argv = nullptr, int level = MPI_THREAD_FUNNELED,
+                      int min_level = -1);
   ~MpiSession();
   MpiSession(const MpiSession&) = delete;
   MpiSession& operator=(const MpiSession&) = delete;

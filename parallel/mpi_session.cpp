@@ -21,7 +21,7 @@ const char* thread_level_name(int level) {
 
 }  // namespace
 
-MpiSession::MpiSession(int* argc, char*** argv, int level)
+MpiSession::MpiSession(int* argc, char*** argv, int level, int min_level)
     : uncaught_at_start_(std::uncaught_exceptions()) {
   int initialized = 0;
   KEEL_MPI(MPI_Initialized(&initialized));
@@ -31,8 +31,9 @@ MpiSession::MpiSession(int* argc, char*** argv, int level)
   KEEL_MPI(MPI_Init_thread(argc, argv, level, &provided));
   try {
     KEEL_MPI(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
-    KEEL_CHECK(provided >= level, "this MPI library provides {} but keel asked for {}",
-               thread_level_name(provided), thread_level_name(level));
+    const int needed = min_level < 0 ? level : min_level;
+    KEEL_CHECK(provided >= needed, "this MPI library provides {} but keel needs {}",
+               thread_level_name(provided), thread_level_name(needed));
     world_ = MpiCommunicator::duplicate(MPI_COMM_WORLD);
   } catch (...) {
     MPI_Finalize();

@@ -93,7 +93,9 @@ std::string read_token_file(const std::string& path) {
 
 bool is_loopback_address(const std::string& address) {
   const std::string host = address.substr(0, address.rfind(':'));
-  return host == "localhost" || host == "[::1]" || host.rfind("127.", 0) == 0;
+  // 127.0.0.0/8 written as an address ("127.example.com" is a name, not loopback).
+  const bool numeric = host.find_first_not_of("0123456789.") == std::string::npos;
+  return host == "localhost" || host == "[::1]" || (numeric && host.rfind("127.", 0) == 0);
 }
 
 std::string make_run_id() {

@@ -1,13 +1,13 @@
 #include "launcher/control/control_state.h"
 
+#include <algorithm>
+
 namespace keel::launcher {
 
 using runtime::RunCommand;
 using runtime::RunState;
 
 namespace {
-
-constexpr size_t kMaxRememberedRequests = 4096;
 
 const char* command_name(RunCommand c) {
   switch (c) {
@@ -53,6 +53,24 @@ void ControlState::command_done(RunCommand command, int64_t step, const std::str
   changed();
 }
 
+void ControlState::command_failed(RunCommand, int64_t step, const std::string& why) {
+  std::lock_guard lock(mu_);
+  if (!taken_) return;
+  CommandOutcome& o = taken_->outcome;
+  o.code = CommandOutcome::Code::kAborted;
+  o.message = why;
+  o.state = run_.state;
+  o.step = step;
+  taken_->done = true;
+  taken_.reset();
+  changed();
+}
+
+size_t ControlState::queued() const {
+  std::lock_guard lock(mu_);
+  return queue_.size();
+}
+
 void ControlState::set_state(RunState state) {
   std::lock_guard lock(mu_);
   if (run_ended(run_.state)) return;  // a failure is final
@@ -83,9 +101,11 @@ void ControlState::set_state_listener(std::function<void(RunState)> listener) {
 }
 
 void ControlState::set_resumed_from(int64_t step, const std::string& dir) {
-  on_checkpoint(step, dir);
   std::lock_guard lock(mu_);
+  run_.checkpoint_step = step;
+  run_.checkpoint = dir;
   run_.progress.step = step;
+  changed();
 }
 
 void ControlState::fail(const std::string& why) {
@@ -118,15 +138,13 @@ void ControlState::changed() {
 
 RunState ControlState::projected_state() const {
   RunState s = run_.state == RunState::kStopping ? RunState::kStopping : boundary_state_;
-  for (const std::shared_ptr<Request>& r : queue_) {
-    if (r->command == RunCommand::kPause) s = RunState::kPaused;
-    if (r->command == RunCommand::kResume) s = RunState::kRunning;
-    if (r->command == RunCommand::kStop || r->command == RunCommand::kStopNoCheckpoint)
-      s = RunState::kStopping;
-  }
-  if (taken_ &&
-      (taken_->command == RunCommand::kStop || taken_->command == RunCommand::kStopNoCheckpoint))
-    s = RunState::kStopping;
+  const auto apply = [&](RunCommand c) {
+    if (c == RunCommand::kPause) s = RunState::kPaused;
+    if (c == RunCommand::kResume) s = RunState::kRunning;
+    if (c == RunCommand::kStop || c == RunCommand::kStopNoCheckpoint) s = RunState::kStopping;
+  };
+  if (taken_) apply(taken_->command);  // handed to the trainer, not done: it comes first
+  for (const std::shared_ptr<Request>& r : queue_) apply(r->command);
   return s;
 }
 
@@ -168,13 +186,36 @@ CommandOutcome ControlState::submit(RunCommand command, const std::string& reque
       refused.message = std::string("cannot ") + command_name(command) + ": " + why;
       return refused;
     }
-    if (requests_.size() >= kMaxRememberedRequests)
-      std::erase_if(requests_, [](const auto& kv) { return kv.second->done; });
-    request = std::make_shared<Request>();
-    request->command = command;
+    // A checkpoint asked for while another waits for the boundary is that one.
+    for (const std::shared_ptr<Request>& r : queue_)
+      if (command == RunCommand::kCheckpoint && r->command == command) request = r;
+    if (!request) {
+      if (queue_.size() >= kMaxQueued) {
+        refused.code = CommandOutcome::Code::kResourceExhausted;
+        refused.message = "cannot " + std::string(command_name(command)) + ": " +
+                          std::to_string(queue_.size()) +
+                          " commands already wait for the next step boundary";
+        return refused;
+      }
+      request = std::make_shared<Request>();
+      request->command = command;
+      queue_.push_back(request);
+      cv_.notify_all();  // a paused trainer waits in next_command
+    }
+    // At the cap, forget the oldest answered id (ids of commands still waiting are kept).
+    if (requests_.size() >= kMaxRememberedRequests) {
+      const auto done = std::find_if(request_order_.begin(), request_order_.end(),
+                                     [&](const std::string& id) { return requests_[id]->done; });
+      if (done == request_order_.end()) {
+        refused.code = CommandOutcome::Code::kResourceExhausted;
+        refused.message = "too many requests wait for the next step boundary";
+        return refused;
+      }
+      requests_.erase(*done);
+      request_order_.erase(done);
+    }
     requests_[request_id] = request;
-    queue_.push_back(request);
-    cv_.notify_all();  // a paused trainer waits in next_command
+    request_order_.push_back(request_id);
   }
   // Woken by every change; a caller that left is noticed within 0.1 s.
   while (!request->done) {

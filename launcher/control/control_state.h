@@ -19,7 +19,15 @@ namespace keel::launcher {
 
 // What a mutating call answers.
 struct CommandOutcome {
-  enum class Code { kOk, kInvalidArgument, kFailedPrecondition, kDeadlineExceeded, kCancelled };
+  enum class Code {
+    kOk,
+    kInvalidArgument,
+    kFailedPrecondition,
+    kResourceExhausted,
+    kAborted,  // the command was carried out and failed (a checkpoint that could not be written)
+    kDeadlineExceeded,
+    kCancelled
+  };
   Code code = Code::kOk;
   std::string message;  // why, when not kOk
   runtime::RunState state = runtime::RunState::kStarting;
@@ -43,12 +51,15 @@ bool run_ended(runtime::RunState s);
 class ControlState : public runtime::RunControl {
  public:
   using Clock = std::chrono::steady_clock;
+  static constexpr size_t kMaxQueued = 16;
+  static constexpr size_t kMaxRememberedRequests = 4096;
   explicit ControlState(int64_t max_steps);
 
   // The trainer's side.
   runtime::RunCommand next_command(double wait_seconds) override;
   void command_done(runtime::RunCommand command, int64_t step,
                     const std::string& checkpoint) override;
+  void command_failed(runtime::RunCommand command, int64_t step, const std::string& why) override;
   void set_state(runtime::RunState state) override;
   void on_step(const runtime::RunProgress& progress) override;
   void on_checkpoint(int64_t step, const std::string& dir) override;
@@ -62,13 +73,16 @@ class ControlState : public runtime::RunControl {
   // The client's side. Queues `command` under `request_id` (the same id again finds the first
   // call's command instead of queueing another) and blocks until it has taken effect at a step
   // boundary, the run has ended, `deadline` has passed or `cancelled()` says the caller left. A
-  // command the run's state (with the commands queued before it) does not allow is refused at once.
+  // command the run's state (with the commands queued before it) does not allow is refused at once;
+  // so is one beyond kMaxQueued. A checkpoint while another is queued waits for that one.
   CommandOutcome submit(runtime::RunCommand command, const std::string& request_id,
                         Clock::time_point deadline, const std::function<bool()>& cancelled);
   RunSnapshot snapshot() const;
   // The snapshot once its version is above `seen`, or at `until`, or once stop_watchers() is
   // called.
   RunSnapshot wait_newer(uint64_t seen, Clock::time_point until) const;
+  // Commands queued and not yet handed to the trainer.
+  size_t queued() const;
   // Server shutdown: every watcher waiting in wait_newer returns now.
   void stop_watchers();
   bool watchers_stopped() const;
@@ -94,6 +108,7 @@ class ControlState : public runtime::RunControl {
   std::deque<std::shared_ptr<Request>> queue_;
   std::shared_ptr<Request> taken_;  // handed to the trainer, not done yet
   std::map<std::string, std::shared_ptr<Request>> requests_;
+  std::deque<std::string> request_order_;  // ids in requests_, oldest first
   bool watchers_stopped_ = false;
   std::function<void(runtime::RunState)> listener_;
 };

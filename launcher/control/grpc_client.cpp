@@ -264,7 +264,13 @@ int command(pb::Control::Stub& stub, const Target& t, const std::string& name,
     stop.set_no_checkpoint(cl.has("--no-checkpoint"));
     rc = stub.Stop(&ctx, stop, &reply);
   }
-  if (!rc.ok()) return report(rc, name, t);
+  if (!rc.ok()) {
+    if (rc.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)
+      std::cerr << "keel: the " << name << " stays queued; to wait for it: keel " << name << " "
+                << (cl.positional().empty() ? "." : cl.positional()[0]) << " --request-id " << id
+                << "\n";
+    return report(rc, name, t);
+  }
   std::cout << "keel: " << name << ": " << state_name(reply.state()) << " at step " << reply.step();
   if (!reply.checkpoint_path().empty())
     std::cout << ", checkpoint step " << reply.checkpoint_step() << " in "

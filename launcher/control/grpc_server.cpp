@@ -3,8 +3,10 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -27,6 +29,10 @@ using runtime::RunState;
 constexpr const char* kServiceName = "keel.control.v1.Control";
 // Every request of this service is a few bytes; anything larger is refused before it is parsed.
 constexpr int kMaxRequestBytes = 16 * 1024;
+// Every open call holds one of the server's threads in the training process: watchers and the
+// threads together are capped, so that no caller can exhaust rank 0.
+constexpr int kMaxWatchers = 128;
+constexpr int kMaxThreads = 256;
 
 pb::State to_proto(RunState s) { return static_cast<pb::State>(static_cast<int>(s) + 1); }
 
@@ -79,8 +85,8 @@ class Service final : public pb::Control::Service {
       out->mutable_last_checkpoint()->set_path(r.checkpoint);
     }
     out->set_failure(r.failure);
-    if (const RankSource source = rank_source()) {
-      const std::vector<parallel::RankLiveness> ranks = source();
+    {
+      const std::vector<parallel::RankLiveness> ranks = this->ranks();
       int64_t furthest = 0;
       for (const parallel::RankLiveness& k : ranks) furthest = std::max(furthest, k.step);
       for (const parallel::RankLiveness& k : ranks) {
@@ -101,6 +107,13 @@ class Service final : public pb::Control::Service {
   grpc::Status WatchProgress(grpc::ServerContext* ctx, const pb::WatchProgressRequest*,
                              grpc::ServerWriter<pb::Progress>* writer) override {
     if (grpc::Status s = authorize(ctx, "WatchProgress"); !s.ok()) return s;
+    struct Seat {
+      std::atomic<int>& n;
+      ~Seat() { --n; }
+    } seat{watchers_};
+    if (++watchers_ > kMaxWatchers)
+      return {grpc::StatusCode::RESOURCE_EXHAUSTED,
+              std::to_string(kMaxWatchers) + " watchers are connected already; try later"};
     uint64_t seen = 0;
     int64_t sent_step = -1;
     RunState sent_state = RunState::kStarting;
@@ -163,9 +176,13 @@ class Service final : public pb::Control::Service {
   grpc::Status command(grpc::ServerContext* ctx, const char* method, RunCommand c,
                        const std::string& request_id, pb::CommandReply* out) {
     if (grpc::Status s = authorize(ctx, method); !s.ok()) return s;
-    // The client's deadline, on the steady clock (none: wait as long as a day).
-    const auto left = ctx->deadline() - std::chrono::system_clock::now();
-    const auto wait = std::min<std::chrono::system_clock::duration>(left, std::chrono::hours(24));
+    // The client's deadline on the steady clock, less a margin so that the server's answer (the
+    // command stays queued; the same request id waits for it) arrives before the client gives
+    // up; no deadline: as long as a day.
+    const auto left = std::min<std::chrono::system_clock::duration>(
+        ctx->deadline() - std::chrono::system_clock::now(), std::chrono::hours(24));
+    const auto wait =
+        left - std::min<std::chrono::system_clock::duration>(left / 10, std::chrono::seconds(1));
     const CommandOutcome o =
         state_.submit(c, request_id,
                       ControlState::Clock::now() +
@@ -181,6 +198,9 @@ class Service final : public pb::Control::Service {
         return {grpc::StatusCode::INVALID_ARGUMENT, o.message};
       case CommandOutcome::Code::kFailedPrecondition:
         return {grpc::StatusCode::FAILED_PRECONDITION, o.message};
+      case CommandOutcome::Code::kResourceExhausted:
+        return {grpc::StatusCode::RESOURCE_EXHAUSTED, o.message};
+      case CommandOutcome::Code::kAborted: return {grpc::StatusCode::ABORTED, o.message};
       case CommandOutcome::Code::kDeadlineExceeded:
         return {grpc::StatusCode::DEADLINE_EXCEEDED, o.message};
       case CommandOutcome::Code::kCancelled: return {grpc::StatusCode::CANCELLED, o.message};
@@ -191,6 +211,9 @@ class Service final : public pb::Control::Service {
   ControlState& state_;
   const ControlServerOptions& options_;
   const std::string token_;
+  std::atomic<int> watchers_{0};
+  // Called under its lock: once set_rank_source({}) returns, no call is still reading the source
+  // (the heartbeat it reads may be gone next).
   mutable std::mutex rank_source_mu_;
   RankSource rank_source_;
 
@@ -199,9 +222,9 @@ class Service final : public pb::Control::Service {
     std::lock_guard lock(rank_source_mu_);
     rank_source_ = std::move(source);
   }
-  RankSource rank_source() const {
+  std::vector<parallel::RankLiveness> ranks() const {
     std::lock_guard lock(rank_source_mu_);
-    return rank_source_;
+    return rank_source_ ? rank_source_() : std::vector<parallel::RankLiveness>{};
   }
 };
 
@@ -233,7 +256,17 @@ class GrpcControlServer final : public ControlServer {
     builder.AddListeningPort(options.address, credentials, &port);
     builder.RegisterService(service_.get());
     builder.SetMaxReceiveMessageSize(kMaxRequestBytes);
+    // gRPC sets SO_REUSEPORT by default: two runs could then share a fixed port, and the kernel
+    // would hand one run's commands to the other.
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    grpc::ResourceQuota quota("keel-control");
+    quota.SetMaxThreads(kMaxThreads);
+    builder.SetResourceQuota(quota);
     server_ = builder.BuildAndStart();
+    if ((!server_ || port == 0) && !endpoint.token_file.empty()) {
+      std::error_code ignored;
+      std::filesystem::remove(endpoint.token_file, ignored);
+    }
     KEEL_CHECK(server_ && port > 0,
                "the control server cannot listen on control.address {} (the port is taken, or the "
                "host is not this machine's); set control.address to another host:port (port 0 "
@@ -260,6 +293,10 @@ class GrpcControlServer final : public ControlServer {
     banner_ = "keel: control server on " + address_ +
               (token_.empty() ? "" : " (token in control.token)") +
               (endpoint.tls_ca.empty() ? "" : " over TLS") +
+              (!token_.empty() && endpoint.tls_ca.empty()
+                   ? " (plaintext beyond loopback: the token crosses the network in the clear; "
+                     "control.tls_cert and control.tls_key encrypt it)"
+                   : "") +
               ": keel status|watch|pause|resume|checkpoint|stop " + options.output_dir;
   }
 

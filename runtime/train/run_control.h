@@ -42,6 +42,9 @@ class RunControl {
   // `command` has taken effect at the boundary after `step` (checkpoint: the directory written or
   // found for this step, "" when none was written).
   virtual void command_done(RunCommand command, int64_t step, const std::string& checkpoint) = 0;
+  // `command` was carried out at the boundary after `step` and failed on every rank alike (a
+  // checkpoint that could not be written); the run goes on.
+  virtual void command_failed(RunCommand command, int64_t step, const std::string& why) = 0;
   virtual void set_state(RunState state) = 0;
   virtual void on_step(const RunProgress& progress) = 0;
   // Every committed checkpoint, the interval's too.

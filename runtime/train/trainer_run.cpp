@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "parallel/activity.h"
+#include "parallel/agree.h"
 #include "runtime/data/tokenizer_json.h"
 #include "runtime/train/loss_curve.h"
 #include "runtime/train/stop_signal.h"
@@ -88,9 +89,24 @@ std::string Trainer::take_orders(std::ostream& rank_log) {
         return "";
       case RunCommand::kCheckpoint: {
         state(RunState::kCheckpointing);
-        const std::string dir = checkpoint_here(rank_log);
-        state(paused ? RunState::kPaused : RunState::kRunning);
-        done(o.command, dir);
+        // A save every rank failed alike (a full disk, a quota) is the caller's answer, not the
+        // end of a run that may have days in it; `latest` stays on the last good checkpoint.
+        try {
+          const std::string dir = checkpoint_here(rank_log);
+          state(paused ? RunState::kPaused : RunState::kRunning);
+          done(o.command, dir);
+        } catch (const parallel::AgreedError& e) {
+          // Only the rank that failed first may carry the message.
+          const std::string why =
+              *e.what() ? e.what()
+                        : "rank " + std::to_string(e.reporter()) + " failed (its log says why)";
+          state(paused ? RunState::kPaused : RunState::kRunning);
+          console_ << "keel: the checkpoint asked for at step " << step_ << " failed: " << why
+                   << "; training goes on\n"
+                   << std::flush;
+          rank_log << "keel: checkpoint failed: " << why << "\n" << std::flush;
+          if (control_) control_->command_failed(o.command, step_, why);
+        }
         if (!paused) return "";
         break;
       }

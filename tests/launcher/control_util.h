@@ -24,13 +24,19 @@ inline constexpr const char* kControlSets =
     " --set training.max_steps=3000 --set training.logging_steps=1 --set training.warmup_steps=2"
     " --set training.report_to=none";
 
-// `keel train` on `ranks` ranks in a thread; join() waits for it and returns its result.
+// `keel train` on `ranks` ranks in a thread, writing to `out`; join() waits for it and returns its
+// result. A test that ends early (a failed ASSERT) stops the run rather than wait for it to end.
 class BackgroundRun {
  public:
-  BackgroundRun(int ranks, const std::string& cfg, const std::string& sets)
-      : thread_([this, ranks, cfg, sets] { result_ = train(ranks, cfg, sets); }) {}
+  BackgroundRun(int ranks, const std::string& cfg, const std::string& sets, const std::string& out)
+      : out_(out), thread_([this, ranks, cfg, sets] {
+          result_ = train(ranks, cfg, sets + " --set training.output_dir=" + out_);
+        }) {}
   ~BackgroundRun() {
-    if (thread_.joinable()) thread_.join();
+    if (!thread_.joinable()) return;
+    shell(std::string(KEEL_BINARY) + " resume " + out_ + " --timeout 10");  // if paused
+    shell(std::string(KEEL_BINARY) + " stop " + out_ + " --no-checkpoint --timeout 30");
+    thread_.join();
   }
   Result join() {
     thread_.join();
@@ -38,6 +44,7 @@ class BackgroundRun {
   }
 
  private:
+  std::string out_;
   Result result_{-1, ""};
   std::thread thread_;
 };

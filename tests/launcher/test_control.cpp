@@ -28,12 +28,13 @@ TEST_F(Cli, ClientWatchesPausesCheckpointsResumesAndStopsATwoRankRun) {
   Result r = train(2, cfg, std::string(kControlSets) + " --set training.output_dir=" + straight);
   ASSERT_EQ(r.code, 0) << r.out;
 
-  BackgroundRun job(2, cfg,
-                    std::string(kControlSets) + " --set control.hang_timeout=2" +
-                        " --set training.output_dir=" + out);
-  ASSERT_TRUE(wait_for_steps(out, 3)) << job.join().out;
+  // Declared before the job: a test that ends early stops the run (the job's destructor), which
+  // ends the watch, which this thread's destructor then joins.
   Result watched{-1, ""};
-  std::thread watcher([&] { watched = run("watch " + out + " --json"); });
+  std::jthread watcher;
+  BackgroundRun job(2, cfg, std::string(kControlSets) + " --set control.hang_timeout=3", out);
+  ASSERT_TRUE(wait_for_steps(out, 3)) << job.join().out;
+  watcher = std::jthread([&] { watched = run("watch " + out + " --json"); });
 
   // Pause: the step counter holds.
   r = run("pause " + out);
@@ -44,7 +45,7 @@ TEST_F(Cli, ClientWatchesPausesCheckpointsResumesAndStopsATwoRankRun) {
   EXPECT_EQ(s["state"], "paused");
   EXPECT_EQ(s["step"], paused);
   // Held past control.hang_timeout: a paused job is no hang.
-  std::this_thread::sleep_for(std::chrono::milliseconds(3000));
+  std::this_thread::sleep_for(std::chrono::milliseconds(4000));
   s = status_json(out);
   EXPECT_EQ(s["step"], paused) << "a paused run went on training";
   // Every rank's liveness, from the heartbeats.
@@ -137,9 +138,7 @@ TEST_F(Cli, BeyondLoopbackEveryCallNeedsTheRunsToken) {
   if (!have_grpc()) GTEST_SKIP() << "this keel was built without gRPC";
   const std::string cfg = write("m.yaml", kTensorParallelModel);
   const std::string out = out_dir();
-  BackgroundRun job(1, cfg,
-                    std::string(kControlSets) + " --set control.address=0.0.0.0:0" +
-                        " --set training.output_dir=" + out);
+  BackgroundRun job(1, cfg, std::string(kControlSets) + " --set control.address=0.0.0.0:0", out);
   ASSERT_TRUE(wait_for_steps(out, 1)) << job.join().out;
   struct stat st {};
   ASSERT_EQ(::stat((out + "/control.token").c_str(), &st), 0);
@@ -190,7 +189,7 @@ TEST_F(Cli, AGenericGrpcClientListsTheServiceChecksHealthAndReadsTheStatus) {
                  << python << " (.ci/run makes it; or set KEEL_TEST_PYTHON)";
   const std::string cfg = write("m.yaml", kTensorParallelModel);
   const std::string out = out_dir();
-  BackgroundRun job(1, cfg, std::string(kControlSets) + " --set training.output_dir=" + out);
+  BackgroundRun job(1, cfg, std::string(kControlSets), out);
   ASSERT_TRUE(wait_for_steps(out, 2)) << job.join().out;
   const std::string address = nlohmann::json::parse(file_bytes(out + "/control.json"))["address"];
   FILE* client = popen((python + " " + KEEL_SOURCE_DIR + "/tests/launcher/generic_grpc_client.py " +
@@ -241,7 +240,7 @@ TEST_F(Cli, TlsServesWithTheRunsCertificate) {
   EXPECT_NE(r.out.find("control.tls_key '" + key + ".missing' cannot be read"), std::string::npos)
       << r.out;
 
-  BackgroundRun job(1, cfg, std::string(kControlSets) + tls + " --set training.output_dir=" + out);
+  BackgroundRun job(1, cfg, std::string(kControlSets) + tls, out);
   ASSERT_TRUE(wait_for_steps(out, 1)) << job.join().out;
   const nlohmann::json endpoint = nlohmann::json::parse(file_bytes(out + "/control.json"));
   EXPECT_EQ(endpoint["tls_ca"], cert);
@@ -265,7 +264,7 @@ TEST_F(Cli, TheClientNamesARunThatIsGone) {
       << r.out;
   const std::string cfg = write("m.yaml", kTensorParallelModel);
   const std::string out = out_dir();
-  BackgroundRun job(1, cfg, std::string(kControlSets) + " --set training.output_dir=" + out);
+  BackgroundRun job(1, cfg, std::string(kControlSets), out);
   ASSERT_TRUE(wait_for_steps(out, 1)) << job.join().out;
   const int pid = nlohmann::json::parse(file_bytes(out + "/control.json"))["pid"];
   ASSERT_EQ(::kill(pid, SIGKILL), 0);

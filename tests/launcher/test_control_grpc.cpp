@@ -38,7 +38,7 @@ TEST_F(Cli, MalformedRequestsAndVanishingWatchersLeaveTheRunBitIdentical) {
   Result r = train(2, cfg, std::string(kControlSets) + " --set training.output_dir=" + straight);
   ASSERT_EQ(r.code, 0) << r.out;
 
-  BackgroundRun job(2, cfg, std::string(kControlSets) + " --set training.output_dir=" + out);
+  BackgroundRun job(2, cfg, std::string(kControlSets), out);
   ASSERT_TRUE(wait_for_steps(out, 3)) << job.join().out;
   const std::string address = nlohmann::json::parse(file_bytes(out + "/control.json"))["address"];
 
@@ -57,9 +57,12 @@ TEST_F(Cli, MalformedRequestsAndVanishingWatchersLeaveTheRunBitIdentical) {
   // No method of that name.
   s = raw_call(address, "/keel.control.v1.Control/Explode", "");
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNIMPLEMENTED);
-  // Watchers killed mid-stream.
-  for (int i = 0; i < 3; ++i)
-    shell("timeout -s KILL 0.3 " + std::string(KEEL_BINARY) + " watch " + out + " --json");
+  // Watchers killed mid-stream (each got at least one message first).
+  for (int i = 0; i < 3; ++i) {
+    const Result w =
+        shell("timeout -s KILL 1 " + std::string(KEEL_BINARY) + " watch " + out + " --json");
+    EXPECT_NE(w.out.find("\"step\""), std::string::npos) << "a watcher never connected: " << w.out;
+  }
   const nlohmann::json status = status_json(out);
   ASSERT_TRUE(status.is_object()) << "the server stopped answering";
   EXPECT_EQ(status["state"], "running");

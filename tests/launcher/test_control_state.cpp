@@ -28,6 +28,13 @@ std::future<CommandOutcome> submit_async(ControlState& s, RunCommand c, const st
                     [&s, c, id, wait] { return s.submit(c, id, in(wait), [] { return false; }); });
 }
 
+// Waits until n commands are queued (a submit on another thread has reached the queue).
+void wait_queued(const ControlState& s, size_t n) {
+  const auto deadline = ControlState::Clock::now() + 10s;
+  while (s.queued() < n && ControlState::Clock::now() < deadline) std::this_thread::sleep_for(1ms);
+  ASSERT_GE(s.queued(), n) << "the submit never reached the queue";
+}
+
 // The trainer's side of one boundary: takes the next command (waiting up to 2 s) and carries it
 // out as Trainer::take_orders does.
 RunCommand boundary(ControlState& s, int64_t step) {
@@ -62,8 +69,9 @@ TEST(ControlState, TheSameRequestIdActsOnce) {
   ControlState s(100);
   s.set_state(RunState::kRunning);
   std::future<CommandOutcome> first = submit_async(s, RunCommand::kCheckpoint, "same");
+  wait_queued(s, 1);
   std::future<CommandOutcome> retry = submit_async(s, RunCommand::kCheckpoint, "same");
-  std::this_thread::sleep_for(50ms);
+  std::this_thread::sleep_for(20ms);  // the retry finds the first; nothing to wait for in the queue
   EXPECT_EQ(boundary(s, 3), RunCommand::kCheckpoint);
   EXPECT_EQ(s.next_command(0.05), RunCommand::kNone) << "the retry queued a second checkpoint";
   EXPECT_EQ(first.get().checkpoint, "ckpt/step_3");
@@ -88,14 +96,14 @@ TEST(ControlState, ACommandTheStateDoesNotAllowIsRefusedWithTheReason) {
   EXPECT_EQ(o.message, "cannot resume: the run is not paused");
   // A queued pause counts: a second one is refused before the first takes effect.
   std::future<CommandOutcome> pause = submit_async(s, RunCommand::kPause, "p1");
-  std::this_thread::sleep_for(50ms);
+  wait_queued(s, 1);
   o = s.submit(RunCommand::kPause, "p2", in(100ms), nullptr);
   EXPECT_EQ(o.message, "cannot pause: the run is already paused (keel resume continues it)");
   boundary(s, 4);
   EXPECT_EQ(pause.get().code, Code::kOk);
   // Once a stop is queued, nothing but the same stop's retry is taken.
   std::future<CommandOutcome> stop = submit_async(s, RunCommand::kStop, "s1");
-  std::this_thread::sleep_for(50ms);
+  wait_queued(s, 1);
   o = s.submit(RunCommand::kCheckpoint, "c1", in(100ms), nullptr);
   EXPECT_EQ(o.code, Code::kFailedPrecondition);
   EXPECT_EQ(o.message, "cannot checkpoint: the run is stopping");
@@ -110,7 +118,7 @@ TEST(ControlState, ARunThatEndsAnswersEveryWaitingCall) {
   ControlState s(100);
   s.set_state(RunState::kRunning);
   std::future<CommandOutcome> pause = submit_async(s, RunCommand::kPause, "p1");
-  std::this_thread::sleep_for(50ms);
+  wait_queued(s, 1);
   runtime::RunProgress p;
   p.step = 100;
   s.on_step(p);
@@ -121,7 +129,7 @@ TEST(ControlState, ARunThatEndsAnswersEveryWaitingCall) {
 
   ControlState f(10);
   std::future<CommandOutcome> ckpt = submit_async(f, RunCommand::kCheckpoint, "c1");
-  std::this_thread::sleep_for(50ms);
+  wait_queued(f, 1);
   f.fail("rank 1 on host x stopped answering");
   EXPECT_EQ(ckpt.get().message, "the run failed: rank 1 on host x stopped answering");
   EXPECT_EQ(f.snapshot().state, RunState::kFailed);
@@ -154,6 +162,60 @@ TEST(ControlState, WatchersWakeOnEveryStepAndAtShutdown) {
       std::launch::async, [&] { return s.wait_newer(s.snapshot().version, in(60000ms)); });
   s.stop_watchers();
   EXPECT_EQ(parked.wait_for(2000ms), std::future_status::ready);
+}
+
+// A command handed to the trainer and not yet done counts first: a pause in flight makes a second
+// pause wrong and a resume right.
+TEST(ControlState, ACommandInFlightCountsBeforeTheQueue) {
+  ControlState s(100);
+  s.set_state(RunState::kRunning);
+  std::future<CommandOutcome> pause = submit_async(s, RunCommand::kPause, "p1");
+  wait_queued(s, 1);
+  ASSERT_EQ(s.next_command(0), RunCommand::kPause);  // taken, not done
+  EXPECT_EQ(s.submit(RunCommand::kPause, "p2", in(50ms), nullptr).code, Code::kFailedPrecondition);
+  std::future<CommandOutcome> resume = submit_async(s, RunCommand::kResume, "r1");
+  wait_queued(s, 1);
+  s.set_state(RunState::kPaused);
+  s.command_done(RunCommand::kPause, 5, "");
+  EXPECT_EQ(pause.get().code, Code::kOk);
+  EXPECT_EQ(boundary(s, 5), RunCommand::kResume);
+  EXPECT_EQ(resume.get().code, Code::kOk);
+}
+
+// Checkpoints asked for while one waits are that one; the queue and the remembered ids are
+// bounded; a checkpoint that failed answers ABORTED with why, and the run goes on.
+TEST(ControlState, CheckpointsCoalesceTheQueueIsBoundedAndAFailedSaveIsAnswered) {
+  ControlState s(100);
+  s.set_state(RunState::kRunning);
+  std::future<CommandOutcome> a = submit_async(s, RunCommand::kCheckpoint, "a");
+  wait_queued(s, 1);
+  std::future<CommandOutcome> b = submit_async(s, RunCommand::kCheckpoint, "b");
+  std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(s.queued(), 1u) << "a second checkpoint was queued beside the first";
+  ASSERT_EQ(s.next_command(0), RunCommand::kCheckpoint);
+  s.command_failed(RunCommand::kCheckpoint, 9, "no space left on device");
+  for (std::future<CommandOutcome>* f : {&a, &b}) {
+    const CommandOutcome o = f->get();
+    EXPECT_EQ(o.code, Code::kAborted);
+    EXPECT_EQ(o.message, "no space left on device");
+    EXPECT_EQ(o.step, 9);
+  }
+  EXPECT_EQ(s.snapshot().state, RunState::kRunning);
+
+  // Pause and resume alternately: the queue holds kMaxQueued, the next is refused.
+  std::vector<std::future<CommandOutcome>> waiting;
+  for (size_t i = 0; i < ControlState::kMaxQueued; ++i) {
+    std::string id = "q";  // not "q" + to_string: GCC 12's false -Wrestrict
+    id += std::to_string(i);
+    waiting.push_back(
+        submit_async(s, i % 2 ? RunCommand::kResume : RunCommand::kPause, id, 20000ms));
+    wait_queued(s, i + 1);
+  }
+  const CommandOutcome full = s.submit(RunCommand::kPause, "one-more", in(50ms), nullptr);
+  EXPECT_EQ(full.code, Code::kResourceExhausted);
+  EXPECT_EQ(full.message, "cannot pause: 16 commands already wait for the next step boundary");
+  s.set_state(RunState::kDone);  // answers them all
+  for (std::future<CommandOutcome>& f : waiting) EXPECT_EQ(f.get().code, Code::kFailedPrecondition);
 }
 
 }  // namespace
