@@ -36,6 +36,15 @@ TEST(PipelineScheduleTest, NamesRoundTripAndAnUnknownNameListsTheChoices) {
             "interleaved_1f1b or zb_h1");
 }
 
+TEST(PipelineScheduleTest, GPipeRunsEveryForwardThenEveryBackwardInTheSameOrder) {
+  std::string s;
+  for (const PipelineAction& a : pipeline_actions(PipelineSchedule::kGPipe, {3, 3, 1}, 1))
+    s += to_string(a) + " ";
+  EXPECT_EQ(s,
+            "recvA0<-0 F0 sendA0->2 recvA1<-0 F1 sendA1->2 recvA2<-0 F2 sendA2->2 "
+            "recvG0<-2 B0 sendG0->0 recvG1<-2 B1 sendG1->0 recvG2<-2 B2 sendG2->0 ");
+}
+
 TEST(PipelineScheduleTest, OneFOneBOnFourStagesIsMegatronsOrder) {
   const PipelineShape shape{4, 6, 1};
   auto computes = [&](int stage) {
