@@ -14,8 +14,8 @@ namespace keel::parallel {
 
 // What each pass costs, for one micro-batch through one whole stage (all the layers of a rank);
 // a chunk of an interleaved stage costs 1/v of it. kBackward costs backward_input +
-// backward_weight. The defaults, F = 1 and B = W = 1 (a whole backward 2), are the usual
-// rule of thumb and make the textbook bubble formulas exact.
+// backward_weight. The defaults, F = 1 and B = W = 1, are the usual rule of thumb (a backward
+// costs twice a forward); the textbook bubble formulas hold exactly under these and others.
 struct PipelineCosts {
   double forward = 1.0;
   double backward_input = 1.0;
