@@ -12,7 +12,6 @@ namespace keel {
 
 namespace {
 constexpr size_t kHugePage = size_t{2} << 20;
-constexpr size_t kAlign = 64;
 
 size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 }  // namespace
@@ -61,7 +60,7 @@ HostBuffer& HostBuffer::operator=(HostBuffer&& o) noexcept {
 
 MemoryPlan::Slot MemoryPlan::add(std::string name, DType dtype, Shape shape) {
   KEEL_CHECK(!done_, "memory plan '{}' is already allocated; cannot add '{}'", category_, name);
-  const size_t offset = round_up(bytes_, kAlign);
+  const size_t offset = round_up(bytes_, MemoryPlan::kAlign);
   entries_.push_back({std::move(name), dtype, shape, offset});
   bytes_ = offset + static_cast<size_t>(shape.numel()) * dtype_size(dtype);
   return entries_.size() - 1;

@@ -35,10 +35,12 @@ class HostBuffer {
 class MemoryPlan {
  public:
   using Slot = size_t;
+  // Every buffer starts on a multiple of this many bytes.
+  static constexpr size_t kAlign = 64;
 
   explicit MemoryPlan(std::string category) : category_(std::move(category)) {}
 
-  // Declares a buffer. Its memory exists only after allocate(); each buffer starts on a 64-byte
+  // Declares a buffer. Its memory exists only after allocate(); each buffer starts on a kAlign
   // boundary.
   Slot add(std::string name, DType dtype, Shape shape);
   // Allocates every declared buffer in one block, zero-filled. Call once.

@@ -72,6 +72,12 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
              "tied word embeddings need the embedding and the head on one pipeline stage (layers "
              "{} to {} of {} here); set model.tie_word_embeddings: false",
              l0_, l1_, config.num_hidden_layers);
+  KEEL_CHECK(split.activation_slots >= 1,
+             "a pipeline stage holds at least one micro-batch's activations, asked for {} slots "
+             "(internal error)",
+             split.activation_slots);
+  s_->slots.resize(static_cast<size_t>(split.activation_slots));
+  slot_state_.assign(s_->slots.size(), SlotState::kEmpty);
   block_.set_progress([this] { progress(); });
   // From the widest vocabulary slice, so that every TP rank cuts the same chunks (each chunk's
   // softmax statistics are collectives over the group).
@@ -125,35 +131,53 @@ void LlamaModel::build_plans() {
     if (!config_.tie_word_embeddings) s.w_head = add_weight("lm_head", {V_, C_});
   }
 
-  // Activations.
-  for (int64_t l = 0; l <= L; ++l)
-    s.x.push_back(acts_.add("x." + std::to_string(l), DType::F32, {rows_.count, C_}));
-  const int64_t kept = checkpointing_ ? 1 : L;
-  for (int64_t l = 0; l < L; ++l) {
-    Layer& y = layers_[static_cast<size_t>(l)];
-    if (l >= kept) {  // checkpointing: share block 0's buffers
-      const Layer& z = layers_[0];
-      y.ln1 = z.ln1, y.rstd1 = z.rstd1, y.qkv = z.qkv, y.att = z.att, y.lse = z.lse;
-      y.xmid = z.xmid, y.ln2 = z.ln2, y.rstd2 = z.rstd2, y.gu = z.gu, y.h = z.h;
-      continue;
+  // Activations: slot 0's as one micro-batch has always kept them, then each further slot's own
+  // buffers (block inputs, the blocks' insides unless checkpointing shares one recomputed set,
+  // tokens). The head's norm is done with once the head's backward has run inside the forward:
+  // one for every slot.
+  const int K = static_cast<int>(s.slots.size());
+  // A buffer of slot k's own (slot 0's under the names they had before slots), and its size as
+  // the plan lays it out: what each further slot adds.
+  auto own = [&](int k, const std::string& name, DType dtype, Shape shape) {
+    if (k == 0) {
+      const size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
+      slot_bytes_ += (bytes + MemoryPlan::kAlign - 1) / MemoryPlan::kAlign * MemoryPlan::kAlign;
     }
-    const std::string p = "layers." + std::to_string(l0_ + l) + ".";
-    y.ln1 = acts_.add(p + "ln1", DType::F32, {N_, C_});
-    y.rstd1 = acts_.add(p + "rstd1", DType::F32, {rows_.count});
-    y.qkv = acts_.add(p + "qkv", DType::F32, {N_, QKV_});
-    y.att = acts_.add(p + "att", DType::F32, {N_, H_ * D_});
-    y.lse = acts_.add(p + "lse", DType::F32, {B_, H_, T_});
-    y.xmid = acts_.add(p + "xmid", DType::F32, {rows_.count, C_});
-    y.ln2 = acts_.add(p + "ln2", DType::F32, {N_, C_});
-    y.rstd2 = acts_.add(p + "rstd2", DType::F32, {rows_.count});
-    y.gu = acts_.add(p + "gate_up", DType::F32, {N_, 2 * I_});
-    y.h = acts_.add(p + "h", DType::F32, {N_, I_});
+    return acts_.add(k == 0 ? name : "slot " + std::to_string(k) + ": " + name, dtype, shape);
+  };
+  for (int k = 0; k < K; ++k) {
+    MicroActs& m = s.slots[static_cast<size_t>(k)];
+    for (int64_t l = 0; l <= L; ++l)
+      m.x.push_back(own(k, "x." + std::to_string(l), DType::F32, {rows_.count, C_}));
+    m.blocks.resize(static_cast<size_t>(L));
+    for (int64_t l = 0; l < L; ++l) {
+      MicroActs::Block& y = m.blocks[static_cast<size_t>(l)];
+      if (checkpointing_ && (k > 0 || l > 0)) {  // checkpointing: one set, recomputed when needed
+        y = s.slots[0].blocks[0];
+        continue;
+      }
+      const std::string p = "layers." + std::to_string(l0_ + l) + ".";
+      auto add = [&](const char* name, Shape shape) {
+        return checkpointing_ ? acts_.add(p + name, DType::F32, shape)
+                              : own(k, p + name, DType::F32, shape);
+      };
+      y.ln1 = add("ln1", {N_, C_});
+      y.rstd1 = add("rstd1", {rows_.count});
+      y.qkv = add("qkv", {N_, QKV_});
+      y.att = add("att", {N_, H_ * D_});
+      y.lse = add("lse", {B_, H_, T_});
+      y.xmid = add("xmid", {rows_.count, C_});
+      y.ln2 = add("ln2", {N_, C_});
+      y.rstd2 = add("rstd2", {rows_.count});
+      y.gu = add("gate_up", {N_, 2 * I_});
+      y.h = add("h", {N_, I_});
+    }
+    if (last_ && k == 0) {
+      s.lnf = acts_.add("norm", DType::F32, {N_, C_});
+      s.rstdf = acts_.add("rstd", DType::F32, {rows_.count});
+    }
+    if (first_) m.tokens = own(k, "tokens", DType::I32, {N_});
   }
-  if (last_) {
-    s.lnf = acts_.add("norm", DType::F32, {N_, C_});
-    s.rstdf = acts_.add("rstd", DType::F32, {rows_.count});
-  }
-  if (first_) s.tokens = acts_.add("tokens", DType::I32, {N_});
 
   // Workspace: lives across steps, contents meaningless between calls.
   if (last_) {
@@ -373,7 +397,12 @@ std::string LlamaModel::describe_memory() const {
   std::ostringstream os;
   if (holds_.weights) os << weights_.describe();
   if (holds_.grads) os << grads_.describe();
-  os << acts_.describe() << work_.describe();
+  os << acts_.describe();
+  if (activation_slots() > 1)
+    os << "  of which each of " << activation_slots()
+       << " activation slots (micro-batches in flight) "
+       << "holds " << format_mib(slot_bytes_) << " of its own\n";
+  os << work_.describe();
   return os.str();
 }
 

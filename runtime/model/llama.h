@@ -37,6 +37,10 @@ struct ModelSplit {
   // embedding on the stage that holds layer 0 and the head on the one that holds the last.
   int first_layer = 0;
   int last_layer = -1;
+  // Micro-batches the stage holds between their forward and their backward, each in its own
+  // activation slot (a pipeline schedule's peak of live micro-batches on the stage; 1 without a
+  // pipeline). Only what a micro-batch keeps for its backward is per slot; workspace is shared.
+  int activation_slots = 1;
 };
 
 class LlamaModel {
@@ -105,12 +109,28 @@ class LlamaModel {
   // backward against targets and returns Σ losses (0 elsewhere). stage_output() is what it
   // hands the next stage. stage_backward takes the next stage's stage_input_grad() (nothing on
   // the last stage) and accumulates the stage's gradients; on the first stage it ends with the
-  // embedding's. One micro-batch at a time: its activations live until its backward.
-  double stage_forward(const int32_t* tokens, const float* input, const int32_t* targets,
+  // embedding's.
+  //
+  // A micro-batch runs in an activation slot in [0, activation_slots()): its forward fills the
+  // slot and its backward empties it, so the forwards and backwards of micro-batches in different
+  // slots may interleave in any order a pipeline schedule gives (the slot calls below; the ones
+  // without a slot use slot 0). The gradients are those of running them one after another, bit
+  // for bit when the backwards run in the same order (gradients add in backward order).
+  // stage_output(slot) stays valid until the slot's next forward, stage_input_grad(slot) from its
+  // backward until its next forward: buffers an isend can hold while other micro-batches run.
+  double stage_forward(int slot, const int32_t* tokens, const float* input, const int32_t* targets,
                        float grad_scale);
-  const float* stage_output() const;
-  void stage_backward(const float* output_grad);
-  const float* stage_input_grad() const;
+  const float* stage_output(int slot) const;
+  void stage_backward(int slot, const float* output_grad);
+  const float* stage_input_grad(int slot) const;
+  double stage_forward(const int32_t* tokens, const float* input, const int32_t* targets,
+                       float grad_scale) {
+    return stage_forward(0, tokens, input, targets, grad_scale);
+  }
+  const float* stage_output() const { return stage_output(0); }
+  void stage_backward(const float* output_grad) { stage_backward(0, output_grad); }
+  const float* stage_input_grad() const { return stage_input_grad(0); }
+  int activation_slots() const { return static_cast<int>(slot_state_.size()); }
   bool first_stage() const { return first_; }
   bool last_stage() const { return last_; }
   int64_t first_layer() const { return l0_; }
@@ -130,26 +150,36 @@ class LlamaModel {
   uint64_t tp_bytes_per_micro_batch() const;
   // The memory plans the model holds, buffer by buffer, in MiB, and their sizes.
   std::string describe_memory() const;
-  size_t planned_bytes() const;  // the four below together
-  size_t weight_bytes() const;   // 0 when the model does not hold its weights
-  size_t grad_bytes() const;     // 0 when it does not hold its gradients
-  size_t activation_bytes() const;
+  size_t planned_bytes() const;     // the four below together
+  size_t weight_bytes() const;      // 0 when the model does not hold its weights
+  size_t grad_bytes() const;        // 0 when it does not hold its gradients
+  size_t activation_bytes() const;  // every slot's, and what the slots share
   size_t workspace_bytes() const;
+  // What each activation slot holds of its own (block inputs, block insides unless checkpointing,
+  // tokens): activation_bytes() with K slots is that with one plus K − 1 times this (up to the
+  // plan's 64-byte alignment where one slot's last buffer ends unaligned).
+  size_t activation_slot_bytes() const { return slot_bytes_; }
 
  private:
-  struct Layer;  // parameter and activation slots of one block
+  struct Layer;      // parameter slots of one block
+  struct MicroActs;  // activation slots of one micro-batch
+  // Where an activation slot is between its forward and its backward.
+  enum class SlotState { kEmpty, kForwarded, kBackwarded };
   void build_plans();
-  void embed(const int32_t* tokens);
+  // Slot `slot` in range, or one keel::Error naming it and the range (`what`: the call).
+  const MicroActs& micro(int slot, const char* what) const;
+  void embed(const MicroActs& m, const int32_t* tokens);
   BlockGrads block_grads(int l) const;
-  BlockActs block_acts(int l) const;
+  BlockActs block_acts(const MicroActs& m, int l) const;
   BlockPositions positions() const;  // the micro-batch's: B sequences of T from position 0
-  void block_forward(int l, bool recompute);
-  void block_backward(int l);
-  double head(const int32_t* targets, float grad_scale, bool backward, float* logits);
+  void block_forward(const MicroActs& m, int l, bool recompute);
+  void block_backward(const MicroActs& m, int l);
+  double head(const MicroActs& m, const int32_t* targets, float grad_scale, bool backward,
+              float* logits);
   void sliced_cross_entropy(float* losses, float* logits, const int32_t* targets, int64_t rows,
                             float grad_scale, bool backward);
-  // The embedding (first stage) or the input, then the stage's blocks.
-  void run_forward(const int32_t* tokens, const float* input);
+  // The embedding (first stage) or the input, then the stage's blocks, into slot m.
+  void run_forward(const MicroActs& m, const int32_t* tokens, const float* input);
   // Units: the embedding (first stage), each local layer l, the head (last stage).
   int layer_unit(int64_t l) const { return static_cast<int>(first_ + l); }
   int head_unit() const { return static_cast<int>(units_.size()) - 1; }
@@ -198,6 +228,8 @@ class LlamaModel {
   std::vector<float*> wbase_, gbase_;  // unit → its buffer now (null when not acquired)
   struct Slots;
   std::unique_ptr<Slots> s_;
+  std::vector<SlotState> slot_state_;  // per activation slot
+  size_t slot_bytes_ = 0;              // activation_slot_bytes()
 };
 
 }  // namespace keel::runtime

@@ -10,7 +10,7 @@
 
 namespace keel::runtime {
 
-void LlamaModel::embed(const int32_t* tokens) {
+void LlamaModel::embed(const MicroActs& m, const int32_t* tokens) {
   KEEL_CHECK(holds_.allocate, "this model was built to plan memory only and cannot run");
   // Attention's workspace holds one scratch slot per thread, sized when the model was built.
   KEEL_CHECK(omp_get_max_threads() <= workspace_threads_,
@@ -20,9 +20,9 @@ void LlamaModel::embed(const int32_t* tokens) {
   KEEL_CHECK(tp_comm_.size() == tp_.size,
              "the model holds a tensor-parallel slice and has no TP group (internal error)");
   const kernels::Ops& k = *ops_;
-  int32_t* kept = acts_[s_->tokens].data_as<int32_t>();
+  int32_t* kept = acts_[m.tokens].data_as<int32_t>();
   std::copy_n(tokens, N_, kept);
-  float* x0 = acts_[s_->x[0]].f32();
+  float* x0 = acts_[m.x[0]].f32();
   if (!tp_.split()) {
     k.embedding_forward(x0, kept, w(s_->w_embed), N_, C_, V_, stream_);
     return;
@@ -53,8 +53,8 @@ BlockGrads LlamaModel::block_grads(int l) const {
   return {g(y.w_in_norm), g(y.w_qkv), g(y.w_o), g(y.w_post_norm), g(y.w_gate_up), g(y.w_down)};
 }
 
-BlockActs LlamaModel::block_acts(int l) const {
-  const Layer& y = layers_[static_cast<size_t>(l)];
+BlockActs LlamaModel::block_acts(const MicroActs& m, int l) const {
+  const MicroActs::Block& y = m.blocks[static_cast<size_t>(l)];
   auto a = [&](Slot s) { return acts_[s].f32(); };
   return {a(y.ln1),  a(y.rstd1), a(y.qkv),   a(y.att), a(y.lse),
           a(y.xmid), a(y.ln2),   a(y.rstd2), a(y.gu),  a(y.h)};
@@ -65,25 +65,25 @@ BlockPositions LlamaModel::positions() const {
 }
 
 // One block: x[l] → x[l+1]. With recompute (checkpointing's backward), x[l+1] is left alone.
-void LlamaModel::block_forward(int l, bool recompute) {
+void LlamaModel::block_forward(const MicroActs& m, int l, bool recompute) {
   const size_t i = static_cast<size_t>(l);
   // dtmp is free in the forward and in the backward's recompute (dres holds the gradient then).
-  block_.forward(recompute ? nullptr : acts_[s_->x[i + 1]].f32(), acts_[s_->x[i]].f32(),
-                 block_weights(l), block_acts(l), positions(), work_[s_->attn_ws].f32(),
+  block_.forward(recompute ? nullptr : acts_[m.x[i + 1]].f32(), acts_[m.x[i]].f32(),
+                 block_weights(l), block_acts(m, l), positions(), work_[s_->attn_ws].f32(),
                  work_[s_->dtmp].f32());
 }
 
 // Takes ∂/∂x[l+1] in dres and leaves ∂/∂x[l] there; parameter gradients accumulate.
-void LlamaModel::block_backward(int l) {
-  if (checkpointing_) block_forward(l, /*recompute=*/true);
+void LlamaModel::block_backward(const MicroActs& m, int l) {
+  if (checkpointing_) block_forward(m, l, /*recompute=*/true);
   const BlockScratch scratch = {work_[s_->dres].f32(),
                                 work_[s_->dtmp].f32(),
                                 work_[s_->dbig].f32(),
                                 work_[s_->dsmall].f32(),
                                 tp_.kv_replicas > 1 ? work_[s_->kv_grad].f32() : nullptr,
                                 sp_ ? work_[s_->norm_grad].f32() : nullptr};
-  block_.backward(acts_[s_->x[static_cast<size_t>(l)]].f32(), block_weights(l), block_grads(l),
-                  block_acts(l), positions(), scratch, work_[s_->attn_ws].f32());
+  block_.backward(acts_[m.x[static_cast<size_t>(l)]].f32(), block_weights(l), block_grads(l),
+                  block_acts(m, l), positions(), scratch, work_[s_->attn_ws].f32());
 }
 
 // Final norm, output head and cross-entropy, chunk by chunk of rows. With backward, leaves
@@ -91,10 +91,10 @@ void LlamaModel::block_backward(int l) {
 // parallelism the norm runs on the rows held and its output is gathered whole for the head (the
 // loss covers every row on every rank, as without SP); backward, the head's input gradient is
 // reduce-scattered back to the rows held.
-double LlamaModel::head(const int32_t* targets, float grad_scale, bool backward,
+double LlamaModel::head(const MicroActs& m, const int32_t* targets, float grad_scale, bool backward,
                         float* logits_out) {
   const kernels::Ops& k = *ops_;
-  const float* xL = acts_[s_->x.back()].f32();
+  const float* xL = acts_[m.x.back()].f32();
   float* lnf = acts_[s_->lnf].f32();
   const Slot head_slot = config_.tie_word_embeddings ? s_->w_embed : s_->w_head;
   const float* w_head = w(head_slot);
@@ -165,19 +165,19 @@ void LlamaModel::sliced_cross_entropy(float* losses, float* logits, const int32_
 
 // The embedding (or the previous stage's output) and the stage's blocks forward, each unit's
 // weights held only while it runs.
-void LlamaModel::run_forward(const int32_t* tokens, const float* input) {
+void LlamaModel::run_forward(const MicroActs& m, const int32_t* tokens, const float* input) {
   if (hooks_) hooks_->begin_micro_batch();
   if (first_) {
     use_weights(0);
-    embed(tokens);
+    embed(m, tokens);
     drop_weights(0);
   } else {
     KEEL_CHECK(input, "the pipeline stage from layer {} needs the previous stage's output", l0_);
-    std::copy_n(input, rows_.count * C_, acts_[s_->x[0]].f32());
+    std::copy_n(input, rows_.count * C_, acts_[m.x[0]].f32());
   }
   for (int64_t l = 0; l < static_cast<int64_t>(layers_.size()); ++l) {
     use_weights(layer_unit(l));
-    block_forward(static_cast<int>(l), false);
+    block_forward(m, static_cast<int>(l), false);
     drop_weights(layer_unit(l));
   }
 }
@@ -187,11 +187,17 @@ double LlamaModel::forward(const int32_t* tokens, const int32_t* targets, float*
              "the logits of a tensor-parallel model are split over its TP group (internal error)");
   KEEL_CHECK(first_ && last_,
              "forward runs the whole model; a pipeline stage runs stage_forward (internal error)");
-  run_forward(tokens, nullptr);
+  // Evaluation runs in slot 0, between steps: never over a micro-batch awaiting its backward.
+  const MicroActs& m = micro(0, "forward");
+  KEEL_CHECK(slot_state_[0] != SlotState::kForwarded,
+             "forward: activation slot 0 holds a micro-batch whose backward has not run; evaluate "
+             "between steps (internal error)");
+  slot_state_[0] = SlotState::kEmpty;
+  run_forward(m, tokens, nullptr);
   const bool tied = config_.tie_word_embeddings;
   use_weights(head_unit());
   if (tied) use_weights(0);
-  const double loss = head(targets, 0.0f, false, logits);
+  const double loss = head(m, targets, 0.0f, false, logits);
   if (tied) drop_weights(0);
   drop_weights(head_unit());
   return loss;
@@ -202,53 +208,101 @@ double LlamaModel::forward_backward(const int32_t* tokens, const int32_t* target
   KEEL_CHECK(first_ && last_,
              "forward_backward runs the whole model; a pipeline stage runs stage_forward and "
              "stage_backward (internal error)");
-  const double loss = stage_forward(tokens, nullptr, targets, grad_scale);
-  stage_backward(nullptr);
+  const double loss = stage_forward(0, tokens, nullptr, targets, grad_scale);
+  stage_backward(0, nullptr);
   return loss;
 }
 
-double LlamaModel::stage_forward(const int32_t* tokens, const float* input, const int32_t* targets,
-                                 float grad_scale) {
-  run_forward(tokens, input);
-  if (!last_) return 0.0;
-  // The head (final norm and lm_head, or the tied embedding) runs forward and backward at once.
-  const bool tied = config_.tie_word_embeddings;
-  use_weights(head_unit());
-  if (tied) use_weights(0);
-  use_grads(head_unit());
-  if (tied) use_grads(0);  // held until the embedding's own backward adds to it
-  const double loss = head(targets, grad_scale, true, nullptr);
-  if (tied) drop_weights(0);
-  drop_weights(head_unit());
-  drop_grads(head_unit());
+const LlamaModel::MicroActs& LlamaModel::micro(int slot, const char* what) const {
+  KEEL_CHECK(slot >= 0 && slot < activation_slots(),
+             "{}: activation slot {} is out of range: this stage holds {} (slots 0 to {}); build "
+             "the model with ModelSplit::activation_slots covering the schedule's micro-batches "
+             "in flight (internal error)",
+             what, slot, activation_slots(), activation_slots() - 1);
+  return s_->slots[static_cast<size_t>(slot)];
+}
+
+double LlamaModel::stage_forward(int slot, const int32_t* tokens, const float* input,
+                                 const int32_t* targets, float grad_scale) {
+  const MicroActs& m = micro(slot, "stage_forward");
+  KEEL_CHECK(slot_state_[static_cast<size_t>(slot)] != SlotState::kForwarded,
+             "stage_forward: activation slot {} still holds a micro-batch whose backward has not "
+             "run; run stage_backward({}) first or use another slot (internal error)",
+             slot, slot);
+  // Overwritten from here on: if this forward fails, the slot holds nothing usable.
+  slot_state_[static_cast<size_t>(slot)] = SlotState::kEmpty;
+  run_forward(m, tokens, input);
+  double loss = 0.0;
+  if (last_) {
+    // The head (final norm and lm_head, or the tied embedding) runs forward and backward at once.
+    const bool tied = config_.tie_word_embeddings;
+    use_weights(head_unit());
+    if (tied) use_weights(0);
+    use_grads(head_unit());
+    if (tied) use_grads(0);  // held until the embedding's own backward adds to it
+    loss = head(m, targets, grad_scale, true, nullptr);
+    if (tied) drop_weights(0);
+    drop_weights(head_unit());
+    drop_grads(head_unit());
+    // The head's gradient waits in the slot for its backward (the shared dres will not): in
+    // x[L], which nothing reads again.
+    std::copy_n(work_[s_->dres].f32(), rows_.count * C_, acts_[m.x.back()].f32());
+  }
+  slot_state_[static_cast<size_t>(slot)] = SlotState::kForwarded;
   return loss;
 }
 
-const float* LlamaModel::stage_output() const { return acts_[s_->x.back()].f32(); }
+const float* LlamaModel::stage_output(int slot) const {
+  const MicroActs& m = micro(slot, "stage_output");
+  KEEL_CHECK(!last_,
+             "the last pipeline stage hands no output on: its forward ends in the loss "
+             "(internal error)");
+  KEEL_CHECK(slot_state_[static_cast<size_t>(slot)] != SlotState::kEmpty,
+             "stage_output: activation slot {} holds no micro-batch's forward (internal error)",
+             slot);
+  return acts_[m.x.back()].f32();
+}
 
-const float* LlamaModel::stage_input_grad() const {
+const float* LlamaModel::stage_input_grad(int slot) const {
+  const MicroActs& m = micro(slot, "stage_input_grad");
   KEEL_CHECK(!first_, "the first pipeline stage hands no gradient back (internal error)");
-  return work_[s_->dres].f32();
+  KEEL_CHECK(slot_state_[static_cast<size_t>(slot)] == SlotState::kBackwarded,
+             "stage_input_grad: activation slot {} holds no finished backward (internal error)",
+             slot);
+  return acts_[m.x[0]].f32();
 }
 
-void LlamaModel::stage_backward(const float* output_grad) {
-  if (!last_) {  // the head left ∂/∂x[L] in dres on the last stage; here the next stage hands it
+void LlamaModel::stage_backward(int slot, const float* output_grad) {
+  const MicroActs& m = micro(slot, "stage_backward");
+  KEEL_CHECK(slot_state_[static_cast<size_t>(slot)] == SlotState::kForwarded,
+             "stage_backward: activation slot {} holds no micro-batch awaiting its backward (no "
+             "stage_forward({}) since its last backward) (internal error)",
+             slot, slot);
+  slot_state_[static_cast<size_t>(slot)] = SlotState::kEmpty;  // consumed, even if this fails
+  float* dres = work_[s_->dres].f32();
+  if (last_) {  // the head's gradient, kept in x[L] by the forward
+    std::copy_n(acts_[m.x.back()].f32(), rows_.count * C_, dres);
+  } else {
     KEEL_CHECK(output_grad, "the pipeline stage to layer {} needs the next stage's gradient",
                l0_ + static_cast<int64_t>(layers_.size()));
-    std::copy_n(output_grad, rows_.count * C_, work_[s_->dres].f32());
+    std::copy_n(output_grad, rows_.count * C_, dres);
   }
   for (int64_t l = static_cast<int64_t>(layers_.size()) - 1; l >= 0; --l) {
     use_weights(layer_unit(l));
     use_grads(layer_unit(l));
-    block_backward(static_cast<int>(l));
+    block_backward(m, static_cast<int>(l));
     drop_weights(layer_unit(l));
     drop_grads(layer_unit(l));
   }
-  if (!first_) return;  // dres holds ∂/∂x[0], the previous stage's output gradient
+  if (!first_) {  // ∂/∂x[0], the previous stage's output gradient, into the slot: x[0] is done
+    std::copy_n(dres, rows_.count * C_, acts_[m.x[0]].f32());
+    slot_state_[static_cast<size_t>(slot)] = SlotState::kBackwarded;
+    return;
+  }
   if (!config_.tie_word_embeddings) use_grads(0);  // the embedding's backward reads no weights
   const kernels::Ops& k = *ops_;
-  const int32_t* kept = acts_[s_->tokens].data_as<int32_t>();
-  const float* dx0 = work_[s_->dres].f32();
+  const int32_t* kept = acts_[m.tokens].data_as<int32_t>();
+  const float* dx0 = dres;
   if (sp_) {  // the lookups of every row: the rows held by each rank, gathered
     tp_comm_.all_gather(work_[s_->dtmp].f32(), dx0, rows_.count * C_);
     dx0 = work_[s_->dtmp].f32();
@@ -256,8 +310,9 @@ void LlamaModel::stage_backward(const float* output_grad) {
   if (tp_.split())
     k.embedding_backward_slice(g(s_->w_embed), dx0, kept, N_, C_, tp_.vocab.begin, V_, stream_);
   else
-    k.embedding_backward(g(s_->w_embed), work_[s_->dres].f32(), kept, N_, C_, V_, stream_);
+    k.embedding_backward(g(s_->w_embed), dres, kept, N_, C_, V_, stream_);
   drop_grads(0);
+  slot_state_[static_cast<size_t>(slot)] = SlotState::kBackwarded;
 }
 
 }  // namespace keel::runtime

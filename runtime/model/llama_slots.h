@@ -18,16 +18,29 @@ inline constexpr int64_t kLogitsChunkFloats = int64_t{8} << 20;
 struct LlamaModel::Layer {
   size_t in_norm, q, k, v, o, post_norm, gate, up, down;  // indices into params_
   Slot w_in_norm, w_qkv, w_o, w_post_norm, w_gate_up, w_down;
-  // Activations of this block (with checkpointing all blocks share block 0's).
-  Slot ln1, rstd1, qkv, att, lse, xmid, ln2, rstd2, gu, h;
+};
+
+// What one micro-batch keeps from its forward until its backward: the activation slot it runs in
+// (a pipeline stage keeps several micro-batches in flight, each in its own).
+struct LlamaModel::MicroActs {
+  // (n, C) the residual stream entering block l; x[L] leaves the last. After the micro-batch's
+  // backward x[0] holds its gradient (what stage_input_grad hands back); on the last stage its
+  // forward leaves the head's gradient ∂/∂x[L] in x[L], which only the head read.
+  std::vector<Slot> x;
+  // Each block's insides. With checkpointing every block of every slot shares one set (slot 0's
+  // block 0): the backward recomputes it from x[l] just before it needs it.
+  struct Block {
+    Slot ln1, rstd1, qkv, att, lse, xmid, ln2, rstd2, gu, h;
+  };
+  std::vector<Block> blocks;
+  Slot tokens = 0;  // (N) first stage: the micro-batch's tokens, for the embedding backward
 };
 
 struct LlamaModel::Slots {
   Slot w_embed, w_final_norm, w_head;
   size_t embed, final_norm, head;  // indices into params_
-  std::vector<Slot> x;             // (n, C) residual stream entering block l; x[L] leaves the last
-  Slot lnf, rstdf;                 // (N, C) (SP: gathered), (n)
-  Slot tokens;                     // (N) the micro-batch's tokens, kept for the embedding backward
+  std::vector<MicroActs> slots;    // one per activation slot
+  Slot lnf, rstdf;                 // (N, C) (SP: gathered), (n): the head's, used and done at once
   Slot logits, losses;             // (chunk, V), (N)
   Slot dres, dtmp;                 // (n, C) residual gradient (n: rows held), (N, C) scratch
   Slot dbig;                       // (N, max(QKV, 2I)): dqkv, then dgate_up

@@ -23,6 +23,8 @@ RankMemory account(const LlamaModel& model, const parallel::ZeroBytes& zero,
   m.gradients = model.grad_bytes() + zero.unit_grads + zero.grad_shard;
   m.optimizer = optimizer.state + zero.master;
   m.activations = model.activation_bytes();
+  m.activation_slots = model.activation_slots();
+  m.activation_slot_bytes = model.activation_slot_bytes();
   m.buffers = model.workspace_bytes() + zero.staging + optimizer.workspace + batch_bytes;
   return m;
 }
@@ -65,19 +67,21 @@ optim::OptimizerConfig optimizer_config(const Config& config) {
 namespace {
 
 // The model one rank of the config's layout holds (TP rank 0's slice), in sizes only.
-LlamaModel plan_model(const Config& config) {
+LlamaModel plan_model(const Config& config, int activation_slots = 1) {
   const TrainingConfig& t = config.training;
-  return LlamaModel(config.model, t.per_device_train_batch_size, config.data.seq_length,
-                    t.gradient_checkpointing, model_holds(config, false),
-                    ModelSplit{static_cast<int>(config.parallel.tensor_model_parallel_size), 0,
-                               config.parallel.sequence_parallel});
+  return LlamaModel(
+      config.model, t.per_device_train_batch_size, config.data.seq_length, t.gradient_checkpointing,
+      model_holds(config, false),
+      ModelSplit{.tp_size = static_cast<int>(config.parallel.tensor_model_parallel_size),
+                 .sequence_parallel = config.parallel.sequence_parallel,
+                 .activation_slots = activation_slots});
 }
 
 }  // namespace
 
-RankMemory plan_rank_memory(const Config& config, int dp) {
+RankMemory plan_rank_memory(const Config& config, int dp, int activation_slots) {
   const TrainingConfig& t = config.training;
-  const LlamaModel model = plan_model(config);
+  const LlamaModel model = plan_model(config, activation_slots);
   const GradSyncPlan sync = plan_grad_sync(config, model, dp);
   MemoryPlan batch("batch");
   declare_batch(batch, t, config.data.seq_length);
@@ -127,7 +131,12 @@ std::string describe_memory(const RankMemory& m) {
   os << "keel: memory plan per rank " << format_mib(m.total()) << ": parameters "
      << format_mib(m.parameters) << ", gradients " << format_mib(m.gradients)
      << ", optimizer state " << format_mib(m.optimizer) << ", activations "
-     << format_mib(m.activations) << ", buffers " << format_mib(m.buffers) << "\n";
+     << format_mib(m.activations);
+  if (m.activation_slots > 1)
+    os << " (" << m.activation_slots << " micro-batches in flight x "
+       << format_mib(m.activation_slot_bytes) << ", and "
+       << format_mib(m.activations - m.activation_slots * m.activation_slot_bytes) << " shared)";
+  os << ", buffers " << format_mib(m.buffers) << "\n";
   return os.str();
 }
 

@@ -18,8 +18,12 @@ struct RankMemory {
   size_t parameters = 0;   // weights the rank holds (full, or ZeRO 3's unit buffers)
   size_t gradients = 0;    // full gradients, or ZeRO's unit buffers and gradient shards
   size_t optimizer = 0;    // the optimizer's state, and ZeRO's fp32 master shards
-  size_t activations = 0;  // what the forward keeps for the backward
-  size_t buffers = 0;      // model workspace, collective staging, the batch
+  size_t activations = 0;  // what the forward keeps for the backward, every slot's
+  // A pipeline stage keeps activation_slots micro-batches between forward and backward, each
+  // holding activation_slot_bytes of its own; the rest of activations is shared (1 without one).
+  int activation_slots = 1;
+  size_t activation_slot_bytes = 0;
+  size_t buffers = 0;  // model workspace, collective staging, the batch
   size_t total() const { return parameters + gradients + optimizer + activations + buffers; }
 };
 
@@ -50,8 +54,10 @@ optim::ParamRef optimizer_tensor(const Parameter& p, float* value, const float* 
 // The optimizer keel::optim builds for this config (optimizer.* and the training.adam_* keys).
 optim::OptimizerConfig optimizer_config(const Config& config);
 
-// What one rank of a run of `config` on `dp` data-parallel ranks plans, without allocating it.
-RankMemory plan_rank_memory(const Config& config, int dp);
+// What one rank of a run of `config` on `dp` data-parallel ranks plans, without allocating it,
+// with the activations of `activation_slots` micro-batches in flight (a pipeline schedule's peak
+// on the rank's stage; 1 without a pipeline).
+RankMemory plan_rank_memory(const Config& config, int dp, int activation_slots = 1);
 
 // The bytes each rank of the TP group moves in one step of `model` (this rank's slice) under
 // the config, as the communicator's counters count them; 0 without TP.

@@ -89,6 +89,24 @@ TEST(MemoryFit, SequenceParallelismShrinksTheSlotsThatHoldATokenSlice) {
 
 // Every setting the search offers fits when applied as its --set arguments say; none is a
 // stronger version of another listed; the cheapest comes first.
+// A pipeline stage's micro-batches in flight each hold their own activations; everything else,
+// and the printed line without a pipeline, stays as it was.
+TEST(MemoryFit, ActivationSlotsCountEachMicroBatchInFlight) {
+  for (const char* checkpointing : {"false", "true"}) {
+    const Config c = config_with({std::string("training.gradient_checkpointing=") + checkpointing});
+    const RankMemory one = plan_rank_memory(c, 1), four = plan_rank_memory(c, 1, 4);
+    EXPECT_GT(one.activation_slot_bytes, 0u);
+    EXPECT_LT(one.activation_slot_bytes, one.activations);
+    EXPECT_EQ(four.activation_slot_bytes, one.activation_slot_bytes);
+    EXPECT_EQ(four.activations, one.activations + 3 * one.activation_slot_bytes);
+    EXPECT_EQ(four.total() - four.activations, one.total() - one.activations);
+    EXPECT_EQ(describe_memory(one).find("in flight"), std::string::npos) << describe_memory(one);
+    expect_mentions(describe_memory(four),
+                    {"activations " + format_mib(four.activations),
+                     "(4 micro-batches in flight x " + format_mib(one.activation_slot_bytes)});
+  }
+}
+
 TEST(MemoryFit, EverySettingOfferedFitsAndTheCheapestComesFirst) {
   const Config c = config_with({"training.per_device_train_batch_size=8"});
   for (const int dp : {1, 4}) {

@@ -11,31 +11,15 @@
 
 #include "kernels/error.h"
 #include "runtime/model/llama.h"
+#include "runtime/model_test_util.h"
 
 namespace keel::runtime {
 namespace {
 
-ModelConfig small_model() {
-  ModelConfig c;
-  c.vocab_size = 97;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 4;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.max_position_embeddings = 16;
-  return c;
-}
-
-constexpr int64_t kB = 2, kT = 16;
-
-// A fixed micro-batch: tokens, and targets with a few ignored.
-void batch(std::vector<int32_t>& tokens, std::vector<int32_t>& targets) {
-  for (int64_t i = 0; i < kB * kT; ++i) {
-    tokens.push_back(static_cast<int32_t>((i * 37 + 11) % 97));
-    targets.push_back(i % 7 == 3 ? -1 : static_cast<int32_t>((i * 53 + 5) % 97));
-  }
-}
+using test::batch;
+using test::kB;
+using test::kT;
+using test::small_model;
 
 // The stages' loss and every parameter's gradient, after one micro-batch through stages cut at
 // `cuts` (layer indices), against the whole model's.
