@@ -123,10 +123,19 @@ void ControlState::answer_all_pending(const std::string& why) {
   taken_.reset();
   for (const std::shared_ptr<Request>& r : queue_) {
     r->done = true;
-    r->outcome.code = CommandOutcome::Code::kFailedPrecondition;
-    r->outcome.message = why;
     r->outcome.state = run_.state;
     r->outcome.step = run_.progress.step;
+    // A stop the run made anyway (a signal at the same boundary, max_steps) is what was asked.
+    const bool stopped =
+        run_.state == RunState::kDone &&
+        (r->command == RunCommand::kStop || r->command == RunCommand::kStopNoCheckpoint);
+    r->outcome.code =
+        stopped ? CommandOutcome::Code::kOk : CommandOutcome::Code::kFailedPrecondition;
+    r->outcome.message = stopped ? "" : why;
+    if (stopped && r->command == RunCommand::kStop && run_.checkpoint_step >= 0) {
+      r->outcome.checkpoint = run_.checkpoint;
+      r->outcome.checkpoint_step = run_.checkpoint_step;
+    }
   }
   queue_.clear();
 }

@@ -127,6 +127,18 @@ TEST(ControlState, ARunThatEndsAnswersEveryWaitingCall) {
   EXPECT_EQ(o.code, Code::kFailedPrecondition);
   EXPECT_EQ(o.message, "the run ended at step 100 before the command took effect");
 
+  // A stop the run made anyway (a signal at the same boundary) is answered as done.
+  ControlState g(100);
+  g.set_state(RunState::kRunning);
+  std::future<CommandOutcome> stop = submit_async(g, RunCommand::kStop, "s1");
+  wait_queued(g, 1);
+  g.on_checkpoint(7, "ckpt/step_7");
+  g.set_state(RunState::kStopping);
+  g.set_state(RunState::kDone);
+  const CommandOutcome stopped = stop.get();
+  EXPECT_EQ(stopped.code, Code::kOk) << stopped.message;
+  EXPECT_EQ(stopped.checkpoint, "ckpt/step_7");
+
   ControlState f(10);
   std::future<CommandOutcome> ckpt = submit_async(f, RunCommand::kCheckpoint, "c1");
   wait_queued(f, 1);
