@@ -104,12 +104,12 @@ int train(const std::string& path, const std::vector<std::string>& overrides, in
       options.hang_timeout = config.control.hang_timeout;
       options.log_path =
           keel::format("{}/logs/rank_{}.log", config.training.output_dir, comm.rank());
-      // The status shows the report (rank 0), and watchers get it, before the job is ended: the
-      // job is stuck anyway, so it waits a moment for them.
+      // The status shows the report (rank 0) before the job is ended; the job is stuck anyway,
+      // so when clients are watching it gives their streams a second to carry it.
       options.on_hang = [server = control.get()](const std::string& report) {
         if (!server) return;
         server->state().fail(report);
-        std::this_thread::sleep_for(std::chrono::seconds(2));
+        if (server->watchers() > 0) std::this_thread::sleep_for(std::chrono::seconds(1));
       };
       options.end_job = [w = world.get()](const std::string& report) { w->abort(1, report); };
       heartbeat.emplace(comm, activity, std::move(options));

@@ -38,6 +38,8 @@ class ControlServer {
   // Where the status finds every rank's liveness (the heartbeats); called from the server's
   // threads. Until set, the status lists no ranks.
   virtual void set_rank_source(RankSource source) = 0;
+  // Clients following WatchProgress now.
+  virtual int watchers() const = 0;
   // "keel: control server on 127.0.0.1:40123: keel status|watch|... DIR", for the console.
   virtual const std::string& banner() const = 0;
   // "127.0.0.1:40123": the address bound.

@@ -222,6 +222,7 @@ class Service final : public pb::Control::Service {
     std::lock_guard lock(rank_source_mu_);
     rank_source_ = std::move(source);
   }
+  int watchers() const { return watchers_.load(); }
   std::vector<parallel::RankLiveness> ranks() const {
     std::lock_guard lock(rank_source_mu_);
     return rank_source_ ? rank_source_() : std::vector<parallel::RankLiveness>{};
@@ -315,6 +316,7 @@ class GrpcControlServer final : public ControlServer {
   void set_rank_source(RankSource source) override { service_->set_rank_source(std::move(source)); }
   const std::string& address() const override { return address_; }
   const std::string& banner() const override { return banner_; }
+  int watchers() const override { return service_->watchers(); }
 
  private:
   const ControlServerOptions options_;

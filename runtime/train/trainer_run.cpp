@@ -135,7 +135,10 @@ void Trainer::run() {
   // A resumed run continues its logs: the rank logs grow, and metrics.jsonl keeps the steps up
   // to the checkpoint (a crash may have logged later ones, which are trained again).
   const bool resumed = !resumed_from_.empty();
-  std::ofstream rank_log(log_path, resumed ? std::ios::app : std::ios::trunc);
+  // Appended to, always (O_APPEND): the heartbeat thread appends a hang report to the same file
+  // (parallel/heartbeat.h), which a stream writing at its own offset would overwrite.
+  if (!resumed) std::ofstream(log_path, std::ios::trunc).close();
+  std::ofstream rank_log(log_path, std::ios::app);
   KEEL_CHECK(rank_log.good(), "cannot write '{}'", log_path);
   rank_log << "rank " << grid_.rank() << " of " << grid_.world().size() << ", data-parallel rank "
            << grid_.dp().rank() << " of " << grid_.dp().size() << "\n"
