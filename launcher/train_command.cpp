@@ -123,7 +123,6 @@ int train(const std::string& path, const std::vector<std::string>& overrides, in
         control->state().set_resumed_from(trainer.steps_done(), trainer.resumed_from());
       trainer.set_control(&control->state());
     }
-    trainer.set_before_step([&activity](int64_t step) { activity.set_step(step); });
     trainer.run();
     if (heartbeat) heartbeat->finish();  // no rank takes another's normal exit for a hang
   } catch (const keel::parallel::AgreedError& e) {

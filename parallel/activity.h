@@ -32,7 +32,7 @@ class Activity {
   Activity(const Activity&) = delete;
   Activity& operator=(const Activity&) = delete;
 
-  // Called by the trainer before each step (Trainer::set_before_step).
+  // Called by the trainer before each step (runtime/train/trainer_run.cpp).
   void set_step(int64_t step) { step_.store(step, std::memory_order_relaxed); }
   // Called by the run's pause loop on entering and leaving a pause.
   void set_paused(bool paused) { paused_.store(paused, std::memory_order_relaxed); }

@@ -32,12 +32,6 @@ using Clock = LivenessTable::Clock;
 
 static_assert(std::is_trivially_copyable_v<Beat>, "beats travel as bytes");
 
-std::string host_name() {
-  char name[Beat::kHostChars] = {};
-  if (gethostname(name, sizeof name - 1) != 0) return "unknown";
-  return name;
-}
-
 // One write with O_APPEND, so that the line lands whole at the end of the log even while the
 // trainer holds the file open.
 void append_line(const std::string& path, const std::string& line) {

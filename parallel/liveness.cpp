@@ -1,5 +1,7 @@
 #include "parallel/liveness.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -10,6 +12,12 @@
 #include "parallel/communicator.h"
 
 namespace keel::parallel {
+
+std::string host_name() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "unknown";
+  return name;
+}
 
 namespace {
 

@@ -38,6 +38,9 @@ struct Beat {
 // A beat that says what `activity` shows now; the caller fills rank, host, memory and seconds.
 Beat beat_of(const Activity::Snapshot& activity);
 
+// This machine's name, as beats, the status and control.json carry it ("unknown" without one).
+std::string host_name();
+
 // One rank as rank 0 sees it, for the status and the reports.
 struct RankLiveness {
   int rank = 0;

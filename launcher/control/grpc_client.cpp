@@ -19,6 +19,8 @@
 #include "launcher/control/client.h"
 #include "launcher/control/control.grpc.pb.h"
 #include "launcher/control/control_files.h"
+#include "parallel/liveness.h"
+#include "runtime/train/run_control.h"
 
 namespace keel::launcher {
 
@@ -35,12 +37,6 @@ struct Target {
   int pid = 0;          // its rank 0's pid, when it runs on this host (else 0)
 };
 
-std::string this_host() {
-  char host[256] = {};
-  ::gethostname(host, sizeof host - 1);
-  return host;
-}
-
 Target resolve(const CommandLine& cl) {
   const std::string where = cl.positional().empty() ? "." : cl.positional()[0];
   Target t;
@@ -52,11 +48,11 @@ Target resolve(const CommandLine& cl) {
     const std::string host = e.address.substr(0, e.address.rfind(':'));
     const std::string port = e.address.substr(e.address.rfind(':') + 1);
     if (host == "0.0.0.0" || host == "[::]")
-      t.address = (e.host == this_host() ? "127.0.0.1" : e.host) + ":" + port;
+      t.address = (e.host == parallel::host_name() ? "127.0.0.1" : e.host) + ":" + port;
     t.ca = e.tls_ca;
     if (token_file.empty()) token_file = e.token_file;
     t.dir = where;
-    if (e.host == this_host()) t.pid = e.pid;
+    if (e.host == parallel::host_name()) t.pid = e.pid;
   } else {
     const size_t colon = where.rfind(':');
     KEEL_CHECK(colon != std::string::npos && colon > 0 && colon + 1 < where.size(),
@@ -118,17 +114,10 @@ int report(const grpc::Status& s, const std::string& command, const Target& t) {
   return 1;
 }
 
+// The server's state as runtime::run_state_name spells it (the proto's values are RunState + 1).
 const char* state_name(pb::State s) {
-  switch (s) {
-    case pb::STATE_STARTING: return "starting";
-    case pb::STATE_RUNNING: return "running";
-    case pb::STATE_PAUSED: return "paused";
-    case pb::STATE_CHECKPOINTING: return "checkpointing";
-    case pb::STATE_STOPPING: return "stopping";
-    case pb::STATE_FAILED: return "failed";
-    case pb::STATE_DONE: return "done";
-    default: return "unknown";
-  }
+  if (s < pb::STATE_STARTING || s > pb::STATE_DONE) return "unknown";
+  return runtime::run_state_name(static_cast<runtime::RunState>(s - 1));
 }
 
 std::string duration(double seconds) {

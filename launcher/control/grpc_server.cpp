@@ -283,11 +283,9 @@ class GrpcControlServer final : public ControlServer {
       health->SetServingStatus(serving);
       health->SetServingStatus(kServiceName, serving);
     });
-    char host[256] = {};
-    ::gethostname(host, sizeof host - 1);
     endpoint.address = address_;
     endpoint.pid = static_cast<int>(::getpid());
-    endpoint.host = host;
+    endpoint.host = parallel::host_name();
     endpoint.run_id = options.run_id;
     write_control_json(options.output_dir, endpoint);
     control_json_ = options.output_dir + "/control.json";

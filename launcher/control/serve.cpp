@@ -1,12 +1,11 @@
 #include "launcher/control/serve.h"
 
-#include <unistd.h>
-
 #include <fstream>
 #include <sstream>
 
 #include "kernels/memory_plan.h"
 #include "launcher/control/control_files.h"
+#include "parallel/liveness.h"
 
 namespace keel::launcher {
 
@@ -27,9 +26,7 @@ std::string config_summary(const runtime::Config& c, int world_size) {
 
 parallel::RankLiveness own_liveness(int64_t step, const std::string& activity) {
   parallel::RankLiveness r;
-  char host[256] = {};
-  ::gethostname(host, sizeof host - 1);
-  r.host = host;
+  r.host = parallel::host_name();
   r.step = step;
   r.activity = activity;
   r.rss_bytes = rss_bytes();

@@ -91,21 +91,24 @@ std::string Trainer::take_orders(std::ostream& rank_log) {
         state(RunState::kCheckpointing);
         // A save every rank failed alike (a full disk, a quota) is the caller's answer, not the
         // end of a run that may have days in it; `latest` stays on the last good checkpoint.
+        std::string dir, failure;
         try {
-          const std::string dir = checkpoint_here(rank_log);
-          state(paused ? RunState::kPaused : RunState::kRunning);
-          done(o.command, dir);
+          dir = checkpoint_here(rank_log);
         } catch (const parallel::AgreedError& e) {
           // Only the rank that failed first may carry the message.
-          const std::string why =
-              *e.what() ? e.what()
+          failure = *e.what()
+                        ? e.what()
                         : "rank " + std::to_string(e.reporter()) + " failed (its log says why)";
-          state(paused ? RunState::kPaused : RunState::kRunning);
-          console_ << "keel: the checkpoint asked for at step " << step_ << " failed: " << why
+        }
+        state(paused ? RunState::kPaused : RunState::kRunning);
+        if (failure.empty()) {
+          done(o.command, dir);
+        } else {
+          console_ << "keel: the checkpoint asked for at step " << step_ << " failed: " << failure
                    << "; training goes on\n"
                    << std::flush;
-          rank_log << "keel: checkpoint failed: " << why << "\n" << std::flush;
-          if (control_) control_->command_failed(o.command, step_, why);
+          rank_log << "keel: checkpoint failed: " << failure << "\n" << std::flush;
+          if (control_) control_->command_failed(o.command, step_, failure);
         }
         if (!paused) return "";
         break;
@@ -176,6 +179,8 @@ void Trainer::run() {
         rank_log << "keel: " << why << "\n" << std::flush;
         break;
       }
+      // What the heartbeat reports as this rank's step (parallel/activity.h).
+      if (parallel::Activity* activity = grid_.world().activity()) activity->set_step(step_ + 1);
       if (before_step_) before_step_(step_ + 1);
       const StepStats s = step();
       seconds += s.seconds;
