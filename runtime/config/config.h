@@ -111,6 +111,13 @@ struct ParallelConfig {
   // (Megatron's sequence parallelism); nothing to split with tensor_model_parallel_size 1.
   bool sequence_parallel = false;
   int64_t pipeline_model_parallel_size = 1;
+  // The order of the stages' forward and backward passes (parallel/pipeline_schedule.h): "gpipe",
+  // "1f1b", "interleaved_1f1b" or "zb_h1".
+  std::string pipeline_schedule = "1f1b";
+  // Model chunks per pipeline rank (interleaved_1f1b only; Megatron's name).
+  int64_t virtual_pipeline_model_parallel_size = 1;
+  // Blocks per stage, comma-separated ("3,4,4,3"); empty: balanced by cost.
+  std::string pipeline_layers;
   int64_t expert_model_parallel_size = 1;
 };
 

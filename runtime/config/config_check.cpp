@@ -16,6 +16,7 @@
 #include "parallel/tensor_parallel.h"
 #include "runtime/config/config.h"
 #include "runtime/config/config_schema.h"
+#include "runtime/config/pipeline_layout.h"
 #include "runtime/train/memory_limit.h"
 
 namespace keel::runtime {
@@ -296,8 +297,7 @@ void validate_config(const Config& config) {
   if (config.training.memory_limit != "auto" && config.training.memory_limit != "none")
     parse_memory_size(config.training.memory_limit, "training.memory_limit");
   check_tensor_parallel(config);
-  check_parallel_size(config.parallel.pipeline_model_parallel_size, "pipeline_model_parallel_size",
-                      "pipeline");
+  pipeline_layout(config);  // throws for a pipeline that cannot run
   check_parallel_size(config.parallel.expert_model_parallel_size, "expert_model_parallel_size",
                       "expert");
   check_control(config.control);

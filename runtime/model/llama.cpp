@@ -16,10 +16,22 @@ namespace {
 int64_t stage_end(const ModelConfig& c, const ModelSplit& split) {
   const int64_t L = c.num_hidden_layers;
   const int64_t last = split.last_layer < 0 ? L : split.last_layer;
-  KEEL_CHECK(0 <= split.first_layer && split.first_layer < last && last <= L,
+  // Only a first or last stage named as such may be empty: it still holds the embedding or head.
+  const bool ends =
+      split.pipeline_stages > 1 &&
+      (split.pipeline_stage == 0 || split.pipeline_stage == split.pipeline_stages - 1);
+  KEEL_CHECK(0 <= split.first_layer && split.first_layer <= last && last <= L &&
+                 (split.first_layer < last || ends),
              "a pipeline stage holds layers [{}, {}) of the model's {}: it needs at least one, and "
              "no layer past the last",
              split.first_layer, last, L);
+  if (split.pipeline_stages > 0) {
+    const int s = split.pipeline_stage, n = split.pipeline_stages;
+    KEEL_CHECK(0 <= s && s < n && (s != 0 || split.first_layer == 0) && (s != n - 1 || last == L),
+               "pipeline stage {} of {} holds layers [{}, {}) of the model's {}: the first stage "
+               "starts at layer 0 and the last ends at layer {} (internal error)",
+               s, n, split.first_layer, last, L, L);
+  }
   return last;
 }
 
@@ -49,8 +61,9 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
       holds_(holds),
       l0_(split.first_layer),
       l1_(stage_end(config, split)),
-      first_(l0_ == 0),
-      last_(l1_ == config.num_hidden_layers),
+      first_(split.pipeline_stages > 0 ? split.pipeline_stage == 0 : l0_ == 0),
+      last_(split.pipeline_stages > 0 ? split.pipeline_stage == split.pipeline_stages - 1
+                                      : l1_ == config.num_hidden_layers),
       sp_(split.sequence_parallel && tp_.split()),
       rows_(sp_ ? parallel::Span{tp_.rank * N_ / tp_.size, N_ / tp_.size} : parallel::Span{0, N_}),
       block_({C_, H_, Hkv_, D_, I_, static_cast<float>(config.rms_norm_eps), tp_.kv_replicas,

@@ -37,6 +37,11 @@ struct ModelSplit {
   // embedding on the stage that holds layer 0 and the head on the one that holds the last.
   int first_layer = 0;
   int last_layer = -1;
+  // Which of how many stages this is (0: inferred from the layers, as above). Named explicitly, a
+  // first or last stage may hold no blocks at all, only the embedding or the head (Megatron's
+  // uneven first and last stages taken to the end).
+  int pipeline_stage = 0;
+  int pipeline_stages = 0;
   // Micro-batches the stage holds between their forward and their backward, each in its own
   // activation slot (a pipeline schedule's peak of live micro-batches on the stage; 1 without a
   // pipeline). Only what a micro-batch keeps for its backward is per slot; workspace is shared.
@@ -130,6 +135,12 @@ class LlamaModel {
   const float* stage_output() const { return stage_output(0); }
   void stage_backward(const float* output_grad) { stage_backward(0, output_grad); }
   const float* stage_input_grad() const { return stage_input_grad(0); }
+  // Forward only, for evaluation, in slot 0 between steps: the stage's part of forward(), the
+  // input as for stage_forward; on the last stage returns Σ losses over valid targets (0
+  // elsewhere, where stage_output(0) is then what the next stage evaluates).
+  double stage_evaluate(const int32_t* tokens, const float* input, const int32_t* targets);
+  // Floats a stage hands on, and takes, per micro-batch: this rank's rows × hidden.
+  int64_t stage_io_elems() const { return rows_.count * C_; }
   int activation_slots() const { return static_cast<int>(slot_state_.size()); }
   bool first_stage() const { return first_; }
   bool last_stage() const { return last_; }
@@ -164,7 +175,8 @@ class LlamaModel {
   struct Layer;      // parameter slots of one block
   struct MicroActs;  // activation slots of one micro-batch
   // Where an activation slot is between its forward and its backward.
-  enum class SlotState { kEmpty, kForwarded, kBackwarded };
+  // kEvaluated: a forward without a backward (stage_evaluate), whose output may be read.
+  enum class SlotState { kEmpty, kForwarded, kBackwarded, kEvaluated };
   void build_plans();
   // Slot `slot` in range, or one keel::Error naming it and the range (`what`: the call).
   const MicroActs& micro(int slot, const char* what) const;
@@ -178,6 +190,10 @@ class LlamaModel {
               float* logits);
   void sliced_cross_entropy(float* losses, float* logits, const int32_t* targets, int64_t rows,
                             float grad_scale, bool backward);
+  // forward() and stage_evaluate(): slot 0's forward without a backward, the head's loss on the
+  // last stage (its logits too when logits is not null).
+  double evaluate_slot0(const int32_t* tokens, const float* input, const int32_t* targets,
+                        float* logits);
   // The embedding (first stage) or the input, then the stage's blocks, into slot m.
   void run_forward(const MicroActs& m, const int32_t* tokens, const float* input);
   // Units: the embedding (first stage), each local layer l, the head (last stage).

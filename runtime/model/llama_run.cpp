@@ -186,20 +186,34 @@ double LlamaModel::forward(const int32_t* tokens, const int32_t* targets, float*
   KEEL_CHECK(!logits || !tp_.split(),
              "the logits of a tensor-parallel model are split over its TP group (internal error)");
   KEEL_CHECK(first_ && last_,
-             "forward runs the whole model; a pipeline stage runs stage_forward (internal error)");
+             "forward runs the whole model; a pipeline stage runs stage_evaluate (internal error)");
+  return evaluate_slot0(tokens, nullptr, targets, logits);
+}
+
+double LlamaModel::stage_evaluate(const int32_t* tokens, const float* input,
+                                  const int32_t* targets) {
+  return evaluate_slot0(tokens, input, targets, nullptr);
+}
+
+double LlamaModel::evaluate_slot0(const int32_t* tokens, const float* input, const int32_t* targets,
+                                  float* logits) {
   // Evaluation runs in slot 0, between steps: never over a micro-batch awaiting its backward.
   const MicroActs& m = micro(0, "forward");
   KEEL_CHECK(slot_state_[0] != SlotState::kForwarded,
              "forward: activation slot 0 holds a micro-batch whose backward has not run; evaluate "
              "between steps (internal error)");
   slot_state_[0] = SlotState::kEmpty;
-  run_forward(m, tokens, nullptr);
-  const bool tied = config_.tie_word_embeddings;
-  use_weights(head_unit());
-  if (tied) use_weights(0);
-  const double loss = head(m, targets, 0.0f, false, logits);
-  if (tied) drop_weights(0);
-  drop_weights(head_unit());
+  run_forward(m, tokens, input);
+  double loss = 0.0;
+  if (last_) {
+    const bool tied = config_.tie_word_embeddings;
+    use_weights(head_unit());
+    if (tied) use_weights(0);
+    loss = head(m, targets, 0.0f, false, logits);
+    if (tied) drop_weights(0);
+    drop_weights(head_unit());
+  }
+  slot_state_[0] = SlotState::kEvaluated;
   return loss;
 }
 

@@ -8,7 +8,8 @@
 namespace keel::runtime {
 
 EvalResult evaluate(LlamaModel& model, const TokenData& data, int64_t max_sequences,
-                    parallel::Communicator& dp, int32_t* tokens, int32_t* targets) {
+                    parallel::Communicator& dp, int32_t* tokens, int32_t* targets,
+                    PipelineRunner* runner, parallel::Communicator* pp) {
   const int64_t B = model.batch(), T = model.seq();
   KEEL_CHECK(data.seq_length() == T, "validation sequences of {} tokens for a model of {}",
              data.seq_length(), T);
@@ -30,9 +31,15 @@ EvalResult evaluate(LlamaModel& model, const TokenData& data, int64_t max_sequen
       }
       for (int64_t t = 0; t < T; ++t) totals[1] += tg[t] >= 0;
     }
-    totals[0] += model.forward(tokens, targets, nullptr);
+    totals[0] +=
+        runner ? runner->evaluate(tokens, targets) : model.forward(tokens, targets, nullptr);
   }
   dp.all_reduce(parallel::host_view(totals));
+  if (runner) {  // the losses are the last stage's; the target count every stage's alike
+    std::vector<double> loss = {totals[0]};
+    pp->all_reduce(parallel::host_view(loss));
+    totals[0] = loss[0];
+  }
   KEEL_CHECK(totals[1] > 0, "the validation data has no targets to evaluate");
   return {totals[0] / totals[1], static_cast<int64_t>(totals[1]), n};
 }

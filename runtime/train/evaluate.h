@@ -8,6 +8,7 @@
 #include "parallel/communicator.h"
 #include "runtime/data/data.h"
 #include "runtime/model/llama.h"
+#include "runtime/train/pipeline_runner.h"
 
 namespace keel::runtime {
 
@@ -21,8 +22,11 @@ struct EvalResult {
 // The first max_sequences (0: all) sequences of data through model's forward, model.batch() at a
 // time on each rank of dp: global batch j holds sequences [j·B·R, (j+1)·B·R) and rank r takes
 // its r-th B of them (past the end: ignored targets). Collective over dp. tokens and targets are
-// the caller's (B, T) buffers; the model's gradients are untouched.
+// the caller's (B, T) buffers; the model's gradients are untouched. With a pipeline (runner not
+// null) the model is this rank's stage, each batch passes through the stages, and the last
+// stage's losses reach every stage over pp: collective over dp and pp.
 EvalResult evaluate(LlamaModel& model, const TokenData& data, int64_t max_sequences,
-                    parallel::Communicator& dp, int32_t* tokens, int32_t* targets);
+                    parallel::Communicator& dp, int32_t* tokens, int32_t* targets,
+                    PipelineRunner* runner = nullptr, parallel::Communicator* pp = nullptr);
 
 }  // namespace keel::runtime

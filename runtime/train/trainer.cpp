@@ -100,10 +100,26 @@ void Trainer::build() {
   // Before the first large allocation: a plan that does not fit this rank's memory is one line
   // with the settings that would fit, not an OOM kill without a word.
   admit_memory(config_, grid_.world(), grid_.dp().size(), console_);
+  pipeline_ = pipeline_layout(config_);
+  const int stage = grid_.pp().rank();
+  KEEL_CHECK(grid_.pp().size() == pipeline_.shape.stages,
+             "the process grid has {} pipeline stages but the config {} (internal error)",
+             grid_.pp().size(), pipeline_.shape.stages);
+  const parallel::StageRange& layers = pipeline_.split[static_cast<size_t>(stage)];
   model_ = std::make_unique<LlamaModel>(
       config_.model, B, T, t.gradient_checkpointing, model_holds(config_),
-      ModelSplit{grid_.tp().size(), grid_.tp().rank(), config_.parallel.sequence_parallel});
+      ModelSplit{.tp_size = grid_.tp().size(),
+                 .tp_rank = grid_.tp().rank(),
+                 .sequence_parallel = config_.parallel.sequence_parallel,
+                 .first_layer = layers.first_layer,
+                 .last_layer = layers.last_layer,
+                 .pipeline_stage = stage,
+                 .pipeline_stages = pipeline_.shape.stages,
+                 .activation_slots = pipeline_.activation_slots(stage)});
   model_->set_tensor_parallel(parallel::TpMappings(&grid_.tp()));
+  if (pipeline_.pipelined())
+    runner_ =
+        std::make_unique<PipelineRunner>(*model_, grid_.pp(), pipeline_.schedule, pipeline_.shape);
   sync_ = make_grad_sync(config_, *model_, grid_);
   const std::vector<optim::ParamRef>& refs = sync_->tensors();
   if (per_layer) build_per_layer(refs);
@@ -171,22 +187,25 @@ parallel::ZeroTimers Trainer::zero_timers() const { return sync_->timers(); }
 
 void Trainer::write_parameters(const std::string& path) {
   const bool writer = grid_.rank() == 0;
+  const bool pipelined = grid_.pp().size() > 1;
   std::vector<std::pair<std::string, Tensor>> tensors;
   const bool tp = model_->tp_split().split();
-  if (!tp && sync_->model_holds_weights()) {  // every rank holds the full weights: views suffice
+  if (!tp && !pipelined && sync_->model_holds_weights()) {  // every rank holds every weight
     for (const Parameter& p : model_->parameters()) tensors.emplace_back(p.name, p.value);
     if (writer) write_safetensors(path, tensors, {{"format", "pt"}});
     return;
   }
   // Unit by unit: its weights as this rank holds them (the model's own, or gathered from ZeRO 3's
-  // shards), then each tensor whole from the TP group's slices. Rank 0 keeps every tensor; the
-  // others need room for one unit and one tensor only. Every rank takes part in each collective.
+  // shards), then each tensor whole from the TP group's slices. The first rank of each stage's
+  // TP and DP groups keeps its stage's tensors; the others need room for one unit and one tensor
+  // only. Every rank takes part in each collective.
+  const bool keeper = grid_.tp().rank() == 0 && grid_.dp().rank() == 0;
   const std::vector<parallel::ZeroUnit>& units = model_->units();
   int64_t total = 0, widest_unit = 0, widest = 0;
   for (const Parameter& p : model_->parameters())
     total += p.global_shape.numel(), widest = std::max(widest, p.global_shape.numel());
   for (const parallel::ZeroUnit& u : units) widest_unit = std::max(widest_unit, u.elems);
-  std::vector<float> out(static_cast<size_t>(writer ? total : widest));
+  std::vector<float> out(static_cast<size_t>(keeper ? total : widest));
   std::vector<float> unit(sync_->model_holds_weights() ? 0 : static_cast<size_t>(widest_unit));
   const parallel::TpMappings mappings(&grid_.tp());
   int64_t at = 0;
@@ -198,21 +217,48 @@ void Trainer::write_parameters(const std::string& path) {
     }
     for (size_t i = 0; i < units[u].params.size(); ++i) {
       const Parameter& p = model_->parameter_by_name(units[u].params[i].name);
-      float* whole = out.data() + (writer ? at : 0);
+      float* whole = out.data() + (keeper ? at : 0);
       const float* local = base + units[u].offsets[i];
       if (tp)
         gather_whole(p, local, whole, mappings);
-      else if (writer)
+      else if (keeper)
         std::copy_n(local, p.global_shape.numel(), whole);
-      if (!writer) continue;
-      tensors.emplace_back(p.name, Tensor(whole, DType::F32, p.global_shape));
+      if (!keeper) continue;
+      if (writer) tensors.emplace_back(p.name, Tensor(whole, DType::F32, p.global_shape));
       at += p.global_shape.numel();
+    }
+  }
+  // The later stages' keepers hand theirs to rank 0, stage by stage, in their unit order: rank 0
+  // knows their names and shapes from a plan of each stage (nothing allocated).
+  std::vector<std::vector<float>> received;
+  if (pipelined && keeper) {
+    parallel::Communicator& pp = grid_.pp();
+    if (pp.rank() > 0) pp.send(Tensor(out.data(), DType::F32, Shape{total}), 0);
+    for (int s = 1; writer && s < pp.size(); ++s) {
+      const parallel::StageRange& layers = pipeline_.split[static_cast<size_t>(s)];
+      const LlamaModel stage(config_.model, model_->batch(), model_->seq(), false,
+                             ModelHolds{false, false, false},
+                             ModelSplit{.first_layer = layers.first_layer,
+                                        .last_layer = layers.last_layer,
+                                        .pipeline_stage = s,
+                                        .pipeline_stages = pp.size()});
+      int64_t n = 0;
+      for (const Parameter& p : stage.parameters()) n += p.global_shape.numel();
+      std::vector<float>& buffer = received.emplace_back(static_cast<size_t>(n));
+      pp.recv(Tensor(buffer.data(), DType::F32, Shape{n}), s);
+      int64_t offset = 0;
+      for (const parallel::ZeroUnit& su : stage.units())
+        for (const parallel::ZeroParamSpec& sp : su.params) {
+          const Parameter& p = stage.parameter_by_name(sp.name);
+          tensors.emplace_back(p.name, Tensor(buffer.data() + offset, DType::F32, p.global_shape));
+          offset += p.global_shape.numel();
+        }
     }
   }
   if (writer) write_safetensors(path, tensors, {{"format", "pt"}});
 }
 
-double Trainer::tp_sum(double x) { return group_sum(grid_.tp(), x); }
+double Trainer::model_sum(double x) { return group_sum(grid_.pp(), group_sum(grid_.tp(), x)); }
 
 double Trainer::group_sum(parallel::Communicator& group, double x) {
   if (group.size() == 1) return x;
@@ -266,16 +312,21 @@ StepStats Trainer::step() {
   model_->zero_grad();
   sync_->begin_step();
   total[1] = 0.0;
-  for (int64_t m = 0; m < A; ++m) {
-    total[1] += model_->forward_backward(tokens + m * B * T, targets + m * B * T,
-                                         static_cast<float>(1.0 / valid));
+  if (runner_) {  // this stage's part of the pipeline's schedule; the loss on the last stage
+    total[1] = runner_->run_step(tokens, targets, static_cast<float>(1.0 / valid));
+  } else {
+    for (int64_t m = 0; m < A; ++m) {
+      total[1] += model_->forward_backward(tokens + m * B * T, targets + m * B * T,
+                                           static_cast<float>(1.0 / valid));
+    }
   }
   dp.all_reduce(totals.slice0(1, 2));
+  if (runner_) grid_.pp().all_reduce(totals.slice0(1, 2));  // the last stage's, to every stage
 
   // The summed gradient (per-layer update: every unit stepped already) and its norm².
-  // Under TP each rank summed its slices (a tensor held alike by several, once): the TP group's
-  // sum is the whole gradient's.
-  const double sq = tp_sum(sync_->reduce([this] { return unit_sum_squares_; }));
+  // Under TP each rank summed its slices (a tensor held alike by several, once), and each
+  // pipeline stage its own tensors: their sum over both is the whole gradient's.
+  const double sq = model_sum(sync_->reduce([this] { return unit_sum_squares_; }));
   const double norm = std::sqrt(sq);
   StepStats s;
   s.loss = total[1] / valid;
@@ -321,6 +372,7 @@ StepStats Trainer::step() {
   s.peak_rss_mib = static_cast<double>(peak_rss_bytes()) / (1 << 20);
   s.comm_bytes = grid_.total_stats().total_bytes() - comm_before;
   s.comm_wait_seconds = dp.size() > 1 ? wait : 0.0;
+  s.pipeline_wait_seconds = runner_ ? runner_->wait_seconds() : 0.0;
   return s;
 }
 
@@ -329,7 +381,8 @@ EvalResult Trainer::evaluate() {
              config_.data.validation);
   // The batch buffers are free between steps; the first micro-batch's share serves.
   return runtime::evaluate(*model_, *validation_, config_.data.max_eval_samples, grid_.dp(),
-                           batch_[tokens_].data_as<int32_t>(), batch_[targets_].data_as<int32_t>());
+                           batch_[tokens_].data_as<int32_t>(), batch_[targets_].data_as<int32_t>(),
+                           runner_.get(), &grid_.pp());
 }
 
 }  // namespace keel::runtime

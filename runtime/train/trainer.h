@@ -17,12 +17,14 @@
 #include "parallel/process_grid.h"
 #include "parallel/zero.h"
 #include "runtime/config/config.h"
+#include "runtime/config/pipeline_layout.h"
 #include "runtime/data/data.h"
 #include "runtime/model/llama.h"
 #include "runtime/store/checkpoint.h"
 #include "runtime/train/evaluate.h"
 #include "runtime/train/grad_sync.h"
 #include "runtime/train/metrics.h"
+#include "runtime/train/pipeline_runner.h"
 #include "runtime/train/run_control.h"
 
 namespace keel::runtime {
@@ -94,8 +96,13 @@ class Trainer {
   // The divergence guard (trainer_guard.cpp). Why a step with this global loss and gradient
   // norm² must not update the weights, or "" when it may (the same verdict on every rank).
   std::string judge(double loss, double grad_sum_squares);
-  // x summed over the tensor-parallel group (x itself without TP).
-  double tp_sum(double x);
+  // x summed over the ranks that hold the model's parts: the tensor-parallel group, then the
+  // pipeline's stages (x itself without either).
+  double model_sum(double x);
+  // The name of the first of the tensors (this rank's, in order) at local index `first` (-1:
+  // none) over the world, where each pipeline stage lists its own: the stages' lists in stage
+  // order make one (collective over the world).
+  std::string first_over_world(int64_t first, const std::vector<std::string>& names);
   // Step boundaries (trainer_run.cpp). What the ranks agreed there: a stop signal some rank
   // received (SIGTERM, SIGUSR1; 0: none) and rank 0's command; `paused`: waiting to be resumed.
   struct Order {
@@ -164,7 +171,9 @@ class Trainer {
   std::unique_ptr<SequenceOrder> order_;
   double data_seconds_ = 0.0;          // this rank's time filling batches, for the closing line
   double weight_check_seconds_ = 0.0;  // and scanning the weights for NaN and infinities
+  PipelineLayout pipeline_;  // the stages, their schedule (one stage without a pipeline)
   std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<PipelineRunner> runner_;  // with a pipeline: runs this stage's schedule
   std::unique_ptr<optim::Optimizer> optimizer_;
   MemoryPlan batch_{"batch"};
   MemoryPlan::Slot tokens_, targets_;  // (accumulation, B, T): this rank's slice of the batch

@@ -1,5 +1,6 @@
 // Saving and resuming the Trainer (runtime/train/trainer.h) through runtime/store/checkpoint.h:
 // which state each rank writes, how the ranks agree that a save worked, and what a resume restores.
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <limits>
@@ -69,6 +70,36 @@ QuantizedLayout quantized_layout(const Config& config, int data_parallel_size,
                                : std::numeric_limits<int64_t>::max();
   return {tensor_parallel_size, config.parallel.zero_stage > 0 ? data_parallel_size : 1,
           config.optimizer.block_size, min_8bit};
+}
+
+using Shapes = std::map<std::string, std::pair<int64_t, int64_t>>;
+
+// Each pipeline stage's shapes, merged (every rank learns them all): a stage holds only its own
+// tensors, and meta.json lists every one. Serialised as "name rows cols\n" lines.
+Shapes gather_shapes(parallel::Communicator& pp, const Shapes& mine) {
+  if (pp.size() == 1) return mine;
+  std::string text;
+  for (const auto& [name, shape] : mine)
+    text += name + " " + std::to_string(shape.first) + " " + std::to_string(shape.second) + "\n";
+  std::vector<int64_t> length = {static_cast<int64_t>(text.size())};
+  std::vector<int64_t> lengths(static_cast<size_t>(pp.size()));
+  pp.all_gather(parallel::host_view(lengths), parallel::host_view(length));
+  const int64_t widest = *std::max_element(lengths.begin(), lengths.end());
+  std::vector<int32_t> padded(static_cast<size_t>(widest), 0);
+  std::copy(text.begin(), text.end(), padded.begin());
+  std::vector<int32_t> all(padded.size() * static_cast<size_t>(pp.size()));
+  pp.all_gather(parallel::host_view(all), parallel::host_view(padded));
+  Shapes out;
+  for (int s = 0; s < pp.size(); ++s) {
+    std::string lines(static_cast<size_t>(lengths[static_cast<size_t>(s)]), ' ');
+    for (size_t i = 0; i < lines.size(); ++i)
+      lines[i] = static_cast<char>(all[static_cast<size_t>(s) * padded.size() + i]);
+    std::istringstream in(lines);
+    std::string name;
+    int64_t rows = 0, cols = 0;
+    while (in >> name >> rows >> cols) out[name] = {rows, cols};
+  }
+  return out;
 }
 
 }  // namespace
@@ -189,6 +220,12 @@ std::string Trainer::write_checkpoint() {
 
   std::map<std::string, int64_t> block_totals;
   const std::vector<StatePiece> pieces = pieces_to_write(block_totals);
+  // Rank 0 holds a part of every tensor of its stage (the first TP rank writes what the ranks
+  // share); the other stages' come over the pipeline group. Per-block state it may not keep (a
+  // larger slice quantized elsewhere) comes from the index.
+  Shapes shapes;
+  for (const StatePiece& p : pieces) shapes[p.name] = {p.rows, p.cols};
+  shapes = gather_shapes(grid_.pp(), shapes);
   const std::string tmp = store.staging(step_);
   StateFileSum sum;
   agree(world,
@@ -219,9 +256,7 @@ std::string Trainer::write_checkpoint() {
         info.files.push_back(state_file_name(r));
         info.sums.push_back(sums[static_cast<size_t>(r)]);
       }
-      // Rank 0 holds a part of every tensor (the first TP rank writes what the ranks share);
-      // per-block state it may not keep (a larger slice quantized elsewhere) comes from the index.
-      for (const StatePiece& p : pieces) info.shapes[p.name] = {p.rows, p.cols};
+      info.shapes = shapes;
       for (const auto& [name, total] : block_totals) info.shapes[name] = {total, 1};
       write_checkpoint_info(tmp, info);
       dir = store.commit(step_, config_.training.save_total_limit);

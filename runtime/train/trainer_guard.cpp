@@ -76,8 +76,9 @@ std::string Trainer::first_nonfinite_gradient() {
   // Under ZeRO and TP each rank holds shards or slices: the first over the world (every rank
   // judges the step alike). Without them every rank holds the same summed gradient, and the
   // reduction changes nothing.
-  first = first_over_ranks(first, grid_.world());
-  return first < 0 ? "" : grads_[static_cast<size_t>(first)].name;
+  std::vector<std::string> names;
+  for (const GradView& g : grads_) names.push_back(g.name);
+  return first_over_world(first, names);
 }
 
 std::string Trainer::first_nonfinite_weight() {
@@ -89,8 +90,40 @@ std::string Trainer::first_nonfinite_weight() {
       first = static_cast<int64_t>(names.size());
     names.push_back(t.name);
   });
-  first = first_over_ranks(first, grid_.world());
-  return first < 0 ? "" : names[static_cast<size_t>(first)];
+  return first_over_world(first, names);
+}
+
+std::string Trainer::first_over_world(int64_t first, const std::vector<std::string>& names) {
+  parallel::Communicator& pp = grid_.pp();
+  if (pp.size() == 1) {
+    first = first_over_ranks(first, grid_.world());
+    return first < 0 ? "" : names[static_cast<size_t>(first)];
+  }
+  // Each stage's list follows the earlier stages' in one list of the whole model.
+  std::vector<int64_t> counts(static_cast<size_t>(pp.size()));
+  std::vector<int64_t> mine = {static_cast<int64_t>(names.size())};
+  pp.all_gather(parallel::host_view(counts), parallel::host_view(mine));
+  std::vector<int64_t> offsets(counts.size() + 1, 0);
+  for (size_t s = 0; s < counts.size(); ++s) offsets[s + 1] = offsets[s] + counts[s];
+  const int64_t at = offsets[static_cast<size_t>(pp.rank())];
+  const int64_t global = first_over_ranks(first < 0 ? -1 : at + first, grid_.world());
+  if (global < 0) return "";
+  // The stage holding it tells the others its name.
+  int owner = 0;
+  while (offsets[static_cast<size_t>(owner) + 1] <= global) ++owner;
+  std::vector<int32_t> text(256, 0);
+  if (owner == pp.rank()) {
+    const std::string& name = names[static_cast<size_t>(global - at)];
+    for (size_t i = 0; i < name.size() && i + 1 < text.size(); ++i)
+      text[i] = static_cast<unsigned char>(name[i]);
+  }
+  pp.broadcast(parallel::host_view(text), owner);
+  std::string name;
+  for (int32_t c : text) {
+    if (c == 0) break;
+    name += static_cast<char>(c);
+  }
+  return name;
 }
 
 std::string Trainer::last_good_checkpoint() const {

@@ -144,8 +144,12 @@ void Trainer::run() {
   std::ofstream rank_log(log_path, std::ios::app);
   KEEL_CHECK(rank_log.good(), "cannot write '{}'", log_path);
   rank_log << "rank " << grid_.rank() << " of " << grid_.world().size() << ", data-parallel rank "
-           << grid_.dp().rank() << " of " << grid_.dp().size() << "\n"
-           << plan_text_ << std::flush;
+           << grid_.dp().rank() << " of " << grid_.dp().size();
+  if (grid_.pp().size() > 1)
+    rank_log << ", pipeline stage " << grid_.pp().rank() << " of " << grid_.pp().size()
+             << " (layers " << model_->first_layer() << " to "
+             << model_->first_layer() + model_->num_layers() << ")";
+  rank_log << "\n" << plan_text_ << std::flush;
   std::unique_ptr<MetricsLog> log;
   if (writer) {
     const std::string path = t.output_dir + "/config.yaml";
@@ -216,8 +220,10 @@ void Trainer::run() {
         const std::string line = progress_line(s, t.max_steps, eta);
         console_ << line << "\n" << std::flush;
         rank_log << line << " | sent " << format_mib(s.comm_bytes) << " | blocked "
-                 << s.comm_wait_seconds << " s\n"
-                 << std::flush;
+                 << s.comm_wait_seconds << " s";
+        if (grid_.pp().size() > 1)
+          rank_log << " | pipeline wait " << s.pipeline_wait_seconds << " s of " << s.seconds;
+        rank_log << "\n" << std::flush;
       }
       if (eval) {
         const EvalResult r = evaluate();

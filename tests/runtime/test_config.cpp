@@ -43,8 +43,9 @@ const std::vector<std::string> kAllKeys = {
     "optimizer.galore.projector", "optimizer.galore.targets", "optimizer.galore.oversample",
     "optimizer.galore.power_iterations", "parallel.zero_stage",
     "parallel.overlap_comm", "parallel.tensor_model_parallel_size", "parallel.sequence_parallel",
-    "parallel.pipeline_model_parallel_size", "parallel.expert_model_parallel_size",
-    "control.address", "control.hang_timeout", "control.tls_cert", "control.tls_key"};
+    "parallel.pipeline_model_parallel_size", "parallel.pipeline_schedule",
+    "parallel.virtual_pipeline_model_parallel_size", "parallel.pipeline_layers",
+    "parallel.expert_model_parallel_size", "control.address", "control.hang_timeout", "control.tls_cert", "control.tls_key"};
 // clang-format on
 
 // Every key set away from its default.

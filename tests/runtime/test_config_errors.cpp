@@ -33,7 +33,9 @@ TEST(Config, UnknownKeyNamesItTheFileLineAndTheClosestKey) {
   expect_mentions(parse_error("parallel: {lookahead: 1}\n"),
                   {"'parallel.lookahead'", "did you mean",
                    "(valid: zero_stage, overlap_comm, tensor_model_parallel_size, "
-                   "sequence_parallel, pipeline_model_parallel_size, expert_model_parallel_size)"});
+                   "sequence_parallel, pipeline_model_parallel_size, pipeline_schedule, "
+                   "virtual_pipeline_model_parallel_size, pipeline_layers, "
+                   "expert_model_parallel_size)"});
 }
 
 TEST(Config, UnknownSectionSuggestsTheClosest) {
@@ -143,12 +145,44 @@ TEST(Config, UnsupportedChoicesListWhatIsSupported) {
   EXPECT_EQ(parse_error(kMinimalYaml, {"data.tokenizer=bpe"}),
             "data.tokenizer is 'bpe'; set it to auto (the tokenizer.json of prepared data, bytes "
             "for text), bytes, or the path of a tokenizer.json");
-  for (const std::string kind : {"pipeline", "expert"}) {
-    const std::string key = kind + "_model_parallel_size";
-    EXPECT_EQ(parse_error(kMinimalYaml, {"parallel." + key + "=2"}),
-              "parallel." + key + " is 2, but " + kind +
-                  " parallelism is not supported yet in this build; set it to 1");
-  }
+  EXPECT_EQ(parse_error(kMinimalYaml, {"parallel.expert_model_parallel_size=2"}),
+            "parallel.expert_model_parallel_size is 2, but expert parallelism is not supported "
+            "yet in this build; set it to 1");
+}
+
+// A pipeline that cannot run is one line before any work, naming the key and the fix.
+TEST(Config, PipelineLayoutsThatCannotRunAreOneLine) {
+  const std::string pp2 = "parallel.pipeline_model_parallel_size=2";
+  const std::string untied = "model.tie_word_embeddings=false";
+  EXPECT_EQ(parse_config(kMinimalYaml, {pp2, untied}).parallel.pipeline_model_parallel_size, 2);
+  EXPECT_EQ(parse_config(kMinimalYaml, {pp2, untied, "parallel.pipeline_layers=[0, 6]"})
+                .parallel.pipeline_layers,
+            "0,6");
+  const int64_t layers = parse_config(kMinimalYaml).model.num_hidden_layers;
+  EXPECT_NE(
+      parse_error(kMinimalYaml,
+                  {"parallel.pipeline_model_parallel_size=" + std::to_string(layers + 1), untied})
+          .find("but the model has " + std::to_string(layers) + " layers"),
+      std::string::npos);
+  EXPECT_NE(parse_error(kMinimalYaml, {pp2, untied, "parallel.pipeline_layers=[1, 2]"})
+                .find("parallel.pipeline_layers adds up to 3 layers, but the model has 6"),
+            std::string::npos);
+  EXPECT_NE(parse_error(kMinimalYaml, {pp2, untied, "parallel.pipeline_layers=[1, x]"})
+                .find("parallel.pipeline_layers is '1,x'; list each stage's number of layers"),
+            std::string::npos);
+  EXPECT_NE(parse_error(kMinimalYaml, {"parallel.pipeline_layers=[2]"})
+                .find("but parallel.pipeline_model_parallel_size is 1"),
+            std::string::npos);
+  EXPECT_NE(
+      parse_error(kMinimalYaml, {pp2, untied, "parallel.pipeline_schedule=zigzag"}).find("zigzag"),
+      std::string::npos);
+  EXPECT_NE(
+      parse_error(kMinimalYaml, {pp2, untied, "parallel.virtual_pipeline_model_parallel_size=2"})
+          .find("needs parallel.pipeline_schedule = interleaved_1f1b"),
+      std::string::npos);
+  EXPECT_NE(parse_error(kMinimalYaml, {pp2, "model.tie_word_embeddings=true"})
+                .find("set model.tie_word_embeddings: false"),
+            std::string::npos);
 }
 
 // Tensor parallelism splits heads, the MLP and the vocabulary; what is not built on it yet is

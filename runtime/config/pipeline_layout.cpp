@@ -1,0 +1,91 @@
+#include "runtime/config/pipeline_layout.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string_view>
+
+#include "kernels/error.h"
+
+namespace keel::runtime {
+
+int PipelineLayout::activation_slots(int stage) const {
+  if (!pipelined()) return 1;
+  return static_cast<int>(std::ceil(plan.peak_live_micro_batches.at(static_cast<size_t>(stage))));
+}
+
+parallel::StageCosts unit_costs(const ModelConfig& m, int64_t T) {
+  const double C = static_cast<double>(m.hidden_size);
+  const double I = static_cast<double>(m.intermediate_size);
+  const double V = static_cast<double>(m.vocab_size);
+  const double H = static_cast<double>(m.num_attention_heads);
+  const double Hkv =
+      static_cast<double>(m.num_key_value_heads ? m.num_key_value_heads : m.num_attention_heads);
+  const double kv = 2.0 * C * C * Hkv / H;  // k and v projections
+  // Forward + backward = 3 × the forward's 2 FLOPs per weight; causal attention at half of T.
+  const double block = 6.0 * (2.0 * C * C + kv + 3.0 * C * I) + 6.0 * static_cast<double>(T) * C;
+  return {.embedding = 2.0 * C, .block = block, .head = 6.0 * C * V};
+}
+
+std::vector<int64_t> parse_pipeline_layers(const std::string& text) {
+  std::vector<int64_t> out;
+  if (text.empty()) return out;
+  std::string_view rest = text;
+  while (true) {
+    const size_t comma = rest.find(',');
+    std::string_view item = rest.substr(0, comma);
+    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    const bool digits =
+        !item.empty() && item.size() <= 9 &&
+        std::all_of(item.begin(), item.end(), [](char c) { return c >= '0' && c <= '9'; });
+    KEEL_CHECK(digits,
+               "parallel.pipeline_layers is '{}'; list each stage's number of layers, e.g. "
+               "[3, 4, 4, 3] (or leave it empty to balance the stages by cost)",
+               text);
+    out.push_back(std::stoll(std::string(item)));
+    if (comma == std::string_view::npos) break;
+    rest = rest.substr(comma + 1);
+  }
+  return out;
+}
+
+PipelineLayout pipeline_layout(const Config& config) {
+  const ParallelConfig& par = config.parallel;
+  PipelineLayout layout;
+  layout.schedule = parallel::parse_pipeline_schedule(par.pipeline_schedule);
+  const int p = static_cast<int>(par.pipeline_model_parallel_size);
+  const int v = static_cast<int>(par.virtual_pipeline_model_parallel_size);
+  const int L = static_cast<int>(config.model.num_hidden_layers);
+  layout.shape = {p, static_cast<int>(config.training.gradient_accumulation_steps), v};
+  if (p == 1) {
+    KEEL_CHECK(par.pipeline_layers.empty(),
+               "parallel.pipeline_layers is '{}', but parallel.pipeline_model_parallel_size is 1 "
+               "(one stage holds every layer); remove parallel.pipeline_layers or set "
+               "parallel.pipeline_model_parallel_size",
+               par.pipeline_layers);
+    KEEL_CHECK(v == 1,
+               "parallel.virtual_pipeline_model_parallel_size is {}, but there is no pipeline "
+               "(parallel.pipeline_model_parallel_size is 1); set it to 1",
+               v);
+    layout.split = {{0, L}};
+    return layout;
+  }
+  parallel::check_pipeline_shape(layout.schedule, layout.shape);
+  // Not executed by this build yet: one line before any work, not a failure mid-step.
+  KEEL_CHECK(layout.schedule != parallel::PipelineSchedule::kInterleaved &&
+                 layout.schedule != parallel::PipelineSchedule::kZeroBubbleH1,
+             "parallel.pipeline_schedule '{}' is not executed by this build yet; use gpipe or 1f1b",
+             par.pipeline_schedule);
+  KEEL_CHECK(!config.model.tie_word_embeddings,
+             "model.tie_word_embeddings puts the embedding on the first pipeline stage and the "
+             "head on the last, which this build does not keep as one tensor yet; set "
+             "model.tie_word_embeddings: false, or parallel.pipeline_model_parallel_size: 1");
+  layout.split =
+      par.pipeline_layers.empty()
+          ? parallel::balanced_stages(L, p, unit_costs(config.model, config.data.seq_length))
+          : parallel::listed_stages(parse_pipeline_layers(par.pipeline_layers), L, p);
+  layout.plan = parallel::plan_pipeline(layout.schedule, layout.shape);
+  return layout;
+}
+
+}  // namespace keel::runtime

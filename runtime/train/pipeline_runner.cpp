@@ -1,0 +1,181 @@
+#include "runtime/train/pipeline_runner.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "kernels/error.h"
+
+namespace keel::runtime {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+using parallel::PipelineAction;
+using parallel::PipelineOp;
+
+// Messages between two stages pair in list order per direction and kind (the schedule's
+// contract), so one tag per kind suffices: MPI keeps the order of messages on one tag.
+constexpr int kTags[2] = {1, 2};
+
+Tensor floats(float* p, int64_t n) { return Tensor(p, DType::F32, Shape{n}); }
+Tensor floats(const float* p, int64_t n) { return floats(const_cast<float*>(p), n); }
+}  // namespace
+
+PipelineRunner::PipelineRunner(LlamaModel& model, parallel::Communicator& pp,
+                               parallel::PipelineSchedule schedule, parallel::PipelineShape shape)
+    : model_(model),
+      pp_(pp),
+      shape_(shape),
+      actions_(parallel::pipeline_actions(schedule, shape, pp.rank())),
+      elems_(model.stage_io_elems()),
+      slot_of_(static_cast<size_t>(shape.micro_batches), -1),
+      sends_(static_cast<size_t>(model.activation_slots())) {
+  KEEL_CHECK(pp.size() == shape.stages,
+             "the pipeline group has {} ranks for a pipeline of {} stages (internal error)",
+             pp.size(), shape.stages);
+  for (const PipelineAction& a : actions_)
+    KEEL_CHECK(
+        a.op != PipelineOp::kBackwardInput && a.op != PipelineOp::kBackwardWeight && a.chunk == 0,
+        "the pipeline runner executes one model chunk with whole backwards; '{}' is not "
+        "one (internal error)",
+        parallel::to_string(a));
+  // Two receive buffers of each kind: one being consumed, one arriving behind it. Touched now,
+  // so that no step pays the first-touch page faults.
+  for (auto& pool : buffers_) {
+    pool.resize(2);
+    for (Buffer& b : pool) b.data.assign(static_cast<size_t>(elems_), 0.0f);
+  }
+  for (int s = model.activation_slots() - 1; s >= 0; --s) free_slots_.push_back(s);
+}
+
+void PipelineRunner::wait(parallel::Work& w) {
+  const auto t0 = Clock::now();
+  w.wait();
+  wait_seconds_ += std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+bool PipelineRunner::post(size_t i, bool must) {
+  const PipelineAction& a = actions_[i];
+  const Kind kind = a.op == PipelineOp::kRecvActivation ? kActivation : kGrad;
+  std::vector<Buffer>& pool = buffers_[kind];
+  auto it =
+      std::find_if(pool.begin(), pool.end(), [](const Buffer& b) { return b.micro_batch < 0; });
+  if (it == pool.end()) {
+    if (!must) return false;
+    pool.emplace_back().data.assign(static_cast<size_t>(elems_), 0.0f);
+    it = std::prev(pool.end());
+  }
+  it->micro_batch = a.micro_batch;
+  it->work = pp_.recv_async(floats(it->data.data(), elems_), a.peer, kTags[kind]);
+  return true;
+}
+
+void PipelineRunner::post_ahead(size_t i) {
+  posted_ = std::max(posted_, i);
+  while (posted_ < actions_.size()) {
+    if (parallel::is_recv(actions_[posted_].op) && !post(posted_, false)) return;
+    ++posted_;
+  }
+}
+
+PipelineRunner::Buffer& PipelineRunner::received(Kind kind, int mb) {
+  for (Buffer& b : buffers_[kind]) {
+    if (b.micro_batch != mb) continue;
+    wait(b.work);
+    return b;
+  }
+  KEEL_FAIL("pipeline stage {}: micro-batch {}'s {} was never received (internal error)",
+            pp_.rank(), mb, kind == kActivation ? "activation" : "gradient");
+}
+
+int PipelineRunner::take_slot() {
+  KEEL_CHECK(!free_slots_.empty(),
+             "pipeline stage {}: every one of its {} activation slots holds a micro-batch "
+             "(internal error: the model was planned for fewer than the schedule keeps)",
+             pp_.rank(), model_.activation_slots());
+  const int slot = free_slots_.back();
+  free_slots_.pop_back();
+  // Its output or input gradient may still be on its way to a neighbour.
+  for (parallel::Work& w : sends_[static_cast<size_t>(slot)]) wait(w);
+  sends_[static_cast<size_t>(slot)].clear();
+  return slot;
+}
+
+double PipelineRunner::run_step(const int32_t* tokens, const int32_t* targets, float grad_scale) {
+  const int64_t BT = model_.batch() * model_.seq();
+  wait_seconds_ = 0.0;
+  posted_ = 0;
+  std::fill(slot_of_.begin(), slot_of_.end(), -1);
+  double loss = 0.0;
+  for (size_t i = 0; i < actions_.size(); ++i) {
+    const PipelineAction& a = actions_[i];
+    const int mb = a.micro_batch;
+    switch (a.op) {
+      case PipelineOp::kRecvActivation:
+      case PipelineOp::kRecvGrad:
+        if (i >= posted_) {  // not posted ahead: every buffer was busy, so a new one
+          post(i, true);
+          posted_ = i + 1;
+        }
+        break;
+      case PipelineOp::kForward: {
+        const int slot = take_slot();
+        slot_of_[static_cast<size_t>(mb)] = slot;
+        Buffer* in = model_.first_stage() ? nullptr : &received(kActivation, mb);
+        loss += model_.stage_forward(slot, tokens + mb * BT, in ? in->data.data() : nullptr,
+                                     targets + mb * BT, grad_scale);
+        if (in) release(*in);
+        break;
+      }
+      case PipelineOp::kBackward: {
+        const int slot = slot_of_[static_cast<size_t>(mb)];
+        Buffer* grad = model_.last_stage() ? nullptr : &received(kGrad, mb);
+        model_.stage_backward(slot, grad ? grad->data.data() : nullptr);
+        if (grad) release(*grad);
+        // The slot is free once its input gradient is on its way (the first stage sends none).
+        if (model_.first_stage()) free_slots_.push_back(slot);
+        break;
+      }
+      case PipelineOp::kSendActivation: {
+        const int slot = slot_of_[static_cast<size_t>(mb)];
+        sends_[static_cast<size_t>(slot)].push_back(
+            pp_.send_async(floats(model_.stage_output(slot), elems_), a.peer, kTags[kActivation]));
+        break;
+      }
+      case PipelineOp::kSendGrad: {
+        const int slot = slot_of_[static_cast<size_t>(mb)];
+        sends_[static_cast<size_t>(slot)].push_back(
+            pp_.send_async(floats(model_.stage_input_grad(slot), elems_), a.peer, kTags[kGrad]));
+        free_slots_.push_back(slot);
+        break;
+      }
+      case PipelineOp::kBackwardInput:
+      case PipelineOp::kBackwardWeight:
+        KEEL_FAIL("pipeline runner: split backward '{}' (internal error)", parallel::to_string(a));
+    }
+    post_ahead(i + 1);
+  }
+  for (auto& slot : sends_) {
+    for (parallel::Work& w : slot) wait(w);
+    slot.clear();
+  }
+  for (const auto& pool : buffers_)
+    for (const Buffer& b : pool)
+      KEEL_CHECK(b.micro_batch < 0,
+                 "pipeline stage {}: micro-batch {}'s message was received but never used "
+                 "(internal error)",
+                 pp_.rank(), b.micro_batch);
+  return loss;
+}
+
+double PipelineRunner::evaluate(const int32_t* tokens, const int32_t* targets) {
+  const int s = pp_.rank();
+  std::vector<float>& in = buffers_[kActivation][0].data;
+  if (!model_.first_stage()) pp_.recv(floats(in.data(), elems_), s - 1, kTags[kActivation]);
+  const double loss =
+      model_.stage_evaluate(tokens, model_.first_stage() ? nullptr : in.data(), targets);
+  if (!model_.last_stage())
+    pp_.send(floats(model_.stage_output(0), elems_), s + 1, kTags[kActivation]);
+  return loss;
+}
+
+}  // namespace keel::runtime
