@@ -120,6 +120,25 @@ TEST_F(Cli, RankZeroStoppedWithSigstopIsReportedByRankOne) {
   EXPECT_NE(s.reporter_log.find(said), std::string::npos) << "rank 1's log:\n" << s.reporter_log;
 }
 
+// A pipeline's stages wait for each other in sends and receives as well as collectives: with
+// stage 1 stopped, stage 0's wait over the pipeline group ends in the same report.
+TEST_F(Cli, AStoppedPipelineStageIsReportedAndTheJobEnds) {
+  if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
+  const std::string cfg = write("m.yaml", std::string(kTensorParallelModel) +
+                                              "parallel: {pipeline_model_parallel_size: 2}\n");
+  const Stopped s = stopped_run(cfg, (dir_ / "stage1").string(), 1, 0);
+  ASSERT_TRUE(s.ended) << "the job still ran 60 s after stage 1 was stopped\n" << s.result.out;
+  EXPECT_NE(s.result.code, 0) << s.result.out;
+  EXPECT_LE(s.to_end, kTimeout + 3.0) << s.result.out;
+  EXPECT_NE(s.result.out.find("hang: no heartbeat from rank 1"), std::string::npos) << s.result.out;
+  // Rank 0 meanwhile waits on its neighbour: a receive or the loss's sum over the pipeline
+  // group, or the step boundary's agreement over the world.
+  EXPECT_TRUE(s.result.out.find("Meanwhile rank 0: ") != std::string::npos &&
+              (s.result.out.find(" over pp, ") != std::string::npos ||
+               s.result.out.find(" over world, ") != std::string::npos))
+      << s.result.out;
+}
+
 // Steps far quicker than the timeout, and ranks that finish at different moments (rank 0 writes
 // the files last): no rank takes another's normal exit for a hang. (2 s, not less: on a loaded
 // 2-core machine a sleeping thread was measured to wake up to 1 s late.)

@@ -5,6 +5,8 @@
 // (no data or tensor parallelism), the parameters are the one-rank run's bit for bit.
 #include <gtest/gtest.h>
 
+#include <chrono>
+
 #include "cli_util.h"
 
 namespace keel::test {
@@ -118,6 +120,25 @@ INSTANTIATE_TEST_SUITE_P(
                " --set optimizer.galore.rank=8 --set optimizer.galore.update_proj_gap=5"
                " --set parallel.zero_stage=2"}),
     [](const ::testing::TestParamInfo<Layout>& p) { return std::string(p.param.name); });
+
+// A stage killed mid-run (its neighbour waiting on it in a send or receive) ends the whole job
+// promptly, and the message names it.
+TEST_F(Cli, AKilledStageEndsTheJob) {
+  if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
+  const std::string cfg = write("m.yaml", kModel);
+  const auto t0 = std::chrono::steady_clock::now();
+  const Result r = run_ranks(
+      2, "sh -c '[ $OMPI_COMM_WORLD_RANK = 1 ] && (sleep 3; kill -9 $$) & exec " +
+             std::string(KEEL_BINARY) + " train " + cfg +
+             " --set training.max_steps=1000000 --set parallel.pipeline_model_parallel_size=2"
+             " --set training.output_dir=" +
+             out_dir() + "'");
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(r.code, 0) << r.out;
+  EXPECT_LT(seconds, 30.0) << r.out;
+  EXPECT_NE(r.out.find("rank 1"), std::string::npos) << r.out;
+}
 
 }  // namespace
 }  // namespace keel::test
