@@ -76,10 +76,11 @@ PipelineLayout pipeline_layout(const Config& config) {
                  layout.schedule != parallel::PipelineSchedule::kZeroBubbleH1,
              "parallel.pipeline_schedule '{}' is not executed by this build yet; use gpipe or 1f1b",
              par.pipeline_schedule);
-  KEEL_CHECK(!config.model.tie_word_embeddings,
-             "model.tie_word_embeddings puts the embedding on the first pipeline stage and the "
-             "head on the last, which this build does not keep as one tensor yet; set "
-             "model.tie_word_embeddings: false, or parallel.pipeline_model_parallel_size: 1");
+  KEEL_CHECK(!config.model.tie_word_embeddings || !config.optimizer.per_layer_update,
+             "optimizer.per_layer_update steps the embedding in the backward, but with "
+             "model.tie_word_embeddings its gradient comes from the first and the last pipeline "
+             "stage and is complete only after both backwards; set optimizer.per_layer_update: "
+             "false, or model.tie_word_embeddings: false");
   layout.split =
       par.pipeline_layers.empty()
           ? parallel::balanced_stages(L, p, unit_costs(config.model, config.data.seq_length))

@@ -64,6 +64,7 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
       first_(split.pipeline_stages > 0 ? split.pipeline_stage == 0 : l0_ == 0),
       last_(split.pipeline_stages > 0 ? split.pipeline_stage == split.pipeline_stages - 1
                                       : l1_ == config.num_hidden_layers),
+      embed_(first_ || (last_ && config.tie_word_embeddings)),
       sp_(split.sequence_parallel && tp_.split()),
       rows_(sp_ ? parallel::Span{tp_.rank * N_ / tp_.size, N_ / tp_.size} : parallel::Span{0, N_}),
       block_({C_, H_, Hkv_, D_, I_, static_cast<float>(config.rms_norm_eps), tp_.kv_replicas,
@@ -81,10 +82,6 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
              "sequence parallelism over {} ranks splits the {} rows of a micro-batch (B={} "
              "sequences of T={}); set data.seq_length to a multiple of {}",
              tp_.size, N_, B, T, tp_.size);
-  KEEL_CHECK(!config.tie_word_embeddings || (first_ && last_),
-             "tied word embeddings need the embedding and the head on one pipeline stage (layers "
-             "{} to {} of {} here); set model.tie_word_embeddings: false",
-             l0_, l1_, config.num_hidden_layers);
   KEEL_CHECK(split.activation_slots >= 1,
              "a pipeline stage holds at least one micro-batch's activations, asked for {} slots "
              "(internal error)",
@@ -122,7 +119,7 @@ void LlamaModel::build_plans() {
     units_.back().elems = slot_at_.back() + shape.numel();
     return slot;
   };
-  if (first_) {
+  if (embed_) {
     begin_unit("embed_tokens");
     s.w_embed = add_weight("embed_tokens", {V_, C_});
   }
@@ -247,9 +244,10 @@ void LlamaModel::build_plans() {
     Tensor g(gbase_[static_cast<size_t>(u)] ? gbase_[static_cast<size_t>(u)] + at : nullptr,
              DType::F32, shape);
     const bool counted = shard.whole() ? first : counted_if_split;
-    params_.push_back({name, global, shard, decay, counted, w, g});
+    const bool copy = u == 0 && embed_ && !first_;  // the tied embedding on the last stage
+    params_.push_back({name, global, shard, decay, counted, copy, w, g});
     parallel::ZeroUnit& unit = units_[static_cast<size_t>(u)];
-    unit.params.push_back({name, shape[0], shape.numel() / shape[0], counted, shard.dim});
+    unit.params.push_back({name, shape[0], shape.numel() / shape[0], counted && !copy, shard.dim});
     unit.offsets.push_back(at);
     return params_.size() - 1;
   };
@@ -258,7 +256,7 @@ void LlamaModel::build_plans() {
                   o_cols = split(1, tp_.heads, D_, Hg * D_);
   const ShardSpec kv_rows = split(0, tp_.kv_heads, D_, Hkvg * D_);
   const ShardSpec mlp_rows = split(0, tp_.inter, 1, Ig), down_cols = split(1, tp_.inter, 1, Ig);
-  if (first_)
+  if (embed_)
     s.embed = add_param("model.embed_tokens.weight", s.w_embed, 0, -1, true, {Vg, C_}, vocab, true);
   for (int64_t l = 0; l < L; ++l) {
     Layer& y = layers_[static_cast<size_t>(l)];

@@ -197,7 +197,7 @@ class LlamaModel {
   // The embedding (first stage) or the input, then the stage's blocks, into slot m.
   void run_forward(const MicroActs& m, const int32_t* tokens, const float* input);
   // Units: the embedding (first stage), each local layer l, the head (last stage).
-  int layer_unit(int64_t l) const { return static_cast<int>(first_ + l); }
+  int layer_unit(int64_t l) const { return static_cast<int>(embed_ + l); }
   int head_unit() const { return static_cast<int>(units_.size()) - 1; }
   // Weights and gradients of a slot, wherever its unit's buffer is now.
   float* w(MemoryPlan::Slot s) const { return wbase_[unit_of_[s]] + slot_at_[s]; }
@@ -224,8 +224,11 @@ class LlamaModel {
   int workspace_threads_;                  // OpenMP threads the attention workspace is sized for
   bool checkpointing_;
   ModelHolds holds_;
-  int64_t l0_, l1_;      // the stage's layers [l0_, l1_) of the model's
-  bool first_, last_;    // whether the stage holds the embedding, the head
+  int64_t l0_, l1_;    // the stage's layers [l0_, l1_) of the model's
+  bool first_, last_;  // whether the stage embeds the tokens, runs the head
+  // Whether it holds the embedding (unit 0): the first stage, and the last when the head is tied
+  // to it (a copy, Parameter::tied_copy, unless the stage is the first too).
+  bool embed_;
   bool sp_;              // sequence parallelism (under TP only)
   parallel::Span rows_;  // rows of the residual stream held here: all N_, or the SP chunk
   LlamaBlock block_;

@@ -253,9 +253,10 @@ double LlamaModel::stage_forward(int slot, const int32_t* tokens, const float* i
     use_weights(head_unit());
     if (tied) use_weights(0);
     use_grads(head_unit());
-    if (tied) use_grads(0);  // held until the embedding's own backward adds to it
+    if (tied) use_grads(0);  // on the first stage, held until the embedding's backward adds to it
     loss = head(m, targets, grad_scale, true, nullptr);
     if (tied) drop_weights(0);
+    if (tied && !first_) drop_grads(0);  // the last stage's copy: the first stage sums the rest
     drop_weights(head_unit());
     drop_grads(head_unit());
     // The head's gradient waits in the slot for its backward (the shared dres will not): in
@@ -313,7 +314,8 @@ void LlamaModel::stage_backward(int slot, const float* output_grad) {
     slot_state_[static_cast<size_t>(slot)] = SlotState::kBackwarded;
     return;
   }
-  if (!config_.tie_word_embeddings) use_grads(0);  // the embedding's backward reads no weights
+  // Acquired already by a tied head on this stage; the embedding's backward reads no weights.
+  if (!config_.tie_word_embeddings || !last_) use_grads(0);
   const kernels::Ops& k = *ops_;
   const int32_t* kept = acts_[m.tokens].data_as<int32_t>();
   const float* dx0 = dres;

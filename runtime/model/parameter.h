@@ -32,6 +32,10 @@ struct Parameter {
   // a TP split's own slice; of the ranks holding the same values (norms everywhere, a key/value
   // head shared by several ranks) only the first.
   bool tp_counted = true;
+  // The last pipeline stage's copy of the embedding its head is tied to (the first stage holds
+  // the tensor): stepped with the same summed gradient to the same values, but not counted in
+  // the gradient norm, nor saved, nor exported: the first stage's is.
+  bool tied_copy = false;
   Tensor value;  // fp32, the local slice
   Tensor grad;   // fp32, same shape as value; accumulates across micro-batches
 };

@@ -86,10 +86,11 @@ class AllReduceSync final : public WholeModelSync {
   double reduce(const std::function<double()>&) override {
     const auto t0 = Clock::now();
     dp_.all_reduce(model_.grad_storage());
+    sum_tied_gradient();
     wait_ += std::chrono::duration<double>(Clock::now() - t0).count();
     double sq = 0.0;
     for (const Parameter& p : model_.parameters())
-      if (p.tp_counted)
+      if (p.tp_counted && !p.tied_copy)
         sq += kernels::ops(p.grad.device()).sum_squares(p.grad.f32(), p.grad.numel(), {});
     return sq;
   }
@@ -187,6 +188,7 @@ class ZeroSync final : public GradSync {
   // This rank's gradient shards, summed over the group; the norm² is summed over the shards.
   double reduce(const std::function<double()>& stepped) override {
     zero_.reduce_gradients();  // per-layer update: hands the last unit over
+    if (!per_layer_) sum_tied_gradient();
     sum_squares_ = per_layer_ ? stepped() : zero_.grad_sum_squares();
     dp_.all_reduce(parallel::host_view(&sum_squares_, 1));
     return sum_squares_;
@@ -206,6 +208,13 @@ class ZeroSync final : public GradSync {
 };
 
 }  // namespace
+
+void GradSync::sum_tied_gradient() {
+  if (!tied_) return;
+  for (const optim::ParamRef& r : tensors())
+    if (r.name == "model.embed_tokens.weight" && r.n > 0)
+      tied_->all_reduce(Tensor(const_cast<float*>(r.grad), DType::F32, Shape{r.n}));
+}
 
 ModelHolds model_holds(const Config& config, bool allocate) {
   const int64_t stage = config.parallel.zero_stage;

@@ -56,6 +56,19 @@ class GradSync {
   virtual parallel::ZeroTimers timers() const = 0;
   // The bytes of its buffers (keel plan's categories).
   virtual parallel::ZeroBytes bytes() const = 0;
+
+  // A pipeline whose head is tied to the embedding: the group of the first and the last stage
+  // (the same TP and DP place; Megatron's embedding group). reduce() then sums the embedding's
+  // gradient (the first stage's, and the last stage's copy) over it after the data-parallel sum,
+  // so that both step one tensor alike. Not with a per-layer update (the config refuses it).
+  void set_tied_group(parallel::Communicator* group) { tied_ = group; }
+
+ protected:
+  // The tied sum above, over this rank's part of the embedding's gradient (none: nothing).
+  void sum_tied_gradient();
+
+ private:
+  parallel::Communicator* tied_ = nullptr;
 };
 
 // What the model keeps itself under the config's synchronisation (the rest the hooks hand out

@@ -121,6 +121,17 @@ void Trainer::build() {
     runner_ =
         std::make_unique<PipelineRunner>(*model_, grid_.pp(), pipeline_.schedule, pipeline_.shape);
   sync_ = make_grad_sync(config_, *model_, grid_);
+  if (pipeline_.pipelined() && config_.model.tie_word_embeddings) {
+    // Collective over the world: the ranks between the ends each get a group of their own.
+    const int p = grid_.pp().size();
+    const bool end = stage == 0 || stage == p - 1;
+    const int place = grid_.coord().tp + grid_.tp().size() * grid_.coord().dp;
+    tied_ = grid_.world().split(end ? place : parallel::Communicator::kNoColor, stage);
+    if (tied_) {
+      tied_->set_name("embedding");
+      sync_->set_tied_group(tied_.get());
+    }
+  }
   const std::vector<optim::ParamRef>& refs = sync_->tensors();
   if (per_layer) build_per_layer(refs);
   for (const optim::ParamRef& r : refs) grads_.push_back({r.name, r.grad, r.n});
@@ -203,7 +214,8 @@ void Trainer::write_parameters(const std::string& path) {
   const std::vector<parallel::ZeroUnit>& units = model_->units();
   int64_t total = 0, widest_unit = 0, widest = 0;
   for (const Parameter& p : model_->parameters())
-    total += p.global_shape.numel(), widest = std::max(widest, p.global_shape.numel());
+    if (!p.tied_copy)
+      total += p.global_shape.numel(), widest = std::max(widest, p.global_shape.numel());
   for (const parallel::ZeroUnit& u : units) widest_unit = std::max(widest_unit, u.elems);
   std::vector<float> out(static_cast<size_t>(keeper ? total : widest));
   std::vector<float> unit(sync_->model_holds_weights() ? 0 : static_cast<size_t>(widest_unit));
@@ -217,6 +229,7 @@ void Trainer::write_parameters(const std::string& path) {
     }
     for (size_t i = 0; i < units[u].params.size(); ++i) {
       const Parameter& p = model_->parameter_by_name(units[u].params[i].name);
+      if (p.tied_copy) continue;  // the first stage's is written
       float* whole = out.data() + (keeper ? at : 0);
       const float* local = base + units[u].offsets[i];
       if (tp)
@@ -243,19 +256,25 @@ void Trainer::write_parameters(const std::string& path) {
                                         .pipeline_stage = s,
                                         .pipeline_stages = pp.size()});
       int64_t n = 0;
-      for (const Parameter& p : stage.parameters()) n += p.global_shape.numel();
+      for (const Parameter& p : stage.parameters())
+        if (!p.tied_copy) n += p.global_shape.numel();
       std::vector<float>& buffer = received.emplace_back(static_cast<size_t>(n));
       pp.recv(Tensor(buffer.data(), DType::F32, Shape{n}), s);
       int64_t offset = 0;
       for (const parallel::ZeroUnit& su : stage.units())
         for (const parallel::ZeroParamSpec& sp : su.params) {
           const Parameter& p = stage.parameter_by_name(sp.name);
+          if (p.tied_copy) continue;
           tensors.emplace_back(p.name, Tensor(buffer.data() + offset, DType::F32, p.global_shape));
           offset += p.global_shape.numel();
         }
     }
   }
   if (writer) write_safetensors(path, tensors, {{"format", "pt"}});
+}
+
+uint64_t Trainer::comm_bytes() const {
+  return grid_.total_stats().total_bytes() + (tied_ ? tied_->stats().total_bytes() : 0);
 }
 
 double Trainer::model_sum(double x) { return group_sum(grid_.pp(), group_sum(grid_.tp(), x)); }
@@ -274,7 +293,7 @@ StepStats Trainer::step() {
   const int64_t B = t.per_device_train_batch_size, T = config_.data.seq_length;
   const int64_t A = t.gradient_accumulation_steps;
   parallel::Communicator& dp = grid_.dp();
-  const uint64_t comm_before = grid_.total_stats().total_bytes();
+  const uint64_t comm_before = comm_bytes();
   double wait = -sync_->timers().wait_seconds;  // blocked on collectives
   const int64_t local = A * B;                  // sequences of this rank
   const int64_t global = local * dp.size();     // sequences of the step, over all ranks
@@ -370,7 +389,7 @@ StepStats Trainer::step() {
   }
   s.mfu = model_flops / peak_flops_;
   s.peak_rss_mib = static_cast<double>(peak_rss_bytes()) / (1 << 20);
-  s.comm_bytes = grid_.total_stats().total_bytes() - comm_before;
+  s.comm_bytes = comm_bytes() - comm_before;
   s.comm_wait_seconds = dp.size() > 1 ? wait : 0.0;
   s.pipeline_wait_seconds = runner_ ? runner_->wait_seconds() : 0.0;
   return s;

@@ -142,6 +142,7 @@ class Trainer {
     float* value;  // weights or fp32 master shard
     int64_t elems;
     bool counted;    // false where another TP rank holds it alike and writes it (tp_counted)
+    bool copy;       // the last pipeline stage's copy of the tied embedding (never written)
     int group_rank;  // this rank's place in the group holding the tensor's parts (0 without one)
   };
   void for_each_tensor(const std::function<void(const TensorSlot&)>& f);
@@ -171,9 +172,14 @@ class Trainer {
   std::unique_ptr<SequenceOrder> order_;
   double data_seconds_ = 0.0;          // this rank's time filling batches, for the closing line
   double weight_check_seconds_ = 0.0;  // and scanning the weights for NaN and infinities
-  PipelineLayout pipeline_;  // the stages, their schedule (one stage without a pipeline)
+  PipelineLayout pipeline_;            // the stages, their schedule (one stage without a pipeline)
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<PipelineRunner> runner_;  // with a pipeline: runs this stage's schedule
+  // A pipeline with tied embeddings: the first and last stages of this rank's TP and DP place
+  // (null elsewhere), over which the embedding's gradient is summed (GradSync::set_tied_group).
+  std::unique_ptr<parallel::Communicator> tied_;
+  // Every byte this rank has sent or received, the grid's groups' and the tied group's.
+  uint64_t comm_bytes() const;
   std::unique_ptr<optim::Optimizer> optimizer_;
   MemoryPlan batch_{"batch"};
   MemoryPlan::Slot tokens_, targets_;  // (accumulation, B, T): this rank's slice of the batch

@@ -112,8 +112,8 @@ void Trainer::for_each_tensor(const std::function<void(const TensorSlot&)>& f) {
     // A whole vector carries no rectangle: all of it, as rows of n × 1.
     const parallel::ShardRect rect =
         refs[i].rect.ld > 0 ? refs[i].rect : parallel::ShardRect{0, 0, rows, cols, cols};
-    f({refs[i].name, rows, cols, rect, i, refs[i].value, refs[i].n,
-       model_->parameter_by_name(refs[i].name).tp_counted,
+    const Parameter& p = model_->parameter_by_name(refs[i].name);
+    f({refs[i].name, rows, cols, rect, i, refs[i].value, refs[i].n, p.tp_counted, p.tied_copy,
        refs[i].group ? refs[i].group->rank() : 0});
   }
 }
@@ -143,6 +143,9 @@ std::vector<StatePiece> Trainer::state_pieces(bool written,
   std::vector<std::pair<size_t, BlockRecord>> blocks;  // (piece, its buffer)
   std::vector<BlockRecord> records;
   for_each_tensor([&](const TensorSlot& t) {
+    // The tied embedding's copy is the first stage's tensor: read into, never written, and no
+    // record of its 8-bit blocks (the first stage's, identical, place them in the index).
+    if (written && t.copy) return;
     const bool keep = !written || t.counted;
     if (keep) out.push_back({t.name, t.rows, t.cols, t.rect, t.value, t.elems});
     for (const optim::StateTensor& s : optimizer_->state(t.index)) {
@@ -154,7 +157,7 @@ std::vector<StatePiece> Trainer::state_pieces(bool written,
       }
       const parallel::ShardRect& cut = s.rect.ld > 0 ? s.rect : t.rect;  // the buffer's part
       const BlockRecord r{optimizer_state_name(s.name, t.name), shard, cut.row0, cut.col0, s.elems};
-      records.push_back(r);
+      if (!t.copy) records.push_back(r);
       if (!keep_state) continue;
       blocks.emplace_back(out.size(), r);
       out.push_back({r.name, 0, 1, {}, s.data, s.elems});

@@ -180,9 +180,14 @@ TEST(Config, PipelineLayoutsThatCannotRunAreOneLine) {
       parse_error(kMinimalYaml, {pp2, untied, "parallel.virtual_pipeline_model_parallel_size=2"})
           .find("needs parallel.pipeline_schedule = interleaved_1f1b"),
       std::string::npos);
-  EXPECT_NE(parse_error(kMinimalYaml, {pp2, "model.tie_word_embeddings=true"})
-                .find("set model.tie_word_embeddings: false"),
-            std::string::npos);
+  EXPECT_EQ(parse_config(kMinimalYaml, {pp2, "model.tie_word_embeddings=true"})
+                .parallel.pipeline_model_parallel_size,
+            2);
+  EXPECT_NE(
+      parse_error(kMinimalYaml, {pp2, "model.tie_word_embeddings=true",
+                                 "optimizer.per_layer_update=true", "training.max_grad_norm=0"})
+          .find("set optimizer.per_layer_update: false, or model.tie_word_embeddings: false"),
+      std::string::npos);
 }
 
 // Tensor parallelism splits heads, the MLP and the vocabulary; what is not built on it yet is
