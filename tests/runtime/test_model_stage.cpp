@@ -96,7 +96,7 @@ TEST(ModelStage, AStageHoldsItsLayersUnderTheirNames) {
   EXPECT_EQ(middle.weight_order(), (std::vector<int>{0, 1, 1, 0}));
 }
 
-TEST(ModelStage, BadRangesAndTiedEmbeddingsAcrossStagesAreOneLine) {
+TEST(ModelStage, BadRangesAreOneLine) {
   auto error = [](ModelConfig c, int first, int last) -> std::string {
     ModelSplit split;
     split.first_layer = first, split.last_layer = last;
@@ -110,10 +110,49 @@ TEST(ModelStage, BadRangesAndTiedEmbeddingsAcrossStagesAreOneLine) {
   EXPECT_NE(error(small_model(), 2, 2).find("holds layers [2, 2) of the model's 4"),
             std::string::npos);
   EXPECT_NE(error(small_model(), 1, 5).find("no layer past the last"), std::string::npos);
+}
+
+// Named stages: the first and the last may hold no blocks (the embedding, the head alone); a
+// middle one may not, and the first starts at layer 0.
+TEST(ModelStage, NamedEndStagesMayHoldNoBlocks) {
+  auto stage = [](int s, int n, int first, int last) {
+    ModelSplit split;
+    split.first_layer = first, split.last_layer = last;
+    split.pipeline_stage = s, split.pipeline_stages = n;
+    return std::make_unique<LlamaModel>(small_model(), kB, kT, false,
+                                        ModelHolds{false, false, false}, split);
+  };
+  const auto head = stage(2, 3, 4, 4);
+  EXPECT_TRUE(head->last_stage());
+  EXPECT_FALSE(head->first_stage());
+  EXPECT_EQ(head->units().size(), 1u);
+  const auto embedding = stage(0, 3, 0, 0);
+  EXPECT_TRUE(embedding->first_stage());
+  EXPECT_FALSE(embedding->last_stage());
+  EXPECT_EQ(embedding->units().size(), 1u);
+  // After an empty first stage, layer 0 starts the second, which embeds nothing.
+  EXPECT_FALSE(stage(1, 3, 0, 4)->first_stage());
+  EXPECT_THROW(stage(1, 3, 2, 2), Error);
+  EXPECT_THROW(stage(0, 2, 1, 4), Error);
+}
+
+// Tied embeddings across stages: the last stage holds a copy of the embedding (unit 0, marked
+// tied_copy) for its head; the first holds the tensor itself and no lm_head.
+TEST(ModelStage, TheLastStageHoldsACopyOfATiedEmbedding) {
   ModelConfig tied = small_model();
   tied.tie_word_embeddings = true;
-  EXPECT_NE(error(tied, 0, 2).find("set model.tie_word_embeddings: false"), std::string::npos);
-  EXPECT_EQ(error(tied, 0, 4), "");
+  ModelSplit split;
+  split.first_layer = 2, split.pipeline_stage = 1, split.pipeline_stages = 2;
+  const LlamaModel last(tied, kB, kT, false, ModelHolds{false, false, false}, split);
+  ASSERT_EQ(last.units().size(), 4u);  // the copy, two blocks, the head
+  EXPECT_EQ(last.units()[0].name, "embed_tokens");
+  const Parameter& copy = last.parameter_by_name("model.embed_tokens.weight");
+  EXPECT_TRUE(copy.tied_copy);
+  EXPECT_FALSE(last.units()[0].params[0].counted);  // not in ZeRO's norm
+  split.first_layer = 0, split.last_layer = 2, split.pipeline_stage = 0;
+  const LlamaModel first(tied, kB, kT, false, ModelHolds{false, false, false}, split);
+  EXPECT_FALSE(first.parameter_by_name("model.embed_tokens.weight").tied_copy);
+  EXPECT_EQ(first.units().size(), 3u);
 }
 
 // Tensor parallelism: each chunk of logits rows costs collectives over the TP group, so every
