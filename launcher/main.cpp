@@ -15,6 +15,7 @@
 #include "launcher/verify.h"
 #include "parallel/process_grid.h"
 #include "runtime/config/config.h"
+#include "runtime/config/pipeline_layout.h"
 #include "runtime/train/memory_fit.h"
 #include "runtime/train/memory_report.h"
 
@@ -50,12 +51,18 @@ optimizer state, activations, buffers) under its parallel.zero_stage, then the s
 every ZeRO stage for comparison. Allocates nothing, reads no data, starts no MPI. A run checks
 the same plan against the memory each rank can have before it allocates (training.memory_limit).
 
+With a pipeline (parallel.pipeline_model_parallel_size > 1) it prints the plan of each stage's
+ranks: its layers, and the activations of the micro-batches the schedule keeps alive on it at
+its peak (GPipe: all m on every stage; 1F1B: min(m, p-s) on stage s); and the schedule's bubble,
+(p-1)/(m+p-1) of the step for GPipe and 1F1B, beside the schedule's simulation. --fit and the
+ZeRO comparison take the largest stage's plan.
+
 options:
   --world-size N            ranks of the run (default 1); must factor as dp x tp x pp
-  --fit SIZE                whether the plan fits SIZE per rank (12GiB, 512MiB, 24GB, bytes),
-                            and if not, the cheapest settings that would (ZeRO stage, 8-bit
-                            AdamW, per-layer update, gradient checkpointing, smaller
-                            micro-batches with the same global batch)
+  --fit SIZE                whether the plan (the largest stage's) fits SIZE per rank (12GiB,
+                            512MiB, 24GB, bytes), and if not, the cheapest settings that would
+                            (ZeRO stage, 8-bit AdamW, per-layer update, gradient checkpointing,
+                            smaller micro-batches with the same global batch)
   --set section.key=value   override one config key (repeatable)
   -h, --help                show this help
 )";
@@ -105,27 +112,40 @@ int run_plan(const std::vector<std::string>& args) {
       static_cast<int>(config.parallel.pipeline_model_parallel_size),
       static_cast<int>(config.parallel.expert_model_parallel_size));
   const int dp = layout.size(keel::parallel::Group::kData);
-  const keel::runtime::RankMemory plan = keel::runtime::plan_rank_memory(config, dp);
-  std::cout << keel::runtime::describe_layout(config, dp) << keel::runtime::describe_memory(plan);
+  const keel::runtime::PipelineLayout pipeline = keel::runtime::pipeline_layout(config);
+  // Every stage's plan; each rank holds its stage's, and the largest is what every rank needs.
+  const std::vector<keel::runtime::RankMemory> stages =
+      keel::runtime::plan_stage_memory(config, dp);
+  std::cout << keel::runtime::describe_layout(config, dp);
+  size_t largest = 0;
+  for (size_t s = 0; s < stages.size(); ++s) {
+    if (stages[s].total() > stages[largest].total()) largest = s;
+    std::cout << (pipeline.pipelined() ? keel::runtime::describe_stage_memory(
+                                             pipeline, static_cast<int>(s), stages[s])
+                                       : keel::runtime::describe_memory(stages[s]));
+  }
+  const uint64_t peak = stages[largest].total();
+  const std::string whose =
+      pipeline.pipelined() ? " of the largest stage (" + std::to_string(largest) + ")" : "";
   std::string fit_line;  // printed last, searched before the loop below changes the config
   if (!fit.empty()) {
     const uint64_t limit = keel::runtime::parse_memory_size(fit, "--fit");
-    fit_line = "keel: the plan " +
-               std::string(plan.total() <= limit ? "fits in " : "does not fit in ") +
+    fit_line = "keel: the plan" + whose + (peak <= limit ? " fits in " : " does not fit in ") +
                keel::runtime::format_memory(limit) + " per rank";
-    if (plan.total() > limit)
+    if (peak > limit)
       fit_line +=
           "; " + keel::runtime::describe_fits(keel::runtime::search_fits(config, dp, limit), limit);
     fit_line += "\n";
   }
-  std::cout << "keel: per rank by ZeRO stage:";
+  std::cout << "keel: per rank" << (pipeline.pipelined() ? " of the largest stage" : "")
+            << " by ZeRO stage:";
   for (int stage = 0; stage <= 3; ++stage) {
     config.parallel.zero_stage = stage;
     std::cout << (stage ? ", " : " ") << stage << ": ";
     if (stage == 1 && config.optimizer.per_layer_update)  // refused (config_check.cpp)
       std::cout << "none (not with optimizer.per_layer_update)";
     else
-      std::cout << keel::format_mib(keel::runtime::plan_rank_memory(config, dp).total());
+      std::cout << keel::format_mib(keel::runtime::plan_peak_bytes(config, dp));
   }
   std::cout << "\n" << fit_line;
   return 0;

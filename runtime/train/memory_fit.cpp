@@ -111,7 +111,7 @@ FitSearch search_fits(const Config& config, int dp, uint64_t limit, size_t keep)
       valid = false;
     }
     if (valid) {
-      cand.fit.bytes = plan_rank_memory(c, dp).total();
+      cand.fit.bytes = plan_peak_bytes(c, dp);
       if (cand.fit.bytes < search.smallest.bytes) search.smallest = cand.fit;
       if (cand.fit.bytes <= limit) fits.push_back(cand);
     }
@@ -181,14 +181,14 @@ std::string memory_warning(const RankMemory& plan, const MemoryLimit& limit) {
       format_memory(plan.total()), format_memory(limit.bytes), format_memory(limit.free));
 }
 
-void admit_memory(const Config& config, parallel::Communicator& world, int dp,
+void admit_memory(const Config& config, parallel::Communicator& world, int dp, int pipeline_stage,
                   std::ostream& console) {
   // The ranks on this host, which share its memory; a world of one may still be one of several
   // processes that a launcher started (a build without MPI under mpirun).
   const int on_host = world.size() > 1 ? world.ranks_on_host() : launcher_ranks_on_host();
   const MemoryLimit limit =
       resolve_memory_limit(config.training.memory_limit, std::getenv("KEEL_MEMORY_LIMIT"), on_host);
-  const RankMemory plan = plan_rank_memory(config, dp);
+  const RankMemory plan = plan_rank_memory(config, dp, pipeline_stage);
   const bool fits = limit.bytes == 0 || plan.total() <= limit.bytes;
   std::string refusal;
   if (!fits) {
@@ -196,7 +196,10 @@ void admit_memory(const Config& config, parallel::Communicator& world, int dp,
     if (world.size() > 1) {
       char host[256] = "?";
       gethostname(host, sizeof host - 1);
-      who = format("rank {} of {} (host {})", world.rank(), world.size(), host);
+      who = format("rank {} of {} (host {}{})", world.rank(), world.size(), host,
+                   config.parallel.pipeline_model_parallel_size > 1
+                       ? format(", pipeline stage {}", pipeline_stage)
+                       : std::string());
     }
     refusal = memory_refusal(config, dp, plan, limit, who);
   }

@@ -34,11 +34,12 @@ struct FitSearch {
 };
 
 // Searches every combination of the changes that apply to `config` on `dp` data-parallel ranks,
-// each plan from plan_rank_memory; keeps at most `keep` fits. Costs, speed first: one per ZeRO
-// stage up (stage 3 gathers weights twice a step; on one rank a stage saves nothing and is not
-// searched), 3 for adamw_8bit (state rounded to 8 bits), 4 for gradient checkpointing (about a
-// third more compute), 5 for the per-layer update (no clipping by the global gradient norm), 5
-// per halving of the micro-batch (smaller GEMMs, more passes).
+// each plan the largest stage's (plan_peak_bytes: one setting applies to every rank); keeps at most
+// `keep` fits. Costs, speed first: one per ZeRO stage up (stage 3 gathers weights twice a step; on
+// one rank a stage saves nothing and is not searched), 3 for adamw_8bit (state rounded to 8 bits),
+// 4 for gradient checkpointing (about a third more compute), 5 for the per-layer update (no
+// clipping by the global gradient norm), 5 per halving of the micro-batch (smaller GEMMs, more
+// passes).
 FitSearch search_fits(const Config& config, int dp, uint64_t limit, size_t keep = 3);
 
 // "settings that fit: --set parallel.zero_stage=3 (9.1 GiB); ..." or, when none does, how far the
@@ -57,11 +58,11 @@ std::string memory_refusal(const Config& config, int dp, const RankMemory& plan,
 std::string memory_warning(const RankMemory& plan, const MemoryLimit& limit);
 
 // The admission check, collective over `world` (dp: its data-parallel size): every rank compares
-// the plan with what it can have (training.memory_limit, KEEL_MEMORY_LIMIT, or this host shared by
-// the ranks on it); if any rank's plan does not fit, every rank throws the same keel::Error, that
-// of the first such rank. A plan that fits the limit but not the memory free now is a warning on
-// `console`.
-void admit_memory(const Config& config, parallel::Communicator& world, int dp,
+// the plan of its pipeline stage (plan_rank_memory; 0 without a pipeline) with what it can have
+// (training.memory_limit, KEEL_MEMORY_LIMIT, or this host shared by the ranks on it); if any
+// rank's plan does not fit, every rank throws the same keel::Error, that of the first such rank. A
+// plan that fits the limit but not the memory free now is a warning on `console`.
+void admit_memory(const Config& config, parallel::Communicator& world, int dp, int pipeline_stage,
                   std::ostream& console);
 
 }  // namespace keel::runtime

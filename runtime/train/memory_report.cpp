@@ -1,7 +1,9 @@
 #include "runtime/train/memory_report.h"
 
+#include <algorithm>
 #include <sstream>
 
+#include "kernels/error.h"
 #include "optim/optimizer.h"
 #include "runtime/train/grad_sync.h"
 
@@ -66,28 +68,83 @@ optim::OptimizerConfig optimizer_config(const Config& config) {
 
 namespace {
 
-// The model one rank of the config's layout holds (TP rank 0's slice), in sizes only.
-LlamaModel plan_model(const Config& config, int activation_slots = 1) {
+// The model one rank of stage `stage` of the config's layout holds (TP rank 0's slice), in sizes
+// only: the trainer's ModelSplit for that stage, with `activation_slots` (0: the schedule's peak).
+LlamaModel plan_model(const Config& config, const PipelineLayout& layout, int stage,
+                      int activation_slots = 0) {
+  KEEL_CHECK(stage >= 0 && stage < layout.shape.stages,
+             "pipeline stage {} planned, but the config has {} (stages 0 to {})", stage,
+             layout.shape.stages, layout.shape.stages - 1);
   const TrainingConfig& t = config.training;
+  const parallel::StageRange& layers = layout.split[static_cast<size_t>(stage)];
   return LlamaModel(
       config.model, t.per_device_train_batch_size, config.data.seq_length, t.gradient_checkpointing,
       model_holds(config, false),
       ModelSplit{.tp_size = static_cast<int>(config.parallel.tensor_model_parallel_size),
                  .sequence_parallel = config.parallel.sequence_parallel,
-                 .activation_slots = activation_slots});
+                 .first_layer = layers.first_layer,
+                 .last_layer = layers.last_layer,
+                 .pipeline_stage = stage,
+                 .pipeline_stages = layout.shape.stages,
+                 .activation_slots =
+                     activation_slots > 0 ? activation_slots : layout.activation_slots(stage)});
+}
+
+RankMemory plan_stage(const Config& config, int dp, const PipelineLayout& layout, int stage,
+                      int activation_slots = 0) {
+  const LlamaModel model = plan_model(config, layout, stage, activation_slots);
+  const GradSyncPlan sync = plan_grad_sync(config, model, dp);
+  MemoryPlan batch("batch");
+  declare_batch(batch, config.training, config.data.seq_length);
+  return account(model, sync.bytes,
+                 optim::optimizer_plan_bytes(optimizer_config(config), sync.tensors),
+                 batch.bytes());
+}
+
+// "embedding, layers 0-1", "layer 2", "head": what stage `stage` of the layout holds.
+std::string stage_contents(const PipelineLayout& layout, int stage) {
+  const parallel::StageRange& r = layout.split[static_cast<size_t>(stage)];
+  std::string out = stage == 0 ? "embedding" : "";
+  const auto add = [&out](const std::string& what) { out += (out.empty() ? "" : ", ") + what; };
+  if (r.layers() == 1) add("layer " + std::to_string(r.first_layer));
+  if (r.layers() > 1)
+    add("layers " + std::to_string(r.first_layer) + "-" + std::to_string(r.last_layer - 1));
+  if (stage == layout.shape.stages - 1) add("head");
+  return out;
+}
+
+// describe_memory's line from the total on: "12.0 MiB: parameters ..., buffers ...\n".
+std::string memory_figures(const RankMemory& m) {
+  std::ostringstream os;
+  os << format_mib(m.total()) << ": parameters " << format_mib(m.parameters) << ", gradients "
+     << format_mib(m.gradients) << ", optimizer state " << format_mib(m.optimizer)
+     << ", activations " << format_mib(m.activations);
+  if (m.activation_slots > 1)
+    os << " (" << m.activation_slots << " micro-batches in flight x "
+       << format_mib(m.activation_slot_bytes) << ", and "
+       << format_mib(m.activations - m.activation_slots * m.activation_slot_bytes) << " shared)";
+  os << ", buffers " << format_mib(m.buffers) << "\n";
+  return os.str();
 }
 
 }  // namespace
 
-RankMemory plan_rank_memory(const Config& config, int dp, int activation_slots) {
-  const TrainingConfig& t = config.training;
-  const LlamaModel model = plan_model(config, activation_slots);
-  const GradSyncPlan sync = plan_grad_sync(config, model, dp);
-  MemoryPlan batch("batch");
-  declare_batch(batch, t, config.data.seq_length);
-  return account(model, sync.bytes,
-                 optim::optimizer_plan_bytes(optimizer_config(config), sync.tensors),
-                 batch.bytes());
+RankMemory plan_rank_memory(const Config& config, int dp, int stage, int activation_slots) {
+  return plan_stage(config, dp, pipeline_layout(config), stage, activation_slots);
+}
+
+std::vector<RankMemory> plan_stage_memory(const Config& config, int dp) {
+  const PipelineLayout layout = pipeline_layout(config);
+  std::vector<RankMemory> out;
+  for (int s = 0; s < layout.shape.stages; ++s) out.push_back(plan_stage(config, dp, layout, s));
+  return out;
+}
+
+uint64_t plan_peak_bytes(const Config& config, int dp) {
+  uint64_t peak = 0;
+  for (const RankMemory& m : plan_stage_memory(config, dp))
+    peak = std::max<uint64_t>(peak, m.total());
+  return peak;
 }
 
 uint64_t tp_bytes_per_step(const Config& config, const LlamaModel& model) {
@@ -108,36 +165,60 @@ std::string describe_layout(const Config& config, int dp) {
   const TrainingConfig& t = config.training;
   const int64_t B = t.per_device_train_batch_size, A = t.gradient_accumulation_steps;
   const int64_t tp = config.parallel.tensor_model_parallel_size;
+  const PipelineLayout layout = pipeline_layout(config);
+  const int pp = layout.shape.stages;
   std::ostringstream os;
   os << "keel: " << dp << (dp == 1 ? " rank" : " data-parallel ranks");
   if (tp > 1) os << " x " << tp << " tensor-parallel ranks";
+  if (pp > 1) os << " x " << pp << " pipeline stages";
   os << ", ZeRO stage " << config.parallel.zero_stage << ", global batch " << dp * A * B
      << " sequences (" << B << " per micro-batch x " << A << " accumulation steps x " << dp
      << " ranks)\n";
   if (tp > 1) {
-    const uint64_t bytes = tp_bytes_per_step(config, plan_model(config));
     os << "keel: tensor parallelism: each rank holds 1/" << tp
-       << " of every layer's heads, MLP and vocabulary; its TP group moves " << format_mib(bytes)
-       << " (" << bytes << " bytes)"
-       << " per rank per step (2 all-reduces of the activations per layer forward, 2 backward"
+       << " of every layer's heads, MLP and vocabulary; its TP group moves ";
+    for (int s = 0; s < pp; ++s) {  // each stage's group moves its own layers' activations
+      const uint64_t bytes = tp_bytes_per_step(config, plan_model(config, layout, s));
+      os << (s ? ", " : "") << format_mib(bytes) << " (" << bytes << " bytes)"
+         << (pp > 1 ? " on stage " + std::to_string(s) : "");
+    }
+    os << " per rank per step (2 all-reduces of the activations per layer forward, 2 backward"
        << (config.parallel.sequence_parallel ? ", each as an all-gather and a reduce-scatter" : "")
        << ")\n";
   }
+  if (pp > 1) os << describe_bubble(layout);
   return os.str();
 }
 
 std::string describe_memory(const RankMemory& m) {
+  return "keel: memory plan per rank " + memory_figures(m);
+}
+
+std::string describe_bubble(const PipelineLayout& layout) {
+  const int p = layout.shape.stages, m = layout.shape.micro_batches;
   std::ostringstream os;
-  os << "keel: memory plan per rank " << format_mib(m.total()) << ": parameters "
-     << format_mib(m.parameters) << ", gradients " << format_mib(m.gradients)
-     << ", optimizer state " << format_mib(m.optimizer) << ", activations "
-     << format_mib(m.activations);
-  if (m.activation_slots > 1)
-    os << " (" << m.activation_slots << " micro-batches in flight x "
-       << format_mib(m.activation_slot_bytes) << ", and "
-       << format_mib(m.activations - m.activation_slots * m.activation_slot_bytes) << " shared)";
-  os << ", buffers " << format_mib(m.buffers) << "\n";
+  os.setf(std::ios::fixed);
+  os.precision(1);
+  os << "keel: pipeline " << parallel::pipeline_schedule_name(layout.schedule) << ", " << m
+     << " micro-batch" << (m == 1 ? "" : "es") << " a step over " << p << " stages: bubble ";
+  // GPipe and 1F1B leave each stage idle for p − 1 of the m + p − 1 forward-and-backward times
+  // a step takes; the other schedules have no such closed form here, only their simulation.
+  if (layout.schedule == parallel::PipelineSchedule::kGPipe ||
+      layout.schedule == parallel::PipelineSchedule::kOneFOneB)
+    os << "(p-1)/(m+p-1) = " << p - 1 << "/(" << m << "+" << p - 1
+       << ") = " << 100.0 * (p - 1) / (m + p - 1) << " % of the step, ";
+  os << 100.0 * layout.plan.bubble_fraction << " % as simulated; activations kept at the peak:";
+  for (int s = 0; s < p; ++s) {
+    const int k = layout.activation_slots(s);
+    os << (s ? ", " : " ") << k << " micro-batch" << (k == 1 ? "" : "es") << " on stage " << s;
+  }
+  os << "\n";
   return os.str();
+}
+
+std::string describe_stage_memory(const PipelineLayout& layout, int stage, const RankMemory& m) {
+  return "keel: pipeline stage " + std::to_string(stage) + " (" + stage_contents(layout, stage) +
+         "): memory plan per rank " + memory_figures(m);
 }
 
 }  // namespace keel::runtime

@@ -5,11 +5,13 @@
 
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include "kernels/memory_plan.h"
 #include "optim/optimizer.h"
 #include "parallel/zero.h"
 #include "runtime/config/config.h"
+#include "runtime/config/pipeline_layout.h"
 #include "runtime/model/llama.h"
 
 namespace keel::runtime {
@@ -54,18 +56,36 @@ optim::ParamRef optimizer_tensor(const Parameter& p, float* value, const float* 
 // The optimizer keel::optim builds for this config (optimizer.* and the training.adam_* keys).
 optim::OptimizerConfig optimizer_config(const Config& config);
 
-// What one rank of a run of `config` on `dp` data-parallel ranks plans, without allocating it,
-// with the activations of `activation_slots` micro-batches in flight (a pipeline schedule's peak
-// on the rank's stage; 1 without a pipeline).
-RankMemory plan_rank_memory(const Config& config, int dp, int activation_slots = 1);
+// What one rank of pipeline stage `stage` of a run of `config` on `dp` data-parallel ranks plans,
+// without allocating it: the stage's layers as pipeline_layout splits them, with the activation
+// slots of the micro-batches the schedule keeps alive on the stage at its peak (stage 0 and one
+// slot without a pipeline); activation_slots > 0 plans that many slots instead.
+RankMemory plan_rank_memory(const Config& config, int dp, int stage = 0, int activation_slots = 0);
+
+// Every stage's plan, [stage] (one without a pipeline).
+std::vector<RankMemory> plan_stage_memory(const Config& config, int dp);
+
+// The largest total of any stage's plan: what every rank of the run must be able to hold, and
+// what `keel plan --fit` and the search of settings that fit compare with a limit.
+uint64_t plan_peak_bytes(const Config& config, int dp);
 
 // The bytes each rank of the TP group moves in one step of `model` (this rank's slice) under
 // the config, as the communicator's counters count them; 0 without TP.
 uint64_t tp_bytes_per_step(const Config& config, const LlamaModel& model);
 
 // "keel: 2 data-parallel ranks, ZeRO stage 1, global batch ..." (with TP, and the bytes its group
-// moves per step) and "keel: memory plan per rank ...: parameters ..., gradients ..." lines.
+// moves per step; with a pipeline, its schedule and bubble) and "keel: memory plan per rank ...:
+// parameters ..., gradients ..." lines.
 std::string describe_layout(const Config& config, int dp);
 std::string describe_memory(const RankMemory& m);
+
+// "keel: pipeline 1f1b, 4 micro-batches over 4 stages: bubble (p-1)/(m+p-1) = 3/(4+3) = 42.9 %
+// of the step, 42.9 % as simulated": the share of each stage's step spent idle, by the textbook
+// formula where the schedule has one (GPipe, 1F1B) and as the schedule's simulation measures it.
+std::string describe_bubble(const PipelineLayout& layout);
+
+// "keel: pipeline stage 1 (layers 2-3, head): memory plan per rank ...": describe_memory's line
+// of stage `stage` of `layout`, naming its layers and whether it holds the embedding or the head.
+std::string describe_stage_memory(const PipelineLayout& layout, int stage, const RankMemory& m);
 
 }  // namespace keel::runtime

@@ -99,7 +99,7 @@ void Trainer::build() {
   const bool per_layer = config_.optimizer.per_layer_update;
   // Before the first large allocation: a plan that does not fit this rank's memory is one line
   // with the settings that would fit, not an OOM kill without a word.
-  admit_memory(config_, grid_.world(), grid_.dp().size(), console_);
+  admit_memory(config_, grid_.world(), grid_.dp().size(), grid_.pp().rank(), console_);
   pipeline_ = pipeline_layout(config_);
   const int stage = grid_.pp().rank();
   KEEL_CHECK(grid_.pp().size() == pipeline_.shape.stages,

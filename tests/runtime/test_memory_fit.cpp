@@ -94,7 +94,7 @@ TEST(MemoryFit, SequenceParallelismShrinksTheSlotsThatHoldATokenSlice) {
 TEST(MemoryFit, ActivationSlotsCountEachMicroBatchInFlight) {
   for (const char* checkpointing : {"false", "true"}) {
     const Config c = config_with({std::string("training.gradient_checkpointing=") + checkpointing});
-    const RankMemory one = plan_rank_memory(c, 1), four = plan_rank_memory(c, 1, 4);
+    const RankMemory one = plan_rank_memory(c, 1), four = plan_rank_memory(c, 1, 0, 4);
     EXPECT_GT(one.activation_slot_bytes, 0u);
     EXPECT_LT(one.activation_slot_bytes, one.activations);
     EXPECT_EQ(four.activation_slot_bytes, one.activation_slot_bytes);
@@ -208,11 +208,11 @@ TEST_F(MemoryFitTest, TrainerRefusesAPlanAboveTheLimitBeforeAllocating) {
 TEST(MemoryFit, OneRankAdmitsWhatFitsAndRefusesWhatDoesNot) {
   parallel::SelfCommunicator world;
   std::ostringstream console;
-  admit_memory(config_with({"training.memory_limit=none"}), world, 1, console);
-  admit_memory(config_with({"training.memory_limit=64GiB"}), world, 1, console);
+  admit_memory(config_with({"training.memory_limit=none"}), world, 1, 0, console);
+  admit_memory(config_with({"training.memory_limit=64GiB"}), world, 1, 0, console);
   EXPECT_EQ(console.str(), "");
   expect_mentions(error_of([&] {
-                    admit_memory(config_with({"training.memory_limit=1MiB"}), world, 1, console);
+                    admit_memory(config_with({"training.memory_limit=1MiB"}), world, 1, 0, console);
                   }),
                   {"this rank can have 1.0 MiB (training.memory_limit is 1MiB)"});
 }
