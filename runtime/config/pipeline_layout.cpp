@@ -13,6 +13,17 @@ int PipelineLayout::activation_slots(int stage) const {
   return static_cast<int>(std::ceil(plan.peak_live_micro_batches.at(static_cast<size_t>(stage))));
 }
 
+std::string PipelineLayout::describe_stage(int stage) const {
+  const parallel::StageRange& r = split.at(static_cast<size_t>(stage));
+  std::string out = stage == 0 ? "embedding" : "";
+  const auto add = [&out](const std::string& what) { out += (out.empty() ? "" : ", ") + what; };
+  if (r.layers() == 1) add("layer " + std::to_string(r.first_layer));
+  if (r.layers() > 1)
+    add("layers " + std::to_string(r.first_layer) + "-" + std::to_string(r.last_layer - 1));
+  if (stage == shape.stages - 1) add("head");
+  return out;
+}
+
 parallel::StageCosts unit_costs(const ModelConfig& m, int64_t T) {
   const double C = static_cast<double>(m.hidden_size);
   const double I = static_cast<double>(m.intermediate_size);

@@ -23,6 +23,8 @@ struct PipelineLayout {
   // Activation slots of stage s: its peak of live micro-batches.
   int activation_slots(int stage) const;
   bool pipelined() const { return shape.stages > 1; }
+  // What stage s holds: "embedding, layers 0-1", "layer 2", "head".
+  std::string describe_stage(int stage) const;
 };
 
 // The per-token cost of the model's units (forward + backward FLOPs) that balances the stages.

@@ -101,18 +101,6 @@ RankMemory plan_stage(const Config& config, int dp, const PipelineLayout& layout
                  batch.bytes());
 }
 
-// "embedding, layers 0-1", "layer 2", "head": what stage `stage` of the layout holds.
-std::string stage_contents(const PipelineLayout& layout, int stage) {
-  const parallel::StageRange& r = layout.split[static_cast<size_t>(stage)];
-  std::string out = stage == 0 ? "embedding" : "";
-  const auto add = [&out](const std::string& what) { out += (out.empty() ? "" : ", ") + what; };
-  if (r.layers() == 1) add("layer " + std::to_string(r.first_layer));
-  if (r.layers() > 1)
-    add("layers " + std::to_string(r.first_layer) + "-" + std::to_string(r.last_layer - 1));
-  if (stage == layout.shape.stages - 1) add("head");
-  return out;
-}
-
 // describe_memory's line from the total on: "12.0 MiB: parameters ..., buffers ...\n".
 std::string memory_figures(const RankMemory& m) {
   std::ostringstream os;
@@ -217,7 +205,7 @@ std::string describe_bubble(const PipelineLayout& layout) {
 }
 
 std::string describe_stage_memory(const PipelineLayout& layout, int stage, const RankMemory& m) {
-  return "keel: pipeline stage " + std::to_string(stage) + " (" + stage_contents(layout, stage) +
+  return "keel: pipeline stage " + std::to_string(stage) + " (" + layout.describe_stage(stage) +
          "): memory plan per rank " + memory_figures(m);
 }
 

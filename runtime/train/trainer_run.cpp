@@ -146,9 +146,8 @@ void Trainer::run() {
   rank_log << "rank " << grid_.rank() << " of " << grid_.world().size() << ", data-parallel rank "
            << grid_.dp().rank() << " of " << grid_.dp().size();
   if (grid_.pp().size() > 1)
-    rank_log << ", pipeline stage " << grid_.pp().rank() << " of " << grid_.pp().size()
-             << " (layers " << model_->first_layer() << " to "
-             << model_->first_layer() + model_->num_layers() << ")";
+    rank_log << ", pipeline stage " << grid_.pp().rank() << " of " << grid_.pp().size() << " ("
+             << pipeline_.describe_stage(grid_.pp().rank()) << ")";
   rank_log << "\n" << plan_text_ << std::flush;
   std::unique_ptr<MetricsLog> log;
   if (writer) {
