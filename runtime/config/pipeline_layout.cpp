@@ -83,10 +83,21 @@ PipelineLayout pipeline_layout(const Config& config) {
   }
   parallel::check_pipeline_shape(layout.schedule, layout.shape);
   // Not executed by this build yet: one line before any work, not a failure mid-step.
-  KEEL_CHECK(layout.schedule != parallel::PipelineSchedule::kInterleaved &&
-                 layout.schedule != parallel::PipelineSchedule::kZeroBubbleH1,
-             "parallel.pipeline_schedule '{}' is not executed by this build yet; use gpipe or 1f1b",
+  KEEL_CHECK(layout.schedule != parallel::PipelineSchedule::kInterleaved,
+             "parallel.pipeline_schedule '{}' is not executed by this build yet; use gpipe, 1f1b "
+             "or zb_h1",
              par.pipeline_schedule);
+  if (layout.split_backward()) {
+    KEEL_CHECK(!config.training.gradient_checkpointing,
+               "parallel.pipeline_schedule zb_h1 keeps each block's insides from its input-"
+               "gradient pass to its weight-gradient pass, which training.gradient_checkpointing "
+               "recomputes and drops; set training.gradient_checkpointing: false, or the schedule "
+               "to 1f1b");
+    KEEL_CHECK(!config.optimizer.per_layer_update,
+               "optimizer.per_layer_update steps a unit when its backward ends, but "
+               "parallel.pipeline_schedule zb_h1 splits the backward in two; set "
+               "optimizer.per_layer_update: false, or the schedule to 1f1b");
+  }
   KEEL_CHECK(!config.model.tie_word_embeddings || !config.optimizer.per_layer_update,
              "optimizer.per_layer_update steps the embedding in the backward, but with "
              "model.tie_word_embeddings its gradient comes from the first and the last pipeline "

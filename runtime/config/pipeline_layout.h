@@ -23,6 +23,10 @@ struct PipelineLayout {
   // Activation slots of stage s: its peak of live micro-batches.
   int activation_slots(int stage) const;
   bool pipelined() const { return shape.stages > 1; }
+  // Whether the stages run their backwards in two passes (ZB-H1; ModelSplit::split_backward).
+  bool split_backward() const {
+    return pipelined() && schedule == parallel::PipelineSchedule::kZeroBubbleH1;
+  }
   // What stage s holds: "embedding, layers 0-1", "layer 2", "head".
   std::string describe_stage(int stage) const;
 };

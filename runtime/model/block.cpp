@@ -67,7 +67,7 @@ void LlamaBlock::forward(float* out, const float* x, const BlockWeights& w, cons
 
 void LlamaBlock::backward(const float* x, const BlockWeights& w, const BlockGrads& g,
                           const BlockActs& a, const BlockPositions& pos, const BlockScratch& sc,
-                          float* attn_ws) const {
+                          float* attn_ws, const BlockDeferred* defer) const {
   const BlockShape& s = shape_;
   const kernels::Ops& k = *ops_;
   const int64_t N = pos.rows(), C = s.C, I = s.I, QKV = s.qkv_width(), HD = s.q_width();
@@ -96,24 +96,39 @@ void LlamaBlock::backward(const float* x, const BlockWeights& w, const BlockGrad
   if (split) std::fill_n(sc.norm_grad, 2 * C, 0.0f);
   float* g_post_norm = split ? sc.norm_grad : g.post_norm;
   float* g_in_norm = split ? sc.norm_grad + C : g.in_norm;
+  // A GEMM's output gradient: where it is, or (split backward) copied to where the weight pass
+  // finds it; and the weight gradient to add now (none when deferred).
+  auto keep = [&](float* kept, const float* dout, int64_t width) -> const float* {
+    if (!defer) return dout;
+    std::copy_n(dout, N * width, kept);
+    return kept;
+  };
+  auto now = [&](float* grad) { return defer ? nullptr : grad; };
   // MLP, in reverse.
-  k.matmul_backward(sc.dsmall, g.down, every_row(), a.h, w.down, N, I, C, false, stream_);
+  const float* d_down = keep(defer ? defer->down : nullptr, every_row(), C);
+  k.matmul_backward(sc.dsmall, now(g.down), d_down, a.h, w.down, N, I, C, false, stream_);
   progress();
-  k.swiglu_backward(sc.dbig, sc.dsmall, a.gu, N, I, stream_);
-  k.matmul_backward(sc.dtmp, g.gate_up, sc.dbig, a.ln2, w.gate_up, N, C, 2 * I, false, stream_);
+  float* d_gate_up = defer ? defer->gate_up : sc.dbig;
+  k.swiglu_backward(d_gate_up, sc.dsmall, a.gu, N, I, stream_);
+  k.matmul_backward(sc.dtmp, now(g.gate_up), d_gate_up, a.ln2, w.gate_up, N, C, 2 * I, false,
+                    stream_);
   column_parallel();  // column-parallel gate/up: the input's gradient sums over ranks
   progress();
   k.rmsnorm_backward(sc.dres, g_post_norm, sc.dtmp + at, a.xmid, w.post_norm, a.rstd2, n, C, true,
                      stream_);
   // Attention, in reverse.
-  k.matmul_backward(sc.dsmall, g.o, every_row(), a.att, w.o, N, HD, C, false, stream_);
+  const float* d_o = keep(defer ? defer->o : nullptr, every_row(), C);
+  k.matmul_backward(sc.dsmall, now(g.o), d_o, a.att, w.o, N, HD, C, false, stream_);
   progress();
-  k.attention_backward(sc.dbig, sc.dsmall, a.qkv, a.att, a.lse, pos.B, pos.T, s.H, s.Hkv, s.D,
+  float* d_qkv = defer ? defer->qkv : sc.dbig;
+  k.attention_backward(d_qkv, sc.dsmall, a.qkv, a.att, a.lse, pos.B, pos.T, s.H, s.Hkv, s.D,
                        attn_ws, stream_);
   progress();
-  k.rope_backward(sc.dbig, pos.cos, pos.sin, pos.B, pos.T, s.H, s.D, QKV, stream_);
-  k.rope_backward(sc.dbig + HD, pos.cos, pos.sin, pos.B, pos.T, s.Hkv, s.D, QKV, stream_);
-  qkv_backward(w, g, a, sc, N);
+  k.rope_backward(d_qkv, pos.cos, pos.sin, pos.B, pos.T, s.H, s.D, QKV, stream_);
+  k.rope_backward(d_qkv + HD, pos.cos, pos.sin, pos.B, pos.T, s.Hkv, s.D, QKV, stream_);
+  BlockGrads input_only = g;
+  input_only.qkv = nullptr;
+  qkv_backward(w, defer ? input_only : g, a, sc, d_qkv, N);
   column_parallel();  // column-parallel q/k/v
   progress();
   k.rmsnorm_backward(sc.dres, g_in_norm, sc.dtmp + at, x, w.in_norm, a.rstd1, n, C, true, stream_);
@@ -128,26 +143,53 @@ void LlamaBlock::backward(const float* x, const BlockWeights& w, const BlockGrad
 // group in a buffer with a place for every head (zero where a rank holds none) before they join
 // the gradient, so every replica holds the same whole gradient and steps the same way.
 void LlamaBlock::qkv_backward(const BlockWeights& w, const BlockGrads& g, const BlockActs& a,
-                              const BlockScratch& sc, int64_t N) const {
+                              const BlockScratch& sc, const float* dqkv, int64_t N) const {
+  const BlockShape& s = shape_;
+  const kernels::Ops& k = *ops_;
+  const int64_t C = s.C, QKV = s.qkv_width();
+  if (s.kv_replicas == 1) {
+    k.matmul_backward(sc.dtmp, g.qkv, dqkv, a.ln1, w.qkv, N, C, QKV, false, stream_);
+    return;
+  }
+  k.matmul_backward(sc.dtmp, nullptr, dqkv, a.ln1, w.qkv, N, C, QKV, false, stream_);
+  if (g.qkv) qkv_weight_backward(g.qkv, dqkv, a.ln1, sc, N);
+}
+
+void LlamaBlock::qkv_weight_backward(float* g_qkv, const float* dqkv, const float* ln1,
+                                     const BlockScratch& sc, int64_t N) const {
   const BlockShape& s = shape_;
   const kernels::Ops& k = *ops_;
   const int64_t C = s.C, QKV = s.qkv_width(), HD = s.q_width(), KV = s.kv_width();
   if (s.kv_replicas == 1) {
-    k.matmul_backward(sc.dtmp, g.qkv, sc.dbig, a.ln1, w.qkv, N, C, QKV, false, stream_);
+    k.matmul_backward(nullptr, g_qkv, dqkv, ln1, nullptr, N, C, QKV, false, stream_);
     return;
   }
-  k.matmul_backward(sc.dtmp, nullptr, sc.dbig, a.ln1, w.qkv, N, C, QKV, false, stream_);
   // g_q (HD, C) += dq (N, HD)ᵀ · ln1 (N, C): the columns of dqkv that are q, row stride QKV.
-  k.gemm(true, false, HD, C, N, 1.0f, sc.dbig, QKV, a.ln1, C, 1.0f, g.qkv, C, stream_);
+  k.gemm(true, false, HD, C, N, 1.0f, dqkv, QKV, ln1, C, 1.0f, g_qkv, C, stream_);
   const int64_t head = s.D * C, total = 2 * s.kv_total * head;
   std::fill_n(sc.kv_grad, total, 0.0f);
   float* gk = sc.kv_grad + s.kv_first * head;
   float* gv = sc.kv_grad + (s.kv_total + s.kv_first) * head;
-  k.gemm(true, false, KV, C, N, 1.0f, sc.dbig + HD, QKV, a.ln1, C, 0.0f, gk, C, stream_);
-  k.gemm(true, false, KV, C, N, 1.0f, sc.dbig + HD + KV, QKV, a.ln1, C, 0.0f, gv, C, stream_);
+  k.gemm(true, false, KV, C, N, 1.0f, dqkv + HD, QKV, ln1, C, 0.0f, gk, C, stream_);
+  k.gemm(true, false, KV, C, N, 1.0f, dqkv + HD + KV, QKV, ln1, C, 0.0f, gv, C, stream_);
   tp_.reduce(sc.kv_grad, total);
-  k.add_inplace(g.qkv + HD * C, gk, KV * C, stream_);
-  k.add_inplace(g.qkv + (HD + KV) * C, gv, KV * C, stream_);
+  k.add_inplace(g_qkv + HD * C, gk, KV * C, stream_);
+  k.add_inplace(g_qkv + (HD + KV) * C, gv, KV * C, stream_);
+}
+
+void LlamaBlock::weight_backward(const BlockGrads& g, const BlockActs& a, const BlockDeferred& d,
+                                 const BlockScratch& sc, int64_t N) const {
+  const BlockShape& s = shape_;
+  const kernels::Ops& k = *ops_;
+  const int64_t C = s.C, I = s.I, HD = s.q_width();
+  // The same GEMMs as the whole backward's, into the same gradients: the same sums.
+  k.matmul_backward(nullptr, g.down, d.down, a.h, nullptr, N, I, C, false, stream_);
+  progress();
+  k.matmul_backward(nullptr, g.gate_up, d.gate_up, a.ln2, nullptr, N, C, 2 * I, false, stream_);
+  progress();
+  k.matmul_backward(nullptr, g.o, d.o, a.att, nullptr, N, HD, C, false, stream_);
+  progress();
+  qkv_weight_backward(g.qkv, d.qkv, a.ln1, sc, N);
 }
 
 void LlamaBlock::forward_cached(float* x, const BlockWeights& w, const BlockActs& a,

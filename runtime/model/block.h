@@ -85,6 +85,15 @@ struct BlockScratch {
   float* norm_grad = nullptr;  // (2, C) under sequence parallelism: the norms' partial gradients
 };
 
+// A split backward (zero-bubble pipelines): what the input-gradient pass leaves for the
+// weight-gradient pass, the output gradient of each of the block's four GEMMs (N rows each).
+struct BlockDeferred {
+  float* down = nullptr;     // (N, C)
+  float* gate_up = nullptr;  // (N, 2I)
+  float* o = nullptr;        // (N, C)
+  float* qkv = nullptr;      // (N, QKV) rope undone
+};
+
 // Decoding's cache of one block: the keys (rope applied) and values of every earlier position.
 struct KvCache {
   float* k = nullptr;  // (max_positions, Hkv·D)
@@ -113,8 +122,15 @@ class LlamaBlock {
   void forward(float* out, const float* x, const BlockWeights& w, const BlockActs& a,
                const BlockPositions& pos, float* attn_ws, float* partial = nullptr) const;
   // Takes ∂/∂out in s.dres and leaves ∂/∂x there; parameter gradients accumulate into g.
+  // With `defer` (a split backward) the four GEMMs' weight gradients are left out and their
+  // output gradients kept in it instead, for weight_backward; the norms' gradients still add.
   void backward(const float* x, const BlockWeights& w, const BlockGrads& g, const BlockActs& a,
-                const BlockPositions& pos, const BlockScratch& s, float* attn_ws) const;
+                const BlockPositions& pos, const BlockScratch& s, float* attn_ws,
+                const BlockDeferred* defer = nullptr) const;
+  // The second half of a split backward: the four GEMMs' weight gradients from the activations
+  // and what backward(…, defer) kept, added into g exactly as the whole backward adds them.
+  void weight_backward(const BlockGrads& g, const BlockActs& a, const BlockDeferred& d,
+                       const BlockScratch& s, int64_t N) const;
   // x ← the block applied to x, for one sequence of pos.T new positions after cache.length: their
   // keys and values join the cache, and each query attends to every cached position up to its
   // own. The caller advances cache.length when every block has run. attn_ws: the cached
@@ -135,8 +151,12 @@ class LlamaBlock {
   // parallelism) this rank's chunk, [first, first + count).
   parallel::Span held_rows(int64_t N, bool split) const;
 
+  // q/k/v's input gradient into sc.dtmp from dqkv (with g.qkv not null, the weight gradient too).
   void qkv_backward(const BlockWeights& w, const BlockGrads& g, const BlockActs& a,
-                    const BlockScratch& sc, int64_t N) const;
+                    const BlockScratch& sc, const float* dqkv, int64_t N) const;
+  // q/k/v's weight gradient alone, from dqkv and ln1.
+  void qkv_weight_backward(float* g_qkv, const float* dqkv, const float* ln1,
+                           const BlockScratch& sc, int64_t N) const;
 
   BlockShape shape_;
   const kernels::Ops* ops_;

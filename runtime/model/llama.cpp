@@ -58,6 +58,7 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
       V_(tp_.vocab.count),
       QKV_((H_ + 2 * Hkv_) * D_),
       checkpointing_(checkpointing),
+      split_backward_(split.split_backward),
       holds_(holds),
       l0_(split.first_layer),
       l1_(stage_end(config, split)),
@@ -82,6 +83,11 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
              "sequence parallelism over {} ranks splits the {} rows of a micro-batch (B={} "
              "sequences of T={}); set data.seq_length to a multiple of {}",
              tp_.size, N_, B, T, tp_.size);
+  KEEL_CHECK(
+      !split_backward_ || !checkpointing,
+      "a split backward keeps each block's insides from its first pass to its second, "
+      "which checkpointing recomputes and drops; set training.gradient_checkpointing: false, "
+      "or a schedule without a split backward");
   KEEL_CHECK(split.activation_slots >= 1,
              "a pipeline stage holds at least one micro-batch's activations, asked for {} slots "
              "(internal error)",
@@ -181,6 +187,17 @@ void LlamaModel::build_plans() {
       y.rstd2 = add("rstd2", {rows_.count});
       y.gu = add("gate_up", {N_, 2 * I_});
       y.h = add("h", {N_, I_});
+    }
+    if (split_backward_) {
+      m.deferred.resize(static_cast<size_t>(L));
+      for (int64_t l = 0; l < L; ++l) {
+        const std::string p = "layers." + std::to_string(l0_ + l) + ".";
+        MicroActs::Deferred& d = m.deferred[static_cast<size_t>(l)];
+        d.down = own(k, p + "d_down", DType::F32, {N_, C_});
+        d.gate_up = own(k, p + "d_gate_up", DType::F32, {N_, 2 * I_});
+        d.o = own(k, p + "d_o", DType::F32, {N_, C_});
+        d.qkv = own(k, p + "d_qkv", DType::F32, {N_, QKV_});
+      }
     }
     if (last_ && k == 0) {
       s.lnf = acts_.add("norm", DType::F32, {N_, C_});

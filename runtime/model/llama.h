@@ -46,6 +46,11 @@ struct ModelSplit {
   // activation slot (a pipeline schedule's peak of live micro-batches on the stage; 1 without a
   // pipeline). Only what a micro-batch keeps for its backward is per slot; workspace is shared.
   int activation_slots = 1;
+  // Zero-bubble schedules: the backward may run as two passes, the input gradient
+  // (stage_backward_input) and later the weight gradients (stage_backward_weight); each slot then
+  // keeps its blocks' GEMM output gradients in between. Not with checkpointing, whose recomputed
+  // block insides do not outlive the first pass.
+  bool split_backward = false;
 };
 
 class LlamaModel {
@@ -135,6 +140,13 @@ class LlamaModel {
   const float* stage_output() const { return stage_output(0); }
   void stage_backward(const float* output_grad) { stage_backward(0, output_grad); }
   const float* stage_input_grad() const { return stage_input_grad(0); }
+  // stage_backward in two passes (ModelSplit::split_backward). The first takes the same
+  // argument and leaves stage_input_grad(slot) ready for the previous stage, with the norms'
+  // (and, on the first stage, the embedding's) gradients added; the second adds the blocks' GEMM
+  // weight gradients. Together they add what stage_backward adds, bit for bit (model holding its
+  // gradients; under ZeRO 2/3 each pass hands its part over on its own).
+  void stage_backward_input(int slot, const float* output_grad);
+  void stage_backward_weight(int slot);
   // Forward only, for evaluation, in slot 0 between steps: the stage's part of forward(), the
   // input as for stage_forward; on the last stage returns Σ losses over valid targets (0
   // elsewhere, where stage_output(0) is then what the next stage evaluates).
@@ -176,7 +188,8 @@ class LlamaModel {
   struct MicroActs;  // activation slots of one micro-batch
   // Where an activation slot is between its forward and its backward.
   // kEvaluated: a forward without a backward (stage_evaluate), whose output may be read.
-  enum class SlotState { kEmpty, kForwarded, kBackwarded, kEvaluated };
+  // kInputGrad: a split backward's first pass ran, its weight pass has not.
+  enum class SlotState { kEmpty, kForwarded, kBackwarded, kEvaluated, kInputGrad };
   void build_plans();
   // Slot `slot` in range, or one keel::Error naming it and the range (`what`: the call).
   const MicroActs& micro(int slot, const char* what) const;
@@ -185,7 +198,11 @@ class LlamaModel {
   BlockActs block_acts(const MicroActs& m, int l) const;
   BlockPositions positions() const;  // the micro-batch's: B sequences of T from position 0
   void block_forward(const MicroActs& m, int l, bool recompute);
-  void block_backward(const MicroActs& m, int l);
+  // The block's whole backward, or (defer) its first pass: the GEMMs' output gradients kept.
+  void block_backward(const MicroActs& m, int l, bool defer = false);
+  BlockScratch block_scratch() const;
+  // The stage's backward up to its input gradient; defer: as the first pass of a split one.
+  void run_backward(int slot, const float* output_grad, bool defer);
   double head(const MicroActs& m, const int32_t* targets, float grad_scale, bool backward,
               float* logits);
   void sliced_cross_entropy(float* losses, float* logits, const int32_t* targets, int64_t rows,
@@ -223,6 +240,7 @@ class LlamaModel {
   int64_t chunk_rows_;                     // rows of logits that exist at once
   int workspace_threads_;                  // OpenMP threads the attention workspace is sized for
   bool checkpointing_;
+  bool split_backward_;
   ModelHolds holds_;
   int64_t l0_, l1_;    // the stage's layers [l0_, l1_) of the model's
   bool first_, last_;  // whether the stage embeds the tokens, runs the head

@@ -74,16 +74,25 @@ void LlamaModel::block_forward(const MicroActs& m, int l, bool recompute) {
 }
 
 // Takes ∂/∂x[l+1] in dres and leaves ∂/∂x[l] there; parameter gradients accumulate.
-void LlamaModel::block_backward(const MicroActs& m, int l) {
+BlockScratch LlamaModel::block_scratch() const {
+  return {work_[s_->dres].f32(),
+          work_[s_->dtmp].f32(),
+          work_[s_->dbig].f32(),
+          work_[s_->dsmall].f32(),
+          tp_.kv_replicas > 1 ? work_[s_->kv_grad].f32() : nullptr,
+          sp_ ? work_[s_->norm_grad].f32() : nullptr};
+}
+
+void LlamaModel::block_backward(const MicroActs& m, int l, bool defer) {
   if (checkpointing_) block_forward(m, l, /*recompute=*/true);
-  const BlockScratch scratch = {work_[s_->dres].f32(),
-                                work_[s_->dtmp].f32(),
-                                work_[s_->dbig].f32(),
-                                work_[s_->dsmall].f32(),
-                                tp_.kv_replicas > 1 ? work_[s_->kv_grad].f32() : nullptr,
-                                sp_ ? work_[s_->norm_grad].f32() : nullptr};
+  BlockDeferred kept;
+  if (defer) {
+    const MicroActs::Deferred& d = m.deferred[static_cast<size_t>(l)];
+    kept = {acts_[d.down].f32(), acts_[d.gate_up].f32(), acts_[d.o].f32(), acts_[d.qkv].f32()};
+  }
   block_.backward(acts_[m.x[static_cast<size_t>(l)]].f32(), block_weights(l), block_grads(l),
-                  block_acts(m, l), positions(), scratch, work_[s_->attn_ws].f32());
+                  block_acts(m, l), positions(), block_scratch(), work_[s_->attn_ws].f32(),
+                  defer ? &kept : nullptr);
 }
 
 // Final norm, output head and cross-entropy, chunk by chunk of rows. With backward, leaves
@@ -199,7 +208,7 @@ double LlamaModel::evaluate_slot0(const int32_t* tokens, const float* input, con
                                   float* logits) {
   // Evaluation runs in slot 0, between steps: never over a micro-batch awaiting its backward.
   const MicroActs& m = micro(0, "forward");
-  KEEL_CHECK(slot_state_[0] != SlotState::kForwarded,
+  KEEL_CHECK(slot_state_[0] != SlotState::kForwarded && slot_state_[0] != SlotState::kInputGrad,
              "forward: activation slot 0 holds a micro-batch whose backward has not run; evaluate "
              "between steps (internal error)");
   slot_state_[0] = SlotState::kEmpty;
@@ -239,7 +248,8 @@ const LlamaModel::MicroActs& LlamaModel::micro(int slot, const char* what) const
 double LlamaModel::stage_forward(int slot, const int32_t* tokens, const float* input,
                                  const int32_t* targets, float grad_scale) {
   const MicroActs& m = micro(slot, "stage_forward");
-  KEEL_CHECK(slot_state_[static_cast<size_t>(slot)] != SlotState::kForwarded,
+  KEEL_CHECK(slot_state_[static_cast<size_t>(slot)] != SlotState::kForwarded &&
+                 slot_state_[static_cast<size_t>(slot)] != SlotState::kInputGrad,
              "stage_forward: activation slot {} still holds a micro-batch whose backward has not "
              "run; run stage_backward({}) first or use another slot (internal error)",
              slot, slot);
@@ -281,13 +291,47 @@ const float* LlamaModel::stage_output(int slot) const {
 const float* LlamaModel::stage_input_grad(int slot) const {
   const MicroActs& m = micro(slot, "stage_input_grad");
   KEEL_CHECK(!first_, "the first pipeline stage hands no gradient back (internal error)");
-  KEEL_CHECK(slot_state_[static_cast<size_t>(slot)] == SlotState::kBackwarded,
+  const SlotState state = slot_state_[static_cast<size_t>(slot)];
+  KEEL_CHECK(state == SlotState::kBackwarded || state == SlotState::kInputGrad,
              "stage_input_grad: activation slot {} holds no finished backward (internal error)",
              slot);
   return acts_[m.x[0]].f32();
 }
 
 void LlamaModel::stage_backward(int slot, const float* output_grad) {
+  run_backward(slot, output_grad, false);
+}
+
+void LlamaModel::stage_backward_input(int slot, const float* output_grad) {
+  KEEL_CHECK(split_backward_,
+             "stage_backward_input: the model was built without ModelSplit::split_backward "
+             "(internal error)");
+  run_backward(slot, output_grad, true);
+  slot_state_[static_cast<size_t>(slot)] = SlotState::kInputGrad;
+}
+
+void LlamaModel::stage_backward_weight(int slot) {
+  const MicroActs& m = micro(slot, "stage_backward_weight");
+  KEEL_CHECK(slot_state_[static_cast<size_t>(slot)] == SlotState::kInputGrad,
+             "stage_backward_weight: activation slot {} holds no micro-batch whose input-gradient "
+             "pass ran (internal error)",
+             slot);
+  const BlockScratch scratch = block_scratch();
+  for (int64_t l = static_cast<int64_t>(layers_.size()) - 1; l >= 0; --l) {
+    use_grads(layer_unit(l));
+    block_.weight_backward(block_grads(static_cast<int>(l)), block_acts(m, static_cast<int>(l)),
+                           {acts_[m.deferred[static_cast<size_t>(l)].down].f32(),
+                            acts_[m.deferred[static_cast<size_t>(l)].gate_up].f32(),
+                            acts_[m.deferred[static_cast<size_t>(l)].o].f32(),
+                            acts_[m.deferred[static_cast<size_t>(l)].qkv].f32()},
+                           scratch, N_);
+    drop_grads(layer_unit(l));
+    progress();
+  }
+  slot_state_[static_cast<size_t>(slot)] = SlotState::kBackwarded;
+}
+
+void LlamaModel::run_backward(int slot, const float* output_grad, bool defer) {
   const MicroActs& m = micro(slot, "stage_backward");
   KEEL_CHECK(slot_state_[static_cast<size_t>(slot)] == SlotState::kForwarded,
              "stage_backward: activation slot {} holds no micro-batch awaiting its backward (no "
@@ -305,7 +349,7 @@ void LlamaModel::stage_backward(int slot, const float* output_grad) {
   for (int64_t l = static_cast<int64_t>(layers_.size()) - 1; l >= 0; --l) {
     use_weights(layer_unit(l));
     use_grads(layer_unit(l));
-    block_backward(m, static_cast<int>(l));
+    block_backward(m, static_cast<int>(l), defer);
     drop_weights(layer_unit(l));
     drop_grads(layer_unit(l));
   }

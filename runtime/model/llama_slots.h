@@ -33,6 +33,12 @@ struct LlamaModel::MicroActs {
     Slot ln1, rstd1, qkv, att, lse, xmid, ln2, rstd2, gu, h;
   };
   std::vector<Block> blocks;
+  // A split backward (ModelSplit::split_backward): each block's GEMM output gradients, kept from
+  // the input-gradient pass to the weight-gradient pass.
+  struct Deferred {
+    Slot down, gate_up, o, qkv;
+  };
+  std::vector<Deferred> deferred;
   Slot tokens = 0;  // (N) first stage: the micro-batch's tokens, for the embedding backward
 };
 

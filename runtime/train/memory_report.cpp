@@ -66,6 +66,19 @@ optim::OptimizerConfig optimizer_config(const Config& config) {
   return o;
 }
 
+ModelSplit stage_split(const Config& config, const PipelineLayout& layout, int stage, int tp_rank) {
+  const parallel::StageRange& layers = layout.split.at(static_cast<size_t>(stage));
+  return {.tp_size = static_cast<int>(config.parallel.tensor_model_parallel_size),
+          .tp_rank = tp_rank,
+          .sequence_parallel = config.parallel.sequence_parallel,
+          .first_layer = layers.first_layer,
+          .last_layer = layers.last_layer,
+          .pipeline_stage = stage,
+          .pipeline_stages = layout.shape.stages,
+          .activation_slots = layout.activation_slots(stage),
+          .split_backward = layout.split_backward()};
+}
+
 namespace {
 
 // The model one rank of stage `stage` of the config's layout holds (TP rank 0's slice), in sizes
@@ -76,18 +89,10 @@ LlamaModel plan_model(const Config& config, const PipelineLayout& layout, int st
              "pipeline stage {} planned, but the config has {} (stages 0 to {})", stage,
              layout.shape.stages, layout.shape.stages - 1);
   const TrainingConfig& t = config.training;
-  const parallel::StageRange& layers = layout.split[static_cast<size_t>(stage)];
-  return LlamaModel(
-      config.model, t.per_device_train_batch_size, config.data.seq_length, t.gradient_checkpointing,
-      model_holds(config, false),
-      ModelSplit{.tp_size = static_cast<int>(config.parallel.tensor_model_parallel_size),
-                 .sequence_parallel = config.parallel.sequence_parallel,
-                 .first_layer = layers.first_layer,
-                 .last_layer = layers.last_layer,
-                 .pipeline_stage = stage,
-                 .pipeline_stages = layout.shape.stages,
-                 .activation_slots =
-                     activation_slots > 0 ? activation_slots : layout.activation_slots(stage)});
+  ModelSplit split = stage_split(config, layout, stage, 0);
+  if (activation_slots > 0) split.activation_slots = activation_slots;
+  return LlamaModel(config.model, t.per_device_train_batch_size, config.data.seq_length,
+                    t.gradient_checkpointing, model_holds(config, false), split);
 }
 
 RankMemory plan_stage(const Config& config, int dp, const PipelineLayout& layout, int stage,

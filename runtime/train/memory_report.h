@@ -56,6 +56,10 @@ optim::ParamRef optimizer_tensor(const Parameter& p, float* value, const float* 
 // The optimizer keel::optim builds for this config (optimizer.* and the training.adam_* keys).
 optim::OptimizerConfig optimizer_config(const Config& config);
 
+// The slice of the model that TP rank tp_rank of pipeline stage `stage` holds (what the trainer
+// builds, and keel plan plans).
+ModelSplit stage_split(const Config& config, const PipelineLayout& layout, int stage, int tp_rank);
+
 // What one rank of pipeline stage `stage` of a run of `config` on `dp` data-parallel ranks plans,
 // without allocating it: the stage's layers as pipeline_layout splits them, with the activation
 // slots of the micro-batches the schedule keeps alive on the stage at its peak (stage 0 and one

@@ -33,11 +33,11 @@ PipelineRunner::PipelineRunner(LlamaModel& model, parallel::Communicator& pp,
              "the pipeline group has {} ranks for a pipeline of {} stages (internal error)",
              pp.size(), shape.stages);
   for (const PipelineAction& a : actions_)
-    KEEL_CHECK(
-        a.op != PipelineOp::kBackwardInput && a.op != PipelineOp::kBackwardWeight && a.chunk == 0,
-        "the pipeline runner executes one model chunk with whole backwards; '{}' is not "
-        "one (internal error)",
-        parallel::to_string(a));
+    KEEL_CHECK(a.chunk == 0,
+               "the pipeline runner executes one model chunk; '{}' is not one "
+               "(internal error)",
+               parallel::to_string(a));
+  holds_.assign(static_cast<size_t>(model.activation_slots()), 0);
   // Two receive buffers of each kind: one being consumed, one arriving behind it. Touched now,
   // so that no step pays the first-touch page faults.
   for (auto& pool : buffers_) {
@@ -94,10 +94,15 @@ int PipelineRunner::take_slot() {
              pp_.rank(), model_.activation_slots());
   const int slot = free_slots_.back();
   free_slots_.pop_back();
+  holds_[static_cast<size_t>(slot)] = model_.first_stage() ? 1 : 2;
   // Its output or input gradient may still be on its way to a neighbour.
   for (parallel::Work& w : sends_[static_cast<size_t>(slot)]) wait(w);
   sends_[static_cast<size_t>(slot)].clear();
   return slot;
+}
+
+void PipelineRunner::release_slot(int slot) {
+  if (--holds_[static_cast<size_t>(slot)] == 0) free_slots_.push_back(slot);
 }
 
 double PipelineRunner::run_step(const int32_t* tokens, const int32_t* targets, float grad_scale) {
@@ -126,15 +131,24 @@ double PipelineRunner::run_step(const int32_t* tokens, const int32_t* targets, f
         if (in) release(*in);
         break;
       }
-      case PipelineOp::kBackward: {
+      case PipelineOp::kBackward:
+      case PipelineOp::kBackwardInput: {
         const int slot = slot_of_[static_cast<size_t>(mb)];
         Buffer* grad = model_.last_stage() ? nullptr : &received(kGrad, mb);
-        model_.stage_backward(slot, grad ? grad->data.data() : nullptr);
+        const float* g = grad ? grad->data.data() : nullptr;
+        if (a.op == PipelineOp::kBackward) {
+          model_.stage_backward(slot, g);
+          release_slot(slot);
+        } else {
+          model_.stage_backward_input(slot, g);  // the slot waits for its weight pass
+        }
         if (grad) release(*grad);
-        // The slot is free once its input gradient is on its way (the first stage sends none).
-        if (model_.first_stage()) free_slots_.push_back(slot);
         break;
       }
+      case PipelineOp::kBackwardWeight:
+        model_.stage_backward_weight(slot_of_[static_cast<size_t>(mb)]);
+        release_slot(slot_of_[static_cast<size_t>(mb)]);
+        break;
       case PipelineOp::kSendActivation: {
         const int slot = slot_of_[static_cast<size_t>(mb)];
         sends_[static_cast<size_t>(slot)].push_back(
@@ -145,12 +159,9 @@ double PipelineRunner::run_step(const int32_t* tokens, const int32_t* targets, f
         const int slot = slot_of_[static_cast<size_t>(mb)];
         sends_[static_cast<size_t>(slot)].push_back(
             pp_.send_async(floats(model_.stage_input_grad(slot), elems_), a.peer, kTags[kGrad]));
-        free_slots_.push_back(slot);
+        release_slot(slot);
         break;
       }
-      case PipelineOp::kBackwardInput:
-      case PipelineOp::kBackwardWeight:
-        KEEL_FAIL("pipeline runner: split backward '{}' (internal error)", parallel::to_string(a));
     }
     post_ahead(i + 1);
   }

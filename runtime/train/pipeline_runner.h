@@ -4,8 +4,8 @@
 // send/recv on the pipeline group. Receives are posted ahead of need, as soon as a buffer is free;
 // sends are waited for only when their buffer (the model's activation slot) is about to be reused,
 // or at the end of the step. The micro-batches' gradients add up in the schedule's backward order,
-// which for GPipe and 1F1B is micro-batch order on every stage: the one-rank run's sum, bit for
-// bit.
+// which for GPipe, 1F1B and ZB-H1 (its input and weight passes alike) is micro-batch order on
+// every stage: the one-rank run's sum, bit for bit.
 #pragma once
 
 #include <cstdint>
@@ -57,6 +57,9 @@ class PipelineRunner {
   Buffer& received(Kind kind, int mb);
   void release(Buffer& b) { b.micro_batch = -1; }
   int take_slot();
+  // One of the things a slot waits for before it is free: its backward (both passes of a split
+  // one), and, except on the first stage, the send of its input gradient.
+  void release_slot(int slot);
   void wait(parallel::Work& w);
 
   LlamaModel& model_;
@@ -68,6 +71,7 @@ class PipelineRunner {
   size_t posted_ = 0;            // actions before this index have had their receives posted
   std::vector<int> slot_of_;     // micro-batch → activation slot (-1: none)
   std::vector<int> free_slots_;  // slots no micro-batch occupies
+  std::vector<int> holds_;       // per slot: releases it still waits for
   std::vector<std::deque<parallel::Work>> sends_;  // per slot: sends from its buffers in flight
   double wait_seconds_ = 0.0;
 };

@@ -105,17 +105,9 @@ void Trainer::build() {
   KEEL_CHECK(grid_.pp().size() == pipeline_.shape.stages,
              "the process grid has {} pipeline stages but the config {} (internal error)",
              grid_.pp().size(), pipeline_.shape.stages);
-  const parallel::StageRange& layers = pipeline_.split[static_cast<size_t>(stage)];
-  model_ = std::make_unique<LlamaModel>(
-      config_.model, B, T, t.gradient_checkpointing, model_holds(config_),
-      ModelSplit{.tp_size = grid_.tp().size(),
-                 .tp_rank = grid_.tp().rank(),
-                 .sequence_parallel = config_.parallel.sequence_parallel,
-                 .first_layer = layers.first_layer,
-                 .last_layer = layers.last_layer,
-                 .pipeline_stage = stage,
-                 .pipeline_stages = pipeline_.shape.stages,
-                 .activation_slots = pipeline_.activation_slots(stage)});
+  model_ = std::make_unique<LlamaModel>(config_.model, B, T, t.gradient_checkpointing,
+                                        model_holds(config_),
+                                        stage_split(config_, pipeline_, stage, grid_.tp().rank()));
   model_->set_tensor_parallel(parallel::TpMappings(&grid_.tp()));
   if (pipeline_.pipelined())
     runner_ =
@@ -248,13 +240,9 @@ void Trainer::write_parameters(const std::string& path) {
     parallel::Communicator& pp = grid_.pp();
     if (pp.rank() > 0) pp.send(Tensor(out.data(), DType::F32, Shape{total}), 0);
     for (int s = 1; writer && s < pp.size(); ++s) {
-      const parallel::StageRange& layers = pipeline_.split[static_cast<size_t>(s)];
-      const LlamaModel stage(config_.model, model_->batch(), model_->seq(), false,
-                             ModelHolds{false, false, false},
-                             ModelSplit{.first_layer = layers.first_layer,
-                                        .last_layer = layers.last_layer,
-                                        .pipeline_stage = s,
-                                        .pipeline_stages = pp.size()});
+      const LlamaModel stage(
+          config_.model, model_->batch(), model_->seq(), config_.training.gradient_checkpointing,
+          ModelHolds{false, false, false}, stage_split(config_, pipeline_, s, 0));
       int64_t n = 0;
       for (const Parameter& p : stage.parameters())
         if (!p.tied_copy) n += p.global_shape.numel();

@@ -88,6 +88,7 @@ TEST_P(PipelineParallel, TrainsAsOneRankDoes) {
 const std::string k1f1b = " --set parallel.pipeline_schedule=1f1b";
 const std::string kGpipe = " --set parallel.pipeline_schedule=gpipe";
 const std::string kTied = " --set model.tie_word_embeddings=true";
+const std::string kZb = " --set parallel.pipeline_schedule=zb_h1";
 
 INSTANTIATE_TEST_SUITE_P(
     Layouts, PipelineParallel,
@@ -102,6 +103,15 @@ INSTANTIATE_TEST_SUITE_P(
         Layout{"pp4_listed_empty_ends", 4, 1, 1, "", 1e-5, 0.0, 4,
                " --set parallel.pipeline_layers=[0,2,2,0]"},
         Layout{"pp2_checkpointing", 2, 1, 1, " --set training.gradient_checkpointing=true"},
+        // ZB-H1: each backward in two passes, the weight passes lagging (bit for bit as well).
+        Layout{"pp2_zb_h1", 2, 1, 1, kZb + kEval}, Layout{"pp4_zb_h1", 4, 1, 1, kZb},
+        Layout{"pp4_zb_h1_two_micro_batches", 4, 1, 1, kZb, 1e-5, 0.0, 2},
+        Layout{"pp2_tp2_zb_h1_mqa", 2, 2, 1, kZb + " --set model.num_key_value_heads=1"},
+        Layout{"pp2_tp2_zb_h1_sp", 2, 2, 1, kZb + " --set parallel.sequence_parallel=true"},
+        Layout{"pp2_dp2_zb_h1_zero1", 2, 1, 2, kZb + " --set parallel.zero_stage=1"},
+        Layout{"pp2_dp2_zb_h1_zero2", 2, 1, 2, kZb + " --set parallel.zero_stage=2"},
+        Layout{"pp2_dp2_zb_h1_zero3", 2, 1, 2, kZb + " --set parallel.zero_stage=3"},
+        Layout{"pp2_zb_h1_tied", 2, 1, 1, kZb + kTied, 1e-5, 1e-5},
         // Tied embeddings: the last stage's copy gets the first stage's gradient added, and both
         // step the one tensor alike (its two halves add in another order: within 1e-5).
         Layout{"pp2_tied", 2, 1, 1, kTied + kEval, 1e-5, 1e-5},

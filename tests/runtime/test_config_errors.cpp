@@ -180,6 +180,15 @@ TEST(Config, PipelineLayoutsThatCannotRunAreOneLine) {
       parse_error(kMinimalYaml, {pp2, untied, "parallel.virtual_pipeline_model_parallel_size=2"})
           .find("needs parallel.pipeline_schedule = interleaved_1f1b"),
       std::string::npos);
+  const std::string zb = "parallel.pipeline_schedule=zb_h1";
+  EXPECT_EQ(parse_config(kMinimalYaml, {pp2, untied, zb}).parallel.pipeline_schedule, "zb_h1");
+  EXPECT_NE(parse_error(kMinimalYaml, {pp2, untied, zb, "training.gradient_checkpointing=true"})
+                .find("set training.gradient_checkpointing: false, or the schedule to 1f1b"),
+            std::string::npos);
+  EXPECT_NE(parse_error(kMinimalYaml, {pp2, untied, zb, "optimizer.per_layer_update=true",
+                                       "training.max_grad_norm=0"})
+                .find("set optimizer.per_layer_update: false, or the schedule to 1f1b"),
+            std::string::npos);
   EXPECT_EQ(parse_config(kMinimalYaml, {pp2, "model.tie_word_embeddings=true"})
                 .parallel.pipeline_model_parallel_size,
             2);

@@ -330,6 +330,62 @@ TEST(ModelSlots, HandedOnBuffersLiveInTheirSlot) {
   EXPECT_EQ(copy(middle.stage_output(1)), out_b);  // a backward leaves the output alone
 }
 
+// ZB-H1's split backward: the input-gradient passes of two micro-batches, then their weight
+// passes, add the gradients the whole backwards add (norms in the first pass, the GEMMs in the
+// second, each in micro-batch order): the same bits, on a whole model (embedding and head
+// included) and on a middle stage, whose input gradients are the same too.
+TEST(ModelSlots, ASplitBackwardAddsWhatTheWholeOneAdds) {
+  for (const auto& [first, last] : {std::pair{0, 4}, {1, 3}}) {
+    SCOPED_TRACE("layers " + std::to_string(first) + " to " + std::to_string(last));
+    auto build = [&](bool split_backward) {
+      ModelSplit split;
+      split.first_layer = first, split.last_layer = last, split.activation_slots = 2;
+      split.split_backward = split_backward;
+      auto m = std::make_unique<LlamaModel>(small_model(), kB, kT, false, ModelHolds{}, split);
+      m->init_weights(7);
+      m->zero_grad();
+      return m;
+    };
+    const auto whole = build(false), split = build(true);
+    const size_t n = static_cast<size_t>(kB * kT * 32);
+    std::vector<float> in[2], grad[2];
+    std::vector<int32_t> tokens[2], targets[2];
+    for (int mb = 0; mb < 2; ++mb) {
+      batch(tokens[mb], targets[mb], mb);
+      for (size_t i = 0; i < n; ++i) {
+        in[mb].push_back(std::sin(0.1f * static_cast<float>(i + 7 * mb)));
+        grad[mb].push_back(0.01f * std::cos(0.3f * static_cast<float>(i + 5 * mb)));
+      }
+    }
+    const bool has_input = first > 0, has_grad = last < 4;
+    auto input = [&](int mb) { return has_input ? in[mb].data() : nullptr; };
+    auto output_grad = [&](int mb) { return has_grad ? grad[mb].data() : nullptr; };
+    std::vector<std::vector<float>> whole_dx, split_dx;
+    for (int mb = 0; mb < 2; ++mb) {
+      whole->stage_forward(mb, tokens[mb].data(), input(mb), targets[mb].data(), 0.5f);
+      whole->stage_backward(mb, output_grad(mb));
+      if (has_input)
+        whole_dx.emplace_back(whole->stage_input_grad(mb), whole->stage_input_grad(mb) + n);
+    }
+    for (int mb = 0; mb < 2; ++mb)
+      split->stage_forward(mb, tokens[mb].data(), input(mb), targets[mb].data(), 0.5f);
+    for (int mb = 0; mb < 2; ++mb) {
+      split->stage_backward_input(mb, output_grad(mb));
+      if (has_input)
+        split_dx.emplace_back(split->stage_input_grad(mb), split->stage_input_grad(mb) + n);
+    }
+    for (int mb = 0; mb < 2; ++mb) split->stage_backward_weight(mb);
+    EXPECT_EQ(split_dx, whole_dx);
+    for (size_t i = 0; i < whole->parameters().size(); ++i) {
+      const Tensor& a = whole->parameters()[i].grad;
+      const Tensor& b = split->parameters()[i].grad;
+      ASSERT_EQ(a.numel(), b.numel());
+      EXPECT_EQ(std::memcmp(a.f32(), b.f32(), static_cast<size_t>(a.numel()) * 4), 0)
+          << whole->parameters()[i].name;
+    }
+  }
+}
+
 // Misuse of a slot is one line naming it.
 TEST(ModelSlots, MisusedSlotsAreOneLineNamingTheSlot) {
   ModelSplit split;
