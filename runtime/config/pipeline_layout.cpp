@@ -9,17 +9,44 @@
 namespace keel::runtime {
 
 int PipelineLayout::activation_slots(int stage) const {
-  if (!pipelined()) return 1;
-  return static_cast<int>(std::ceil(plan.peak_live_micro_batches.at(static_cast<size_t>(stage))));
+  const std::vector<int> slots = chunk_slots(stage);
+  int total = 0;
+  for (int k : slots) total += k;
+  return total;
+}
+
+std::vector<parallel::StageRange> PipelineLayout::chunks(int stage) const {
+  std::vector<parallel::StageRange> out;
+  for (int c = 0; c < shape.virtual_stages; ++c)
+    out.push_back(split.at(static_cast<size_t>(parallel::virtual_stage(stage, c, shape.stages))));
+  return out;
+}
+
+std::vector<int> PipelineLayout::chunk_slots(int stage) const {
+  if (!pipelined()) return {1};
+  // Walk the stage's list as the runtime executes it: a chunk's micro-batch is alive from its
+  // forward to the end of its backward (to its weight pass when the backward is split).
+  std::vector<int> live(static_cast<size_t>(shape.virtual_stages), 0), peak = live;
+  for (const parallel::PipelineAction& a : parallel::pipeline_actions(schedule, shape, stage)) {
+    int& n = live[static_cast<size_t>(a.chunk)];
+    if (a.op == parallel::PipelineOp::kForward) {
+      ++n;
+      peak[static_cast<size_t>(a.chunk)] = std::max(peak[static_cast<size_t>(a.chunk)], n);
+    }
+    if (a.op == parallel::PipelineOp::kBackward || a.op == parallel::PipelineOp::kBackwardWeight)
+      --n;
+  }
+  return peak;
 }
 
 std::string PipelineLayout::describe_stage(int stage) const {
-  const parallel::StageRange& r = split.at(static_cast<size_t>(stage));
   std::string out = stage == 0 ? "embedding" : "";
   const auto add = [&out](const std::string& what) { out += (out.empty() ? "" : ", ") + what; };
-  if (r.layers() == 1) add("layer " + std::to_string(r.first_layer));
-  if (r.layers() > 1)
-    add("layers " + std::to_string(r.first_layer) + "-" + std::to_string(r.last_layer - 1));
+  for (const parallel::StageRange& r : chunks(stage)) {
+    if (r.layers() == 1) add("layer " + std::to_string(r.first_layer));
+    if (r.layers() > 1)
+      add("layers " + std::to_string(r.first_layer) + "-" + std::to_string(r.last_layer - 1));
+  }
   if (stage == shape.stages - 1) add("head");
   return out;
 }
@@ -82,11 +109,6 @@ PipelineLayout pipeline_layout(const Config& config) {
     return layout;
   }
   parallel::check_pipeline_shape(layout.schedule, layout.shape);
-  // Not executed by this build yet: one line before any work, not a failure mid-step.
-  KEEL_CHECK(layout.schedule != parallel::PipelineSchedule::kInterleaved,
-             "parallel.pipeline_schedule '{}' is not executed by this build yet; use gpipe, 1f1b "
-             "or zb_h1",
-             par.pipeline_schedule);
   if (layout.split_backward()) {
     KEEL_CHECK(!config.training.gradient_checkpointing,
                "parallel.pipeline_schedule zb_h1 keeps each block's insides from its input-"
@@ -103,10 +125,26 @@ PipelineLayout pipeline_layout(const Config& config) {
              "model.tie_word_embeddings its gradient comes from the first and the last pipeline "
              "stage and is complete only after both backwards; set optimizer.per_layer_update: "
              "false, or model.tie_word_embeddings: false");
+  // Interleaving cuts the layers into v·p chunks, virtual stage c·p + s on rank s.
+  const int chunks = p * v;
+  if (v > 1) {
+    KEEL_CHECK(chunks <= L,
+               "parallel.pipeline_model_parallel_size x parallel.virtual_pipeline_model_parallel_"
+               "size is {} x {} = {} model chunks, but the model has {} layers "
+               "(model.num_hidden_layers) and every chunk needs at least one; lower either",
+               p, v, chunks, L);
+    const std::vector<int64_t> listed = parse_pipeline_layers(par.pipeline_layers);
+    KEEL_CHECK(listed.empty() || static_cast<int>(listed.size()) == chunks,
+               "parallel.pipeline_layers lists {} counts, but interleaving cuts the model into {} "
+               "chunks (parallel.pipeline_model_parallel_size x virtual_pipeline_model_parallel_"
+               "size = {} x {}); list one number of layers per chunk, virtual stage by virtual "
+               "stage",
+               listed.size(), chunks, p, v);
+  }
   layout.split =
       par.pipeline_layers.empty()
-          ? parallel::balanced_stages(L, p, unit_costs(config.model, config.data.seq_length))
-          : parallel::listed_stages(parse_pipeline_layers(par.pipeline_layers), L, p);
+          ? parallel::balanced_stages(L, chunks, unit_costs(config.model, config.data.seq_length))
+          : parallel::listed_stages(parse_pipeline_layers(par.pipeline_layers), L, chunks);
   layout.plan = parallel::plan_pipeline(layout.schedule, layout.shape);
   return layout;
 }

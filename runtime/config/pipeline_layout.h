@@ -17,11 +17,17 @@ namespace keel::runtime {
 
 struct PipelineLayout {
   parallel::PipelineSchedule schedule = parallel::PipelineSchedule::kOneFOneB;
-  parallel::PipelineShape shape;            // p = parallel.pipeline_model_parallel_size
-  std::vector<parallel::StageRange> split;  // [stage]: its blocks
-  parallel::PipelinePlan plan;              // the schedule simulated with costs F = 1, B = W = 1
-  // Activation slots of stage s: its peak of live micro-batches.
+  parallel::PipelineShape shape;  // p = parallel.pipeline_model_parallel_size
+  // [virtual stage]: its blocks. Virtual stage c·p + s is chunk c of pipeline rank s (v = 1:
+  // the stages themselves).
+  std::vector<parallel::StageRange> split;
+  parallel::PipelinePlan plan;  // the schedule simulated with costs F = 1, B = W = 1
+  // Activation slots of stage s: its peak of live micro-batches (all its chunks').
   int activation_slots(int stage) const;
+  // Stage s's model chunks: their layers, and the activation slots each needs (the most of the
+  // chunk's micro-batches its action list keeps between forward and backward at once).
+  std::vector<parallel::StageRange> chunks(int stage) const;
+  std::vector<int> chunk_slots(int stage) const;
   bool pipelined() const { return shape.stages > 1; }
   // Whether the stages run their backwards in two passes (ZB-H1; ModelSplit::split_backward).
   bool split_backward() const {

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <functional>
 #include <sstream>
 
 #include "kernels/ops.h"
@@ -12,8 +13,40 @@
 namespace keel::runtime {
 
 namespace {
+// The stage's chunks of layers, each [first, last) of the model's L (one chunk without
+// interleaving), or one keel::Error naming what is wrong.
+std::vector<std::pair<int, int>> chunk_ranges(const ModelConfig& c, const ModelSplit& split) {
+  if (split.chunk_layers.empty()) {
+    const int L = static_cast<int>(c.num_hidden_layers);
+    return {{split.first_layer, split.last_layer < 0 ? L : split.last_layer}};
+  }
+  const auto& r = split.chunk_layers;
+  KEEL_CHECK(split.chunk_slots.size() == r.size() && split.pipeline_stages > 0,
+             "a model of {} chunks needs a slot count per chunk and its pipeline stage named "
+             "(internal error)",
+             r.size());
+  const int L = static_cast<int>(c.num_hidden_layers);
+  const bool first = split.pipeline_stage == 0,
+             last = split.pipeline_stage == split.pipeline_stages - 1;
+  for (size_t i = 0; i < r.size(); ++i) {
+    const bool may_be_empty = (i == 0 && first) || (i + 1 == r.size() && last);
+    KEEL_CHECK(0 <= r[i].first && r[i].first <= r[i].second && r[i].second <= L &&
+                   (r[i].first < r[i].second || may_be_empty) &&
+                   (i == 0 || r[i - 1].second <= r[i].first) && split.chunk_slots[i] >= 1,
+               "model chunk {} holds layers [{}, {}) of the model's {} with {} slots: chunks are "
+               "in order, apart, and hold at least one layer (internal error)",
+               i, r[i].first, r[i].second, L, split.chunk_slots[i]);
+  }
+  KEEL_CHECK((!first || r.front().first == 0) && (!last || r.back().second == L),
+             "the first chunk of the first stage starts at layer 0 and the last chunk of the last "
+             "stage ends at layer {} (internal error)",
+             L);
+  return r;
+}
+
 // The stage's layers [first, last) of the model's L, or one keel::Error naming the range.
 int64_t stage_end(const ModelConfig& c, const ModelSplit& split) {
+  if (!split.chunk_layers.empty()) return chunk_ranges(c, split).back().second;
   const int64_t L = c.num_hidden_layers;
   const int64_t last = split.last_layer < 0 ? L : split.last_layer;
   // Only a first or last stage named as such may be empty: it still holds the embedding or head.
@@ -60,7 +93,7 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
       checkpointing_(checkpointing),
       split_backward_(split.split_backward),
       holds_(holds),
-      l0_(split.first_layer),
+      l0_(split.chunk_layers.empty() ? split.first_layer : split.chunk_layers.front().first),
       l1_(stage_end(config, split)),
       first_(split.pipeline_stages > 0 ? split.pipeline_stage == 0 : l0_ == 0),
       last_(split.pipeline_stages > 0 ? split.pipeline_stage == split.pipeline_stages - 1
@@ -92,7 +125,18 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
              "a pipeline stage holds at least one micro-batch's activations, asked for {} slots "
              "(internal error)",
              split.activation_slots);
-  s_->slots.resize(static_cast<size_t>(split.activation_slots));
+  // The chunks: their local layers one after another, their slots likewise.
+  int64_t local = 0;
+  int slots = 0;
+  const std::vector<std::pair<int, int>> ranges = chunk_ranges(config, split);
+  for (size_t c = 0; c < ranges.size(); ++c) {
+    const int k = split.chunk_layers.empty() ? split.activation_slots : split.chunk_slots[c];
+    const int64_t n = ranges[c].second - ranges[c].first;
+    chunks_.push_back({local, local + n, ranges[c].first, slots, slots + k});
+    for (int64_t l = 0; l < n; ++l) layer_index_.push_back(ranges[c].first + l);
+    local += n, slots += k;
+  }
+  s_->slots.resize(static_cast<size_t>(slots));
   slot_state_.assign(s_->slots.size(), SlotState::kEmpty);
   block_.set_progress([this] { progress(); });
   // From the widest vocabulary slice, so that every TP rank cuts the same chunks (each chunk's
@@ -107,8 +151,26 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
 
 LlamaModel::~LlamaModel() = default;
 
+int LlamaModel::chunk_slots(int chunk) const {
+  const Chunk& c = chunks_.at(static_cast<size_t>(chunk));
+  return c.slot_end - c.slot_begin;
+}
+
+int LlamaModel::chunk_slot(int chunk, int k) const {
+  KEEL_CHECK(k >= 0 && k < chunk_slots(chunk),
+             "chunk {} has {} activation slots, asked for its slot {} (internal error)", chunk,
+             chunk_slots(chunk), k);
+  return chunks_[static_cast<size_t>(chunk)].slot_begin + k;
+}
+
+bool LlamaModel::embeds(const MicroActs& m) const { return first_ && m.chunk == 0; }
+
+bool LlamaModel::heads(const MicroActs& m) const {
+  return last_ && m.chunk == static_cast<int>(chunks_.size()) - 1;
+}
+
 void LlamaModel::build_plans() {
-  const int64_t L = num_layers();  // the stage's; layer l is the model's l0_ + l
+  const int64_t L = num_layers();  // the stage's; layer l is the model's layer_index_[l]
   Slots& s = *s_;
   // Parameters and gradients: the same table twice, unit after unit.
   auto begin_unit = [&](std::string name) {
@@ -132,8 +194,8 @@ void LlamaModel::build_plans() {
   layers_.resize(static_cast<size_t>(L));
   for (int64_t l = 0; l < L; ++l) {
     Layer& y = layers_[static_cast<size_t>(l)];
-    const std::string p = "layers." + std::to_string(l0_ + l) + ".";
-    begin_unit("layers." + std::to_string(l0_ + l));
+    const std::string p = "layers." + std::to_string(layer_index_[static_cast<size_t>(l)]) + ".";
+    begin_unit("layers." + std::to_string(layer_index_[static_cast<size_t>(l)]));
     y.w_in_norm = add_weight(p + "input_layernorm", {C_});
     y.w_qkv = add_weight(p + "qkv_proj", {QKV_, C_});
     y.w_o = add_weight(p + "o_proj", {C_, H_ * D_});
@@ -151,59 +213,70 @@ void LlamaModel::build_plans() {
   // buffers (block inputs, the blocks' insides unless checkpointing shares one recomputed set,
   // tokens). The head's norm is done with once the head's backward has run inside the forward:
   // one for every slot.
-  const int K = static_cast<int>(s.slots.size());
   // A buffer of slot k's own (slot 0's under the names they had before slots), and its size as
   // the plan lays it out: what each further slot adds.
   auto own = [&](int k, const std::string& name, DType dtype, Shape shape) {
-    if (k == 0) {
-      const size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
-      slot_bytes_ += (bytes + MemoryPlan::kAlign - 1) / MemoryPlan::kAlign * MemoryPlan::kAlign;
-    }
+    const size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
+    const size_t aligned =
+        (bytes + MemoryPlan::kAlign - 1) / MemoryPlan::kAlign * MemoryPlan::kAlign;
+    if (k == 0) slot_bytes_ += aligned;
+    own_bytes_ += aligned;
     return acts_.add(k == 0 ? name : "slot " + std::to_string(k) + ": " + name, dtype, shape);
   };
-  for (int k = 0; k < K; ++k) {
-    MicroActs& m = s.slots[static_cast<size_t>(k)];
-    for (int64_t l = 0; l <= L; ++l)
-      m.x.push_back(own(k, "x." + std::to_string(l), DType::F32, {rows_.count, C_}));
-    m.blocks.resize(static_cast<size_t>(L));
-    for (int64_t l = 0; l < L; ++l) {
-      MicroActs::Block& y = m.blocks[static_cast<size_t>(l)];
-      if (checkpointing_ && (k > 0 || l > 0)) {  // checkpointing: one set, recomputed when needed
-        y = s.slots[0].blocks[0];
-        continue;
+  // Checkpointing: every block of every slot shares one set of insides, recomputed when needed.
+  MicroActs::Block shared;
+  auto add_block = [&](MicroActs::Block& y, const std::function<Slot(const char*, Shape)>& add) {
+    y.ln1 = add("ln1", {N_, C_});
+    y.rstd1 = add("rstd1", {rows_.count});
+    y.qkv = add("qkv", {N_, QKV_});
+    y.att = add("att", {N_, H_ * D_});
+    y.lse = add("lse", {B_, H_, T_});
+    y.xmid = add("xmid", {rows_.count, C_});
+    y.ln2 = add("ln2", {N_, C_});
+    y.rstd2 = add("rstd2", {rows_.count});
+    y.gu = add("gate_up", {N_, 2 * I_});
+    y.h = add("h", {N_, I_});
+  };
+  if (checkpointing_ && L > 0) {
+    const std::string p = "layers." + std::to_string(layer_index_[0]) + ".";
+    add_block(shared, [&](const char* name, Shape shape) {
+      return acts_.add(p + name, DType::F32, shape);
+    });
+  }
+  for (size_t c = 0; c < chunks_.size(); ++c) {
+    const Chunk& chunk = chunks_[c];
+    for (int k = chunk.slot_begin; k < chunk.slot_end; ++k) {
+      MicroActs& m = s.slots[static_cast<size_t>(k)];
+      m.chunk = static_cast<int>(c);
+      m.first = chunk.first, m.last = chunk.last;
+      for (int64_t l = chunk.first; l <= chunk.last; ++l)
+        m.x.push_back(own(k, "x." + std::to_string(l), DType::F32, {rows_.count, C_}));
+      for (int64_t l = chunk.first; l < chunk.last; ++l) {
+        MicroActs::Block& y = m.blocks.emplace_back();
+        if (checkpointing_) {
+          y = shared;
+          continue;
+        }
+        const std::string p =
+            "layers." + std::to_string(layer_index_[static_cast<size_t>(l)]) + ".";
+        add_block(
+            y, [&](const char* name, Shape shape) { return own(k, p + name, DType::F32, shape); });
       }
-      const std::string p = "layers." + std::to_string(l0_ + l) + ".";
-      auto add = [&](const char* name, Shape shape) {
-        return checkpointing_ ? acts_.add(p + name, DType::F32, shape)
-                              : own(k, p + name, DType::F32, shape);
-      };
-      y.ln1 = add("ln1", {N_, C_});
-      y.rstd1 = add("rstd1", {rows_.count});
-      y.qkv = add("qkv", {N_, QKV_});
-      y.att = add("att", {N_, H_ * D_});
-      y.lse = add("lse", {B_, H_, T_});
-      y.xmid = add("xmid", {rows_.count, C_});
-      y.ln2 = add("ln2", {N_, C_});
-      y.rstd2 = add("rstd2", {rows_.count});
-      y.gu = add("gate_up", {N_, 2 * I_});
-      y.h = add("h", {N_, I_});
-    }
-    if (split_backward_) {
-      m.deferred.resize(static_cast<size_t>(L));
-      for (int64_t l = 0; l < L; ++l) {
-        const std::string p = "layers." + std::to_string(l0_ + l) + ".";
-        MicroActs::Deferred& d = m.deferred[static_cast<size_t>(l)];
+      for (int64_t l = chunk.first; split_backward_ && l < chunk.last; ++l) {
+        const std::string p =
+            "layers." + std::to_string(layer_index_[static_cast<size_t>(l)]) + ".";
+        MicroActs::Deferred& d = m.deferred.emplace_back();
         d.down = own(k, p + "d_down", DType::F32, {N_, C_});
         d.gate_up = own(k, p + "d_gate_up", DType::F32, {N_, 2 * I_});
         d.o = own(k, p + "d_o", DType::F32, {N_, C_});
         d.qkv = own(k, p + "d_qkv", DType::F32, {N_, QKV_});
       }
+      if (last_ && k == 0) {
+        s.lnf = acts_.add("norm", DType::F32, {N_, C_});
+        s.rstdf = acts_.add("rstd", DType::F32, {rows_.count});
+      }
+      if (embeds(m)) m.tokens = own(k, "tokens", DType::I32, {N_});
     }
-    if (last_ && k == 0) {
-      s.lnf = acts_.add("norm", DType::F32, {N_, C_});
-      s.rstdf = acts_.add("rstd", DType::F32, {rows_.count});
-    }
-    if (first_) m.tokens = own(k, "tokens", DType::I32, {N_});
   }
 
   // Workspace: lives across steps, contents meaningless between calls.
@@ -277,7 +350,8 @@ void LlamaModel::build_plans() {
     s.embed = add_param("model.embed_tokens.weight", s.w_embed, 0, -1, true, {Vg, C_}, vocab, true);
   for (int64_t l = 0; l < L; ++l) {
     Layer& y = layers_[static_cast<size_t>(l)];
-    const std::string p = "model.layers." + std::to_string(l0_ + l) + ".";
+    const std::string p =
+        "model.layers." + std::to_string(layer_index_[static_cast<size_t>(l)]) + ".";
     y.in_norm = add_param(p + "input_layernorm.weight", y.w_in_norm, 0, -1, false, {C_}, {}, true);
     y.q = add_param(p + "self_attn.q_proj.weight", y.w_qkv, 0, H_ * D_, true, {Hg * D_, C_}, q_rows,
                     true);

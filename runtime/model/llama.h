@@ -51,6 +51,12 @@ struct ModelSplit {
   // keeps its blocks' GEMM output gradients in between. Not with checkpointing, whose recomputed
   // block insides do not outlive the first pass.
   bool split_backward = false;
+  // Interleaved pipelines (Megatron's virtual stages): the model chunks this rank holds, chunk c
+  // the layers [chunk_layers[c].first, chunk_layers[c].second) with chunk_slots[c] activation
+  // slots; the embedding runs on chunk 0 of the first stage, the head on the last chunk of the
+  // last stage. Empty: one chunk, [first_layer, last_layer) with activation_slots.
+  std::vector<std::pair<int, int>> chunk_layers = {};
+  std::vector<int> chunk_slots = {};
 };
 
 class LlamaModel {
@@ -147,17 +153,23 @@ class LlamaModel {
   // gradients; under ZeRO 2/3 each pass hands its part over on its own).
   void stage_backward_input(int slot, const float* output_grad);
   void stage_backward_weight(int slot);
-  // Forward only, for evaluation, in slot 0 between steps: the stage's part of forward(), the
-  // input as for stage_forward; on the last stage returns Σ losses over valid targets (0
-  // elsewhere, where stage_output(0) is then what the next stage evaluates).
-  double stage_evaluate(const int32_t* tokens, const float* input, const int32_t* targets);
+  // Forward only, for evaluation, in chunk c's first slot between steps: the chunk's part of
+  // forward(), the input as for stage_forward; on the head's chunk returns Σ losses over valid
+  // targets (0 elsewhere, where stage_output(chunk_slot(c, 0)) is what the next one evaluates).
+  double stage_evaluate(const int32_t* tokens, const float* input, const int32_t* targets,
+                        int chunk = 0);
   // Floats a stage hands on, and takes, per micro-batch: this rank's rows × hidden.
   int64_t stage_io_elems() const { return rows_.count * C_; }
   int activation_slots() const { return static_cast<int>(slot_state_.size()); }
+  // Model chunks (ModelSplit::chunk_layers; 1 without interleaving), and chunk c's slots: slot
+  // ids chunk_slot(c, 0) .. chunk_slot(c, chunk_slots(c) - 1). A slot runs its chunk's layers.
+  int chunks() const { return static_cast<int>(chunks_.size()); }
+  int chunk_slots(int chunk) const;
+  int chunk_slot(int chunk, int k) const;
   bool first_stage() const { return first_; }
   bool last_stage() const { return last_; }
   int64_t first_layer() const { return l0_; }
-  int64_t num_layers() const { return l1_ - l0_; }
+  int64_t num_layers() const { return static_cast<int64_t>(layer_index_.size()); }
 
   // The block every layer runs, and layer l's weights (null where the model does not hold them;
   // under ZeRO 3 valid only while the unit is acquired).
@@ -182,6 +194,9 @@ class LlamaModel {
   // tokens): activation_bytes() with K slots is that with one plus K − 1 times this (up to the
   // plan's 64-byte alignment where one slot's last buffer ends unaligned).
   size_t activation_slot_bytes() const { return slot_bytes_; }
+  // Every slot's own buffers together (K slots of one chunk: K times the above; interleaved
+  // chunks of different depths differ).
+  size_t activation_own_bytes() const { return own_bytes_; }
 
  private:
   struct Layer;      // parameter slots of one block
@@ -209,8 +224,8 @@ class LlamaModel {
                             float grad_scale, bool backward);
   // forward() and stage_evaluate(): slot 0's forward without a backward, the head's loss on the
   // last stage (its logits too when logits is not null).
-  double evaluate_slot0(const int32_t* tokens, const float* input, const int32_t* targets,
-                        float* logits);
+  double evaluate_slot(int slot, const int32_t* tokens, const float* input, const int32_t* targets,
+                       float* logits);
   // The embedding (first stage) or the input, then the stage's blocks, into slot m.
   void run_forward(const MicroActs& m, const int32_t* tokens, const float* input);
   // Units: the embedding (first stage), each local layer l, the head (last stage).
@@ -242,7 +257,18 @@ class LlamaModel {
   bool checkpointing_;
   bool split_backward_;
   ModelHolds holds_;
-  int64_t l0_, l1_;    // the stage's layers [l0_, l1_) of the model's
+  int64_t l0_, l1_;  // the stage's layers: [l0_, l1_) of the model's, in chunks
+  // A model chunk: local layers [first, last), the model's layers from global_first on, and its
+  // activation slots [slot_begin, slot_end).
+  struct Chunk {
+    int64_t first = 0, last = 0, global_first = 0;
+    int slot_begin = 0, slot_end = 0;
+  };
+  std::vector<Chunk> chunks_;
+  std::vector<int64_t> layer_index_;  // local layer → the model's layer
+  // Whether slot m's micro-batch starts with the embedding, ends with the head.
+  bool embeds(const MicroActs& m) const;
+  bool heads(const MicroActs& m) const;
   bool first_, last_;  // whether the stage embeds the tokens, runs the head
   // Whether it holds the embedding (unit 0): the first stage, and the last when the head is tied
   // to it (a copy, Parameter::tied_copy, unless the stage is the first too).
@@ -267,6 +293,7 @@ class LlamaModel {
   std::unique_ptr<Slots> s_;
   std::vector<SlotState> slot_state_;  // per activation slot
   size_t slot_bytes_ = 0;              // activation_slot_bytes()
+  size_t own_bytes_ = 0;               // activation_own_bytes()
 };
 
 }  // namespace keel::runtime

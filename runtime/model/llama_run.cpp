@@ -54,7 +54,7 @@ BlockGrads LlamaModel::block_grads(int l) const {
 }
 
 BlockActs LlamaModel::block_acts(const MicroActs& m, int l) const {
-  const MicroActs::Block& y = m.blocks[static_cast<size_t>(l)];
+  const MicroActs::Block& y = m.blocks[static_cast<size_t>(l - m.first)];
   auto a = [&](Slot s) { return acts_[s].f32(); };
   return {a(y.ln1),  a(y.rstd1), a(y.qkv),   a(y.att), a(y.lse),
           a(y.xmid), a(y.ln2),   a(y.rstd2), a(y.gu),  a(y.h)};
@@ -66,7 +66,7 @@ BlockPositions LlamaModel::positions() const {
 
 // One block: x[l] → x[l+1]. With recompute (checkpointing's backward), x[l+1] is left alone.
 void LlamaModel::block_forward(const MicroActs& m, int l, bool recompute) {
-  const size_t i = static_cast<size_t>(l);
+  const size_t i = static_cast<size_t>(l - m.first);
   // dtmp is free in the forward and in the backward's recompute (dres holds the gradient then).
   block_.forward(recompute ? nullptr : acts_[m.x[i + 1]].f32(), acts_[m.x[i]].f32(),
                  block_weights(l), block_acts(m, l), positions(), work_[s_->attn_ws].f32(),
@@ -87,12 +87,12 @@ void LlamaModel::block_backward(const MicroActs& m, int l, bool defer) {
   if (checkpointing_) block_forward(m, l, /*recompute=*/true);
   BlockDeferred kept;
   if (defer) {
-    const MicroActs::Deferred& d = m.deferred[static_cast<size_t>(l)];
+    const MicroActs::Deferred& d = m.deferred[static_cast<size_t>(l - m.first)];
     kept = {acts_[d.down].f32(), acts_[d.gate_up].f32(), acts_[d.o].f32(), acts_[d.qkv].f32()};
   }
-  block_.backward(acts_[m.x[static_cast<size_t>(l)]].f32(), block_weights(l), block_grads(l),
-                  block_acts(m, l), positions(), block_scratch(), work_[s_->attn_ws].f32(),
-                  defer ? &kept : nullptr);
+  block_.backward(acts_[m.x[static_cast<size_t>(l - m.first)]].f32(), block_weights(l),
+                  block_grads(l), block_acts(m, l), positions(), block_scratch(),
+                  work_[s_->attn_ws].f32(), defer ? &kept : nullptr);
 }
 
 // Final norm, output head and cross-entropy, chunk by chunk of rows. With backward, leaves
@@ -176,15 +176,16 @@ void LlamaModel::sliced_cross_entropy(float* losses, float* logits, const int32_
 // weights held only while it runs.
 void LlamaModel::run_forward(const MicroActs& m, const int32_t* tokens, const float* input) {
   if (hooks_) hooks_->begin_micro_batch();
-  if (first_) {
+  if (embeds(m)) {
     use_weights(0);
     embed(m, tokens);
     drop_weights(0);
   } else {
-    KEEL_CHECK(input, "the pipeline stage from layer {} needs the previous stage's output", l0_);
+    KEEL_CHECK(input, "the pipeline stage from layer {} needs the previous stage's output",
+               chunks_[static_cast<size_t>(m.chunk)].global_first);
     std::copy_n(input, rows_.count * C_, acts_[m.x[0]].f32());
   }
-  for (int64_t l = 0; l < static_cast<int64_t>(layers_.size()); ++l) {
+  for (int64_t l = m.first; l < m.last; ++l) {
     use_weights(layer_unit(l));
     block_forward(m, static_cast<int>(l), false);
     drop_weights(layer_unit(l));
@@ -196,25 +197,27 @@ double LlamaModel::forward(const int32_t* tokens, const int32_t* targets, float*
              "the logits of a tensor-parallel model are split over its TP group (internal error)");
   KEEL_CHECK(first_ && last_,
              "forward runs the whole model; a pipeline stage runs stage_evaluate (internal error)");
-  return evaluate_slot0(tokens, nullptr, targets, logits);
+  return evaluate_slot(0, tokens, nullptr, targets, logits);
 }
 
-double LlamaModel::stage_evaluate(const int32_t* tokens, const float* input,
-                                  const int32_t* targets) {
-  return evaluate_slot0(tokens, input, targets, nullptr);
+double LlamaModel::stage_evaluate(const int32_t* tokens, const float* input, const int32_t* targets,
+                                  int chunk) {
+  return evaluate_slot(chunk_slot(chunk, 0), tokens, input, targets, nullptr);
 }
 
-double LlamaModel::evaluate_slot0(const int32_t* tokens, const float* input, const int32_t* targets,
-                                  float* logits) {
-  // Evaluation runs in slot 0, between steps: never over a micro-batch awaiting its backward.
-  const MicroActs& m = micro(0, "forward");
-  KEEL_CHECK(slot_state_[0] != SlotState::kForwarded && slot_state_[0] != SlotState::kInputGrad,
-             "forward: activation slot 0 holds a micro-batch whose backward has not run; evaluate "
-             "between steps (internal error)");
-  slot_state_[0] = SlotState::kEmpty;
+double LlamaModel::evaluate_slot(int slot, const int32_t* tokens, const float* input,
+                                 const int32_t* targets, float* logits) {
+  // Evaluation runs between steps: never over a micro-batch awaiting its backward.
+  const MicroActs& m = micro(slot, "forward");
+  SlotState& state = slot_state_[static_cast<size_t>(slot)];
+  KEEL_CHECK(state != SlotState::kForwarded && state != SlotState::kInputGrad,
+             "forward: activation slot {} holds a micro-batch whose backward has not run; "
+             "evaluate between steps (internal error)",
+             slot);
+  state = SlotState::kEmpty;
   run_forward(m, tokens, input);
   double loss = 0.0;
-  if (last_) {
+  if (heads(m)) {
     const bool tied = config_.tie_word_embeddings;
     use_weights(head_unit());
     if (tied) use_weights(0);
@@ -222,7 +225,7 @@ double LlamaModel::evaluate_slot0(const int32_t* tokens, const float* input, con
     if (tied) drop_weights(0);
     drop_weights(head_unit());
   }
-  slot_state_[0] = SlotState::kEvaluated;
+  state = SlotState::kEvaluated;
   return loss;
 }
 
@@ -257,7 +260,7 @@ double LlamaModel::stage_forward(int slot, const int32_t* tokens, const float* i
   slot_state_[static_cast<size_t>(slot)] = SlotState::kEmpty;
   run_forward(m, tokens, input);
   double loss = 0.0;
-  if (last_) {
+  if (heads(m)) {
     // The head (final norm and lm_head, or the tied embedding) runs forward and backward at once.
     const bool tied = config_.tie_word_embeddings;
     use_weights(head_unit());
@@ -279,7 +282,7 @@ double LlamaModel::stage_forward(int slot, const int32_t* tokens, const float* i
 
 const float* LlamaModel::stage_output(int slot) const {
   const MicroActs& m = micro(slot, "stage_output");
-  KEEL_CHECK(!last_,
+  KEEL_CHECK(!heads(m),
              "the last pipeline stage hands no output on: its forward ends in the loss "
              "(internal error)");
   KEEL_CHECK(slot_state_[static_cast<size_t>(slot)] != SlotState::kEmpty,
@@ -290,7 +293,7 @@ const float* LlamaModel::stage_output(int slot) const {
 
 const float* LlamaModel::stage_input_grad(int slot) const {
   const MicroActs& m = micro(slot, "stage_input_grad");
-  KEEL_CHECK(!first_, "the first pipeline stage hands no gradient back (internal error)");
+  KEEL_CHECK(!embeds(m), "the first pipeline stage hands no gradient back (internal error)");
   const SlotState state = slot_state_[static_cast<size_t>(slot)];
   KEEL_CHECK(state == SlotState::kBackwarded || state == SlotState::kInputGrad,
              "stage_input_grad: activation slot {} holds no finished backward (internal error)",
@@ -317,14 +320,13 @@ void LlamaModel::stage_backward_weight(int slot) {
              "pass ran (internal error)",
              slot);
   const BlockScratch scratch = block_scratch();
-  for (int64_t l = static_cast<int64_t>(layers_.size()) - 1; l >= 0; --l) {
+  for (int64_t l = m.last - 1; l >= m.first; --l) {
     use_grads(layer_unit(l));
-    block_.weight_backward(block_grads(static_cast<int>(l)), block_acts(m, static_cast<int>(l)),
-                           {acts_[m.deferred[static_cast<size_t>(l)].down].f32(),
-                            acts_[m.deferred[static_cast<size_t>(l)].gate_up].f32(),
-                            acts_[m.deferred[static_cast<size_t>(l)].o].f32(),
-                            acts_[m.deferred[static_cast<size_t>(l)].qkv].f32()},
-                           scratch, N_);
+    const MicroActs::Deferred& d = m.deferred[static_cast<size_t>(l - m.first)];
+    block_.weight_backward(
+        block_grads(static_cast<int>(l)), block_acts(m, static_cast<int>(l)),
+        {acts_[d.down].f32(), acts_[d.gate_up].f32(), acts_[d.o].f32(), acts_[d.qkv].f32()},
+        scratch, N_);
     drop_grads(layer_unit(l));
     progress();
   }
@@ -339,21 +341,21 @@ void LlamaModel::run_backward(int slot, const float* output_grad, bool defer) {
              slot, slot);
   slot_state_[static_cast<size_t>(slot)] = SlotState::kEmpty;  // consumed, even if this fails
   float* dres = work_[s_->dres].f32();
-  if (last_) {  // the head's gradient, kept in x[L] by the forward
+  if (heads(m)) {  // the head's gradient, kept in x.back() by the forward
     std::copy_n(acts_[m.x.back()].f32(), rows_.count * C_, dres);
   } else {
     KEEL_CHECK(output_grad, "the pipeline stage to layer {} needs the next stage's gradient",
-               l0_ + static_cast<int64_t>(layers_.size()));
+               chunks_[static_cast<size_t>(m.chunk)].global_first + (m.last - m.first));
     std::copy_n(output_grad, rows_.count * C_, dres);
   }
-  for (int64_t l = static_cast<int64_t>(layers_.size()) - 1; l >= 0; --l) {
+  for (int64_t l = m.last - 1; l >= m.first; --l) {
     use_weights(layer_unit(l));
     use_grads(layer_unit(l));
     block_backward(m, static_cast<int>(l), defer);
     drop_weights(layer_unit(l));
     drop_grads(layer_unit(l));
   }
-  if (!first_) {  // ∂/∂x[0], the previous stage's output gradient, into the slot: x[0] is done
+  if (!embeds(m)) {  // ∂/∂x[0], the previous stage's output gradient, into the slot: x[0] is done
     std::copy_n(dres, rows_.count * C_, acts_[m.x[0]].f32());
     slot_state_[static_cast<size_t>(slot)] = SlotState::kBackwarded;
     return;

@@ -23,9 +23,13 @@ struct LlamaModel::Layer {
 // What one micro-batch keeps from its forward until its backward: the activation slot it runs in
 // (a pipeline stage keeps several micro-batches in flight, each in its own).
 struct LlamaModel::MicroActs {
-  // (n, C) the residual stream entering block l; x[L] leaves the last. After the micro-batch's
-  // backward x[0] holds its gradient (what stage_input_grad hands back); on the last stage its
-  // forward leaves the head's gradient ∂/∂x[L] in x[L], which only the head read.
+  // The model chunk the slot belongs to, whose local layers [first, last) it runs; x, blocks and
+  // deferred are indexed from `first` (x[l - first] enters local layer l).
+  int chunk = 0;
+  int64_t first = 0, last = 0;
+  // (n, C) the residual stream entering each block; x.back() leaves the last. After the
+  // micro-batch's backward x[0] holds its gradient (what stage_input_grad hands back); on the last
+  // stage its forward leaves the head's gradient ∂/∂x[L] in x[L], which only the head read.
   std::vector<Slot> x;
   // Each block's insides. With checkpointing every block of every slot shares one set (slot 0's
   // block 0): the backward recomputes it from x[l] just before it needs it.

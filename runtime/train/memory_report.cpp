@@ -27,6 +27,7 @@ RankMemory account(const LlamaModel& model, const parallel::ZeroBytes& zero,
   m.activations = model.activation_bytes();
   m.activation_slots = model.activation_slots();
   m.activation_slot_bytes = model.activation_slot_bytes();
+  m.activation_own_bytes = model.activation_own_bytes();
   m.buffers = model.workspace_bytes() + zero.staging + optimizer.workspace + batch_bytes;
   return m;
 }
@@ -67,16 +68,22 @@ optim::OptimizerConfig optimizer_config(const Config& config) {
 }
 
 ModelSplit stage_split(const Config& config, const PipelineLayout& layout, int stage, int tp_rank) {
-  const parallel::StageRange& layers = layout.split.at(static_cast<size_t>(stage));
-  return {.tp_size = static_cast<int>(config.parallel.tensor_model_parallel_size),
-          .tp_rank = tp_rank,
-          .sequence_parallel = config.parallel.sequence_parallel,
-          .first_layer = layers.first_layer,
-          .last_layer = layers.last_layer,
-          .pipeline_stage = stage,
-          .pipeline_stages = layout.shape.stages,
-          .activation_slots = layout.activation_slots(stage),
-          .split_backward = layout.split_backward()};
+  const std::vector<parallel::StageRange> chunks = layout.chunks(stage);
+  ModelSplit split{.tp_size = static_cast<int>(config.parallel.tensor_model_parallel_size),
+                   .tp_rank = tp_rank,
+                   .sequence_parallel = config.parallel.sequence_parallel,
+                   .first_layer = chunks.front().first_layer,
+                   .last_layer = chunks.front().last_layer,
+                   .pipeline_stage = stage,
+                   .pipeline_stages = layout.shape.stages,
+                   .activation_slots = layout.activation_slots(stage),
+                   .split_backward = layout.split_backward()};
+  if (chunks.size() > 1) {  // interleaved: the rank's chunks, each with its own slots
+    for (const parallel::StageRange& r : chunks)
+      split.chunk_layers.emplace_back(r.first_layer, r.last_layer);
+    split.chunk_slots = layout.chunk_slots(stage);
+  }
+  return split;
 }
 
 namespace {
@@ -112,10 +119,15 @@ std::string memory_figures(const RankMemory& m) {
   os << format_mib(m.total()) << ": parameters " << format_mib(m.parameters) << ", gradients "
      << format_mib(m.gradients) << ", optimizer state " << format_mib(m.optimizer)
      << ", activations " << format_mib(m.activations);
-  if (m.activation_slots > 1)
+  if (m.activation_slots > 1 &&
+      m.activation_own_bytes == m.activation_slots * m.activation_slot_bytes)
     os << " (" << m.activation_slots << " micro-batches in flight x "
        << format_mib(m.activation_slot_bytes) << ", and "
-       << format_mib(m.activations - m.activation_slots * m.activation_slot_bytes) << " shared)";
+       << format_mib(m.activations - m.activation_own_bytes) << " shared)";
+  else if (m.activation_slots > 1)  // interleaved chunks of different depths
+    os << " (" << m.activation_slots << " micro-batch chunks in flight, "
+       << format_mib(m.activation_own_bytes) << " of their own, and "
+       << format_mib(m.activations - m.activation_own_bytes) << " shared)";
   os << ", buffers " << format_mib(m.buffers) << "\n";
   return os.str();
 }
@@ -196,14 +208,21 @@ std::string describe_bubble(const PipelineLayout& layout) {
      << " micro-batch" << (m == 1 ? "" : "es") << " a step over " << p << " stages: bubble ";
   // GPipe and 1F1B leave each stage idle for p − 1 of the m + p − 1 forward-and-backward times
   // a step takes; the other schedules have no such closed form here, only their simulation.
+  // Interleaving divides that by v: each of the v·m chunk passes takes 1/v of a stage's time.
+  const int v = layout.shape.virtual_stages;
   if (layout.schedule == parallel::PipelineSchedule::kGPipe ||
       layout.schedule == parallel::PipelineSchedule::kOneFOneB)
     os << "(p-1)/(m+p-1) = " << p - 1 << "/(" << m << "+" << p - 1
        << ") = " << 100.0 * (p - 1) / (m + p - 1) << " % of the step, ";
+  if (layout.schedule == parallel::PipelineSchedule::kInterleaved)
+    os << "(p-1)/(v*m+p-1) = " << p - 1 << "/(" << v << "*" << m << "+" << p - 1
+       << ") = " << 100.0 * (p - 1) / (v * m + p - 1) << " % of the step, ";
   os << 100.0 * layout.plan.bubble_fraction << " % as simulated; activations kept at the peak:";
   for (int s = 0; s < p; ++s) {
     const int k = layout.activation_slots(s);
-    os << (s ? ", " : " ") << k << " micro-batch" << (k == 1 ? "" : "es") << " on stage " << s;
+    const char* what = v > 1 ? (k == 1 ? " micro-batch chunk" : " micro-batch chunks")
+                             : (k == 1 ? " micro-batch" : " micro-batches");
+    os << (s ? ", " : " ") << k << what << " on stage " << s;
   }
   os << "\n";
   return os.str();

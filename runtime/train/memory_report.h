@@ -25,7 +25,8 @@ struct RankMemory {
   // holding activation_slot_bytes of its own; the rest of activations is shared (1 without one).
   int activation_slots = 1;
   size_t activation_slot_bytes = 0;
-  size_t buffers = 0;  // model workspace, collective staging, the batch
+  size_t activation_own_bytes = 0;  // every slot's own together
+  size_t buffers = 0;               // model workspace, collective staging, the batch
   size_t total() const { return parameters + gradients + optimizer + activations + buffers; }
 };
 

@@ -27,24 +27,26 @@ PipelineRunner::PipelineRunner(LlamaModel& model, parallel::Communicator& pp,
       shape_(shape),
       actions_(parallel::pipeline_actions(schedule, shape, pp.rank())),
       elems_(model.stage_io_elems()),
-      slot_of_(static_cast<size_t>(shape.micro_batches), -1),
+      slot_of_(static_cast<size_t>(shape.micro_batches * shape.virtual_stages), -1),
+      free_slots_(static_cast<size_t>(shape.virtual_stages)),
       sends_(static_cast<size_t>(model.activation_slots())) {
-  KEEL_CHECK(pp.size() == shape.stages,
-             "the pipeline group has {} ranks for a pipeline of {} stages (internal error)",
-             pp.size(), shape.stages);
-  for (const PipelineAction& a : actions_)
-    KEEL_CHECK(a.chunk == 0,
-               "the pipeline runner executes one model chunk; '{}' is not one "
-               "(internal error)",
-               parallel::to_string(a));
-  holds_.assign(static_cast<size_t>(model.activation_slots()), 0);
+  KEEL_CHECK(pp.size() == shape.stages && model.chunks() == shape.virtual_stages,
+             "the pipeline group has {} ranks and the model {} chunks for a pipeline of {} "
+             "stages of {} chunks (internal error)",
+             pp.size(), model.chunks(), shape.stages, shape.virtual_stages);
   // Two receive buffers of each kind: one being consumed, one arriving behind it. Touched now,
   // so that no step pays the first-touch page faults.
   for (auto& pool : buffers_) {
     pool.resize(2);
     for (Buffer& b : pool) b.data.assign(static_cast<size_t>(elems_), 0.0f);
   }
-  for (int s = model.activation_slots() - 1; s >= 0; --s) free_slots_.push_back(s);
+  holds_.assign(static_cast<size_t>(model.activation_slots()), 0);
+  chunk_of_.assign(holds_.size(), 0);
+  for (int c = 0; c < model.chunks(); ++c)
+    for (int k = model.chunk_slots(c) - 1; k >= 0; --k) {
+      free_slots_[static_cast<size_t>(c)].push_back(model.chunk_slot(c, k));
+      chunk_of_[static_cast<size_t>(model.chunk_slot(c, k))] = c;
+    }
 }
 
 void PipelineRunner::wait(parallel::Work& w) {
@@ -65,6 +67,7 @@ bool PipelineRunner::post(size_t i, bool must) {
     it = std::prev(pool.end());
   }
   it->micro_batch = a.micro_batch;
+  it->chunk = a.chunk;
   it->work = pp_.recv_async(floats(it->data.data(), elems_), a.peer, kTags[kind]);
   return true;
 }
@@ -77,24 +80,27 @@ void PipelineRunner::post_ahead(size_t i) {
   }
 }
 
-PipelineRunner::Buffer& PipelineRunner::received(Kind kind, int mb) {
+PipelineRunner::Buffer& PipelineRunner::received(Kind kind, int mb, int chunk) {
   for (Buffer& b : buffers_[kind]) {
-    if (b.micro_batch != mb) continue;
+    if (b.micro_batch != mb || b.chunk != chunk) continue;
     wait(b.work);
     return b;
   }
-  KEEL_FAIL("pipeline stage {}: micro-batch {}'s {} was never received (internal error)",
-            pp_.rank(), mb, kind == kActivation ? "activation" : "gradient");
+  KEEL_FAIL(
+      "pipeline stage {}: micro-batch {}'s {} for chunk {} was never received (internal "
+      "error)",
+      pp_.rank(), mb, kind == kActivation ? "activation" : "gradient", chunk);
 }
 
-int PipelineRunner::take_slot() {
-  KEEL_CHECK(!free_slots_.empty(),
-             "pipeline stage {}: every one of its {} activation slots holds a micro-batch "
+int PipelineRunner::take_slot(int chunk) {
+  std::vector<int>& free = free_slots_[static_cast<size_t>(chunk)];
+  KEEL_CHECK(!free.empty(),
+             "pipeline stage {}: every one of chunk {}'s {} activation slots holds a micro-batch "
              "(internal error: the model was planned for fewer than the schedule keeps)",
-             pp_.rank(), model_.activation_slots());
-  const int slot = free_slots_.back();
-  free_slots_.pop_back();
-  holds_[static_cast<size_t>(slot)] = model_.first_stage() ? 1 : 2;
+             pp_.rank(), chunk, model_.chunk_slots(chunk));
+  const int slot = free.back();
+  free.pop_back();
+  holds_[static_cast<size_t>(slot)] = embeds(chunk) ? 1 : 2;
   // Its output or input gradient may still be on its way to a neighbour.
   for (parallel::Work& w : sends_[static_cast<size_t>(slot)]) wait(w);
   sends_[static_cast<size_t>(slot)].clear();
@@ -102,7 +108,8 @@ int PipelineRunner::take_slot() {
 }
 
 void PipelineRunner::release_slot(int slot) {
-  if (--holds_[static_cast<size_t>(slot)] == 0) free_slots_.push_back(slot);
+  if (--holds_[static_cast<size_t>(slot)] == 0)
+    free_slots_[static_cast<size_t>(chunk_of_[static_cast<size_t>(slot)])].push_back(slot);
 }
 
 double PipelineRunner::run_step(const int32_t* tokens, const int32_t* targets, float grad_scale) {
@@ -113,7 +120,7 @@ double PipelineRunner::run_step(const int32_t* tokens, const int32_t* targets, f
   double loss = 0.0;
   for (size_t i = 0; i < actions_.size(); ++i) {
     const PipelineAction& a = actions_[i];
-    const int mb = a.micro_batch;
+    const int mb = a.micro_batch, c = a.chunk;
     switch (a.op) {
       case PipelineOp::kRecvActivation:
       case PipelineOp::kRecvGrad:
@@ -123,9 +130,9 @@ double PipelineRunner::run_step(const int32_t* tokens, const int32_t* targets, f
         }
         break;
       case PipelineOp::kForward: {
-        const int slot = take_slot();
-        slot_of_[static_cast<size_t>(mb)] = slot;
-        Buffer* in = model_.first_stage() ? nullptr : &received(kActivation, mb);
+        const int slot = take_slot(c);
+        slot_of(mb, c) = slot;
+        Buffer* in = embeds(c) ? nullptr : &received(kActivation, mb, c);
         loss += model_.stage_forward(slot, tokens + mb * BT, in ? in->data.data() : nullptr,
                                      targets + mb * BT, grad_scale);
         if (in) release(*in);
@@ -133,8 +140,8 @@ double PipelineRunner::run_step(const int32_t* tokens, const int32_t* targets, f
       }
       case PipelineOp::kBackward:
       case PipelineOp::kBackwardInput: {
-        const int slot = slot_of_[static_cast<size_t>(mb)];
-        Buffer* grad = model_.last_stage() ? nullptr : &received(kGrad, mb);
+        const int slot = slot_of(mb, c);
+        Buffer* grad = heads(c) ? nullptr : &received(kGrad, mb, c);
         const float* g = grad ? grad->data.data() : nullptr;
         if (a.op == PipelineOp::kBackward) {
           model_.stage_backward(slot, g);
@@ -146,17 +153,17 @@ double PipelineRunner::run_step(const int32_t* tokens, const int32_t* targets, f
         break;
       }
       case PipelineOp::kBackwardWeight:
-        model_.stage_backward_weight(slot_of_[static_cast<size_t>(mb)]);
-        release_slot(slot_of_[static_cast<size_t>(mb)]);
+        model_.stage_backward_weight(slot_of(mb, c));
+        release_slot(slot_of(mb, c));
         break;
       case PipelineOp::kSendActivation: {
-        const int slot = slot_of_[static_cast<size_t>(mb)];
+        const int slot = slot_of(mb, c);
         sends_[static_cast<size_t>(slot)].push_back(
             pp_.send_async(floats(model_.stage_output(slot), elems_), a.peer, kTags[kActivation]));
         break;
       }
       case PipelineOp::kSendGrad: {
-        const int slot = slot_of_[static_cast<size_t>(mb)];
+        const int slot = slot_of(mb, c);
         sends_[static_cast<size_t>(slot)].push_back(
             pp_.send_async(floats(model_.stage_input_grad(slot), elems_), a.peer, kTags[kGrad]));
         release_slot(slot);
@@ -179,13 +186,18 @@ double PipelineRunner::run_step(const int32_t* tokens, const int32_t* targets, f
 }
 
 double PipelineRunner::evaluate(const int32_t* tokens, const int32_t* targets) {
-  const int s = pp_.rank();
+  const int s = pp_.rank(), p = shape_.stages;
   std::vector<float>& in = buffers_[kActivation][0].data;
-  if (!model_.first_stage()) pp_.recv(floats(in.data(), elems_), s - 1, kTags[kActivation]);
-  const double loss =
-      model_.stage_evaluate(tokens, model_.first_stage() ? nullptr : in.data(), targets);
-  if (!model_.last_stage())
-    pp_.send(floats(model_.stage_output(0), elems_), s + 1, kTags[kActivation]);
+  double loss = 0.0;
+  // Virtual stage by virtual stage: from the previous one (around the ring between chunks) to
+  // the next.
+  for (int c = 0; c < shape_.virtual_stages; ++c) {
+    if (!embeds(c)) pp_.recv(floats(in.data(), elems_), (s + p - 1) % p, kTags[kActivation]);
+    loss += model_.stage_evaluate(tokens, embeds(c) ? nullptr : in.data(), targets, c);
+    if (!heads(c))
+      pp_.send(floats(model_.stage_output(model_.chunk_slot(c, 0)), elems_), (s + 1) % p,
+               kTags[kActivation]);
+  }
   return loss;
 }
 

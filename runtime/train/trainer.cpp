@@ -258,6 +258,17 @@ void Trainer::write_parameters(const std::string& path) {
         }
     }
   }
+  if (pipelined && writer) {
+    // In the whole model's order, as one rank writes them (interleaved stages hold chunks from
+    // all over the stack).
+    const LlamaModel whole(config_.model, model_->batch(), model_->seq(), false,
+                           ModelHolds{false, false, false});
+    std::map<std::string, size_t> place;
+    for (const Parameter& p : whole.parameters()) place.emplace(p.name, place.size());
+    std::stable_sort(tensors.begin(), tensors.end(), [&](const auto& a, const auto& b) {
+      return place.at(a.first) < place.at(b.first);
+    });
+  }
   if (writer) write_safetensors(path, tensors, {{"format", "pt"}});
 }
 

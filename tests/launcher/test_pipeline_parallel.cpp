@@ -89,6 +89,9 @@ const std::string k1f1b = " --set parallel.pipeline_schedule=1f1b";
 const std::string kGpipe = " --set parallel.pipeline_schedule=gpipe";
 const std::string kTied = " --set model.tie_word_embeddings=true";
 const std::string kZb = " --set parallel.pipeline_schedule=zb_h1";
+const std::string kInterleaved =
+    " --set parallel.pipeline_schedule=interleaved_1f1b"
+    " --set parallel.virtual_pipeline_model_parallel_size=2";
 
 INSTANTIATE_TEST_SUITE_P(
     Layouts, PipelineParallel,
@@ -112,6 +115,19 @@ INSTANTIATE_TEST_SUITE_P(
         Layout{"pp2_dp2_zb_h1_zero2", 2, 1, 2, kZb + " --set parallel.zero_stage=2"},
         Layout{"pp2_dp2_zb_h1_zero3", 2, 1, 2, kZb + " --set parallel.zero_stage=3"},
         Layout{"pp2_zb_h1_tied", 2, 1, 1, kZb + kTied, 1e-5, 1e-5},
+        // Interleaved 1F1B: each rank two chunks (stage 1's layer 1 hands on to stage 0's
+        // layer 2 around the ring), bit for bit as well.
+        Layout{"pp2_v2_interleaved", 2, 1, 1, kEval, 1e-5, 0.0, 4, kInterleaved},
+        Layout{"pp2_v2_interleaved_two_micro_batches", 2, 1, 1, "", 1e-5, 0.0, 2, kInterleaved},
+        Layout{"pp4_v2_interleaved_8_layers", 4, 1, 1, " --set model.num_hidden_layers=8", 1e-5,
+               0.0, 4, kInterleaved},
+        Layout{"pp2_v2_interleaved_listed", 2, 1, 1, "", 1e-5, 0.0, 4,
+               kInterleaved + " --set parallel.pipeline_layers=[0,2,1,1]"},
+        Layout{"pp2_tp2_v2_interleaved", 2, 2, 1, "", 1e-5, 0.0, 4, kInterleaved},
+        Layout{"pp2_dp2_v2_interleaved_zero3", 2, 1, 2, " --set parallel.zero_stage=3", 1e-5, 0.0,
+               4, kInterleaved},
+        Layout{"pp2_v2_interleaved_tied_checkpointing", 2, 1, 1,
+               kTied + " --set training.gradient_checkpointing=true", 1e-5, 1e-5, 4, kInterleaved},
         // Tied embeddings: the last stage's copy gets the first stage's gradient added, and both
         // step the one tensor alike (its two halves add in another order: within 1e-5).
         Layout{"pp2_tied", 2, 1, 1, kTied + kEval, 1e-5, 1e-5},

@@ -182,6 +182,26 @@ TEST(Config, PipelineLayoutsThatCannotRunAreOneLine) {
       std::string::npos);
   const std::string zb = "parallel.pipeline_schedule=zb_h1";
   EXPECT_EQ(parse_config(kMinimalYaml, {pp2, untied, zb}).parallel.pipeline_schedule, "zb_h1");
+  const std::string interleaved = "parallel.pipeline_schedule=interleaved_1f1b";
+  const std::string v2 = "parallel.virtual_pipeline_model_parallel_size=2";
+  EXPECT_EQ(parse_config(kMinimalYaml,
+                         {pp2, untied, interleaved, v2, "training.gradient_accumulation_steps=2"})
+                .parallel.virtual_pipeline_model_parallel_size,
+            2);
+  EXPECT_NE(parse_error(kMinimalYaml, {pp2, untied, interleaved,
+                                       "parallel.virtual_pipeline_model_parallel_size=4",
+                                       "training.gradient_accumulation_steps=2"})
+                .find("is 2 x 4 = 8 model chunks, but the model has 6 layers"),
+            std::string::npos);
+  EXPECT_NE(parse_error(kMinimalYaml,
+                        {pp2, untied, interleaved, v2, "training.gradient_accumulation_steps=3"})
+                .find("multiple of parallel.pipeline_model_parallel_size (2)"),
+            std::string::npos);
+  EXPECT_NE(parse_error(kMinimalYaml,
+                        {pp2, untied, interleaved, v2, "training.gradient_accumulation_steps=2",
+                         "parallel.pipeline_layers=[3,3]"})
+                .find("lists 2 counts, but interleaving cuts the model into 4 chunks"),
+            std::string::npos);
   EXPECT_NE(parse_error(kMinimalYaml, {pp2, untied, zb, "training.gradient_checkpointing=true"})
                 .find("set training.gradient_checkpointing: false, or the schedule to 1f1b"),
             std::string::npos);
