@@ -9,6 +9,8 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "cli_util.h"
 
@@ -97,6 +99,37 @@ TEST_P(PipelinePlan, EachStagesPlanIsWhatItsRanksPlan) {
           << log;
       EXPECT_EQ(rest_of_line(log, "memory plan per rank "), planned) << "rank " << rank;
       EXPECT_NE(log.find(bubble_line), std::string::npos) << "rank " << rank << "\n" << log;
+    }
+  }
+}
+
+// ZB-H1 (each slot also keeps its blocks' GEMM output gradients between the two backward
+// passes) and interleaved 1F1B (two chunks a rank, each with its own slots): keel plan's line for
+// each stage is what that stage's rank plans, and the bubble line carries the schedule's formula
+// where there is one.
+TEST_F(Cli, ZeroBubbleAndInterleavedStagesPlanWhatTheyRun) {
+  if (!have_mpi()) GTEST_SKIP() << "built without MPI";
+  const std::string cfg = write("m.yaml", kModel);
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {" --set parallel.pipeline_schedule=zb_h1", "zb_h1, 4 micro-batches a step over 2 stages"},
+      {" --set parallel.pipeline_schedule=interleaved_1f1b"
+       " --set parallel.virtual_pipeline_model_parallel_size=2",
+       "(p-1)/(v*m+p-1) = 1/(2*4+1) = 11.1 % of the step"}};
+  for (const auto& [schedule, said] : cases) {
+    const std::string sets = " --set parallel.pipeline_model_parallel_size=2" + schedule;
+    const Result p = plan(cfg + " --world-size 2" + sets);
+    ASSERT_EQ(p.code, 0) << p.out;
+    EXPECT_NE(p.out.find(said), std::string::npos) << p.out;
+    const std::string out = out_dir() + std::to_string(said.size());
+    const Result r = train(2, cfg, sets + " --set training.output_dir=" + out);
+    ASSERT_EQ(r.code, 0) << r.out;
+    for (int s = 0; s < 2; ++s) {
+      const std::string planned =
+          rest_of_line(p.out, "memory plan per rank ",
+                       p.out.find("keel: pipeline stage " + std::to_string(s) + " ("));
+      ASSERT_FALSE(planned.empty()) << p.out;
+      const std::string log = read(out + "/logs/rank_" + std::to_string(s) + ".log");
+      EXPECT_EQ(rest_of_line(log, "memory plan per rank "), planned) << schedule << ", stage " << s;
     }
   }
 }
