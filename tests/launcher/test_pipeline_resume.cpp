@@ -1,7 +1,7 @@
 // Checkpoints of pipelined runs, end to end: one run carried across pipeline sizes (pp2 × tp2 →
-// one rank → pp4 → pp2 × dp2 → one rank) stays within 1e-5 of the uninterrupted one-rank run,
-// with every optimizer's state; every stage's tensors are in the checkpoint once, under their
-// Hugging Face names; the same pipelined layout resumes bit for bit.
+// one rank → pp4 → pp2 × dp2 interleaved → one rank) stays within 1e-5 of the uninterrupted
+// one-rank run, with every optimizer's state; every stage's tensors are in the checkpoint once,
+// under their Hugging Face names; the same pipelined layout resumes bit for bit.
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -83,18 +83,20 @@ TEST_P(PipelineResume, CarriedAcrossPipelineSizes) {
   struct Leg {
     int pp, tp, dp, stage;
     std::string written_by;
+    std::string schedule = "1f1b";
   };
   const std::vector<Leg> legs = {
       {2, 2, 1, 1, "4 ranks (2 tensor-parallel x 1 data-parallel x 2 pipeline), ZeRO 1"},
       {1, 1, 1, 0, "1 data-parallel rank, ZeRO 0"},
       {4, 1, 1, 0, "4 ranks (1 tensor-parallel x 1 data-parallel x 4 pipeline), ZeRO 0"},
-      {2, 1, 2, 3, "4 ranks (1 tensor-parallel x 2 data-parallel x 2 pipeline), ZeRO 3"},
+      {2, 1, 2, 3, "4 ranks (1 tensor-parallel x 2 data-parallel x 2 pipeline), ZeRO 3",
+       "interleaved_1f1b --set parallel.virtual_pipeline_model_parallel_size=2"},
       {1, 1, 1, 0, "1 data-parallel rank, ZeRO 0"}};
   std::set<std::string> first_names;
   for (size_t i = 0; i < legs.size(); ++i) {
     const Leg& l = legs[i];
     r = train(l.pp * l.tp * l.dp, cfg,
-              c.sets + layout(l.pp, l.tp, l.dp, l.stage) +
+              c.sets + layout(l.pp, l.tp, l.dp, l.stage, l.schedule) +
                   " --set training.save_steps=4 --set training.exit_interval=4"
                   " --set training.save_total_limit=1 --set training.output_dir=" +
                   out);
@@ -153,6 +155,31 @@ TEST_F(Cli, PipelinedRunsResumeBitExact) {
       "pp2dp2", "pp2 x dp2, GPipe, ZeRO 3, 8-bit AdamW");
   expect_resume_is_bit_exact(dir_, 4, cfg, layout(4, 1, 1, 0) + " --set optimizer.type=adafactor",
                              "pp4", "pp4, Adafactor");
+  expect_resume_is_bit_exact(dir_, 2, cfg, layout(2, 1, 1, 0, "zb_h1"), "zb", "pp2, ZB-H1");
+}
+
+// keel export of a checkpoint of interleaved stages over TP (each rank holding two chunks of the
+// stack, tied embeddings with the last stage's copy) is exactly the model.safetensors the run
+// ended with: every tensor once, whole, under its Hugging Face name.
+TEST_F(Cli, ExportOfAPipelinedCheckpointIsTheWholeModel) {
+  if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
+  const std::string cfg = write("m.yaml", kModel);
+  const std::string run_dir = (dir_ / "pp2tp2").string(), hf = (dir_ / "hf").string();
+  Result r = train(4, cfg,
+                   layout(2, 2, 1, 1, "interleaved_1f1b") +
+                       " --set parallel.virtual_pipeline_model_parallel_size=2"
+                       " --set model.tie_word_embeddings=true"
+                       " --set training.max_steps=6 --set training.save_steps=6"
+                       " --set training.output_dir=" +
+                       run_dir);
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run("export --format hf " + run_dir + " " + hf);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("exported step 6 of"), std::string::npos) << r.out;
+  EXPECT_EQ(max_relative_difference(run_dir + "/model.safetensors", hf + "/model.safetensors"),
+            0.0);
+  const keel::runtime::SafeTensorsReader whole(run_dir + "/model.safetensors");
+  EXPECT_EQ(whole.names().size(), 1u + 4 * 9 + 1);  // embedding, 4 blocks of 9, norm; tied head
 }
 
 }  // namespace
