@@ -161,6 +161,25 @@ INSTANTIATE_TEST_SUITE_P(
                " --set parallel.zero_stage=2"}),
     [](const ::testing::TestParamInfo<Layout>& p) { return std::string(p.param.name); });
 
+// configs/pipeline.yaml: two stages of the tiny demo train what one process trains on the same
+// batch, bit for bit.
+TEST_F(Cli, PipelineConfigTrainsAsOneProcessDoes) {
+  if (!have_mpi()) GTEST_SKIP() << "built without MPI";
+  const std::string one = (dir_ / "one").string(), split = (dir_ / "split").string();
+  const std::string steps = " --set training.max_steps=2 --set training.logging_steps=1";
+  Result r = train(1, "configs/pipeline.yaml",
+                   steps +
+                       " --set parallel.pipeline_model_parallel_size=1 --set "
+                       "training.output_dir=" +
+                       one);
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = train(2, "configs/pipeline.yaml", steps + " --set training.output_dir=" + split);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(metric_texts(split + "/metrics.jsonl", "loss"),
+            metric_texts(one + "/metrics.jsonl", "loss"));
+  EXPECT_EQ(file_bytes(one + "/model.safetensors"), file_bytes(split + "/model.safetensors"));
+}
+
 // A stage killed mid-run (its neighbour waiting on it in a send or receive) ends the whole job
 // promptly, and the message names it.
 TEST_F(Cli, AKilledStageEndsTheJob) {
