@@ -126,6 +126,8 @@ INSTANTIATE_TEST_SUITE_P(
         Layout{"pp2_tp2_v2_interleaved", 2, 2, 1, "", 1e-5, 0.0, 4, kInterleaved},
         Layout{"pp2_dp2_v2_interleaved_zero3", 2, 1, 2, " --set parallel.zero_stage=3", 1e-5, 0.0,
                4, kInterleaved},
+        Layout{"pp2_dp2_v2_interleaved_zero1", 2, 1, 2, " --set parallel.zero_stage=1", 1e-5, 0.0,
+               4, kInterleaved},
         Layout{"pp2_v2_interleaved_tied_checkpointing", 2, 1, 1,
                kTied + " --set training.gradient_checkpointing=true", 1e-5, 1e-5, 4, kInterleaved},
         // Tied embeddings: the last stage's copy gets the first stage's gradient added, and both
