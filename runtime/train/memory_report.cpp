@@ -6,6 +6,8 @@
 #include "kernels/error.h"
 #include "optim/optimizer.h"
 #include "runtime/train/grad_sync.h"
+#include "runtime/train/pipeline_runner.h"
+#include "runtime/train/pipeline_runner.h"
 
 namespace keel::runtime {
 
@@ -29,6 +31,9 @@ RankMemory account(const LlamaModel& model, const parallel::ZeroBytes& zero,
   m.activation_slot_bytes = model.activation_slot_bytes();
   m.activation_own_bytes = model.activation_own_bytes();
   m.buffers = model.workspace_bytes() + zero.staging + optimizer.workspace + batch_bytes;
+  // A pipeline stage (never the first and the last at once) receives into a runner's buffers.
+  if (!(model.first_stage() && model.last_stage()))
+    m.buffers += PipelineRunner::buffer_bytes(model);
   return m;
 }
 

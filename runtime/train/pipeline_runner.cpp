@@ -37,7 +37,7 @@ PipelineRunner::PipelineRunner(LlamaModel& model, parallel::Communicator& pp,
   // Two receive buffers of each kind: one being consumed, one arriving behind it. Touched now,
   // so that no step pays the first-touch page faults.
   for (auto& pool : buffers_) {
-    pool.resize(2);
+    pool.resize(kPool);
     for (Buffer& b : pool) b.data.assign(static_cast<size_t>(elems_), 0.0f);
   }
   holds_.assign(static_cast<size_t>(model.activation_slots()), 0);

@@ -39,12 +39,19 @@ class PipelineRunner {
   // the pipeline group): Σ losses on the last stage, 0 elsewhere.
   double evaluate(const int32_t* tokens, const int32_t* targets);
 
+  // The bytes of the receive buffers a runner of this stage keeps (keel plan's buffers): two of
+  // each kind, one message each. A receive due while both are busy adds one for the run.
+  static size_t buffer_bytes(const LlamaModel& model) {
+    return 2 * kPool * static_cast<size_t>(model.stage_io_elems()) * sizeof(float);
+  }
+
   // Seconds the last run_step spent waiting for a neighbour (for its data, or for its receive of
   // ours): this stage's share of the bubble, as measured.
   double wait_seconds() const { return wait_seconds_; }
   const std::vector<parallel::PipelineAction>& actions() const { return actions_; }
 
  private:
+  static constexpr size_t kPool = 2;  // receive buffers of each kind to start with
   enum Kind { kActivation = 0, kGrad = 1 };
   // A receive buffer and the message it is posted for (micro-batch and chunk; -1 when free).
   struct Buffer {
