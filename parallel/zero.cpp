@@ -159,10 +159,13 @@ void Zero::attach_model(std::vector<float*> weights, std::vector<float*> grads) 
   model_grads_ = std::move(grads);
 }
 
-void Zero::set_weight_order(std::vector<int> order) {
-  for (int u : order)
-    KEEL_CHECK(u >= 0 && u < static_cast<int>(units_.size()), "ZeRO weight order names unit {}", u);
-  order_ = std::move(order);
+void Zero::set_weight_orders(std::vector<std::vector<int>> orders) {
+  for (const std::vector<int>& order : orders)
+    for (int u : order)
+      KEEL_CHECK(u >= 0 && u < static_cast<int>(units_.size()), "ZeRO weight order names unit {}",
+                 u);
+  orders_ = std::move(orders);
+  order_ = orders_.empty() ? std::vector<int>{} : orders_.front();
 }
 
 std::vector<const float*> Zero::unit_ptrs(int u, const float* base) const {
@@ -314,7 +317,8 @@ void Zero::begin_step() {
   order_pos_ = 0;
 }
 
-void Zero::begin_micro_batch() {
+void Zero::begin_micro_batch(int chunk) {
+  if (static_cast<size_t>(chunk) < orders_.size()) order_ = orders_[static_cast<size_t>(chunk)];
   // A prefetch left over from a pass that stopped early (forward only) is dropped.
   for (auto it = flights_.begin(); it != flights_.end();) {
     if ((*it)->reduce) {

@@ -40,8 +40,9 @@ struct ZeroUnit {
 class UnitHooks {
  public:
   virtual ~UnitHooks() = default;
-  // A micro-batch's forward and backward begin (weights are then asked for in weight order).
-  virtual void begin_micro_batch() {}
+  // A micro-batch's forward and backward through model chunk `chunk` begin (weights are then
+  // asked for in that chunk's weight order; one chunk without an interleaved pipeline).
+  virtual void begin_micro_batch(int chunk) { (void)chunk; }
   // The unit's full weights in the model's layout.
   virtual float* acquire_weights(int unit) = 0;
   virtual void release_weights(int unit) = 0;
@@ -109,9 +110,9 @@ class Zero final : public UnitHooks {
   void set_overlap(bool overlap) { overlap_ = overlap; }
   // Stages 1 and 2: the model's own buffer of each unit's weights (and, stage 1, gradients).
   void attach_model(std::vector<float*> weights, std::vector<float*> grads);
-  // Stage 3: the order in which the model asks for weights during one micro-batch; a unit's
-  // gather is started when the one before it in this order is acquired.
-  void set_weight_order(std::vector<int> order);
+  // Stage 3: the order in which the model asks for weights during one micro-batch, per model
+  // chunk; a unit's gather is started when the one before it in this order is acquired.
+  void set_weight_orders(std::vector<std::vector<int>> orders);
   // Fills this rank's master shards. full(u, scratch) returns unit u's full weights: the model's
   // own buffer, or scratch after writing them there (stage 3: scratch holds one unit).
   void init_master(const std::function<const float*(int, float*)>& full);
@@ -144,7 +145,7 @@ class Zero final : public UnitHooks {
   std::string describe_memory() const { return plan_.describe(); }
 
   // UnitHooks (stages 2 and 3).
-  void begin_micro_batch() override;
+  void begin_micro_batch(int chunk) override;
   float* acquire_weights(int unit) override;
   void release_weights(int unit) override;
   float* acquire_grads(int unit) override;
@@ -190,7 +191,8 @@ class Zero final : public UnitHooks {
   int pending_ = -1;                  // released unit not yet handed over
   size_t handed_ = 0;                 // units handed over this step
   std::vector<std::unique_ptr<InFlight>> flights_;  // oldest first
-  std::vector<int> order_;
+  std::vector<std::vector<int>> orders_;            // per chunk
+  std::vector<int> order_;                          // the current micro-batch's chunk's
   size_t order_pos_ = 0;
   bool overlap_ = true;
   ZeroTimers timers_;

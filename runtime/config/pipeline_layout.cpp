@@ -128,12 +128,12 @@ PipelineLayout pipeline_layout(const Config& config) {
   // Interleaving cuts the layers into v·p chunks, virtual stage c·p + s on rank s.
   const int chunks = p * v;
   if (v > 1) {
-    KEEL_CHECK(chunks <= L,
+    const std::vector<int64_t> listed = parse_pipeline_layers(par.pipeline_layers);
+    KEEL_CHECK(chunks <= L || !listed.empty(),
                "parallel.pipeline_model_parallel_size x parallel.virtual_pipeline_model_parallel_"
                "size is {} x {} = {} model chunks, but the model has {} layers "
                "(model.num_hidden_layers) and every chunk needs at least one; lower either",
                p, v, chunks, L);
-    const std::vector<int64_t> listed = parse_pipeline_layers(par.pipeline_layers);
     KEEL_CHECK(listed.empty() || static_cast<int>(listed.size()) == chunks,
                "parallel.pipeline_layers lists {} counts, but interleaving cuts the model into {} "
                "chunks (parallel.pipeline_model_parallel_size x virtual_pipeline_model_parallel_"

@@ -395,15 +395,19 @@ float* LlamaModel::own_grads(int u) const {
                                          : nullptr;
 }
 
-std::vector<int> LlamaModel::weight_order() const {
-  const int64_t L = static_cast<int64_t>(layers_.size());
-  std::vector<int> order;
-  if (first_) order.push_back(0);
-  for (int64_t l = 0; l < L; ++l) order.push_back(layer_unit(l));
-  if (last_) order.push_back(head_unit());
-  if (config_.tie_word_embeddings) order.push_back(0);
-  for (int64_t l = L - 1; l >= 0; --l) order.push_back(layer_unit(l));
-  return order;
+std::vector<std::vector<int>> LlamaModel::weight_orders() const {
+  std::vector<std::vector<int>> orders;
+  for (size_t c = 0; c < chunks_.size(); ++c) {
+    const Chunk& chunk = chunks_[c];
+    const bool embeds = first_ && c == 0, heads = last_ && c + 1 == chunks_.size();
+    std::vector<int>& order = orders.emplace_back();
+    if (embeds) order.push_back(0);
+    for (int64_t l = chunk.first; l < chunk.last; ++l) order.push_back(layer_unit(l));
+    if (heads) order.push_back(head_unit());
+    if (heads && config_.tie_word_embeddings) order.push_back(0);  // the head's tied weights
+    for (int64_t l = chunk.last - 1; l >= chunk.first; --l) order.push_back(layer_unit(l));
+  }
+  return orders;
 }
 
 void LlamaModel::use_weights(int u) {

@@ -97,7 +97,8 @@ class LlamaModel {
   // 0 the embedding, 1..L the blocks, L+1 the head (final norm, and lm_head unless tied).
   const std::vector<parallel::ZeroUnit>& units() const { return units_; }
   // The order a micro-batch's forward and backward ask for unit weights (prefetching follows it).
-  std::vector<int> weight_order() const;
+  // Per model chunk (one without interleaving).
+  std::vector<std::vector<int>> weight_orders() const;
   // Units held at once at most: 2 when the head also needs the tied embedding.
   int live_units() const { return config_.tie_word_embeddings ? 2 : 1; }
   // The model's own buffer of unit u (null when it does not hold weights or gradients).

@@ -175,7 +175,7 @@ void LlamaModel::sliced_cross_entropy(float* losses, float* logits, const int32_
 // The embedding (or the previous stage's output) and the stage's blocks forward, each unit's
 // weights held only while it runs.
 void LlamaModel::run_forward(const MicroActs& m, const int32_t* tokens, const float* input) {
-  if (hooks_) hooks_->begin_micro_batch();
+  if (hooks_) hooks_->begin_micro_batch(m.chunk);
   if (embeds(m)) {
     use_weights(0);
     embed(m, tokens);

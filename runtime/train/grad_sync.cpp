@@ -168,7 +168,7 @@ class ZeroSync final : public GradSync {
         model.init_unit(u, seed, scratch);
         return scratch;
       });
-      zero_.set_weight_order(model.weight_order());
+      zero_.set_weight_orders(model.weight_orders());
     }
     if (stage_ >= 2) model.set_hooks(&zero_);
     zero_.set_overlap(config.parallel.overlap_comm);

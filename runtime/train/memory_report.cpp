@@ -7,7 +7,6 @@
 #include "optim/optimizer.h"
 #include "runtime/train/grad_sync.h"
 #include "runtime/train/pipeline_runner.h"
-#include "runtime/train/pipeline_runner.h"
 
 namespace keel::runtime {
 

@@ -167,10 +167,18 @@ void Trainer::print_plan() {
               batch_.bytes());
   planned_bytes_ = m.total();
   std::ostringstream text;
-  text << "keel: model " << model_->num_parameters() / 1e6 << " M parameters, data "
-       << data_->num_tokens() << " tokens (" << order_->num_sequences() << " sequences of " << T
-       << "; tokenizer " << tokenizer_->path << ", " << tokenizer_->tokenizer.vocab_size()
-       << " tokens)\n";
+  // A pipeline stage holds part of the model: the whole model's count, then the stage's.
+  const int64_t whole =
+      pipeline_.pipelined()
+          ? LlamaModel(config_.model, 1, 1, false, ModelHolds{false, false, false}).num_parameters()
+          : model_->num_parameters();
+  text << "keel: model " << whole / 1e6 << " M parameters";
+  if (pipeline_.pipelined())
+    text << " (pipeline stage " << grid_.pp().rank() << ": " << model_->num_parameters() / 1e6
+         << " M)";
+  text << ", data " << data_->num_tokens() << " tokens (" << order_->num_sequences()
+       << " sequences of " << T << "; tokenizer " << tokenizer_->path << ", "
+       << tokenizer_->tokenizer.vocab_size() << " tokens)\n";
   if (validation_)
     text << "keel: validation " << validation_->num_sequences() << " sequences ("
          << validation_->num_tokens() << " tokens)\n";

@@ -93,7 +93,7 @@ TEST(ModelStage, AStageHoldsItsLayersUnderTheirNames) {
   EXPECT_EQ(middle.units()[0].name, "layers.1");
   EXPECT_EQ(middle.units()[1].name, "layers.2");
   EXPECT_EQ(middle.parameters().front().name, "model.layers.1.input_layernorm.weight");
-  EXPECT_EQ(middle.weight_order(), (std::vector<int>{0, 1, 1, 0}));
+  EXPECT_EQ(middle.weight_orders(), (std::vector<std::vector<int>>{{0, 1, 1, 0}}));
 }
 
 TEST(ModelStage, BadRangesAreOneLine) {
@@ -134,6 +134,32 @@ TEST(ModelStage, NamedEndStagesMayHoldNoBlocks) {
   EXPECT_FALSE(stage(1, 3, 0, 4)->first_stage());
   EXPECT_THROW(stage(1, 3, 2, 2), Error);
   EXPECT_THROW(stage(0, 2, 1, 4), Error);
+}
+
+// ZeRO 3 prefetches each unit when the one before it in this order is acquired: only the stage
+// that runs the head reads the tied embedding after it, and an interleaved stage's chunks each
+// have their own order (units numbered on the stage: the embedding or its copy first).
+TEST(ModelStage, WeightOrdersAreWhatEachChunkAsksFor) {
+  ModelConfig tied = small_model();
+  tied.tie_word_embeddings = true;
+  auto stage = [&](int s, int n, std::vector<std::pair<int, int>> chunks) {
+    ModelSplit split;
+    split.pipeline_stage = s, split.pipeline_stages = n;
+    split.first_layer = chunks.front().first, split.last_layer = chunks.front().second;
+    if (chunks.size() > 1) {
+      split.chunk_layers = chunks;
+      split.chunk_slots.assign(chunks.size(), 1);
+    }
+    return LlamaModel(tied, kB, kT, false, ModelHolds{false, false, false}, split);
+  };
+  using Orders = std::vector<std::vector<int>>;
+  EXPECT_EQ(stage(0, 3, {{0, 1}}).weight_orders(), (Orders{{0, 1, 1}}));
+  EXPECT_EQ(stage(1, 3, {{1, 3}}).weight_orders(), (Orders{{0, 1, 1, 0}}));
+  // The last stage: the copy (unit 0), layer 3 (1), the head (2) and its tied weights again.
+  EXPECT_EQ(stage(2, 3, {{3, 4}}).weight_orders(), (Orders{{1, 2, 0, 1}}));
+  // Interleaved, 2 stages of 2 chunks: stage 0 holds layers 0 and 2, stage 1 layers 1 and 3.
+  EXPECT_EQ(stage(0, 2, {{0, 1}, {2, 3}}).weight_orders(), (Orders{{0, 1, 1}, {2, 2}}));
+  EXPECT_EQ(stage(1, 2, {{1, 2}, {3, 4}}).weight_orders(), (Orders{{1, 1}, {2, 3, 0, 2}}));
 }
 
 // Tied embeddings across stages: the last stage holds a copy of the embedding (unit 0, marked
