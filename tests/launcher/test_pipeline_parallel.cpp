@@ -124,6 +124,9 @@ INSTANTIATE_TEST_SUITE_P(
         Layout{"pp2_v2_interleaved_listed", 2, 1, 1, "", 1e-5, 0.0, 4,
                kInterleaved + " --set parallel.pipeline_layers=[0,2,1,1]"},
         Layout{"pp2_tp2_v2_interleaved", 2, 2, 1, "", 1e-5, 0.0, 4, kInterleaved},
+        // Two layers in four chunks: the embedding and the head alone in the end chunks.
+        Layout{"pp2_v2_interleaved_empty_end_chunks", 2, 1, 1, " --set model.num_hidden_layers=2",
+               1e-5, 0.0, 4, kInterleaved + " --set parallel.pipeline_layers=[0,1,1,0]"},
         Layout{"pp2_dp2_v2_interleaved_zero3", 2, 1, 2, " --set parallel.zero_stage=3", 1e-5, 0.0,
                4, kInterleaved},
         Layout{"pp2_dp2_v2_interleaved_zero1", 2, 1, 2, " --set parallel.zero_stage=1", 1e-5, 0.0,
