@@ -25,8 +25,9 @@ struct StepStats {
   // Seconds this rank spent blocked on gradient and parameter collectives during the step (what
   // the overlap did not hide); 0 on one rank.
   double comm_wait_seconds = 0;
-  // Pipeline parallelism: seconds this rank's stage waited for its neighbours during the step
-  // (its share of the pipeline bubble, measured); 0 without a pipeline.
+  // Pipeline parallelism: seconds this rank's stage waited for its neighbours during the step,
+  // in its schedule's receives and sends and for the last stage's loss after it (its share of
+  // the pipeline bubble, measured); 0 without a pipeline.
   double pipeline_wait_seconds = 0;
   // Empty when the step updated the weights; otherwise why it did not ("the loss is nan", "the
   // loss 9.2 is 3.1 times the mean of the last 20 steps"): the trainer's guard held the

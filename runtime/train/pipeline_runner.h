@@ -46,7 +46,8 @@ class PipelineRunner {
   }
 
   // Seconds the last run_step spent waiting for a neighbour (for its data, or for its receive of
-  // ours): this stage's share of the bubble, as measured.
+  // ours). A stage that ends its list before the others spends the rest of its bubble after
+  // run_step (the trainer adds the wait in the loss's sum over the stages).
   double wait_seconds() const { return wait_seconds_; }
   const std::vector<parallel::PipelineAction>& actions() const { return actions_; }
 

@@ -347,7 +347,14 @@ StepStats Trainer::step() {
     }
   }
   dp.all_reduce(totals.slice0(1, 2));
-  if (runner_) grid_.pp().all_reduce(totals.slice0(1, 2));  // the last stage's, to every stage
+  double pipeline_wait = runner_ ? runner_->wait_seconds() : 0.0;
+  if (runner_) {
+    // The last stage's loss, to every stage. A stage that finished its schedule early waits
+    // here for the last backwards of the stages before it: the rest of its bubble.
+    const auto t_sum = Clock::now();
+    grid_.pp().all_reduce(totals.slice0(1, 2));
+    pipeline_wait += std::chrono::duration<double>(Clock::now() - t_sum).count();
+  }
 
   // The summed gradient (per-layer update: every unit stepped already) and its norm².
   // Under TP each rank summed its slices (a tensor held alike by several, once), and each
@@ -398,7 +405,7 @@ StepStats Trainer::step() {
   s.peak_rss_mib = static_cast<double>(peak_rss_bytes()) / (1 << 20);
   s.comm_bytes = comm_bytes() - comm_before;
   s.comm_wait_seconds = dp.size() > 1 ? wait : 0.0;
-  s.pipeline_wait_seconds = runner_ ? runner_->wait_seconds() : 0.0;
+  s.pipeline_wait_seconds = pipeline_wait;
   return s;
 }
 
