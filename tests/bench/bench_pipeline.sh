@@ -55,24 +55,46 @@ common=(--set training.max_steps="$steps" --set training.logging_steps=1
         --set training.report_to=none --set training.per_device_train_batch_size=1
         --set data.seq_length="$seq" "${extra[@]}")
 
-# run NAME RANKS MICRO SCHEDULE YIELD: one training run; its rank logs are in $out/NAME/logs.
+# The host's busy CPU seconds (steal included) and the time, before and after a run, and each
+# rank's CPU seconds (bash's `times` after it): what other processes kept busy meanwhile, in cores.
+# The host is shared; a number taken while they ran is not this machine's. (mpirun does not always
+# reap its ranks before it exits, so this shell's children's times would miss some of them.)
+host_ticks() {
+  echo "$(awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat) $(date +%s.%N)"
+}
+others() {
+  python3 - "$@" <<'PY'
+import glob, os, re, sys
+(b0, t0), (b1, t1) = (map(float, x.split()) for x in sys.argv[1:3])
+ours = 0.0
+for path in glob.glob(sys.argv[3] + ".cpu.*"):
+    children = open(path).read().split("\n")[1]  # user and system of the rank
+    for m, sec in re.findall(r"(\d+)m([0-9.]+)s", children):
+        ours += 60 * int(m) + float(sec)
+busy = (b1 - b0) / os.sysconf("SC_CLK_TCK")
+print(f"{max(0.0, (busy - ours) / (t1 - t0)):.2f}")
+PY
+}
+
+# run NAME RANKS MICRO SCHEDULE YIELD: one training run (RANKS = 1: one process holding every
+# layer); its rank logs go to $out/NAME/logs, the other processes' cores to $out/NAME.others.
 run() {
-  local name=$1 p=$2 m=$3 schedule=$4 yield=$5 dir=$out/$1
-  local sets=(--set training.gradient_accumulation_steps="$m" --set training.output_dir="$dir")
-  if [ "$p" -eq 1 ]; then
-    "$keel" train "$config" "${common[@]}" "${sets[@]}" > "$dir.log" 2>&1 ||
-      { tail -20 "$dir.log"; exit 1; }
-    return
+  local p=$2 m=$3 schedule=$4 yield=$5 dir=$out/$1 before split
+  local cmd=(bash -c '"$@"; rc=$?; times > "$CPU.${OMPI_COMM_WORLD_RANK:-0}"; exit $rc' rank
+             "$keel" train "$config" "${common[@]}" --set training.gradient_accumulation_steps="$m"
+             --set training.output_dir="$dir")
+  if [ "$p" -gt 1 ]; then
+    [ $((layers % p)) -eq 0 ] ||
+      { echo "bench_pipeline.sh: $layers layers do not split into $p equal stages" >&2; exit 1; }
+    split=$(printf "%d," $(for _ in $(seq "$p"); do echo $((layers / p)); done))
+    cmd=(mpirun -np "$p" --oversubscribe --bind-to none --mca mpi_yield_when_idle "$yield"
+         -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OMP_WAIT_POLICY -x CPU "${cmd[@]}"
+         --set parallel.pipeline_model_parallel_size="$p"
+         --set parallel.pipeline_schedule="$schedule" --set parallel.pipeline_layers="${split%,}")
   fi
-  [ $((layers % p)) -eq 0 ] ||
-    { echo "bench_pipeline.sh: $layers layers do not split into $p equal stages" >&2; exit 1; }
-  local split
-  split=$(printf "%d," $(for _ in $(seq "$p"); do echo $((layers / p)); done))
-  mpirun -np "$p" --oversubscribe --bind-to none --mca mpi_yield_when_idle "$yield" \
-    -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OMP_WAIT_POLICY \
-    "$keel" train "$config" "${common[@]}" "${sets[@]}" \
-    --set parallel.pipeline_model_parallel_size="$p" --set parallel.pipeline_schedule="$schedule" \
-    --set parallel.pipeline_layers="${split%,}" > "$dir.log" 2>&1 || { tail -20 "$dir.log"; exit 1; }
+  before=$(host_ticks)
+  CPU=$dir.cpu "${cmd[@]}" > "$dir.log" 2>&1 || { tail -20 "$dir.log"; exit 1; }
+  others "$before" "$(host_ticks)" "$dir" > "$dir.others"
 }
 
 # One JSON line per run from its logs: per stage the mean wait and step seconds over steps 3..,
@@ -104,7 +126,9 @@ stages.sort(key=lambda s: s["stage"])
 if stages[0]["step"] is None:  # one rank: its step time from metrics.jsonl
     rows = [json.loads(l) for l in open(d + "/metrics.jsonl")][2:]
     stages[0]["step"] = sum(r["step_seconds"] for r in rows) / len(rows)
-print(json.dumps({"p": p, "m": m, "schedule": schedule, "yield": yld, "stages": stages}))
+others = float(open(d + ".others").read())
+print(json.dumps({"p": p, "m": m, "schedule": schedule, "yield": yld, "others": others,
+                  "stages": stages}))
 PY
 }
 
@@ -136,14 +160,15 @@ import json, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
 cores = int(sys.argv[2])
 one = {r["m"]: r["stages"][0]["step"] for r in runs if r["p"] == 1}
+one_others = {r["m"]: r["others"] for r in runs if r["p"] == 1}
 
 print("\n== bubble: wait / step per stage (means over steps 3..), against (p-1)/(m+p-1)")
 print("A stage's wait is what its log counts: blocked on a neighbour's send or receive. A stage")
 print("s > 0 idles s backwards at the end of the step in the loss all-reduce, which is not counted;")
 print("'as logged' is the formula with that taken out, for a backward of twice a forward.")
 print("| p | schedule | yield | m | (p-1)/(m+p-1) | stage 0 | later stages: measured / as logged | "
-      "step s | speed-up vs 1 rank | p·m/(m+p-1) |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+      "step s | speed-up vs 1 rank | p·m/(m+p-1) | others' cores |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for r in runs:
     p, m = r["p"], r["m"]
     if p == 1 or (p > cores and r["yield"] == "0"):
@@ -157,15 +182,17 @@ for r in runs:
     speed = f"{one[m] / step:.2f}x" if m in one else "-"
     ideal = f"{p * m / (m + p - 1):.2f}x" if p <= cores else f"< {cores}x"
     print(f"| {p} | {r['schedule']} | {r['yield']} | {m} | {formula:.3f} | {frac[0]:.3f} | {later} "
-          f"| {step:.3f} | {speed} | {ideal} |")
+          f"| {step:.3f} | {speed} | {ideal} | {r['others']:.2f} / {one_others.get(m, 0):.2f} |")
 print(f"(speed-up: one rank's step over the pipeline's, same m; the formula's where p <= {cores} "
-      "cores, less than the cores where ranks share them)")
+      "cores, less than the cores where ranks share them; others' cores: what other processes "
+      "kept busy during this run / during the one-rank run)")
 
 polled = [r for r in runs if r["p"] > cores and r["yield"] == "0"]
 if polled:
     print(f"\n== ranks beyond the {cores} cores: MPI yielding while it waits against polling (1f1b)")
-    print("| p | m | step s, yield | step s, poll | stage 0 wait / step, yield | same, poll |")
-    print("|---|---|---|---|---|---|")
+    print("| p | m | step s, yield | step s, poll | stage 0 wait / step, yield | same, poll | "
+          "others' cores, yield / poll |")
+    print("|---|---|---|---|---|---|---|")
     for r in polled:
         y = [x for x in runs if x["p"] == r["p"] and x["m"] == r["m"] and
              x["schedule"] == "1f1b" and x["yield"] == "1"]
@@ -173,7 +200,8 @@ if polled:
             continue
         a, b = y[0]["stages"][0], r["stages"][0]
         print(f"| {r['p']} | {r['m']} | {a['step']:.3f} | {b['step']:.3f} | "
-              f"{a['wait'] / a['step']:.3f} | {b['wait'] / b['step']:.3f} |")
+              f"{a['wait'] / a['step']:.3f} | {b['wait'] / b['step']:.3f} | "
+              f"{y[0]['others']:.2f} / {r['others']:.2f} |")
 
 print("\n== activations per stage at p = 2, m = 8: planned (memory plan) and measured (peak RSS)")
 print("| schedule | stage | layers | micro-batches in flight | planned activations MiB | "
