@@ -11,13 +11,14 @@
 #
 #   tests/bench/bench_pipeline.sh [--keel build/keel] [--config configs/tiny.yaml] [--steps 6]
 #                                 [--seq 128] [--micro-batches "1 2 4 8 16"] [--stages "2 4"]
-#                                 [--poll-micro-batches "4 16"] [--set k=v ...]
+#                                 [--poll-micro-batches "4 16"] [--rounds 1] [--set k=v ...]
 set -euo pipefail
 
 keel=${KEEL:-build/keel}
 config=configs/tiny.yaml
 steps=6
 seq=128
+rounds=1
 micro="1 2 4 8 16"
 stages="2 4"
 poll="4 16"
@@ -28,6 +29,7 @@ while [ $# -gt 0 ]; do
     --config) config=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
     --seq) seq=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
     --micro-batches) micro=$2; shift 2 ;;
     --stages) stages=$2; shift 2 ;;
     --poll-micro-batches) poll=$2; shift 2 ;;
@@ -132,33 +134,57 @@ print(json.dumps({"p": p, "m": m, "schedule": schedule, "yield": yld, "others": 
 PY
 }
 
-# Per m, every layout in turns, so that a busy spell of the shared host falls on all of them alike.
+# Waits (at most a minute) for a second in which the host's other work keeps less than a tenth of
+# a core busy, so that fewer runs share the cores with it.
+quiet() {
+  local hz b a
+  hz=$(getconf CLK_TCK)
+  for _ in $(seq 60); do
+    b=$(host_ticks); sleep 1; a=$(host_ticks)
+    [ $(( ${a%% *} - ${b%% *} )) -lt $(( hz / 10 )) ] && return
+  done
+}
+
+# measure NAME RANKS MICRO SCHEDULE YIELD: run, then summarize.
+measure() {
+  quiet
+  run "$@"
+  summarize "$@"
+}
+
+# Per round and m, every layout in turns, so that a busy spell of the shared host falls on all of
+# them alike; of several rounds, each layout's run that other work disturbed least is reported.
 # Ranks beyond the cores yield while MPI waits; for m in --poll-micro-batches the same 1F1B run
 # with MPI polling follows, to show what yielding is worth.
 echo
-for m in $micro; do
-  echo "== m = $m: one rank (1 thread, all $layers layers), then pp ${stages// /, pp}; load $(load)"
-  run one_$m 1 "$m" - 0
-  summarize one_$m 1 "$m" - 0
-  for p in $stages; do
-    yield=0
-    [ "$p" -gt "$cores" ] && yield=1
-    for schedule in gpipe 1f1b; do
-      run pp${p}_${schedule}_$m "$p" "$m" "$schedule" $yield
-      summarize pp${p}_${schedule}_$m "$p" "$m" "$schedule" $yield
+for round in $(seq "$rounds"); do
+  for m in $micro; do
+    echo "== round $round, m = $m: one rank (1 thread, all $layers layers), then pp ${stages// /, pp};" \
+      "load $(load)"
+    measure one_${m}_$round 1 "$m" - 0
+    for p in $stages; do
+      yield=0
+      [ "$p" -gt "$cores" ] && yield=1
+      for schedule in gpipe 1f1b; do
+        measure pp${p}_${schedule}_${m}_$round "$p" "$m" "$schedule" $yield
+      done
+      if [ "$yield" -eq 1 ] && [[ " $poll " == *" $m "* ]]; then
+        measure pp${p}_1f1b_${m}_poll_$round "$p" "$m" 1f1b 0
+      fi
     done
-    if [ "$yield" -eq 1 ] && [[ " $poll " == *" $m "* ]]; then
-      run pp${p}_1f1b_${m}_poll "$p" "$m" 1f1b 0
-      summarize pp${p}_1f1b_${m}_poll "$p" "$m" 1f1b 0
-    fi
   done
 done
 echo "load at the end: $(load)"
 
 python3 - "$out/results.jsonl" "$cores" <<'PY'
 import json, sys
-runs = [json.loads(l) for l in open(sys.argv[1])]
 cores = int(sys.argv[2])
+best = {}  # per layout, the round that other work disturbed least
+for r in map(json.loads, open(sys.argv[1])):
+    key = (r["p"], r["m"], r["schedule"], r["yield"])
+    if key not in best or r["others"] < best[key]["others"]:
+        best[key] = r
+runs = list(best.values())
 one = {r["m"]: r["stages"][0]["step"] for r in runs if r["p"] == 1}
 one_others = {r["m"]: r["others"] for r in runs if r["p"] == 1}
 
