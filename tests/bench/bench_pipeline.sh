@@ -134,12 +134,12 @@ print(json.dumps({"p": p, "m": m, "schedule": schedule, "yield": yld, "others": 
 PY
 }
 
-# Waits (at most a minute) for a second in which the host's other work keeps less than a tenth of
+# Waits (at most 20 s) for a second in which the host's other work keeps less than a tenth of
 # a core busy, so that fewer runs share the cores with it.
 quiet() {
   local hz b a
   hz=$(getconf CLK_TCK)
-  for _ in $(seq 60); do
+  for _ in $(seq 20); do
     b=$(host_ticks); sleep 1; a=$(host_ticks)
     [ $(( ${a%% *} - ${b%% *} )) -lt $(( hz / 10 )) ] && return
   done
