@@ -51,7 +51,7 @@ done
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 
 echo "machine: $cores cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(date -u +%F)"
-echo "config: $config ${extra[*]}, $layers layers, 1 sequence of $seq tokens per micro-batch," \
+echo "config: $config${extra[*]:+ ${extra[*]}}, $layers layers, 1 sequence of $seq tokens per micro-batch," \
   "$steps steps, means over steps 3..$steps"
 common=(--set training.max_steps="$steps" --set training.logging_steps=1
         --set training.report_to=none --set training.per_device_train_batch_size=1
@@ -82,17 +82,19 @@ PY
 # layer); its rank logs go to $out/NAME/logs, the other processes' cores to $out/NAME.others.
 run() {
   local p=$2 m=$3 schedule=$4 yield=$5 dir=$out/$1 before split
+  # shellcheck disable=SC2016  # expanded by the rank's bash, not here
   local cmd=(bash -c '"$@"; rc=$?; times > "$CPU.${OMPI_COMM_WORLD_RANK:-0}"; exit $rc' rank
              "$keel" train "$config" "${common[@]}" --set training.gradient_accumulation_steps="$m"
              --set training.output_dir="$dir")
   if [ "$p" -gt 1 ]; then
     [ $((layers % p)) -eq 0 ] ||
       { echo "bench_pipeline.sh: $layers layers do not split into $p equal stages" >&2; exit 1; }
-    split=$(printf "%d," $(for _ in $(seq "$p"); do echo $((layers / p)); done))
+    split=$((layers / p))
+    for _ in $(seq 2 "$p"); do split+=",$((layers / p))"; done
     cmd=(mpirun -np "$p" --oversubscribe --bind-to none --mca mpi_yield_when_idle "$yield"
          -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OMP_WAIT_POLICY -x CPU "${cmd[@]}"
          --set parallel.pipeline_model_parallel_size="$p"
-         --set parallel.pipeline_schedule="$schedule" --set parallel.pipeline_layers="${split%,}")
+         --set parallel.pipeline_schedule="$schedule" --set parallel.pipeline_layers="$split")
   fi
   before=$(host_ticks)
   CPU=$dir.cpu "${cmd[@]}" > "$dir.log" 2>&1 || { tail -20 "$dir.log"; exit 1; }
@@ -162,15 +164,15 @@ for round in $(seq "$rounds"); do
   for m in $micro; do
     echo "== round $round, m = $m: one rank (1 thread, all $layers layers), then pp ${stages// /, pp};" \
       "load $(load)"
-    measure one_${m}_$round 1 "$m" - 0
+    measure "one_${m}_$round" 1 "$m" - 0
     for p in $stages; do
       yield=0
       [ "$p" -gt "$cores" ] && yield=1
       for schedule in gpipe 1f1b; do
-        measure pp${p}_${schedule}_${m}_$round "$p" "$m" "$schedule" $yield
+        measure "pp${p}_${schedule}_${m}_$round" "$p" "$m" "$schedule" "$yield"
       done
       if [ "$yield" -eq 1 ] && [[ " $poll " == *" $m "* ]]; then
-        measure pp${p}_1f1b_${m}_poll_$round "$p" "$m" 1f1b 0
+        measure "pp${p}_1f1b_${m}_poll_$round" "$p" "$m" 1f1b 0
       fi
     done
   done
@@ -241,6 +243,11 @@ for r in runs:
         for s in r["stages"]:
             print(f"| {r['schedule']} | {s['stage']} | {s['layers']} | {s['slots']} | "
                   f"{s['act_mib']:.1f} | {s['plan_mib']:.1f} | {s['rss_mib']:.0f} |")
+for r in runs:
+    if r["p"] == 1 and r["m"] == 8:
+        s = r["stages"][0]
+        print(f"| one rank | - | all | 1 | {s['act_mib']:.1f} | {s['plan_mib']:.1f} | "
+              f"{s['rss_mib']:.0f} |")
 if {"gpipe", "1f1b"} <= mem.keys():
     for g, f in zip(mem["gpipe"], mem["1f1b"]):
         print(f"stage {g['stage']}: GPipe - 1F1B = {g['act_mib'] - f['act_mib']:.1f} MiB planned "
