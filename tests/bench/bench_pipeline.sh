@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Pipeline parallelism, measured on this machine in one run: (1) the bubble, per stage, as the
 # seconds each stage's rank log says it waited on its neighbours over the step's seconds, against
-# (p-1)/(m+p-1), for GPipe and 1F1B at p = 2 and 4 stages and m micro-batches a step, with the
-# step's speed-up over one rank running all the layers (1 thread, the same m); (2) the activations
+# (p-1)/(m+p-1) for GPipe and 1F1B, (p-1)/(v·m+p-1) for interleaved 1F1B (v = 2 chunks a rank)
+# and (p-1)/(3m+p-1) for ZB-H1 (its bubble when a weight pass costs what an input pass does), at
+# p = 2 and 4 stages and m micro-batches a step, with the step's speed-up over one rank running
+# all the layers (1 thread, the same m); (2) the activations
 # each stage plans and the peak RSS each rank reaches, GPipe against 1F1B, at p = 2 and m = 8.
 # One rank per stage, 1 OpenMP thread each, B = 1 sequence of --seq tokens per micro-batch; stages
 # of equal layers (parallel.pipeline_layers). Ranks beyond the cores share them: those runs make
@@ -80,20 +82,23 @@ PY
 
 # run NAME RANKS MICRO SCHEDULE YIELD: one training run (RANKS = 1: one process holding every
 # layer); its rank logs go to $out/NAME/logs, the other processes' cores to $out/NAME.others.
+# interleaved_1f1b runs 2 chunks a rank.
 run() {
-  local p=$2 m=$3 schedule=$4 yield=$5 dir=$out/$1 before split
+  local p=$2 m=$3 schedule=$4 yield=$5 dir=$out/$1 before split chunks=$2 v=1
   # shellcheck disable=SC2016  # expanded by the rank's bash, not here
   local cmd=(bash -c '"$@"; rc=$?; times > "$CPU.${OMPI_COMM_WORLD_RANK:-0}"; exit $rc' rank
              "$keel" train "$config" "${common[@]}" --set training.gradient_accumulation_steps="$m"
              --set training.output_dir="$dir")
   if [ "$p" -gt 1 ]; then
-    [ $((layers % p)) -eq 0 ] ||
-      { echo "bench_pipeline.sh: $layers layers do not split into $p equal stages" >&2; exit 1; }
-    split=$((layers / p))
-    for _ in $(seq 2 "$p"); do split+=",$((layers / p))"; done
+    [ "$schedule" = interleaved_1f1b ] && v=2 && chunks=$((2 * p))
+    [ $((layers % chunks)) -eq 0 ] ||
+      { echo "bench_pipeline.sh: $layers layers do not split into $chunks equal chunks" >&2; exit 1; }
+    split=$((layers / chunks))
+    for _ in $(seq 2 "$chunks"); do split+=",$((layers / chunks))"; done
     cmd=(mpirun -np "$p" --oversubscribe --bind-to none --mca mpi_yield_when_idle "$yield"
          -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OMP_WAIT_POLICY -x CPU "${cmd[@]}"
          --set parallel.pipeline_model_parallel_size="$p"
+         --set parallel.virtual_pipeline_model_parallel_size="$v"
          --set parallel.pipeline_schedule="$schedule" --set parallel.pipeline_layers="$split")
   fi
   before=$(host_ticks)
@@ -110,15 +115,15 @@ d, p, m, schedule, yld = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.ar
 stages = []
 for path in sorted(glob.glob(d + "/logs/rank_*.log")):
     text = open(path).read()
-    head = re.search(r"pipeline stage (\d+) of \d+ \(layers (\d+) to (\d+)\)", text)
+    head = re.search(r"pipeline stage (\d+) of \d+ \(([^)]*)\)", text)
     plan = re.search(r"memory plan per rank ([0-9.]+) MiB.*?activations ([0-9.]+) MiB"
-                     r"(?: \((\d+) micro-batches in flight x ([0-9.]+) MiB)?", text)
+                     r"(?: \((\d+) micro-batch(?:es| chunks) in flight(?: x ([0-9.]+) MiB)?)?", text)
     steps = re.findall(r"^step (\d+)/\d+ .*\| mem ([0-9.]+) MiB .*?"
                        r"(?:\| pipeline wait ([0-9.e+-]+) s of ([0-9.e+-]+))?$", text, re.M)
     late = [s for s in steps if int(s[0]) >= 3]
     stages.append({
         "stage": int(head.group(1)) if head else 0,
-        "layers": f"{head.group(2)}-{head.group(3)}" if head else "all",
+        "layers": head.group(2) if head else "all",
         "plan_mib": float(plan.group(1)), "act_mib": float(plan.group(2)),
         "slots": int(plan.group(3) or 1),
         "slot_mib": float(plan.group(4)) if plan.group(4) else float(plan.group(2)),
@@ -168,7 +173,9 @@ for round in $(seq "$rounds"); do
     for p in $stages; do
       yield=0
       [ "$p" -gt "$cores" ] && yield=1
-      for schedule in gpipe 1f1b; do
+      for schedule in gpipe 1f1b interleaved_1f1b zb_h1; do
+        # Interleaving takes micro-batches in groups of p.
+        [ "$schedule" = interleaved_1f1b ] && [ $((m % p)) -ne 0 ] && continue
         measure "pp${p}_${schedule}_${m}_$round" "$p" "$m" "$schedule" "$yield"
       done
       if [ "$yield" -eq 1 ] && [[ " $poll " == *" $m "* ]]; then
@@ -191,22 +198,23 @@ runs = list(best.values())
 one = {r["m"]: r["stages"][0]["step"] for r in runs if r["p"] == 1}
 one_others = {r["m"]: r["others"] for r in runs if r["p"] == 1}
 
-print("\n== bubble: wait / step per stage (means over steps 3..), against (p-1)/(m+p-1)")
-print("A stage's wait is what its log counts: blocked on a neighbour's send or receive. A stage")
-print("s > 0 idles s backwards at the end of the step in the loss all-reduce, which is not counted;")
-print("'as logged' is the formula with that taken out, for a backward of twice a forward.")
-print("| p | schedule | yield | m | (p-1)/(m+p-1) | stage 0 | later stages: measured / as logged | "
+print("\n== bubble: wait / step per stage (means over steps 3..), against the schedule's formula:")
+print("(p-1)/(m+p-1) for gpipe and 1f1b, (p-1)/(2m+p-1) for interleaved_1f1b (v = 2), (p-1)/(3m+p-1)")
+print("for zb_h1. A stage's wait is what its log counts: blocked on a neighbour's send or receive,")
+print("and on the last stage's loss after its schedule (where an early stage spends its tail).")
+print("| p | schedule | yield | m | formula | stage 0 | later stages | "
       "step s | speed-up vs 1 rank | p·m/(m+p-1) | others' cores |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
+factor = {"gpipe": 1, "1f1b": 1, "interleaved_1f1b": 2, "zb_h1": 3}
+runs.sort(key=lambda r: (r["p"], r["m"], list(factor).index(r["schedule"]) if r["schedule"] in factor else -1))
 for r in runs:
     p, m = r["p"], r["m"]
     if p == 1 or (p > cores and r["yield"] == "0"):
         continue
-    formula = (p - 1) / (m + p - 1)
+    formula = (p - 1) / (factor[r["schedule"]] * m + p - 1)
     st = r["stages"]
     frac = [s["wait"] / s["step"] for s in st]
-    later = ", ".join(f"{frac[s]:.3f} / {(3 * (p - 1) - 2 * s) / (3 * (m + p - 1)):.3f}"
-                      for s in range(1, p))
+    later = ", ".join(f"{frac[s]:.3f}" for s in range(1, p))
     step = st[0]["step"]
     speed = f"{one[m] / step:.2f}x" if m in one else "-"
     ideal = f"{p * m / (m + p - 1):.2f}x" if p <= cores else f"< {cores}x"
