@@ -221,6 +221,9 @@ class LlamaModel {
   void run_backward(int slot, const float* output_grad, bool defer);
   double head(const MicroActs& m, const int32_t* targets, float grad_scale, bool backward,
               float* logits);
+  // head() with its units' weights (and, backward, gradients) held around it.
+  double run_head(const MicroActs& m, const int32_t* targets, float grad_scale, bool backward,
+                  float* logits);
   void sliced_cross_entropy(float* losses, float* logits, const int32_t* targets, int64_t rows,
                             float grad_scale, bool backward);
   // forward() and stage_evaluate(): slot 0's forward without a backward, the head's loss on the

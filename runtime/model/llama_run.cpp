@@ -217,15 +217,25 @@ double LlamaModel::evaluate_slot(int slot, const int32_t* tokens, const float* i
   state = SlotState::kEmpty;
   run_forward(m, tokens, input);
   double loss = 0.0;
-  if (heads(m)) {
-    const bool tied = config_.tie_word_embeddings;
-    use_weights(head_unit());
-    if (tied) use_weights(0);
-    loss = head(m, targets, 0.0f, false, logits);
-    if (tied) drop_weights(0);
-    drop_weights(head_unit());
-  }
+  if (heads(m)) loss = run_head(m, targets, 0.0f, false, logits);
   state = SlotState::kEvaluated;
+  return loss;
+}
+
+double LlamaModel::run_head(const MicroActs& m, const int32_t* targets, float grad_scale,
+                            bool backward, float* logits) {
+  const bool tied = config_.tie_word_embeddings;
+  use_weights(head_unit());
+  if (tied) use_weights(0);
+  if (backward) use_grads(head_unit());
+  // On the first stage the tied embedding's gradient stays held until the embedding's own
+  // backward adds to it; the last stage's copy is done here (the first stage sums the rest).
+  if (backward && tied) use_grads(0);
+  const double loss = head(m, targets, grad_scale, backward, logits);
+  if (tied) drop_weights(0);
+  if (backward && tied && !first_) drop_grads(0);
+  drop_weights(head_unit());
+  if (backward) drop_grads(head_unit());
   return loss;
 }
 
@@ -262,16 +272,7 @@ double LlamaModel::stage_forward(int slot, const int32_t* tokens, const float* i
   double loss = 0.0;
   if (heads(m)) {
     // The head (final norm and lm_head, or the tied embedding) runs forward and backward at once.
-    const bool tied = config_.tie_word_embeddings;
-    use_weights(head_unit());
-    if (tied) use_weights(0);
-    use_grads(head_unit());
-    if (tied) use_grads(0);  // on the first stage, held until the embedding's backward adds to it
-    loss = head(m, targets, grad_scale, true, nullptr);
-    if (tied) drop_weights(0);
-    if (tied && !first_) drop_grads(0);  // the last stage's copy: the first stage sums the rest
-    drop_weights(head_unit());
-    drop_grads(head_unit());
+    loss = run_head(m, targets, grad_scale, true, nullptr);
     // The head's gradient waits in the slot for its backward (the shared dres will not): in
     // x[L], which nothing reads again.
     std::copy_n(work_[s_->dres].f32(), rows_.count * C_, acts_[m.x.back()].f32());

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -182,5 +183,27 @@ data: {train: data/kjv.txt.gz, seq_length: 32}
 training: {max_steps: 20, learning_rate: 3.0e-3, warmup_steps: 2, logging_steps: 1,
            weight_decay: 0.1, max_grad_norm: 0.5, per_device_train_batch_size: 4}
 )";
+
+// The same width in four layers for pipeline parallelism, four micro-batches of two sequences a
+// step (8 sequences: dp ranks take 2 / dp each).
+inline const char* kPipelineModel = R"(
+model: {vocab_size: 257, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 4,
+        num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64}
+data: {train: data/kjv.txt.gz, seq_length: 32}
+training: {max_steps: 20, learning_rate: 3.0e-3, warmup_steps: 2, logging_steps: 1,
+           weight_decay: 0.1, max_grad_norm: 0.5, per_device_train_batch_size: 2,
+           gradient_accumulation_steps: 4}
+)";
+
+// A run's checkpoint of `step` (checkpoints/step_%08d) and its meta.json.
+inline std::string step_dir(const std::string& run_dir, int step) {
+  char name[40];
+  std::snprintf(name, sizeof name, "/checkpoints/step_%08d", step);
+  return run_dir + name;
+}
+inline nlohmann::json meta(const std::string& ckpt) {
+  std::ifstream f(ckpt + "/meta.json");
+  return nlohmann::json::parse(f);
+}
 
 }  // namespace keel::test

@@ -12,15 +12,7 @@
 namespace keel::test {
 namespace {
 
-// Four layers of width 64, four micro-batches of two sequences a step.
-const char* const kModel = R"(
-model: {vocab_size: 257, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 4,
-        num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64}
-data: {train: data/kjv.txt.gz, seq_length: 32}
-training: {max_steps: 20, learning_rate: 3.0e-3, warmup_steps: 2, logging_steps: 1,
-           weight_decay: 0.1, max_grad_norm: 0.5, per_device_train_batch_size: 2,
-           gradient_accumulation_steps: 4}
-)";
+const char* const kModel = kPipelineModel;  // four layers (cli_util.h)
 
 struct Layout {
   const char* name;

@@ -18,15 +18,7 @@ namespace {
 
 using namespace keel::test;  // NOLINT: the helpers of every CLI test
 
-// Four layers, four micro-batches of 2 / dp sequences a step (8 sequences whatever the layout).
-const char* const kModel = R"(
-model: {vocab_size: 257, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 4,
-        num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64}
-data: {train: data/kjv.txt.gz, seq_length: 32}
-training: {max_steps: 20, learning_rate: 3.0e-3, warmup_steps: 2, logging_steps: 1,
-           weight_decay: 0.1, max_grad_norm: 0.5, per_device_train_batch_size: 2,
-           gradient_accumulation_steps: 4}
-)";
+const char* const kModel = kPipelineModel;
 
 std::string layout(int pp, int tp, int dp, int stage, const std::string& schedule = "1f1b") {
   return " --set parallel.pipeline_model_parallel_size=" + std::to_string(pp) +
@@ -34,17 +26,6 @@ std::string layout(int pp, int tp, int dp, int stage, const std::string& schedul
          " --set training.per_device_train_batch_size=" + std::to_string(2 / dp) +
          " --set parallel.zero_stage=" + std::to_string(stage) +
          " --set parallel.pipeline_schedule=" + schedule;
-}
-
-std::string step_dir(const std::string& run_dir, int step) {
-  char name[40];
-  std::snprintf(name, sizeof name, "/checkpoints/step_%08d", step);
-  return run_dir + name;
-}
-
-nlohmann::json meta(const std::string& ckpt) {
-  std::ifstream f(ckpt + "/meta.json");
-  return nlohmann::json::parse(f);
 }
 
 // The (name, rectangle)s of a checkpoint, each in one file only; returns the names.

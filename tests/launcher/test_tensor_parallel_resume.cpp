@@ -30,17 +30,6 @@ std::string tp_layout(int ranks, int tp, int stage) {
          " --set parallel.zero_stage=" + std::to_string(stage);
 }
 
-std::string step_dir(const std::string& run_dir, int step) {
-  char name[40];
-  std::snprintf(name, sizeof name, "/checkpoints/step_%08d", step);
-  return run_dir + name;
-}
-
-nlohmann::json meta(const std::string& ckpt) {
-  std::ifstream f(ckpt + "/meta.json");
-  return nlohmann::json::parse(f);
-}
-
 // Every tensor of a checkpoint is stored once: no (name, rectangle) in two of its state files,
 // as there would be if each TP rank wrote the norms and key/value heads they hold alike. Returns
 // the names stored.
