@@ -53,9 +53,10 @@ the same plan against the memory each rank can have before it allocates (trainin
 
 With a pipeline (parallel.pipeline_model_parallel_size > 1) it prints the plan of each stage's
 ranks: its layers, and the activations of the micro-batches the schedule keeps alive on it at
-its peak (GPipe: all m on every stage; 1F1B: min(m, p-s) on stage s); and the schedule's bubble,
-(p-1)/(m+p-1) of the step for GPipe and 1F1B, beside the schedule's simulation. --fit and the
-ZeRO comparison take the largest stage's plan.
+its peak (GPipe: all m on every stage; 1F1B: min(m, p-s) on stage s; ZB-H1: min(m, p); interleaved:
+each chunk's); and the schedule's bubble, (p-1)/(m+p-1) of the step for GPipe and 1F1B or
+(p-1)/(v*m+p-1) interleaved, beside the schedule's simulation. --fit and the ZeRO comparison take
+the largest stage's plan.
 
 options:
   --world-size N            ranks of the run (default 1); must factor as dp x tp x pp

@@ -1,6 +1,7 @@
 #include "parallel/communicator.h"
 
 #include <cstdio>
+#include <cstring>
 #include <exception>
 
 #include "kernels/memory_plan.h"
@@ -411,6 +412,22 @@ int Communicator::do_ranks_on_host() {
       "the {} communicator cannot tell which ranks share a host; ask the host communicator it "
       "was made over (MPI) instead",
       backend());
+}
+
+std::vector<std::string> all_gather_text(Communicator& comm, const std::string& text) {
+  if (comm.size() == 1) return {text};
+  std::vector<int64_t> longest = {static_cast<int64_t>(text.size())};
+  comm.all_reduce(host_view(longest), ReduceOp::kMax);
+  const size_t width = static_cast<size_t>(longest[0]);
+  std::vector<uint8_t> in(width, 0), all(width * static_cast<size_t>(comm.size()));
+  std::copy(text.begin(), text.end(), in.begin());
+  if (width > 0) comm.all_gather(host_view(all), host_view(in));
+  std::vector<std::string> out;
+  for (int r = 0; r < comm.size(); ++r) {
+    const char* at = reinterpret_cast<const char*>(all.data()) + static_cast<size_t>(r) * width;
+    out.emplace_back(at, strnlen(at, width));
+  }
+  return out;
 }
 
 }  // namespace keel::parallel

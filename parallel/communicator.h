@@ -299,4 +299,8 @@ inline Tensor host_view_bf16(std::vector<uint16_t>& v) {
   return host_view_bf16(v.data(), v.size());
 }
 
+// Every rank's `text`, in rank order (collective over comm; for metadata, not data: padded to the
+// longest, with no NUL bytes inside).
+std::vector<std::string> all_gather_text(Communicator& comm, const std::string& text);
+
 }  // namespace keel::parallel

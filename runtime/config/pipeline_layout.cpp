@@ -127,8 +127,8 @@ PipelineLayout pipeline_layout(const Config& config) {
              "false, or model.tie_word_embeddings: false");
   // Interleaving cuts the layers into v·p chunks, virtual stage c·p + s on rank s.
   const int chunks = p * v;
+  const std::vector<int64_t> listed = parse_pipeline_layers(par.pipeline_layers);
   if (v > 1) {
-    const std::vector<int64_t> listed = parse_pipeline_layers(par.pipeline_layers);
     KEEL_CHECK(chunks <= L || !listed.empty(),
                "parallel.pipeline_model_parallel_size x parallel.virtual_pipeline_model_parallel_"
                "size is {} x {} = {} model chunks, but the model has {} layers "
@@ -141,10 +141,9 @@ PipelineLayout pipeline_layout(const Config& config) {
                "stage",
                listed.size(), chunks, p, v);
   }
-  layout.split =
-      par.pipeline_layers.empty()
-          ? parallel::balanced_stages(L, chunks, unit_costs(config.model, config.data.seq_length))
-          : parallel::listed_stages(parse_pipeline_layers(par.pipeline_layers), L, chunks);
+  layout.split = listed.empty() ? parallel::balanced_stages(
+                                      L, chunks, unit_costs(config.model, config.data.seq_length))
+                                : parallel::listed_stages(listed, L, chunks);
   layout.plan = parallel::plan_pipeline(layout.schedule, layout.shape);
   return layout;
 }

@@ -126,9 +126,7 @@ void LlamaBlock::backward(const float* x, const BlockWeights& w, const BlockGrad
   progress();
   k.rope_backward(d_qkv, pos.cos, pos.sin, pos.B, pos.T, s.H, s.D, QKV, stream_);
   k.rope_backward(d_qkv + HD, pos.cos, pos.sin, pos.B, pos.T, s.Hkv, s.D, QKV, stream_);
-  BlockGrads input_only = g;
-  input_only.qkv = nullptr;
-  qkv_backward(w, defer ? input_only : g, a, sc, d_qkv, N);
+  qkv_backward(w, now(g.qkv), a, sc, d_qkv, N);
   column_parallel();  // column-parallel q/k/v
   progress();
   k.rmsnorm_backward(sc.dres, g_in_norm, sc.dtmp + at, x, w.in_norm, a.rstd1, n, C, true, stream_);
@@ -142,17 +140,17 @@ void LlamaBlock::backward(const float* x, const BlockWeights& w, const BlockGrad
 // part of its gradient from each (each rank's own query heads): those rows are summed over the TP
 // group in a buffer with a place for every head (zero where a rank holds none) before they join
 // the gradient, so every replica holds the same whole gradient and steps the same way.
-void LlamaBlock::qkv_backward(const BlockWeights& w, const BlockGrads& g, const BlockActs& a,
+void LlamaBlock::qkv_backward(const BlockWeights& w, float* g_qkv, const BlockActs& a,
                               const BlockScratch& sc, const float* dqkv, int64_t N) const {
   const BlockShape& s = shape_;
   const kernels::Ops& k = *ops_;
   const int64_t C = s.C, QKV = s.qkv_width();
   if (s.kv_replicas == 1) {
-    k.matmul_backward(sc.dtmp, g.qkv, dqkv, a.ln1, w.qkv, N, C, QKV, false, stream_);
+    k.matmul_backward(sc.dtmp, g_qkv, dqkv, a.ln1, w.qkv, N, C, QKV, false, stream_);
     return;
   }
   k.matmul_backward(sc.dtmp, nullptr, dqkv, a.ln1, w.qkv, N, C, QKV, false, stream_);
-  if (g.qkv) qkv_weight_backward(g.qkv, dqkv, a.ln1, sc, N);
+  if (g_qkv) qkv_weight_backward(g_qkv, dqkv, a.ln1, sc, N);
 }
 
 void LlamaBlock::qkv_weight_backward(float* g_qkv, const float* dqkv, const float* ln1,

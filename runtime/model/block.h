@@ -151,9 +151,9 @@ class LlamaBlock {
   // parallelism) this rank's chunk, [first, first + count).
   parallel::Span held_rows(int64_t N, bool split) const;
 
-  // q/k/v's input gradient into sc.dtmp from dqkv (with g.qkv not null, the weight gradient too).
-  void qkv_backward(const BlockWeights& w, const BlockGrads& g, const BlockActs& a,
-                    const BlockScratch& sc, const float* dqkv, int64_t N) const;
+  // q/k/v's input gradient into sc.dtmp from dqkv (with g_qkv not null, the weight gradient too).
+  void qkv_backward(const BlockWeights& w, float* g_qkv, const BlockActs& a, const BlockScratch& sc,
+                    const float* dqkv, int64_t N) const;
   // q/k/v's weight gradient alone, from dqkv and ln1.
   void qkv_weight_backward(float* g_qkv, const float* dqkv, const float* ln1,
                            const BlockScratch& sc, int64_t N) const;

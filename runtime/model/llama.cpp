@@ -163,12 +163,6 @@ int LlamaModel::chunk_slot(int chunk, int k) const {
   return chunks_[static_cast<size_t>(chunk)].slot_begin + k;
 }
 
-bool LlamaModel::embeds(const MicroActs& m) const { return first_ && m.chunk == 0; }
-
-bool LlamaModel::heads(const MicroActs& m) const {
-  return last_ && m.chunk == static_cast<int>(chunks_.size()) - 1;
-}
-
 void LlamaModel::build_plans() {
   const int64_t L = num_layers();  // the stage's; layer l is the model's layer_index_[l]
   Slots& s = *s_;
@@ -275,7 +269,7 @@ void LlamaModel::build_plans() {
         s.lnf = acts_.add("norm", DType::F32, {N_, C_});
         s.rstdf = acts_.add("rstd", DType::F32, {rows_.count});
       }
-      if (embeds(m)) m.tokens = own(k, "tokens", DType::I32, {N_});
+      if (embeds(m.chunk)) m.tokens = own(k, "tokens", DType::I32, {N_});
     }
   }
 
@@ -399,12 +393,12 @@ std::vector<std::vector<int>> LlamaModel::weight_orders() const {
   std::vector<std::vector<int>> orders;
   for (size_t c = 0; c < chunks_.size(); ++c) {
     const Chunk& chunk = chunks_[c];
-    const bool embeds = first_ && c == 0, heads = last_ && c + 1 == chunks_.size();
+    const bool head = heads(static_cast<int>(c));
     std::vector<int>& order = orders.emplace_back();
-    if (embeds) order.push_back(0);
+    if (embeds(static_cast<int>(c))) order.push_back(0);
     for (int64_t l = chunk.first; l < chunk.last; ++l) order.push_back(layer_unit(l));
-    if (heads) order.push_back(head_unit());
-    if (heads && config_.tie_word_embeddings) order.push_back(0);  // the head's tied weights
+    if (head) order.push_back(head_unit());
+    if (head && config_.tie_word_embeddings) order.push_back(0);  // the head's tied weights
     for (int64_t l = chunk.last - 1; l >= chunk.first; --l) order.push_back(layer_unit(l));
   }
   return orders;

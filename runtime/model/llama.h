@@ -165,6 +165,10 @@ class LlamaModel {
   // Model chunks (ModelSplit::chunk_layers; 1 without interleaving), and chunk c's slots: slot
   // ids chunk_slot(c, 0) .. chunk_slot(c, chunk_slots(c) - 1). A slot runs its chunk's layers.
   int chunks() const { return static_cast<int>(chunks_.size()); }
+  // Whether a micro-batch through chunk c starts with the embedding (chunk 0 of the first stage),
+  // ends with the head (the last chunk of the last stage).
+  bool embeds(int chunk) const { return first_ && chunk == 0; }
+  bool heads(int chunk) const { return last_ && chunk + 1 == chunks(); }
   int chunk_slots(int chunk) const;
   int chunk_slot(int chunk, int k) const;
   bool first_stage() const { return first_; }
@@ -270,9 +274,7 @@ class LlamaModel {
   };
   std::vector<Chunk> chunks_;
   std::vector<int64_t> layer_index_;  // local layer → the model's layer
-  // Whether slot m's micro-batch starts with the embedding, ends with the head.
-  bool embeds(const MicroActs& m) const;
-  bool heads(const MicroActs& m) const;
+
   bool first_, last_;  // whether the stage embeds the tokens, runs the head
   // Whether it holds the embedding (unit 0): the first stage, and the last when the head is tied
   // to it (a copy, Parameter::tied_copy, unless the stage is the first too).

@@ -176,7 +176,7 @@ void LlamaModel::sliced_cross_entropy(float* losses, float* logits, const int32_
 // weights held only while it runs.
 void LlamaModel::run_forward(const MicroActs& m, const int32_t* tokens, const float* input) {
   if (hooks_) hooks_->begin_micro_batch(m.chunk);
-  if (embeds(m)) {
+  if (embeds(m.chunk)) {
     use_weights(0);
     embed(m, tokens);
     drop_weights(0);
@@ -217,7 +217,7 @@ double LlamaModel::evaluate_slot(int slot, const int32_t* tokens, const float* i
   state = SlotState::kEmpty;
   run_forward(m, tokens, input);
   double loss = 0.0;
-  if (heads(m)) loss = run_head(m, targets, 0.0f, false, logits);
+  if (heads(m.chunk)) loss = run_head(m, targets, 0.0f, false, logits);
   state = SlotState::kEvaluated;
   return loss;
 }
@@ -270,7 +270,7 @@ double LlamaModel::stage_forward(int slot, const int32_t* tokens, const float* i
   slot_state_[static_cast<size_t>(slot)] = SlotState::kEmpty;
   run_forward(m, tokens, input);
   double loss = 0.0;
-  if (heads(m)) {
+  if (heads(m.chunk)) {
     // The head (final norm and lm_head, or the tied embedding) runs forward and backward at once.
     loss = run_head(m, targets, grad_scale, true, nullptr);
     // The head's gradient waits in the slot for its backward (the shared dres will not): in
@@ -283,7 +283,7 @@ double LlamaModel::stage_forward(int slot, const int32_t* tokens, const float* i
 
 const float* LlamaModel::stage_output(int slot) const {
   const MicroActs& m = micro(slot, "stage_output");
-  KEEL_CHECK(!heads(m),
+  KEEL_CHECK(!heads(m.chunk),
              "the last pipeline stage hands no output on: its forward ends in the loss "
              "(internal error)");
   KEEL_CHECK(slot_state_[static_cast<size_t>(slot)] != SlotState::kEmpty,
@@ -294,7 +294,7 @@ const float* LlamaModel::stage_output(int slot) const {
 
 const float* LlamaModel::stage_input_grad(int slot) const {
   const MicroActs& m = micro(slot, "stage_input_grad");
-  KEEL_CHECK(!embeds(m), "the first pipeline stage hands no gradient back (internal error)");
+  KEEL_CHECK(!embeds(m.chunk), "the first pipeline stage hands no gradient back (internal error)");
   const SlotState state = slot_state_[static_cast<size_t>(slot)];
   KEEL_CHECK(state == SlotState::kBackwarded || state == SlotState::kInputGrad,
              "stage_input_grad: activation slot {} holds no finished backward (internal error)",
@@ -342,7 +342,7 @@ void LlamaModel::run_backward(int slot, const float* output_grad, bool defer) {
              slot, slot);
   slot_state_[static_cast<size_t>(slot)] = SlotState::kEmpty;  // consumed, even if this fails
   float* dres = work_[s_->dres].f32();
-  if (heads(m)) {  // the head's gradient, kept in x.back() by the forward
+  if (heads(m.chunk)) {  // the head's gradient, kept in x.back() by the forward
     std::copy_n(acts_[m.x.back()].f32(), rows_.count * C_, dres);
   } else {
     KEEL_CHECK(output_grad, "the pipeline stage to layer {} needs the next stage's gradient",
@@ -356,7 +356,8 @@ void LlamaModel::run_backward(int slot, const float* output_grad, bool defer) {
     drop_weights(layer_unit(l));
     drop_grads(layer_unit(l));
   }
-  if (!embeds(m)) {  // ∂/∂x[0], the previous stage's output gradient, into the slot: x[0] is done
+  if (!embeds(
+          m.chunk)) {  // ∂/∂x[0], the previous stage's output gradient, into the slot: x[0] is done
     std::copy_n(dres, rows_.count * C_, acts_[m.x[0]].f32());
     slot_state_[static_cast<size_t>(slot)] = SlotState::kBackwarded;
     return;

@@ -44,21 +44,13 @@ int64_t BlockIndex::first(const BlockRecord& r) const {
 std::vector<BlockRecord> gather_block_records(parallel::Communicator& world,
                                               const std::vector<BlockRecord>& mine) {
   if (world.size() == 1) return mine;
-  // As text, one record a line (names hold no spaces), padded to the longest rank's.
+  // As text, one record a line (names hold no spaces).
   std::ostringstream os;
   for (const BlockRecord& r : mine)
     os << r.name << ' ' << r.shard << ' ' << r.row0 << ' ' << r.col0 << ' ' << r.blocks << '\n';
-  const std::string text = os.str();
-  std::vector<int64_t> longest = {static_cast<int64_t>(text.size())};
-  world.all_reduce(parallel::host_view(longest), parallel::ReduceOp::kMax);
-  const size_t width = static_cast<size_t>(longest[0]);
-  std::vector<uint8_t> in(width, 0), all(width * static_cast<size_t>(world.size()));
-  std::copy(text.begin(), text.end(), in.begin());
-  if (width > 0) world.all_gather(parallel::host_view(all), parallel::host_view(in));
   std::vector<BlockRecord> out;
-  for (int k = 0; k < world.size(); ++k) {
-    const char* at = reinterpret_cast<const char*>(all.data()) + static_cast<size_t>(k) * width;
-    std::istringstream is(std::string(at, strnlen(at, width)));
+  for (const std::string& text : parallel::all_gather_text(world, os.str())) {
+    std::istringstream is(text);
     BlockRecord r;
     while (is >> r.name >> r.shard >> r.row0 >> r.col0 >> r.blocks) out.push_back(r);
   }

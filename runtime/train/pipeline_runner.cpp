@@ -100,7 +100,7 @@ int PipelineRunner::take_slot(int chunk) {
              pp_.rank(), chunk, model_.chunk_slots(chunk));
   const int slot = free.back();
   free.pop_back();
-  holds_[static_cast<size_t>(slot)] = embeds(chunk) ? 1 : 2;
+  holds_[static_cast<size_t>(slot)] = model_.embeds(chunk) ? 1 : 2;
   // Its output or input gradient may still be on its way to a neighbour.
   for (parallel::Work& w : sends_[static_cast<size_t>(slot)]) wait(w);
   sends_[static_cast<size_t>(slot)].clear();
@@ -132,7 +132,7 @@ double PipelineRunner::run_step(const int32_t* tokens, const int32_t* targets, f
       case PipelineOp::kForward: {
         const int slot = take_slot(c);
         slot_of(mb, c) = slot;
-        Buffer* in = embeds(c) ? nullptr : &received(kActivation, mb, c);
+        Buffer* in = model_.embeds(c) ? nullptr : &received(kActivation, mb, c);
         loss += model_.stage_forward(slot, tokens + mb * BT, in ? in->data.data() : nullptr,
                                      targets + mb * BT, grad_scale);
         if (in) release(*in);
@@ -141,7 +141,7 @@ double PipelineRunner::run_step(const int32_t* tokens, const int32_t* targets, f
       case PipelineOp::kBackward:
       case PipelineOp::kBackwardInput: {
         const int slot = slot_of(mb, c);
-        Buffer* grad = heads(c) ? nullptr : &received(kGrad, mb, c);
+        Buffer* grad = model_.heads(c) ? nullptr : &received(kGrad, mb, c);
         const float* g = grad ? grad->data.data() : nullptr;
         if (a.op == PipelineOp::kBackward) {
           model_.stage_backward(slot, g);
@@ -192,9 +192,9 @@ double PipelineRunner::evaluate(const int32_t* tokens, const int32_t* targets) {
   // Virtual stage by virtual stage: from the previous one (around the ring between chunks) to
   // the next.
   for (int c = 0; c < shape_.virtual_stages; ++c) {
-    if (!embeds(c)) pp_.recv(floats(in.data(), elems_), (s + p - 1) % p, kTags[kActivation]);
-    loss += model_.stage_evaluate(tokens, embeds(c) ? nullptr : in.data(), targets, c);
-    if (!heads(c))
+    if (!model_.embeds(c)) pp_.recv(floats(in.data(), elems_), (s + p - 1) % p, kTags[kActivation]);
+    loss += model_.stage_evaluate(tokens, model_.embeds(c) ? nullptr : in.data(), targets, c);
+    if (!model_.heads(c))
       pp_.send(floats(model_.stage_output(model_.chunk_slot(c, 0)), elems_), (s + 1) % p,
                kTags[kActivation]);
   }

@@ -61,11 +61,6 @@ class PipelineRunner {
     int chunk = 0;
     parallel::Work work;
   };
-  // Whether chunk c starts with the embedding (virtual stage 0), ends with the head (the last).
-  bool embeds(int chunk) const { return pp_.rank() == 0 && chunk == 0; }
-  bool heads(int chunk) const {
-    return pp_.rank() == shape_.stages - 1 && chunk == shape_.virtual_stages - 1;
-  }
   // Posts the receive of action i into a free buffer of its kind (growing the pool only when
   // `must`: the action is due); false when none is free.
   bool post(size_t i, bool must);

@@ -75,26 +75,14 @@ QuantizedLayout quantized_layout(const Config& config, int data_parallel_size,
 using Shapes = std::map<std::string, std::pair<int64_t, int64_t>>;
 
 // Each pipeline stage's shapes, merged (every rank learns them all): a stage holds only its own
-// tensors, and meta.json lists every one. Serialised as "name rows cols\n" lines.
+// tensors, and meta.json lists every one. As text, "name rows cols" a line.
 Shapes gather_shapes(parallel::Communicator& pp, const Shapes& mine) {
-  if (pp.size() == 1) return mine;
-  std::string text;
+  std::ostringstream os;
   for (const auto& [name, shape] : mine)
-    text += name + " " + std::to_string(shape.first) + " " + std::to_string(shape.second) + "\n";
-  std::vector<int64_t> length = {static_cast<int64_t>(text.size())};
-  std::vector<int64_t> lengths(static_cast<size_t>(pp.size()));
-  pp.all_gather(parallel::host_view(lengths), parallel::host_view(length));
-  const int64_t widest = *std::max_element(lengths.begin(), lengths.end());
-  std::vector<int32_t> padded(static_cast<size_t>(widest), 0);
-  std::copy(text.begin(), text.end(), padded.begin());
-  std::vector<int32_t> all(padded.size() * static_cast<size_t>(pp.size()));
-  pp.all_gather(parallel::host_view(all), parallel::host_view(padded));
+    os << name << ' ' << shape.first << ' ' << shape.second << '\n';
   Shapes out;
-  for (int s = 0; s < pp.size(); ++s) {
-    std::string lines(static_cast<size_t>(lengths[static_cast<size_t>(s)]), ' ');
-    for (size_t i = 0; i < lines.size(); ++i)
-      lines[i] = static_cast<char>(all[static_cast<size_t>(s) * padded.size() + i]);
-    std::istringstream in(lines);
+  for (const std::string& text : parallel::all_gather_text(pp, os.str())) {
+    std::istringstream in(text);
     std::string name;
     int64_t rows = 0, cols = 0;
     while (in >> name >> rows >> cols) out[name] = {rows, cols};

@@ -111,19 +111,9 @@ std::string Trainer::first_over_world(int64_t first, const std::vector<std::stri
   // The stage holding it tells the others its name.
   int owner = 0;
   while (offsets[static_cast<size_t>(owner) + 1] <= global) ++owner;
-  std::vector<int32_t> text(256, 0);
-  if (owner == pp.rank()) {
-    const std::string& name = names[static_cast<size_t>(global - at)];
-    for (size_t i = 0; i < name.size() && i + 1 < text.size(); ++i)
-      text[i] = static_cast<unsigned char>(name[i]);
-  }
-  pp.broadcast(parallel::host_view(text), owner);
-  std::string name;
-  for (int32_t c : text) {
-    if (c == 0) break;
-    name += static_cast<char>(c);
-  }
-  return name;
+  const bool holds = owner == pp.rank();
+  return parallel::all_gather_text(
+      pp, holds ? names[static_cast<size_t>(global - at)] : "")[static_cast<size_t>(owner)];
 }
 
 std::string Trainer::last_good_checkpoint() const {

@@ -11,19 +11,11 @@
 
 #include "kernels/error.h"
 #include "parallel/pipeline_schedule.h"
+#include "tests/parallel/unit_test_util.h"  // error_of
 
 namespace keel::parallel::test {
 
 using Lists = std::vector<std::vector<PipelineAction>>;
-
-inline std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 struct PipelineCase {
   PipelineSchedule schedule;
