@@ -5,6 +5,7 @@
 #include <string_view>
 
 #include "kernels/error.h"
+#include "runtime/config/int_list.h"
 
 namespace keel::runtime {
 
@@ -65,26 +66,12 @@ parallel::StageCosts unit_costs(const ModelConfig& m, int64_t T) {
 }
 
 std::vector<int64_t> parse_pipeline_layers(const std::string& text) {
-  std::vector<int64_t> out;
-  if (text.empty()) return out;
-  std::string_view rest = text;
-  while (true) {
-    const size_t comma = rest.find(',');
-    std::string_view item = rest.substr(0, comma);
-    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
-    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
-    const bool digits =
-        !item.empty() && item.size() <= 9 &&
-        std::all_of(item.begin(), item.end(), [](char c) { return c >= '0' && c <= '9'; });
-    KEEL_CHECK(digits,
-               "parallel.pipeline_layers is '{}'; list each stage's number of layers, e.g. "
-               "[3, 4, 4, 3] (or leave it empty to balance the stages by cost)",
-               text);
-    out.push_back(std::stoll(std::string(item)));
-    if (comma == std::string_view::npos) break;
-    rest = rest.substr(comma + 1);
-  }
-  return out;
+  const std::optional<std::vector<int64_t>> layers = parse_int_list(text);
+  KEEL_CHECK(layers.has_value(),
+             "parallel.pipeline_layers is '{}'; list each stage's number of layers, e.g. "
+             "[3, 4, 4, 3] (or leave it empty to balance the stages by cost)",
+             text);
+  return *layers;
 }
 
 PipelineLayout pipeline_layout(const Config& config) {
