@@ -32,6 +32,7 @@
 #include "kernels/embedding.h"
 #include "kernels/low_rank.h"
 #include "kernels/matmul.h"
+#include "kernels/moe.h"
 #include "kernels/quantize.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
@@ -86,6 +87,14 @@ struct Ops {
   decltype(&cpu::attention_cached_workspace_floats) attention_cached_workspace_floats = nullptr;
   decltype(&cpu::cross_entropy_forward) cross_entropy_forward = nullptr;
   decltype(&cpu::cross_entropy_forward_backward) cross_entropy_forward_backward = nullptr;
+  // Mixture-of-Experts routing and row moves (moe.h)
+  decltype(&cpu::moe_router_forward) moe_router_forward = nullptr;
+  decltype(&cpu::moe_router_stats) moe_router_stats = nullptr;
+  decltype(&cpu::moe_router_backward) moe_router_backward = nullptr;
+  decltype(&cpu::moe_gather_rows) moe_gather_rows = nullptr;
+  decltype(&cpu::moe_combine) moe_combine = nullptr;
+  decltype(&cpu::moe_combine_backward) moe_combine_backward = nullptr;
+  decltype(&cpu::moe_add_gathered) moe_add_gathered = nullptr;
   // tensor parallelism's vocabulary-parallel embedding and cross-entropy (vocab_parallel.h)
   decltype(&cpu::embedding_forward_slice) embedding_forward_slice = nullptr;
   decltype(&cpu::embedding_backward_slice) embedding_backward_slice = nullptr;
@@ -129,7 +138,7 @@ struct OpEntry {
 
 #define KEEL_OP_ENTRY(op) \
   OpEntry { #op, o.op != nullptr }
-constexpr std::array<OpEntry, 47> op_entries(const Ops& o) {
+constexpr std::array<OpEntry, 54> op_entries(const Ops& o) {
   return {KEEL_OP_ENTRY(add_inplace),
           KEEL_OP_ENTRY(add),
           KEEL_OP_ENTRY(scale_inplace),
@@ -153,6 +162,13 @@ constexpr std::array<OpEntry, 47> op_entries(const Ops& o) {
           KEEL_OP_ENTRY(attention_cached_workspace_floats),
           KEEL_OP_ENTRY(cross_entropy_forward),
           KEEL_OP_ENTRY(cross_entropy_forward_backward),
+          KEEL_OP_ENTRY(moe_router_forward),
+          KEEL_OP_ENTRY(moe_router_stats),
+          KEEL_OP_ENTRY(moe_router_backward),
+          KEEL_OP_ENTRY(moe_gather_rows),
+          KEEL_OP_ENTRY(moe_combine),
+          KEEL_OP_ENTRY(moe_combine_backward),
+          KEEL_OP_ENTRY(moe_add_gathered),
           KEEL_OP_ENTRY(embedding_forward_slice),
           KEEL_OP_ENTRY(embedding_backward_slice),
           KEEL_OP_ENTRY(cross_entropy_slice_max),

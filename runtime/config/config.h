@@ -24,8 +24,29 @@ struct ModelConfig {
   double rms_norm_eps = 1e-5;
   bool tie_word_embeddings = false;
   double initializer_range = 0.02;
+  // Mixture of experts, under Hugging Face Mixtral's names (Megatron's where Mixtral has none).
+  // 0 experts: every MLP dense. Otherwise the MoE layers (moe_layers, or every moe_layer_freq-th
+  // from layer 0) have num_local_experts SwiGLU experts of intermediate_size and a router that
+  // sends each token to num_experts_per_tok of them (docs/CONFIG.md, docs/MOE.md).
+  int64_t num_local_experts = 0;
+  int64_t num_experts_per_tok = 2;
+  bool output_router_logits = false;  // the load-balancing loss joins the training loss
+  double router_aux_loss_coef = 0.001;
+  double router_z_loss_coef = 0.0;
+  int64_t moe_layer_freq = 1;
+  std::string moe_layers;  // comma-separated layer indices; "" = by moe_layer_freq
+  // Capacity (GShard, Megatron): each expert takes at most ceil(factor·T·k/E) of a sequence's T
+  // tokens' k choices, in token order; the rest are dropped (the residual carries them).
+  bool moe_token_dropping = false;
+  double moe_expert_capacity_factor = 1.0;
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
+  bool moe() const { return num_local_experts > 0; }
+  // Whether layer l's MLP is a mixture of experts; moe_layers is parsed (and checked) each call.
+  bool moe_layer(int64_t l) const;
+  int64_t num_moe_layers() const;
+  // Each MoE layer's expert capacity per sequence of T tokens (0: dropless).
+  int64_t expert_capacity(int64_t T) const;
 };
 
 struct DataConfig {

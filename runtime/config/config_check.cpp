@@ -166,13 +166,6 @@ void check_shapes(const Config& config) {
              config.data.seq_length, m.max_position_embeddings, config.data.seq_length);
 }
 
-void check_parallel_size(int64_t size, std::string_view key, std::string_view what) {
-  KEEL_CHECK(
-      size == 1,
-      "parallel.{} is {}, but {} parallelism is not supported yet in this build; set it to 1", key,
-      size, what);
-}
-
 // control.address is host:port (an IPv6 host in brackets) with a port in [0, 65535], or none; TLS
 // needs both of its files.
 void check_control(const ControlConfig& c) {
@@ -209,6 +202,37 @@ void check_tensor_parallel(const Config& config) {
              "but data.seq_length {} is not a multiple of {}; set data.seq_length to a multiple "
              "of {} (e.g. {}) or parallel.sequence_parallel: false",
              tp, T, tp, tp, std::max(T / tp * tp, tp));
+}
+
+// A mixture of experts that can run: k of E experts, the layers named, the experts spread evenly
+// over the expert-parallel ranks.
+void check_moe(const Config& config) {
+  const ModelConfig& m = config.model;
+  const int64_t ep = config.parallel.expert_model_parallel_size;
+  if (!m.moe()) {
+    KEEL_CHECK(ep == 1,
+               "parallel.expert_model_parallel_size is {}, but the model has no experts "
+               "(model.num_local_experts is 0); set parallel.expert_model_parallel_size to 1, or "
+               "model.num_local_experts to a multiple of {}",
+               ep, ep);
+    return;
+  }
+  KEEL_CHECK(m.num_experts_per_tok <= m.num_local_experts,
+             "model.num_experts_per_tok is {}, but the model has only {} experts "
+             "(model.num_local_experts); set model.num_experts_per_tok to at most {}",
+             m.num_experts_per_tok, m.num_local_experts, m.num_local_experts);
+  KEEL_CHECK(m.num_moe_layers() > 0,  // also parses model.moe_layers, naming a bad index
+             "model.num_local_experts is {}, but no layer is a mixture of experts; list them in "
+             "model.moe_layers or set model.moe_layer_freq to at most {}",
+             m.num_local_experts, m.num_hidden_layers);
+  KEEL_CHECK(m.num_local_experts % ep == 0,
+             "parallel.expert_model_parallel_size {} does not divide model.num_local_experts {} "
+             "(each expert-parallel rank holds the same number of experts); pick a divisor of {}",
+             ep, m.num_local_experts, m.num_local_experts);
+  KEEL_CHECK(ep == 1,
+             "parallel.expert_model_parallel_size is {}, but expert parallelism is not supported "
+             "yet in this build (every rank holds every expert); set it to 1",
+             ep);
 }
 
 // A unit is stepped as soon as its gradient is complete in the backward, before the units below
@@ -298,8 +322,7 @@ void validate_config(const Config& config) {
     parse_memory_size(config.training.memory_limit, "training.memory_limit");
   check_tensor_parallel(config);
   pipeline_layout(config);  // throws for a pipeline that cannot run
-  check_parallel_size(config.parallel.expert_model_parallel_size, "expert_model_parallel_size",
-                      "expert");
+  check_moe(config);
   check_control(config.control);
   check_shapes(config);
 }

@@ -4,6 +4,11 @@
 
 namespace keel::runtime {
 
+const MoeMlp& LlamaBlock::moe() const {
+  KEEL_CHECK(moe_, "a block with a router runs without its mixture of experts (internal error)");
+  return *moe_;
+}
+
 parallel::Span LlamaBlock::held_rows(int64_t N, bool split) const {
   if (!split) return {0, N};
   const int64_t n = N / tp_.size();
@@ -13,7 +18,7 @@ parallel::Span LlamaBlock::held_rows(int64_t N, bool split) const {
 template <typename Attend>
 void LlamaBlock::forward_with(float* out, const float* x, const BlockWeights& w, const BlockActs& a,
                               const BlockPositions& pos, bool split, float* partial,
-                              Attend&& attend) const {
+                              const MoeScratch* moe_ws, bool capacity, Attend&& attend) const {
   const BlockShape& s = shape_;
   const kernels::Ops& k = *ops_;
   const int64_t N = pos.rows(), C = s.C, I = s.I, QKV = s.qkv_width(), HD = s.q_width();
@@ -44,23 +49,31 @@ void LlamaBlock::forward_with(float* out, const float* x, const BlockWeights& w,
   progress();
   k.add_inplace(a.xmid, x, n * C, stream_);
   // MLP: out = xmid + down(swiglu(gate_up(norm(xmid)))).
+  // An MoE MLP: the same, with a router choosing experts for each row.
   k.rmsnorm_forward(a.ln2 + at, a.rstd2, a.xmid, w.post_norm, n, C, s.eps, stream_);
   if (split) tp_.all_gather(a.ln2, a.ln2 + at, n * C);  // SP: every row into gate/up
-  k.matmul_forward(a.gu, a.ln2, w.gate_up, N, C, 2 * I, stream_);
-  progress();
-  k.swiglu_forward(a.h, a.gu, N, I, stream_);
-  if (!out) return;
   float* down_out = split ? partial : out;
-  k.matmul_forward(down_out, a.h, w.down, N, I, C, stream_);
+  if (w.moe()) {
+    KEEL_CHECK(moe_ws, "an MoE block's forward needs the MoE scratch (internal error)");
+    moe().forward(out ? down_out : nullptr, a.ln2, pos.B, pos.T, capacity, w.experts(), a.moe,
+                  *moe_ws, a.moe_stats);
+  } else {
+    k.matmul_forward(a.gu, a.ln2, w.gate_up, N, C, 2 * I, stream_);
+    progress();
+    k.swiglu_forward(a.h, a.gu, N, I, stream_);
+    if (out) k.matmul_forward(down_out, a.h, w.down, N, I, C, stream_);
+  }
+  if (!out) return;
   row_parallel(out, down_out);  // row-parallel down
   k.add_inplace(out, a.xmid, n * C, stream_);
 }
 
 void LlamaBlock::forward(float* out, const float* x, const BlockWeights& w, const BlockActs& a,
-                         const BlockPositions& pos, float* attn_ws, float* partial) const {
+                         const BlockPositions& pos, float* attn_ws, float* partial,
+                         const MoeScratch* moe_ws) const {
   const BlockShape& s = shape_;
   const kernels::Ops& k = *ops_;
-  forward_with(out, x, w, a, pos, s.sequence_parallel, partial, [&] {
+  forward_with(out, x, w, a, pos, s.sequence_parallel, partial, moe_ws, /*capacity=*/true, [&] {
     k.attention_forward(a.att, a.lse, a.qkv, pos.B, pos.T, s.H, s.Hkv, s.D, attn_ws, stream_);
   });
 }
@@ -105,13 +118,20 @@ void LlamaBlock::backward(const float* x, const BlockWeights& w, const BlockGrad
   };
   auto now = [&](float* grad) { return defer ? nullptr : grad; };
   // MLP, in reverse.
+  KEEL_CHECK(!defer || !w.moe(),
+             "a split backward of an MoE block is not supported (internal error: the config "
+             "check refuses it)");
   const float* d_down = keep(defer ? defer->down : nullptr, every_row(), C);
-  k.matmul_backward(sc.dsmall, now(g.down), d_down, a.h, w.down, N, I, C, false, stream_);
-  progress();
-  float* d_gate_up = defer ? defer->gate_up : sc.dbig;
-  k.swiglu_backward(d_gate_up, sc.dsmall, a.gu, N, I, stream_);
-  k.matmul_backward(sc.dtmp, now(g.gate_up), d_gate_up, a.ln2, w.gate_up, N, C, 2 * I, false,
-                    stream_);
+  if (w.moe()) {
+    moe().backward(sc.dtmp, d_down, a.ln2, pos.B, pos.T, w.experts(), g.experts(), a.moe, sc.moe);
+  } else {
+    k.matmul_backward(sc.dsmall, now(g.down), d_down, a.h, w.down, N, I, C, false, stream_);
+    progress();
+    float* d_gate_up = defer ? defer->gate_up : sc.dbig;
+    k.swiglu_backward(d_gate_up, sc.dsmall, a.gu, N, I, stream_);
+    k.matmul_backward(sc.dtmp, now(g.gate_up), d_gate_up, a.ln2, w.gate_up, N, C, 2 * I, false,
+                      stream_);
+  }
   column_parallel();  // column-parallel gate/up: the input's gradient sums over ranks
   progress();
   k.rmsnorm_backward(sc.dres, g_post_norm, sc.dtmp + at, a.xmid, w.post_norm, a.rstd2, n, C, true,
@@ -191,12 +211,12 @@ void LlamaBlock::weight_backward(const BlockGrads& g, const BlockActs& a, const 
 }
 
 void LlamaBlock::forward_cached(float* x, const BlockWeights& w, const BlockActs& a,
-                                const BlockPositions& pos, const KvCache& cache,
-                                float* attn_ws) const {
+                                const BlockPositions& pos, const KvCache& cache, float* attn_ws,
+                                const MoeScratch* moe_ws) const {
   const BlockShape& s = shape_;
   const kernels::Ops& k = *ops_;
   const int64_t n = pos.T, HD = s.q_width(), KV = s.kv_width(), QKV = s.qkv_width();
-  forward_with(x, x, w, a, pos, /*split=*/false, nullptr, [&] {
+  forward_with(x, x, w, a, pos, /*split=*/false, nullptr, moe_ws, /*capacity=*/false, [&] {
     for (int64_t i = 0; i < n; ++i) {
       const float* row = a.qkv + i * QKV;
       std::copy_n(row, HD, cache.q + i * HD);

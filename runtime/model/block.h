@@ -11,6 +11,7 @@
 
 #include "kernels/ops.h"
 #include "parallel/tensor_parallel.h"
+#include "runtime/model/moe_mlp.h"
 
 namespace keel::runtime {
 
@@ -39,14 +40,18 @@ struct BlockShape {
 
 // A block's parameters (or their gradients), each a pointer into the caller's buffer. q, k and v
 // are rows of one (QKV, C) matrix and gate, up of one (2I, C) matrix, so each is one GEMM.
+// A mixture-of-experts block has a router, and gate_up and down stack its experts' matrices.
 template <typename F>
 struct BlockTensors {
   F* in_norm = nullptr;    // (C)
   F* qkv = nullptr;        // (QKV, C)
   F* o = nullptr;          // (C, H·D)
   F* post_norm = nullptr;  // (C)
-  F* gate_up = nullptr;    // (2I, C)
-  F* down = nullptr;       // (C, I)
+  F* gate_up = nullptr;    // (2I, C); MoE: (E/ep, 2I, C)
+  F* down = nullptr;       // (C, I); MoE: (E/ep, C, I)
+  F* router = nullptr;     // MoE only: (E, C)
+  bool moe() const { return router != nullptr; }
+  MoeTensors<F> experts() const { return {router, gate_up, down}; }
 };
 using BlockWeights = BlockTensors<const float>;
 using BlockGrads = BlockTensors<float>;
@@ -62,8 +67,11 @@ struct BlockActs {
   float* xmid = nullptr;   // (n, C) residual stream after attention
   float* ln2 = nullptr;    // (N, C) (SP: gathered)
   float* rstd2 = nullptr;  // (n)
-  float* gu = nullptr;     // (N, 2I) gate and up
-  float* h = nullptr;      // (N, I) SwiGLU output
+  float* gu = nullptr;     // (N, 2I) gate and up (dense MLP)
+  float* h = nullptr;      // (N, I) SwiGLU output (dense MLP)
+  MoeActs moe = {};        // an MoE MLP's instead
+  // Where an MoE MLP counts its routing (null: not counted, as in a recompute or evaluation).
+  MoeStats* moe_stats = nullptr;
 };
 
 // The positions a pass covers: B sequences of T tokens, rotated by the rope tables' rows from the
@@ -83,6 +91,7 @@ struct BlockScratch {
   float* dsmall = nullptr;     // (N, max(H·D, I))
   float* kv_grad = nullptr;    // (2·kv_total·D, C) when kv_replicas > 1
   float* norm_grad = nullptr;  // (2, C) under sequence parallelism: the norms' partial gradients
+  MoeScratch moe = {};         // an MoE MLP's
 };
 
 // A split backward (zero-bubble pipelines): what the input-gradient pass leaves for the
@@ -113,14 +122,19 @@ class LlamaBlock {
   const parallel::TpMappings& tensor_parallel() const { return tp_; }
   // Called between the block's long operations, so a watchdog can see the rank is alive.
   void set_progress(std::function<void()> progress) { progress_ = std::move(progress); }
+  // The mixture of experts that runs the MLP of the layers whose weights have a router (null:
+  // every layer dense). Must outlive the block's use.
+  void set_moe(const MoeMlp* moe) { moe_ = moe; }
 
   // out = the block applied to x (N rows; under sequence parallelism both this rank's chunk).
   // With out null (checkpointing's recompute), stops once the activations the backward reads are
   // rebuilt. out may equal x. attn_ws: the attention workspace for these sizes
   // (kernels/attention.h); partial: (N, C) scratch for the row-parallel GEMMs' outputs before
   // their reduce-scatter (sequence parallelism only, else unused).
+  // moe_ws: an MoE MLP's scratch (its layers only).
   void forward(float* out, const float* x, const BlockWeights& w, const BlockActs& a,
-               const BlockPositions& pos, float* attn_ws, float* partial = nullptr) const;
+               const BlockPositions& pos, float* attn_ws, float* partial = nullptr,
+               const MoeScratch* moe_ws = nullptr) const;
   // Takes ∂/∂out in s.dres and leaves ∂/∂x there; parameter gradients accumulate into g.
   // With `defer` (a split backward) the four GEMMs' weight gradients are left out and their
   // output gradients kept in it instead, for weight_backward; the norms' gradients still add.
@@ -135,15 +149,21 @@ class LlamaBlock {
   // keys and values join the cache, and each query attends to every cached position up to its
   // own. The caller advances cache.length when every block has run. attn_ws: the cached
   // attention's workspace (kernels/attention_cached.h).
+  // An MoE MLP decodes dropless (no capacity), with its scratch in moe_ws.
   void forward_cached(float* x, const BlockWeights& w, const BlockActs& a,
-                      const BlockPositions& pos, const KvCache& cache, float* attn_ws) const;
+                      const BlockPositions& pos, const KvCache& cache, float* attn_ws,
+                      const MoeScratch* moe_ws = nullptr) const;
 
  private:
+  // The MLP of a layer whose weights have a router: the MoE, or one keel::Error.
+  const MoeMlp& moe() const;
   // The forward with attention as a step the two passes fill in differently.
   // split: sequence parallelism on (training) or off (decoding).
+  // capacity: whether an MoE MLP drops past its experts' capacity (training, evaluation).
   template <typename Attend>
   void forward_with(float* out, const float* x, const BlockWeights& w, const BlockActs& a,
-                    const BlockPositions& pos, bool split, float* partial, Attend&& attend) const;
+                    const BlockPositions& pos, bool split, float* partial, const MoeScratch* moe_ws,
+                    bool capacity, Attend&& attend) const;
   void progress() const {
     if (progress_) progress_();
   }
@@ -163,6 +183,7 @@ class LlamaBlock {
   Stream stream_;  // what the ops are ordered on (unused on the CPU)
   parallel::TpMappings tp_;
   std::function<void()> progress_;
+  const MoeMlp* moe_ = nullptr;
 };
 
 }  // namespace keel::runtime

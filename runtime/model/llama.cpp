@@ -139,11 +139,31 @@ LlamaModel::LlamaModel(const ModelConfig& config, int64_t B, int64_t T, bool che
   s_->slots.resize(static_cast<size_t>(slots));
   slot_state_.assign(s_->slots.size(), SlotState::kEmpty);
   block_.set_progress([this] { progress(); });
+  if (config_.moe()) {
+    KEEL_CHECK(split.ep_size >= 1 && config_.num_local_experts % split.ep_size == 0 &&
+                   split.ep_rank >= 0 && split.ep_rank < split.ep_size,
+               "{} experts over {} expert-parallel ranks, this one rank {} (internal error)",
+               config_.num_local_experts, split.ep_size, split.ep_rank);
+    KEEL_CHECK(
+        !split_backward_,
+        "a split backward (parallel.pipeline_schedule zb_h1) does not run mixture-of-experts "
+        "layers yet; pick another schedule (1f1b, interleaved_1f1b, gpipe)");
+    E_ = config_.num_local_experts;
+    El_ = E_ / split.ep_size;
+    e0_ = split.ep_rank * El_;
+    moe_ = std::make_unique<MoeMlp>(MoeShape{C_, I_, E_, config_.num_experts_per_tok,
+                                             config_.expert_capacity(T_), B_, T_, split.ep_size},
+                                    device_);
+    moe_->set_progress([this] { progress(); });
+    block_.set_moe(moe_.get());
+    set_router_loss_batch(B_);
+  }
   // From the widest vocabulary slice, so that every TP rank cuts the same chunks (each chunk's
   // softmax statistics are collectives over the group).
   const int64_t widest = (config.vocab_size + tp_.size - 1) / tp_.size;
   chunk_rows_ = std::min(N_, std::max<int64_t>(kLogitsChunkFloats / widest / 16 * 16, 16));
   build_plans();
+  clear_moe_stats();
   if (!holds_.allocate) return;
   kernels::cpu::rope_tables(work_[s_->rope_cos].f32(), work_[s_->rope_sin].f32(), T_, D_,
                             config_.rope_theta);
@@ -194,8 +214,15 @@ void LlamaModel::build_plans() {
     y.w_qkv = add_weight(p + "qkv_proj", {QKV_, C_});
     y.w_o = add_weight(p + "o_proj", {C_, H_ * D_});
     y.w_post_norm = add_weight(p + "post_attention_layernorm", {C_});
-    y.w_gate_up = add_weight(p + "gate_up_proj", {2 * I_, C_});
-    y.w_down = add_weight(p + "down_proj", {C_, I_});
+    y.moe = config_.moe_layer(layer_index_[static_cast<size_t>(l)]);
+    if (y.moe) {  // the router, then this rank's experts stacked
+      y.w_router = add_weight(p + "router", {E_, C_});
+      y.w_gate_up = add_weight(p + "experts.gate_up_proj", {El_ * 2 * I_, C_});
+      y.w_down = add_weight(p + "experts.down_proj", {El_ * C_, I_});
+    } else {
+      y.w_gate_up = add_weight(p + "gate_up_proj", {2 * I_, C_});
+      y.w_down = add_weight(p + "down_proj", {C_, I_});
+    }
   }
   if (last_) {
     begin_unit("head");
@@ -219,7 +246,25 @@ void LlamaModel::build_plans() {
   };
   // Checkpointing: every block of every slot shares one set of insides, recomputed when needed.
   MicroActs::Block shared;
-  auto add_block = [&](MicroActs::Block& y, const std::function<Slot(const char*, Shape)>& add) {
+  // An MoE layer keeps its routing and its experts' rows instead of the dense gate_up and h.
+  const int64_t k_ = config_.num_experts_per_tok, R = moe_ ? moe_->shape().max_expert_rows() : 0;
+  auto add_moe = [&](MicroActs::Moe& y, const std::function<Slot(const char*, DType, Shape)>& add) {
+    y.probs = add("router_probs", DType::F32, {N_, E_});
+    y.lse = add("router_lse", DType::F32, {N_});
+    y.sel = add("router_choice", DType::I32, {N_, k_});
+    y.gate = add("router_weight", DType::F32, {N_, k_});
+    y.dest = add("route_row", DType::I32, {N_, k_});
+    y.src = add("route_token", DType::I32, {N_ * k_});
+    y.counts = add("route_counts", DType::I64, {E_});
+    y.recv = add("route_arrivals", DType::I64, {E_});
+    y.choices = add("router_picks", DType::F32, {B_, E_});
+    y.xe = add("expert_in", DType::F32, {R, C_});
+    y.gu = add("expert_gate_up", DType::F32, {R, 2 * I_});
+    y.h = add("expert_h", DType::F32, {R, I_});
+    y.y = add("expert_out", DType::F32, {N_ * k_, C_});
+  };
+  auto add_block = [&](MicroActs::Block& y, const std::function<Slot(const char*, Shape)>& add,
+                       const std::function<Slot(const char*, DType, Shape)>& typed, bool moe) {
     y.ln1 = add("ln1", {N_, C_});
     y.rstd1 = add("rstd1", {rows_.count});
     y.qkv = add("qkv", {N_, QKV_});
@@ -228,14 +273,34 @@ void LlamaModel::build_plans() {
     y.xmid = add("xmid", {rows_.count, C_});
     y.ln2 = add("ln2", {N_, C_});
     y.rstd2 = add("rstd2", {rows_.count});
-    y.gu = add("gate_up", {N_, 2 * I_});
-    y.h = add("h", {N_, I_});
+    y.moe = moe;
+    if (moe) {
+      add_moe(y.experts, typed);
+    } else {
+      y.gu = add("gate_up", {N_, 2 * I_});
+      y.h = add("h", {N_, I_});
+    }
   };
+  // The shared set serves dense and MoE layers alike when the stage has both.
+  MicroActs::Block shared_moe;
   if (checkpointing_ && L > 0) {
     const std::string p = "layers." + std::to_string(layer_index_[0]) + ".";
-    add_block(shared, [&](const char* name, Shape shape) {
-      return acts_.add(p + name, DType::F32, shape);
-    });
+    auto typed = [&](const char* name, DType dtype, Shape shape) {
+      return acts_.add(p + name, dtype, shape);
+    };
+    auto add = [&](const char* name, Shape shape) { return typed(name, DType::F32, shape); };
+    bool dense = false, moe = false;
+    for (const Layer& y : layers_) (y.moe ? moe : dense) = true;
+    if (dense) add_block(shared, add, typed, false);
+    if (moe) {
+      if (dense) {  // the attention half once, the MoE insides beside it
+        shared_moe = shared;
+        shared_moe.moe = true;
+        add_moe(shared_moe.experts, typed);
+      } else {
+        add_block(shared_moe, add, typed, true);
+      }
+    }
   }
   for (size_t c = 0; c < chunks_.size(); ++c) {
     const Chunk& chunk = chunks_[c];
@@ -247,14 +312,19 @@ void LlamaModel::build_plans() {
         m.x.push_back(own(k, "x." + std::to_string(l), DType::F32, {rows_.count, C_}));
       for (int64_t l = chunk.first; l < chunk.last; ++l) {
         MicroActs::Block& y = m.blocks.emplace_back();
+        const bool moe = layers_[static_cast<size_t>(l)].moe;
         if (checkpointing_) {
-          y = shared;
+          y = moe ? shared_moe : shared;
           continue;
         }
         const std::string p =
             "layers." + std::to_string(layer_index_[static_cast<size_t>(l)]) + ".";
+        auto typed = [&](const char* name, DType dtype, Shape shape) {
+          return own(k, p + name, dtype, shape);
+        };
         add_block(
-            y, [&](const char* name, Shape shape) { return own(k, p + name, DType::F32, shape); });
+            y, [&](const char* name, Shape shape) { return typed(name, DType::F32, shape); }, typed,
+            moe);
       }
       for (int64_t l = chunk.first; split_backward_ && l < chunk.last; ++l) {
         const std::string p =
@@ -293,6 +363,16 @@ void LlamaModel::build_plans() {
     s.ce_stats = work_.add("ce_stats", DType::F64, {2, chunk_rows_});
   }
   if (sp_) s.norm_grad = work_.add("norm_grad", DType::F32, {2, C_});
+  if (std::any_of(layers_.begin(), layers_.end(), [](const Layer& y) { return y.moe; })) {
+    s.moe_logits = work_.add("router_logits", DType::F32, {N_, E_});
+    s.moe_rows = work_.add("route_rows", DType::F32, {N_ * k_, C_});
+    s.moe_expert = work_.add("expert_rows", DType::F32, {R, C_});
+    if (moe_->shape().ep > 1) s.moe_staging = work_.add("expert_staging", DType::F32, {R, C_});
+    s.moe_dh = work_.add("expert_dh", DType::F32, {R, I_});
+    s.moe_dgu = work_.add("expert_dgate_up", DType::F32, {R, 2 * I_});
+    s.moe_dgate = work_.add("router_dweight", DType::F32, {N_, k_});
+    s.moe_aux = work_.add("router_aux", DType::F32, {B_, E_});
+  }
   s.rope_cos = work_.add("rope_cos", DType::F32, {T_, D_ / 2});
   s.rope_sin = work_.add("rope_sin", DType::F32, {T_, D_ / 2});
 
@@ -346,27 +426,64 @@ void LlamaModel::build_plans() {
     Layer& y = layers_[static_cast<size_t>(l)];
     const std::string p =
         "model.layers." + std::to_string(layer_index_[static_cast<size_t>(l)]) + ".";
-    y.in_norm = add_param(p + "input_layernorm.weight", y.w_in_norm, 0, -1, false, {C_}, {}, true);
-    y.q = add_param(p + "self_attn.q_proj.weight", y.w_qkv, 0, H_ * D_, true, {Hg * D_, C_}, q_rows,
-                    true);
-    y.k = add_param(p + "self_attn.k_proj.weight", y.w_qkv, H_ * D_, Hkv_ * D_, true,
-                    {Hkvg * D_, C_}, kv_rows, kv_first);
-    y.v = add_param(p + "self_attn.v_proj.weight", y.w_qkv, (H_ + Hkv_) * D_, Hkv_ * D_, true,
-                    {Hkvg * D_, C_}, kv_rows, kv_first);
-    y.o = add_param(p + "self_attn.o_proj.weight", y.w_o, 0, -1, true, {C_, Hg * D_}, o_cols, true);
-    y.post_norm = add_param(p + "post_attention_layernorm.weight", y.w_post_norm, 0, -1, false,
-                            {C_}, {}, true);
-    y.gate =
-        add_param(p + "mlp.gate_proj.weight", y.w_gate_up, 0, I_, true, {Ig, C_}, mlp_rows, true);
-    y.up = add_param(p + "mlp.up_proj.weight", y.w_gate_up, I_, I_, true, {Ig, C_}, mlp_rows, true);
-    y.down =
-        add_param(p + "mlp.down_proj.weight", y.w_down, 0, -1, true, {C_, Ig}, down_cols, true);
+    add_param(p + "input_layernorm.weight", y.w_in_norm, 0, -1, false, {C_}, {}, true);
+    add_param(p + "self_attn.q_proj.weight", y.w_qkv, 0, H_ * D_, true, {Hg * D_, C_}, q_rows,
+              true);
+    add_param(p + "self_attn.k_proj.weight", y.w_qkv, H_ * D_, Hkv_ * D_, true, {Hkvg * D_, C_},
+              kv_rows, kv_first);
+    add_param(p + "self_attn.v_proj.weight", y.w_qkv, (H_ + Hkv_) * D_, Hkv_ * D_, true,
+              {Hkvg * D_, C_}, kv_rows, kv_first);
+    add_param(p + "self_attn.o_proj.weight", y.w_o, 0, -1, true, {C_, Hg * D_}, o_cols, true);
+    add_param(p + "post_attention_layernorm.weight", y.w_post_norm, 0, -1, false, {C_}, {}, true);
+    if (y.moe) {
+      // Mixtral's names; each expert under its index in the model, whichever rank holds it.
+      const std::string q = p + "block_sparse_moe.";
+      add_param(q + "gate.weight", y.w_router, 0, -1, true, {E_, C_}, {}, true);
+      for (int64_t e = 0; e < El_; ++e) {
+        const std::string x = q + "experts." + std::to_string(e0_ + e) + ".";
+        add_param(x + "w1.weight", y.w_gate_up, e * 2 * I_, I_, true, {Ig, C_}, mlp_rows, true);
+        add_param(x + "w3.weight", y.w_gate_up, e * 2 * I_ + I_, I_, true, {Ig, C_}, mlp_rows,
+                  true);
+        add_param(x + "w2.weight", y.w_down, e * C_, C_, true, {C_, Ig}, down_cols, true);
+      }
+      continue;
+    }
+    add_param(p + "mlp.gate_proj.weight", y.w_gate_up, 0, I_, true, {Ig, C_}, mlp_rows, true);
+    add_param(p + "mlp.up_proj.weight", y.w_gate_up, I_, I_, true, {Ig, C_}, mlp_rows, true);
+    add_param(p + "mlp.down_proj.weight", y.w_down, 0, -1, true, {C_, Ig}, down_cols, true);
   }
   if (!last_) return;
   s.final_norm = add_param("model.norm.weight", s.w_final_norm, 0, -1, false, {C_}, {}, true);
   s.head = config_.tie_word_embeddings
                ? s.embed
                : add_param("lm_head.weight", s.w_head, 0, -1, true, {Vg, C_}, vocab, true);
+}
+
+void LlamaModel::set_expert_parallel(parallel::Communicator* ep) {
+  if (moe_) moe_->set_expert_parallel(ep);
+}
+
+void LlamaModel::set_router_loss_batch(int64_t sequences) {
+  if (!moe_) return;
+  // Each of the L MoE layers adds coef/L × the mean over the batch's sequences of its
+  // load-balancing loss and coef_z/L × the mean over its rows of lse² (docs/MOE.md).
+  const double L = static_cast<double>(config_.num_moe_layers()),
+               S = static_cast<double>(sequences);
+  const double aux = config_.output_router_logits ? config_.router_aux_loss_coef : 0.0;
+  moe_->set_loss_scale({static_cast<float>(aux / (L * S)),
+                        static_cast<float>(config_.router_z_loss_coef / (L * S * T_))});
+}
+
+bool LlamaModel::moe_layer(int64_t l) const { return layers_.at(static_cast<size_t>(l)).moe; }
+
+void LlamaModel::clear_moe_stats() {
+  moe_stats_.resize(layers_.size());
+  for (size_t l = 0; l < layers_.size(); ++l)
+    if (layers_[l].moe) {
+      moe_stats_[l].tokens.assign(static_cast<size_t>(E_), 0.0);
+      moe_stats_[l].routed.assign(static_cast<size_t>(E_), 0.0);
+      moe_stats_[l].clear();
+    }
 }
 
 void LlamaModel::set_tensor_parallel(parallel::TpMappings tp) {
@@ -376,6 +493,7 @@ void LlamaModel::set_tensor_parallel(parallel::TpMappings tp) {
              tp_.rank, tp_.size, tp.rank(), tp.size());
   tp_comm_ = tp;
   block_.set_tensor_parallel(tp);
+  if (moe_) moe_->set_tensor_parallel(tp);
 }
 
 float* LlamaModel::own_weights(int u) const {
@@ -484,11 +602,16 @@ double LlamaModel::flops_per_token() const {
   // recomputes is not model FLOPs and is not counted.
   // The whole model's, whatever slice of it this rank holds.
   const ModelConfig& m = config_;
+  // An MoE layer's token passes through its router and k experts.
   const double L = static_cast<double>(m.num_hidden_layers);
   const int64_t H = m.num_attention_heads, QKV = (H + 2 * m.num_key_value_heads) * D_;
-  const double per_layer =
-      static_cast<double>(QKV * C_ + C_ * H * D_ + 3 * m.intermediate_size * C_);
-  const double matmul = 6.0 * (L * per_layer + static_cast<double>(m.vocab_size * C_));
+  const double attention_weights = static_cast<double>(QKV * C_ + C_ * H * D_);
+  const double mlp = 3.0 * static_cast<double>(m.intermediate_size * C_);
+  const double moe_layers = static_cast<double>(m.num_moe_layers());
+  const double moe_mlp = static_cast<double>(m.num_experts_per_tok) * mlp +
+                         static_cast<double>(m.num_local_experts * C_);
+  const double weights = L * attention_weights + (L - moe_layers) * mlp + moe_layers * moe_mlp;
+  const double matmul = 6.0 * (weights + static_cast<double>(m.vocab_size * C_));
   const double attention = 3.0 * L * static_cast<double>(H) * 2.0 * static_cast<double>(T_ * D_);
   return matmul + attention;
 }

@@ -57,6 +57,10 @@ struct ModelSplit {
   // last stage. Empty: one chunk, [first_layer, last_layer) with activation_slots.
   std::vector<std::pair<int, int>> chunk_layers = {};
   std::vector<int> chunk_slots = {};
+  // Expert parallelism: the MoE layers' experts split over ep_size ranks, this one holding
+  // experts [ep_rank·E/ep_size, (ep_rank + 1)·E/ep_size) (parallel.expert_model_parallel_size).
+  int ep_size = 1;
+  int ep_rank = 0;
 };
 
 class LlamaModel {
@@ -175,6 +179,21 @@ class LlamaModel {
   bool last_stage() const { return last_; }
   int64_t first_layer() const { return l0_; }
   int64_t num_layers() const { return static_cast<int64_t>(layer_index_.size()); }
+  // The model's index of local layer l.
+  int64_t layer_index(int64_t l) const { return layer_index_.at(static_cast<size_t>(l)); }
+
+  // Mixture of experts. The expert-parallel group (of ModelSplit::ep_size ranks); needed before
+  // a model with experts split over ranks runs.
+  void set_expert_parallel(parallel::Communicator* ep);
+  // How many sequences a step's router losses average over (the global batch's: the per-device
+  // batch × accumulation × data-parallel size); the micro-batch's B until set.
+  void set_router_loss_batch(int64_t sequences);
+  // Each local layer's routing over the training forwards since clear_moe_stats (empty entries
+  // for dense layers; nothing without experts).
+  const std::vector<MoeStats>& moe_stats() const { return moe_stats_; }
+  void clear_moe_stats();
+  // Whether local layer l's MLP is a mixture of experts.
+  bool moe_layer(int64_t l) const;
 
   // The block every layer runs, and layer l's weights (null where the model does not hold them;
   // under ZeRO 3 valid only while the unit is acquired).
@@ -215,9 +234,12 @@ class LlamaModel {
   const MicroActs& micro(int slot, const char* what) const;
   void embed(const MicroActs& m, const int32_t* tokens);
   BlockGrads block_grads(int l) const;
-  BlockActs block_acts(const MicroActs& m, int l) const;
+  // count: the MoE routing of this pass joins moe_stats().
+  BlockActs block_acts(const MicroActs& m, int l, bool count = false) const;
+  MoeScratch moe_scratch() const;    // empty without MoE layers
   BlockPositions positions() const;  // the micro-batch's: B sequences of T from position 0
-  void block_forward(const MicroActs& m, int l, bool recompute);
+  // count: a training forward, whose MoE routing joins moe_stats().
+  void block_forward(const MicroActs& m, int l, bool recompute, bool count = false);
   // The block's whole backward, or (defer) its first pass: the GEMMs' output gradients kept.
   void block_backward(const MicroActs& m, int l, bool defer = false);
   BlockScratch block_scratch() const;
@@ -235,7 +257,8 @@ class LlamaModel {
   double evaluate_slot(int slot, const int32_t* tokens, const float* input, const int32_t* targets,
                        float* logits);
   // The embedding (first stage) or the input, then the stage's blocks, into slot m.
-  void run_forward(const MicroActs& m, const int32_t* tokens, const float* input);
+  // training: a stage_forward (its MoE routing counted), not an evaluation.
+  void run_forward(const MicroActs& m, const int32_t* tokens, const float* input, bool training);
   // Units: the embedding (first stage), each local layer l, the head (last stage).
   int layer_unit(int64_t l) const { return static_cast<int>(embed_ + l); }
   int head_unit() const { return static_cast<int>(units_.size()) - 1; }
@@ -282,6 +305,10 @@ class LlamaModel {
   bool sp_;              // sequence parallelism (under TP only)
   parallel::Span rows_;  // rows of the residual stream held here: all N_, or the SP chunk
   LlamaBlock block_;
+  // Mixture of experts: E_ experts per MoE layer, El_ of them here from expert e0_ on.
+  int64_t E_ = 0, El_ = 0, e0_ = 0;
+  std::unique_ptr<MoeMlp> moe_;
+  mutable std::vector<MoeStats> moe_stats_;  // per local layer, counted by training forwards
   parallel::UnitHooks* hooks_ = nullptr;
 
   MemoryPlan weights_{"parameters"};

@@ -45,19 +45,53 @@ void LlamaModel::embed(const MicroActs& m, const int32_t* tokens) {
 
 BlockWeights LlamaModel::block_weights(int l) const {
   const Layer& y = layers_[static_cast<size_t>(l)];
-  return {w(y.w_in_norm), w(y.w_qkv), w(y.w_o), w(y.w_post_norm), w(y.w_gate_up), w(y.w_down)};
+  return {w(y.w_in_norm),
+          w(y.w_qkv),
+          w(y.w_o),
+          w(y.w_post_norm),
+          w(y.w_gate_up),
+          w(y.w_down),
+          y.moe ? w(y.w_router) : nullptr};
 }
 
 BlockGrads LlamaModel::block_grads(int l) const {
   const Layer& y = layers_[static_cast<size_t>(l)];
-  return {g(y.w_in_norm), g(y.w_qkv), g(y.w_o), g(y.w_post_norm), g(y.w_gate_up), g(y.w_down)};
+  return {g(y.w_in_norm),
+          g(y.w_qkv),
+          g(y.w_o),
+          g(y.w_post_norm),
+          g(y.w_gate_up),
+          g(y.w_down),
+          y.moe ? g(y.w_router) : nullptr};
 }
 
-BlockActs LlamaModel::block_acts(const MicroActs& m, int l) const {
+BlockActs LlamaModel::block_acts(const MicroActs& m, int l, bool count) const {
   const MicroActs::Block& y = m.blocks[static_cast<size_t>(l - m.first)];
   auto a = [&](Slot s) { return acts_[s].f32(); };
-  return {a(y.ln1),  a(y.rstd1), a(y.qkv),   a(y.att), a(y.lse),
-          a(y.xmid), a(y.ln2),   a(y.rstd2), a(y.gu),  a(y.h)};
+  BlockActs acts = {a(y.ln1),  a(y.rstd1), a(y.qkv),   a(y.att), a(y.lse),
+                    a(y.xmid), a(y.ln2),   a(y.rstd2), nullptr,  nullptr};
+  if (!y.moe) {
+    acts.gu = a(y.gu), acts.h = a(y.h);
+    return acts;
+  }
+  auto i32 = [&](Slot s) { return static_cast<int32_t*>(acts_[s].data()); };
+  auto i64 = [&](Slot s) { return static_cast<int64_t*>(acts_[s].data()); };
+  const MicroActs::Moe& e = y.experts;
+  acts.moe = {a(e.probs), a(e.lse),      i32(e.sel),  a(e.gate),    i32(e.dest),
+              i32(e.src), i64(e.counts), i64(e.recv), a(e.choices), a(e.xe),
+              a(e.gu),    a(e.h),        a(e.y)};
+  if (count) acts.moe_stats = &moe_stats_[static_cast<size_t>(l)];
+  return acts;
+}
+
+MoeScratch LlamaModel::moe_scratch() const {
+  if (!moe_) return {};
+  const Slots& s = *s_;
+  auto a = [&](Slot slot) { return work_[slot].f32(); };
+  return {a(s.moe_logits), a(s.moe_rows),
+          a(s.moe_expert), moe_->shape().ep > 1 ? a(s.moe_staging) : nullptr,
+          a(s.moe_dh),     a(s.moe_dgu),
+          a(s.moe_dgate),  a(s.moe_aux)};
 }
 
 BlockPositions LlamaModel::positions() const {
@@ -65,12 +99,13 @@ BlockPositions LlamaModel::positions() const {
 }
 
 // One block: x[l] → x[l+1]. With recompute (checkpointing's backward), x[l+1] is left alone.
-void LlamaModel::block_forward(const MicroActs& m, int l, bool recompute) {
+void LlamaModel::block_forward(const MicroActs& m, int l, bool recompute, bool count) {
   const size_t i = static_cast<size_t>(l - m.first);
   // dtmp is free in the forward and in the backward's recompute (dres holds the gradient then).
+  const MoeScratch moe = moe_scratch();
   block_.forward(recompute ? nullptr : acts_[m.x[i + 1]].f32(), acts_[m.x[i]].f32(),
-                 block_weights(l), block_acts(m, l), positions(), work_[s_->attn_ws].f32(),
-                 work_[s_->dtmp].f32());
+                 block_weights(l), block_acts(m, l, count && !recompute), positions(),
+                 work_[s_->attn_ws].f32(), work_[s_->dtmp].f32(), &moe);
 }
 
 // Takes ∂/∂x[l+1] in dres and leaves ∂/∂x[l] there; parameter gradients accumulate.
@@ -80,7 +115,8 @@ BlockScratch LlamaModel::block_scratch() const {
           work_[s_->dbig].f32(),
           work_[s_->dsmall].f32(),
           tp_.kv_replicas > 1 ? work_[s_->kv_grad].f32() : nullptr,
-          sp_ ? work_[s_->norm_grad].f32() : nullptr};
+          sp_ ? work_[s_->norm_grad].f32() : nullptr,
+          moe_scratch()};
 }
 
 void LlamaModel::block_backward(const MicroActs& m, int l, bool defer) {
@@ -174,7 +210,8 @@ void LlamaModel::sliced_cross_entropy(float* losses, float* logits, const int32_
 
 // The embedding (or the previous stage's output) and the stage's blocks forward, each unit's
 // weights held only while it runs.
-void LlamaModel::run_forward(const MicroActs& m, const int32_t* tokens, const float* input) {
+void LlamaModel::run_forward(const MicroActs& m, const int32_t* tokens, const float* input,
+                             bool training) {
   if (hooks_) hooks_->begin_micro_batch(m.chunk);
   if (embeds(m.chunk)) {
     use_weights(0);
@@ -187,7 +224,7 @@ void LlamaModel::run_forward(const MicroActs& m, const int32_t* tokens, const fl
   }
   for (int64_t l = m.first; l < m.last; ++l) {
     use_weights(layer_unit(l));
-    block_forward(m, static_cast<int>(l), false);
+    block_forward(m, static_cast<int>(l), false, training);
     drop_weights(layer_unit(l));
   }
 }
@@ -215,7 +252,7 @@ double LlamaModel::evaluate_slot(int slot, const int32_t* tokens, const float* i
              "evaluate between steps (internal error)",
              slot);
   state = SlotState::kEmpty;
-  run_forward(m, tokens, input);
+  run_forward(m, tokens, input, /*training=*/false);
   double loss = 0.0;
   if (heads(m.chunk)) loss = run_head(m, targets, 0.0f, false, logits);
   state = SlotState::kEvaluated;
@@ -268,7 +305,7 @@ double LlamaModel::stage_forward(int slot, const int32_t* tokens, const float* i
              slot, slot);
   // Overwritten from here on: if this forward fails, the slot holds nothing usable.
   slot_state_[static_cast<size_t>(slot)] = SlotState::kEmpty;
-  run_forward(m, tokens, input);
+  run_forward(m, tokens, input, /*training=*/true);
   double loss = 0.0;
   if (heads(m.chunk)) {
     // The head (final norm and lm_head, or the tied embedding) runs forward and backward at once.

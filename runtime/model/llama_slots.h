@@ -15,9 +15,11 @@ inline constexpr int64_t kLogitsChunkFloats = int64_t{8} << 20;
 
 // Slots of one block. Parameters: q, k and v are views of one (QKV, C) matrix, gate and up of one
 // (2I, C) matrix, so each pair of projections is one GEMM.
+// A mixture-of-experts layer has a router, and gate_up and down stack its experts' matrices.
 struct LlamaModel::Layer {
-  size_t in_norm, q, k, v, o, post_norm, gate, up, down;  // indices into params_
   Slot w_in_norm, w_qkv, w_o, w_post_norm, w_gate_up, w_down;
+  bool moe = false;
+  Slot w_router = 0;
 };
 
 // What one micro-batch keeps from its forward until its backward: the activation slot it runs in
@@ -33,8 +35,14 @@ struct LlamaModel::MicroActs {
   std::vector<Slot> x;
   // Each block's insides. With checkpointing every block of every slot shares one set (slot 0's
   // block 0): the backward recomputes it from x[l] just before it needs it.
+  // A mixture-of-experts layer's MLP keeps MoeActs (runtime/model/moe_mlp.h) instead of gu, h.
+  struct Moe {
+    Slot probs, lse, sel, gate, dest, src, counts, recv, choices, xe, gu, h, y;
+  };
   struct Block {
     Slot ln1, rstd1, qkv, att, lse, xmid, ln2, rstd2, gu, h;
+    bool moe = false;
+    Moe experts = {};
   };
   std::vector<Block> blocks;
   // A split backward (ModelSplit::split_backward): each block's GEMM output gradients, kept from
@@ -60,6 +68,9 @@ struct LlamaModel::Slots {
   Slot kv_grad = 0;                // (2·Hkv·D, C) shared key/value heads' gradients (TP > Hkv)
   Slot row_max = 0, ce_stats = 0;  // (chunk), (2, chunk) doubles: vocabulary-parallel softmax
   Slot norm_grad = 0;              // (2, C) SP: a norm's partial weight gradient, summed over TP
+  // MoE layers' scratch (MoeScratch), when the stage has one.
+  Slot moe_logits = 0, moe_rows = 0, moe_expert = 0, moe_staging = 0, moe_dh = 0, moe_dgu = 0,
+       moe_dgate = 0, moe_aux = 0;
 };
 
 }  // namespace keel::runtime

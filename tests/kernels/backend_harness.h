@@ -127,5 +127,6 @@ struct OpCase {
 std::vector<OpCase> layer_cases();
 std::vector<OpCase> vocab_parallel_cases();
 std::vector<OpCase> optimizer_cases();
+std::vector<OpCase> moe_cases();  // backend_cases_moe.cpp: Mixture-of-Experts routing
 
 }  // namespace keel::testing

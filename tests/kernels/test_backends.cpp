@@ -27,6 +27,7 @@ std::vector<OpCase> all_cases() {
   std::vector<OpCase> cases = layer_cases();
   for (OpCase& c : vocab_parallel_cases()) cases.push_back(std::move(c));
   for (OpCase& c : optimizer_cases()) cases.push_back(std::move(c));
+  for (OpCase& c : moe_cases()) cases.push_back(std::move(c));
   return cases;
 }
 

@@ -145,9 +145,37 @@ TEST(Config, UnsupportedChoicesListWhatIsSupported) {
   EXPECT_EQ(parse_error(kMinimalYaml, {"data.tokenizer=bpe"}),
             "data.tokenizer is 'bpe'; set it to auto (the tokenizer.json of prepared data, bytes "
             "for text), bytes, or the path of a tokenizer.json");
-  EXPECT_EQ(parse_error(kMinimalYaml, {"parallel.expert_model_parallel_size=2"}),
+  EXPECT_EQ(parse_error(kMinimalYaml,
+                        {"model.num_local_experts=4", "parallel.expert_model_parallel_size=2"}),
             "parallel.expert_model_parallel_size is 2, but expert parallelism is not supported "
-            "yet in this build; set it to 1");
+            "yet in this build (every rank holds every expert); set it to 1");
+}
+
+// A mixture of experts that cannot run is one line, naming the key and the fix.
+TEST(Config, MixturesOfExpertsThatCannotRunAreOneLine) {
+  const std::string experts = "model.num_local_experts=2";
+  EXPECT_EQ(parse_config(kMinimalYaml, {experts}).model.num_moe_layers(), 6);
+  EXPECT_EQ(parse_config(kMinimalYaml, {experts, "model.moe_layer_freq=4"}).model.num_moe_layers(),
+            2);  // layers 0 and 4
+  EXPECT_EQ(parse_error(kMinimalYaml, {experts, "model.num_experts_per_tok=3"}),
+            "model.num_experts_per_tok is 3, but the model has only 2 experts "
+            "(model.num_local_experts); set model.num_experts_per_tok to at most 2");
+  EXPECT_EQ(parse_error(kMinimalYaml, {experts, "model.moe_layers=[1, 6]"}),
+            "model.moe_layers names layer 6, but the model has 6 layers (0 to 5); list indices "
+            "below model.num_hidden_layers");
+  EXPECT_EQ(parse_error(kMinimalYaml, {experts, "model.moe_layers=[one]"}),
+            "model.moe_layers is 'one'; list the indices of the layers whose MLP is a mixture of "
+            "experts, e.g. [1, 3, 5] (or leave it empty for every model.moe_layer_freq-th)");
+  EXPECT_EQ(parse_error(kMinimalYaml, {experts, "model.moe_expert_capacity_factor=0"}),
+            "model.moe_expert_capacity_factor is 0; allowed range: > 0");
+  EXPECT_EQ(parse_error(kMinimalYaml,
+                        {"model.num_local_experts=3", "parallel.expert_model_parallel_size=2"}),
+            "parallel.expert_model_parallel_size 2 does not divide model.num_local_experts 3 "
+            "(each expert-parallel rank holds the same number of experts); pick a divisor of 3");
+  EXPECT_EQ(parse_error(kMinimalYaml, {"parallel.expert_model_parallel_size=2"}),
+            "parallel.expert_model_parallel_size is 2, but the model has no experts "
+            "(model.num_local_experts is 0); set parallel.expert_model_parallel_size to 1, or "
+            "model.num_local_experts to a multiple of 2");
 }
 
 // A pipeline that cannot run is one line before any work, naming the key and the fix.
