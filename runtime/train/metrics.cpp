@@ -1,5 +1,6 @@
 #include "runtime/train/metrics.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -72,6 +73,21 @@ class JsonLine {
     add(key, value);
   }
   void count(const char* key, uint64_t v) { add(key, std::to_string(v)); }
+  // A JSON array of numbers (a value that is not finite as null, and the key in "nonfinite").
+  void numbers(const char* key, const std::vector<double>& v, const char* format) {
+    std::string list = "[";
+    bool finite = true;
+    for (size_t i = 0; i < v.size(); ++i) {
+      char value[64] = "null";
+      if (std::isfinite(v[i]))
+        std::snprintf(value, sizeof value, format, v[i]);
+      else
+        finite = false;
+      list += (i ? ", " : "") + std::string(value);
+    }
+    if (!finite) nonfinite_ += (nonfinite_.empty() ? "\"" : ", \"") + std::string(key) + "\"";
+    add(key, list + "]");
+  }
   // A JSON string (quotes, backslashes and control characters escaped).
   void text(const char* key, const std::string& v) {
     std::string out = "\"";
@@ -114,6 +130,14 @@ void MetricsLog::write(const StepStats& s, const std::string& action) {
   line.number("peak_rss_mib", s.peak_rss_mib, "%.1f");
   line.count("comm_bytes", s.comm_bytes);
   line.number("comm_wait_seconds", s.comm_wait_seconds, "%.6g");
+  if (s.moe.present()) {
+    line.number("aux_loss", s.moe.aux_loss, "%.9g");
+    line.number("z_loss", s.moe.z_loss, "%.9g");
+    line.number("moe_dropped_fraction", s.moe.dropped_fraction, "%.6g");
+    line.number("router_entropy", s.moe.router_entropy, "%.6g");
+    line.number("load_imbalance", s.moe.max_imbalance(), "%.6g");
+    line.numbers("load_imbalance_per_layer", s.moe.load_imbalance, "%.6g");
+  }
   if (!s.rejected.empty()) {
     line.text("rejected", s.rejected);
     line.text("action", action);
@@ -126,6 +150,15 @@ void MetricsLog::write(const StepStats& s, const std::string& action) {
   tensorboard_->add_scalar("train/grad_norm", s.step, s.grad_norm, now);
   tensorboard_->add_scalar("train/tokens_per_second", s.step, s.tokens_per_second, now);
   tensorboard_->add_scalar("train/mfu", s.step, s.mfu, now);
+  if (s.moe.present()) {
+    tensorboard_->add_scalar("moe/aux_loss", s.step, s.moe.aux_loss, now);
+    tensorboard_->add_scalar("moe/z_loss", s.step, s.moe.z_loss, now);
+    tensorboard_->add_scalar("moe/dropped_fraction", s.step, s.moe.dropped_fraction, now);
+    tensorboard_->add_scalar("moe/router_entropy", s.step, s.moe.router_entropy, now);
+    for (size_t l = 0; l < s.moe.load_imbalance.size(); ++l)
+      tensorboard_->add_scalar("moe/load_imbalance/moe_layer_" + std::to_string(l), s.step,
+                               s.moe.load_imbalance[l], now);
+  }
   tensorboard_->flush();
 }
 
@@ -142,13 +175,22 @@ void MetricsLog::write_eval(int64_t step, double loss, int64_t tokens) {
   tensorboard_->flush();
 }
 
+double MoeStepStats::max_imbalance() const {
+  return load_imbalance.empty() ? 0.0
+                                : *std::max_element(load_imbalance.begin(), load_imbalance.end());
+}
+
 std::string progress_line(const StepStats& s, int64_t max_steps, double eta_seconds) {
   const auto eta = static_cast<long long>(std::max(0.0, eta_seconds));
-  char line[256];
+  char moe[128] = "";
+  if (s.moe.present())
+    std::snprintf(moe, sizeof moe, " | aux %.4f | imbalance %.2f | dropped %.1f%%", s.moe.aux_loss,
+                  s.moe.max_imbalance(), 100.0 * s.moe.dropped_fraction);
+  char line[384];
   std::snprintf(line, sizeof line,
-                "step %lld/%lld | loss %.4f | lr %.2e | %.0f tok/s | MFU %.1f%% | mem %.0f MiB | "
+                "step %lld/%lld | loss %.4f%s | lr %.2e | %.0f tok/s | MFU %.1f%% | mem %.0f MiB | "
                 "ETA %lldm%02llds",
-                static_cast<long long>(s.step), static_cast<long long>(max_steps), s.loss,
+                static_cast<long long>(s.step), static_cast<long long>(max_steps), s.loss, moe,
                 s.learning_rate, s.tokens_per_second, 100.0 * s.mfu, s.peak_rss_mib, eta / 60,
                 eta % 60);
   return line;

@@ -7,8 +7,22 @@
 #include <memory>
 #include <ostream>
 #include <string>
+#include <vector>
 
 namespace keel::runtime {
+
+// A step's mixture-of-experts routing, over its global batch (none without MoE layers).
+struct MoeStepStats {
+  // Per MoE layer, in model order: the busiest expert's routed token choices over the mean
+  // (1 is perfect balance, E the worst).
+  std::vector<double> load_imbalance;
+  double aux_loss = 0;          // the load-balancing loss (without its coefficient)
+  double z_loss = 0;            // the router z-loss (without its coefficient)
+  double dropped_fraction = 0;  // of the token choices, dropped by capacity
+  double router_entropy = 0;    // mean entropy of the router's softmax, nats (ln E at most)
+  bool present() const { return !load_imbalance.empty(); }
+  double max_imbalance() const;
+};
 
 struct StepStats {
   int64_t step = 0;  // optimizer steps completed, 1-based
@@ -33,6 +47,7 @@ struct StepStats {
   // loss 9.2 is 3.1 times the mean of the last 20 steps"): the trainer's guard held the
   // update back (training.on_nonfinite), and `step` is the step that was attempted.
   std::string rejected;
+  MoeStepStats moe;
 };
 
 class TensorBoardWriter;  // runtime/train/tensorboard.h

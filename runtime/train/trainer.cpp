@@ -11,6 +11,7 @@
 #include "runtime/train/grad_sync.h"
 #include "runtime/train/memory_fit.h"
 #include "runtime/train/memory_report.h"
+#include "runtime/train/moe_metrics.h"
 #include "runtime/train/peak_flops.h"
 #include "runtime/train/schedule.h"
 
@@ -109,6 +110,8 @@ void Trainer::build() {
                                         model_holds(config_),
                                         stage_split(config_, pipeline_, stage, grid_.tp().rank()));
   model_->set_tensor_parallel(parallel::TpMappings(&grid_.tp()));
+  // The router's losses average over the step's global batch of sequences (docs/MOE.md).
+  model_->set_router_loss_batch(B * t.gradient_accumulation_steps * grid_.dp().size());
   if (pipeline_.pipelined())
     runner_ =
         std::make_unique<PipelineRunner>(*model_, grid_.pp(), pipeline_.schedule, pipeline_.shape);
@@ -336,6 +339,7 @@ StepStats Trainer::step() {
     unit_bad_tensor_ = -1;
   }
   model_->zero_grad();
+  model_->clear_moe_stats();
   sync_->begin_step();
   total[1] = 0.0;
   if (runner_) {  // this stage's part of the pipeline's schedule; the loss on the last stage
@@ -406,6 +410,7 @@ StepStats Trainer::step() {
   s.comm_bytes = comm_bytes() - comm_before;
   s.comm_wait_seconds = dp.size() > 1 ? wait : 0.0;
   s.pipeline_wait_seconds = pipeline_wait;
+  s.moe = gather_moe_stats(*model_, grid_);
   return s;
 }
 
