@@ -24,6 +24,7 @@ std::string_view group_name(Group g) {
     case Group::kExpert: return "ep";
     case Group::kExpertData: return "edp";
     case Group::kTensorData: return "tp_dp";
+    case Group::kTensorExpertData: return "tp_edp";
     case Group::kWorld: return "world";
   }
   return "?";
@@ -72,6 +73,7 @@ int GridLayout::size(Group g) const {
     case Group::kExpert: return sizes_.ep;
     case Group::kExpertData: return sizes_.dp / sizes_.ep;
     case Group::kTensorData: return sizes_.tp * sizes_.dp;
+    case Group::kTensorExpertData: return sizes_.tp * (sizes_.dp / sizes_.ep);
     case Group::kWorld: return world_size();
   }
   return 0;
@@ -119,6 +121,7 @@ int GridLayout::group_id(Group g, int rank) const {
     case Group::kExpert: return c.tp + tp * (c.edp + size(Group::kExpertData) * c.pp);
     case Group::kExpertData: return c.tp + tp * (c.ep + sizes_.ep * c.pp);
     case Group::kTensorData: return c.pp;
+    case Group::kTensorExpertData: return c.ep + sizes_.ep * c.pp;
     case Group::kWorld: return 0;
   }
   return 0;
@@ -133,6 +136,7 @@ int GridLayout::index_in(Group g, int rank) const {
     case Group::kExpert: return c.ep;
     case Group::kExpertData: return c.edp;
     case Group::kTensorData: return c.tp + sizes_.tp * c.dp;
+    case Group::kTensorExpertData: return c.tp + sizes_.tp * c.edp;
     case Group::kWorld: return rank;
   }
   return 0;
@@ -151,6 +155,9 @@ std::vector<int> GridLayout::members(Group g, int rank) const {
       case Group::kExpert: m.dp = i + sizes_.ep * c.edp; break;
       case Group::kExpertData: m.dp = c.ep + sizes_.ep * i; break;
       case Group::kTensorData: m.tp = i % sizes_.tp, m.dp = i / sizes_.tp; break;
+      case Group::kTensorExpertData:
+        m.tp = i % sizes_.tp, m.dp = c.ep + sizes_.ep * (i / sizes_.tp);
+        break;
       case Group::kWorld: out.push_back(i); continue;
     }
     out.push_back(rank_of(m));

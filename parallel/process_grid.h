@@ -28,12 +28,15 @@ enum class Group : uint8_t {
   // holding the parts of a tensor that TP splits and ZeRO shards, which an optimizer's statistics
   // over the whole tensor are summed across
   kTensorData,
+  // tp_edp: the same for experts, whose parts TP splits and ZeRO shards over edp: the ranks of one
+  // stage holding the same experts
+  kTensorExpertData,
   kWorld,  // every rank
 };
-inline constexpr std::array<Group, 7> kAllGroups = {
-    Group::kTensor,     Group::kData,       Group::kPipeline, Group::kExpert,
-    Group::kExpertData, Group::kTensorData, Group::kWorld};
-// "tp", "dp", "pp", "ep", "edp", "tp_dp", "world".
+inline constexpr std::array<Group, 8> kAllGroups = {
+    Group::kTensor,     Group::kData,       Group::kPipeline,         Group::kExpert,
+    Group::kExpertData, Group::kTensorData, Group::kTensorExpertData, Group::kWorld};
+// "tp", "dp", "pp", "ep", "edp", "tp_dp", "tp_edp", "world".
 std::string_view group_name(Group g);
 
 // The sizes of the grid's dimensions, as the config names them: tp is
@@ -131,6 +134,7 @@ class ProcessGrid {
   Communicator& ep() const { return comm(Group::kExpert); }
   Communicator& edp() const { return comm(Group::kExpertData); }
   Communicator& tp_dp() const { return comm(Group::kTensorData); }
+  Communicator& tp_edp() const { return comm(Group::kTensorExpertData); }
   Communicator& world() const { return *world_; }
 
   // Every group's counters summed (world included), and reset of them all.

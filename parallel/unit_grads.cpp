@@ -25,8 +25,9 @@ std::vector<MemoryPlan::Slot> declare(MemoryPlan& plan, const std::vector<ZeroUn
 
 }  // namespace
 
-UnitGrads::UnitGrads(const std::vector<ZeroUnit>& units, Communicator& dp, int live_units)
-    : units_(units), dp_(dp), live_units_(live_units) {
+UnitGrads::UnitGrads(const std::vector<ZeroUnit>& units, Communicator& dp, int live_units,
+                     Communicator* expert_dp)
+    : units_(units), dp_(dp), expert_dp_(expert_dp ? *expert_dp : dp), live_units_(live_units) {
   slots_ = declare(plan_, units_, live_units);
   plan_.allocate();
   owner_.assign(slots_.size(), -1);
@@ -95,11 +96,12 @@ void UnitGrads::release_grads(int unit) {
   KEEL_CHECK(owner_[s] == unit, "unit gradients: unit '{}' released but not held", units_[u].name);
   const Tensor buffer = plan_[slots_[s]];
   float* g = buffer.f32();
-  if (dp_.size() > 1) {
+  Communicator& group = units_[u].group == ZeroUnit::kExpertGroup ? expert_dp_ : dp_;
+  if (group.size() > 1) {
     // Blocking: the buffer is stepped and reused right after, and ZeRO 0 keeps no second one to
     // overlap with.
     const auto t0 = std::chrono::steady_clock::now();
-    dp_.all_reduce(Tensor(g, DType::F32, {units_[u].elems}));
+    group.all_reduce(Tensor(g, DType::F32, {units_[u].elems}));
     wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   const ZeroUnit& whole = units_[u];

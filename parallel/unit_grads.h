@@ -19,7 +19,9 @@ class UnitGrads final : public UnitHooks {
  public:
   // live_units: the model's gradient buffers held at once (2: unit 0, the tied embedding, is held
   // across the others' backward).
-  UnitGrads(const std::vector<ZeroUnit>& units, Communicator& dp, int live_units);
+  // The expert units (ZeroUnit::kExpertGroup) are summed over expert_dp (default: dp).
+  UnitGrads(const std::vector<ZeroUnit>& units, Communicator& dp, int live_units,
+            Communicator* expert_dp = nullptr);
   // What the constructor allocates (keel plan).
   static size_t plan_bytes(const std::vector<ZeroUnit>& units, int live_units);
 
@@ -48,6 +50,7 @@ class UnitGrads final : public UnitHooks {
 
   std::vector<ZeroUnit> units_;
   Communicator& dp_;
+  Communicator& expert_dp_;
   int live_units_;
   MemoryPlan plan_{"unit gradients"};
   std::vector<MemoryPlan::Slot> slots_;  // live_units × the widest unit

@@ -46,14 +46,19 @@ struct Declared {
   ZeroBytes bytes;
 };
 
+// Ranks of each group a unit may be sharded over (ZeroUnit::group).
+using GroupRanks = std::array<int, 2>;
+
 Declared declare(MemoryPlan& plan, const std::vector<ZeroLayout>& layouts,
-                 const std::vector<ZeroUnit>& units, int stage, int ranks, int live_units,
+                 const std::vector<ZeroUnit>& units, int stage, GroupRanks ranks, int live_units,
                  bool per_layer) {
-  int64_t region_total = 0, widest_region = 0, widest_unit = 0;
+  int64_t region_total = 0, widest_region = 0, widest_unit = 0, widest_staging = 0;
   for (size_t u = 0; u < units.size(); ++u) {
     region_total += layouts[u].region_elems();
     widest_region = std::max(widest_region, layouts[u].region_elems());
     widest_unit = std::max(widest_unit, units[u].elems);
+    widest_staging = std::max(
+        widest_staging, layouts[u].region_elems() * ranks[static_cast<size_t>(units[u].group)]);
   }
   Declared d;
   d.master = plan.add("master shard", DType::F32, {region_total});
@@ -62,8 +67,7 @@ Declared declare(MemoryPlan& plan, const std::vector<ZeroLayout>& layouts,
                     {grad_total});
   const int staging = kReducesInFlight + (stage == 3 ? 1 : 0);
   for (int i = 0; i < staging; ++i)
-    d.staging.push_back(
-        plan.add("staging " + std::to_string(i), DType::F32, {widest_region * ranks}));
+    d.staging.push_back(plan.add("staging " + std::to_string(i), DType::F32, {widest_staging}));
   if (stage == 3)
     for (int i = 0; i < live_units; ++i)
       d.unit_w.push_back(plan.add("unit weights " + std::to_string(i), DType::F32, {widest_unit}));
@@ -84,8 +88,8 @@ Declared declare(MemoryPlan& plan, const std::vector<ZeroLayout>& layouts,
   return d;
 }
 
-std::vector<ZeroLayout> make_layouts(const std::vector<ZeroUnit>& units, int stage, int ranks,
-                                     int live_units, bool per_layer) {
+std::vector<ZeroLayout> make_layouts(const std::vector<ZeroUnit>& units, int stage,
+                                     GroupRanks ranks, int live_units, bool per_layer) {
   KEEL_CHECK(stage >= 1 && stage <= 3, "ZeRO stage must be 1, 2 or 3, got {}", stage);
   KEEL_CHECK(!per_layer || stage >= 2,
              "ZeRO {}: a per-layer update needs stage 2 or 3 (stage 1 reduces the gradients only "
@@ -101,7 +105,9 @@ std::vector<ZeroLayout> make_layouts(const std::vector<ZeroUnit>& units, int sta
       KEEL_CHECK(u.offsets[i] >= 0 && u.offsets[i] + u.params[i].rows * u.params[i].cols <= u.elems,
                  "ZeRO unit '{}': parameter '{}' lies outside the unit's {} floats", u.name,
                  u.params[i].name, u.elems);
-    layouts.emplace_back(u.params, ranks);
+    KEEL_CHECK(u.group == ZeroUnit::kDataGroup || u.group == ZeroUnit::kExpertGroup,
+               "ZeRO unit '{}' names group {} (internal error)", u.name, u.group);
+    layouts.emplace_back(u.params, ranks[static_cast<size_t>(u.group)]);
   }
   return layouts;
 }
@@ -109,19 +115,21 @@ std::vector<ZeroLayout> make_layouts(const std::vector<ZeroUnit>& units, int sta
 }  // namespace
 
 ZeroBytes Zero::plan(const std::vector<ZeroUnit>& units, int stage, int ranks, int live_units,
-                     bool per_layer_update) {
+                     bool per_layer_update, int expert_ranks) {
   MemoryPlan plan("ZeRO");
-  return declare(plan, make_layouts(units, stage, ranks, live_units, per_layer_update), units,
-                 stage, ranks, live_units, per_layer_update)
+  const GroupRanks groups = {ranks, expert_ranks > 0 ? expert_ranks : ranks};
+  return declare(plan, make_layouts(units, stage, groups, live_units, per_layer_update), units,
+                 stage, groups, live_units, per_layer_update)
       .bytes;
 }
 
 Zero::Zero(std::vector<ZeroUnit> units, int stage, Communicator& dp, int live_units,
-           bool per_layer_update)
+           bool per_layer_update, Communicator* expert_dp)
     : units_(std::move(units)),
-      layouts_(make_layouts(units_, stage, dp.size(), live_units, per_layer_update)),
+      layouts_(make_layouts(units_, stage, {dp.size(), expert_dp ? expert_dp->size() : dp.size()},
+                            live_units, per_layer_update)),
       stage_(stage),
-      dp_(dp),
+      groups_{&dp, expert_dp ? expert_dp : &dp},
       per_layer_(per_layer_update) {
   int64_t at = 0;
   for (const ZeroLayout& l : layouts_) {
@@ -129,7 +137,8 @@ Zero::Zero(std::vector<ZeroUnit> units, int stage, Communicator& dp, int live_un
     at += l.region_elems();
     widest_region_ = std::max(widest_region_, l.region_elems());
   }
-  Declared d = declare(plan_, layouts_, units_, stage, dp.size(), live_units, per_layer_);
+  Declared d = declare(plan_, layouts_, units_, stage, {groups_[0]->size(), groups_[1]->size()},
+                       live_units, per_layer_);
   master_ = d.master;
   grad_ = d.grad;
   staging_ = std::move(d.staging);
@@ -186,7 +195,8 @@ void Zero::init_master(const std::function<const float*(int, float*)>& full) {
   float* master = plan_[master_].f32();
   for (size_t u = 0; u < units_.size(); ++u) {
     const float* w = full(static_cast<int>(u), scratch);
-    layouts_[u].pack(master + region_at_[u], dp_.rank(), unit_ptrs(static_cast<int>(u), w));
+    layouts_[u].pack(master + region_at_[u], group(static_cast<int>(u)).rank(),
+                     unit_ptrs(static_cast<int>(u), w));
   }
 }
 
@@ -199,8 +209,8 @@ std::vector<ZeroShardRef> Zero::shards() {
       const ZeroShard& s = layouts_[u].shard(i);
       const int64_t at = region_at_[u] + s.offset;
       const int64_t g = grad_at(static_cast<int>(u)) + s.offset;
-      out.push_back(
-          {&units_[u].params[i], master + at, grad + g, s.elems, layouts_[u].rect(i, dp_.rank())});
+      out.push_back({&units_[u].params[i], master + at, grad + g, s.elems,
+                     layouts_[u].rect(i, group(static_cast<int>(u)).rank())});
     }
   return out;
 }
@@ -226,11 +236,12 @@ int Zero::take_staging() {
 
 void Zero::start_gather(int unit, int staging) {
   const int64_t region = layouts_[static_cast<size_t>(unit)].region_elems();
-  Tensor out = plan_[staging_[static_cast<size_t>(staging)]].slice0(0, region * dp_.size());
+  Communicator& g = group(unit);
+  Tensor out = plan_[staging_[static_cast<size_t>(staging)]].slice0(0, region * g.size());
   Tensor in = plan_[master_].slice0(region_at_[static_cast<size_t>(unit)],
                                     region_at_[static_cast<size_t>(unit)] + region);
   flights_.push_back(
-      std::make_unique<InFlight>(InFlight{false, unit, staging, dp_.all_gather_async(out, in)}));
+      std::make_unique<InFlight>(InFlight{false, unit, staging, g.all_gather_async(out, in)}));
 }
 
 // The first reduction of a unit in a step writes the gradient shard directly; later ones (more
@@ -238,13 +249,14 @@ void Zero::start_gather(int unit, int staging) {
 void Zero::start_reduce(int unit, int staging) {
   const size_t u = static_cast<size_t>(unit);
   const int64_t region = layouts_[u].region_elems();
-  Tensor in = plan_[staging_[static_cast<size_t>(staging)]].slice0(0, region * dp_.size());
+  Communicator& g = group(unit);
+  Tensor in = plan_[staging_[static_cast<size_t>(staging)]].slice0(0, region * g.size());
   const bool direct = grad_fresh_[u];
   grad_fresh_[u] = false;
   Tensor out = direct ? plan_[grad_].slice0(grad_at(unit), grad_at(unit) + region)
-                      : in.slice0(dp_.rank() * region, (dp_.rank() + 1) * region);
+                      : in.slice0(g.rank() * region, (g.rank() + 1) * region);
   flights_.push_back(std::make_unique<InFlight>(
-      InFlight{true, unit, staging, dp_.reduce_scatter_async(out, in), direct}));
+      InFlight{true, unit, staging, g.reduce_scatter_async(out, in), direct}));
   if (!overlap_) finish_all();
 }
 
@@ -261,7 +273,7 @@ void Zero::finish(InFlight& f) {
     const size_t u = static_cast<size_t>(f.unit);
     const int64_t region = layouts_[u].region_elems();
     const float* chunk =
-        plan_[staging_[static_cast<size_t>(f.staging)]].f32() + dp_.rank() * region;
+        plan_[staging_[static_cast<size_t>(f.staging)]].f32() + group(f.unit).rank() * region;
     const auto t0 = Clock::now();
     const Tensor grads = plan_[grad_];
     kernels::ops(grads.device()).add_inplace(grads.f32() + grad_at(f.unit), chunk, region, {});
@@ -390,7 +402,7 @@ double Zero::counted_sum_squares(int unit, const float* region, Device device) c
 void Zero::publish_weights() {
   if (stage_ == 3) return;
   finish_all();
-  if (dp_.size() == 1) {  // the master shards are the whole parameters
+  if (groups_[0]->size() == 1 && groups_[1]->size() == 1) {  // the shards are the parameters
     const auto t0 = Clock::now();
     for (size_t u = 0; u < units_.size(); ++u)
       layouts_[u].unpack(plan_[master_].f32() + region_at_[u], 0,
@@ -440,7 +452,7 @@ float* Zero::acquire_weights(int unit) {
              units_[u].name, w_owner_.size());
   *slot = unit;
   float* w = plan_[unit_w_[static_cast<size_t>(slot - w_owner_.begin())]].f32();
-  if (dp_.size() == 1) {  // the master shards are the whole parameters
+  if (group(unit).size() == 1) {  // the master shards are the whole parameters
     const auto t0 = Clock::now();
     layouts_[u].unpack(plan_[master_].f32() + region_at_[u], 0, unit_ptrs(unit, w));
     timers_.copy_seconds += since(t0);
@@ -521,7 +533,7 @@ void Zero::reduce_unit(int unit, const float* grads) {
     owner = unit;
   }
   const auto t0 = Clock::now();
-  if (dp_.size() == 1 && grad_fresh_[u]) {
+  if (group(unit).size() == 1 && grad_fresh_[u]) {
     layouts_[u].pack(plan_[grad_].f32() + grad_at(unit), 0, unit_ptrs(unit, grads));
     grad_fresh_[u] = false;
     timers_.copy_seconds += since(t0);

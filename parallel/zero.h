@@ -16,6 +16,7 @@
 // then only the shards of the units in flight exist, not one per unit.
 #pragma once
 
+#include <array>
 #include <functional>
 #include <memory>
 #include <string>
@@ -29,10 +30,15 @@ namespace keel::parallel {
 
 // A unit as the model lays it out: its parameters lie in one buffer at the given float offsets.
 struct ZeroUnit {
-  std::string name;                   // "embed_tokens", "layers.3", "head"
+  std::string name;                   // "embed_tokens", "layers.3", "head", "layers.3.experts"
   std::vector<ZeroParamSpec> params;  // global shapes, Hugging Face names
   std::vector<int64_t> offsets;       // float offset of each parameter in the unit's buffer
   int64_t elems = 0;                  // floats of the unit's buffer
+  // The group the unit is sharded and its gradients reduced over: kDataGroup (the data-parallel
+  // ranks), or kExpertGroup for an MoE layer's experts, which only the ranks holding the same
+  // experts share (the expert-data-parallel group).
+  static constexpr int kDataGroup = 0, kExpertGroup = 1;
+  int group = kDataGroup;
 };
 
 // What a model calls around each unit it runs. A model that holds all of itself needs none; under
@@ -91,16 +97,18 @@ struct ZeroTimers {
 
 class Zero final : public UnitHooks {
  public:
-  // stage 1, 2 or 3 over the data-parallel group dp. live_units: how many units the model holds
-  // at once at most (2 when the head needs the tied embedding beside its own weights).
+  // stage 1, 2 or 3 over the data-parallel group dp (the expert units over expert_dp, which
+  // defaults to dp). live_units: how many units the model holds at once at most (2 when the head
+  // needs the tied embedding beside its own weights; one more for an MoE layer's experts).
   // per_layer_update (stages 2 and 3): hand each unit's gradient shard over as soon as it is
   // complete (set_unit_ready), keeping shards for the units in flight only.
   Zero(std::vector<ZeroUnit> units, int stage, Communicator& dp, int live_units,
-       bool per_layer_update = false);
+       bool per_layer_update = false, Communicator* expert_dp = nullptr);
   ~Zero() override;
-  // What the constructor would allocate on each of `ranks` ranks (keel plan).
+  // What the constructor would allocate on each of `ranks` ranks, the expert units sharded over
+  // expert_ranks (0: ranks) (keel plan).
   static ZeroBytes plan(const std::vector<ZeroUnit>& units, int stage, int ranks, int live_units,
-                        bool per_layer_update = false);
+                        bool per_layer_update = false, int expert_ranks = 0);
 
   int stage() const { return stage_; }
   const std::vector<ZeroUnit>& units() const { return units_; }
@@ -172,7 +180,10 @@ class Zero final : public UnitHooks {
   std::vector<ZeroLayout> layouts_;  // one per unit
   std::vector<int64_t> region_at_;   // start of unit u's region in this rank's shard buffers
   int stage_;
-  Communicator& dp_;
+  std::array<Communicator*, 2> groups_;  // by ZeroUnit::group
+  Communicator& group(int unit) const {
+    return *groups_[static_cast<size_t>(units_[static_cast<size_t>(unit)].group)];
+  }
   std::vector<float*> model_weights_, model_grads_;
 
   MemoryPlan plan_{"ZeRO"};

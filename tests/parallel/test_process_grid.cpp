@@ -32,6 +32,7 @@ int varying(Group g, const GridCoord& c, int rank, const GridSizes& s) {
     case Group::kExpert: return c.ep;
     case Group::kExpertData: return c.edp;
     case Group::kTensorData: return c.tp + s.tp * c.dp;  // TP fastest inside the stage
+    case Group::kTensorExpertData: return c.tp + s.tp * c.edp;
     case Group::kWorld: return rank;
   }
   return -1;
@@ -46,6 +47,7 @@ bool same_group(Group g, const GridCoord& a, const GridCoord& b) {
     case Group::kExpert: return a.tp == b.tp && a.pp == b.pp && a.edp == b.edp;
     case Group::kExpertData: return a.tp == b.tp && a.pp == b.pp && a.ep == b.ep;
     case Group::kTensorData: return a.pp == b.pp;
+    case Group::kTensorExpertData: return a.pp == b.pp && a.ep == b.ep;
     case Group::kWorld: return true;
   }
   return false;
