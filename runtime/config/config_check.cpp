@@ -229,9 +229,13 @@ void check_moe(const Config& config) {
              "parallel.expert_model_parallel_size {} does not divide model.num_local_experts {} "
              "(each expert-parallel rank holds the same number of experts); pick a divisor of {}",
              ep, m.num_local_experts, m.num_local_experts);
-  KEEL_CHECK(ep == 1,
-             "parallel.expert_model_parallel_size is {}, but expert parallelism is not supported "
-             "yet in this build (every rank holds every expert); set it to 1",
+  KEEL_CHECK(config.parallel.pipeline_schedule != "zb_h1",
+             "parallel.pipeline_schedule zb_h1 splits each block's backward in two, which "
+             "mixture-of-experts layers do not do yet; pick 1f1b, interleaved_1f1b or gpipe");
+  KEEL_CHECK(ep == 1 || !config.optimizer.per_layer_update || config.parallel.zero_stage > 0,
+             "optimizer.per_layer_update without ZeRO (parallel.zero_stage 0) cannot yet sum the "
+             "experts' gradient norms over parallel.expert_model_parallel_size {} ranks; set "
+             "parallel.zero_stage to 2 or 3",
              ep);
 }
 

@@ -187,8 +187,8 @@ void LlamaModel::build_plans() {
   const int64_t L = num_layers();  // the stage's; layer l is the model's layer_index_[l]
   Slots& s = *s_;
   // Parameters and gradients: the same table twice, unit after unit.
-  auto begin_unit = [&](std::string name) {
-    units_.push_back({std::move(name), {}, {}, 0});
+  auto begin_unit = [&](std::string name, int group = parallel::ZeroUnit::kDataGroup) {
+    units_.push_back({std::move(name), {}, {}, 0, group});
     unit_begin_.push_back(-1);
   };
   auto add_weight = [&](const std::string& name, Shape shape) {
@@ -210,6 +210,8 @@ void LlamaModel::build_plans() {
     Layer& y = layers_[static_cast<size_t>(l)];
     const std::string p = "layers." + std::to_string(layer_index_[static_cast<size_t>(l)]) + ".";
     begin_unit("layers." + std::to_string(layer_index_[static_cast<size_t>(l)]));
+    layer_unit_.push_back(static_cast<int>(units_.size()) - 1);
+    expert_unit_.push_back(-1);
     y.w_in_norm = add_weight(p + "input_layernorm", {C_});
     y.w_qkv = add_weight(p + "qkv_proj", {QKV_, C_});
     y.w_o = add_weight(p + "o_proj", {C_, H_ * D_});
@@ -217,6 +219,9 @@ void LlamaModel::build_plans() {
     y.moe = config_.moe_layer(layer_index_[static_cast<size_t>(l)]);
     if (y.moe) {  // the router, then this rank's experts stacked
       y.w_router = add_weight(p + "router", {E_, C_});
+      begin_unit("layers." + std::to_string(layer_index_[static_cast<size_t>(l)]) + ".experts",
+                 parallel::ZeroUnit::kExpertGroup);
+      expert_unit_.back() = static_cast<int>(units_.size()) - 1;
       y.w_gate_up = add_weight(p + "experts.gate_up_proj", {El_ * 2 * I_, C_});
       y.w_down = add_weight(p + "experts.down_proj", {El_ * C_, I_});
     } else {
@@ -409,7 +414,8 @@ void LlamaModel::build_plans() {
              DType::F32, shape);
     const bool counted = shard.whole() ? first : counted_if_split;
     const bool copy = u == 0 && embed_ && !first_;  // the tied embedding on the last stage
-    params_.push_back({name, global, shard, decay, counted, copy, w, g});
+    const bool expert = units_[static_cast<size_t>(u)].group == parallel::ZeroUnit::kExpertGroup;
+    params_.push_back({name, global, shard, decay, counted, copy, expert, w, g});
     parallel::ZeroUnit& unit = units_[static_cast<size_t>(u)];
     unit.params.push_back({name, shape[0], shape.numel() / shape[0], counted && !copy, shard.dim});
     unit.offsets.push_back(at);
@@ -514,12 +520,33 @@ std::vector<std::vector<int>> LlamaModel::weight_orders() const {
     const bool head = heads(static_cast<int>(c));
     std::vector<int>& order = orders.emplace_back();
     if (embeds(static_cast<int>(c))) order.push_back(0);
-    for (int64_t l = chunk.first; l < chunk.last; ++l) order.push_back(layer_unit(l));
+    // A layer's units in the order use_layer asks for them, forward and backward alike.
+    auto layer = [&](int64_t l) {
+      order.push_back(layer_unit(l));
+      if (expert_unit(l) >= 0) order.push_back(expert_unit(l));
+    };
+    for (int64_t l = chunk.first; l < chunk.last; ++l) layer(l);
     if (head) order.push_back(head_unit());
     if (head && config_.tie_word_embeddings) order.push_back(0);  // the head's tied weights
-    for (int64_t l = chunk.last - 1; l >= chunk.first; --l) order.push_back(layer_unit(l));
+    for (int64_t l = chunk.last - 1; l >= chunk.first; --l) layer(l);
   }
   return orders;
+}
+
+void LlamaModel::use_layer(int64_t l, bool weights, bool grads) {
+  const int units[2] = {layer_unit(l), expert_unit(l)};
+  for (int u : units)
+    if (u >= 0 && weights) use_weights(u);
+  for (int u : units)
+    if (u >= 0 && grads) use_grads(u);
+}
+
+void LlamaModel::drop_layer(int64_t l, bool weights, bool grads) {
+  const int units[2] = {layer_unit(l), expert_unit(l)};
+  for (int u : units)
+    if (u >= 0 && weights) drop_weights(u);
+  for (int i = 1; i >= 0; --i)
+    if (units[i] >= 0 && grads) drop_grads(units[i]);
 }
 
 void LlamaModel::use_weights(int u) {

@@ -103,8 +103,9 @@ class LlamaModel {
   // The order a micro-batch's forward and backward ask for unit weights (prefetching follows it).
   // Per model chunk (one without interleaving).
   std::vector<std::vector<int>> weight_orders() const;
-  // Units held at once at most: 2 when the head also needs the tied embedding.
-  int live_units() const { return config_.tie_word_embeddings ? 2 : 1; }
+  // Units held at once at most: 2 when the head also needs the tied embedding, or an MoE layer
+  // its experts.
+  int live_units() const { return config_.tie_word_embeddings || moe_ ? 2 : 1; }
   // The model's own buffer of unit u (null when it does not hold weights or gradients).
   float* own_weights(int u) const;
   float* own_grads(int u) const;
@@ -260,7 +261,13 @@ class LlamaModel {
   // training: a stage_forward (its MoE routing counted), not an evaluation.
   void run_forward(const MicroActs& m, const int32_t* tokens, const float* input, bool training);
   // Units: the embedding (first stage), each local layer l, the head (last stage).
-  int layer_unit(int64_t l) const { return static_cast<int>(embed_ + l); }
+  // An MoE layer's experts are a unit of their own (sharded over another group), right after it.
+  int layer_unit(int64_t l) const { return layer_unit_[static_cast<size_t>(l)]; }
+  int expert_unit(int64_t l) const { return expert_unit_[static_cast<size_t>(l)]; }  // -1: dense
+  // Layer l's units held around its block: weights and/or gradients, its experts' too; released
+  // in the reverse order (the experts' gradients first: units hand over last unit first).
+  void use_layer(int64_t l, bool weights, bool grads);
+  void drop_layer(int64_t l, bool weights, bool grads);
   int head_unit() const { return static_cast<int>(units_.size()) - 1; }
   // Weights and gradients of a slot, wherever its unit's buffer is now.
   float* w(MemoryPlan::Slot s) const { return wbase_[unit_of_[s]] + slot_at_[s]; }
@@ -318,8 +325,9 @@ class LlamaModel {
   std::vector<Parameter> params_;
   std::vector<Layer> layers_;
   std::vector<parallel::ZeroUnit> units_;
-  std::vector<int> unit_of_;           // weight slot → unit
-  std::vector<int64_t> slot_at_;       // weight slot → float offset inside its unit
+  std::vector<int> layer_unit_, expert_unit_;  // local layer → its unit, its experts' (or -1)
+  std::vector<int> unit_of_;                   // weight slot → unit
+  std::vector<int64_t> slot_at_;               // weight slot → float offset inside its unit
   std::vector<int64_t> unit_begin_;    // unit → float offset in the weight (and gradient) plan
   std::vector<float*> wbase_, gbase_;  // unit → its buffer now (null when not acquired)
   struct Slots;

@@ -223,9 +223,9 @@ void LlamaModel::run_forward(const MicroActs& m, const int32_t* tokens, const fl
     std::copy_n(input, rows_.count * C_, acts_[m.x[0]].f32());
   }
   for (int64_t l = m.first; l < m.last; ++l) {
-    use_weights(layer_unit(l));
+    use_layer(l, true, false);
     block_forward(m, static_cast<int>(l), false, training);
-    drop_weights(layer_unit(l));
+    drop_layer(l, true, false);
   }
 }
 
@@ -359,13 +359,13 @@ void LlamaModel::stage_backward_weight(int slot) {
              slot);
   const BlockScratch scratch = block_scratch();
   for (int64_t l = m.last - 1; l >= m.first; --l) {
-    use_grads(layer_unit(l));
+    use_layer(l, false, true);
     const MicroActs::Deferred& d = m.deferred[static_cast<size_t>(l - m.first)];
     block_.weight_backward(
         block_grads(static_cast<int>(l)), block_acts(m, static_cast<int>(l)),
         {acts_[d.down].f32(), acts_[d.gate_up].f32(), acts_[d.o].f32(), acts_[d.qkv].f32()},
         scratch, N_);
-    drop_grads(layer_unit(l));
+    drop_layer(l, false, true);
     progress();
   }
   slot_state_[static_cast<size_t>(slot)] = SlotState::kBackwarded;
@@ -387,11 +387,9 @@ void LlamaModel::run_backward(int slot, const float* output_grad, bool defer) {
     std::copy_n(output_grad, rows_.count * C_, dres);
   }
   for (int64_t l = m.last - 1; l >= m.first; --l) {
-    use_weights(layer_unit(l));
-    use_grads(layer_unit(l));
+    use_layer(l, true, true);
     block_backward(m, static_cast<int>(l), defer);
-    drop_weights(layer_unit(l));
-    drop_grads(layer_unit(l));
+    drop_layer(l, true, true);
   }
   if (!embeds(
           m.chunk)) {  // ∂/∂x[0], the previous stage's output gradient, into the slot: x[0] is done

@@ -36,6 +36,10 @@ struct Parameter {
   // the tensor): stepped with the same summed gradient to the same values, but not counted in
   // the gradient norm, nor saved, nor exported: the first stage's is.
   bool tied_copy = false;
+  // One of an MoE layer's experts: held by the expert-parallel rank its index falls to, shared
+  // (and its gradient summed) only with the expert-data-parallel group; whole in the model's
+  // parameter count only over the expert-parallel group.
+  bool expert = false;
   Tensor value;  // fp32, the local slice
   Tensor grad;   // fp32, same shape as value; accumulates across micro-batches
 };

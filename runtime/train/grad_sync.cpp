@@ -13,28 +13,36 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // The groups an optimizer tensor's parts may be spread over (null in a plan, which has only sizes).
+// (An expert's ZeRO shards are spread over the expert-data-parallel group instead of dp.)
 struct TensorGroups {
   parallel::Communicator* tp = nullptr;
   parallel::Communicator* dp = nullptr;
   parallel::Communicator* tp_dp = nullptr;
-  int tp_size = 1, dp_size = 1;
+  parallel::Communicator* edp = nullptr;
+  parallel::Communicator* tp_edp = nullptr;
+  int tp_size = 1, dp_size = 1, edp_size = 1;
 };
 
 TensorGroups groups_of(const parallel::ProcessGrid& grid) {
-  return {&grid.tp(), &grid.dp(), &grid.tp_dp(), grid.tp().size(), grid.dp().size()};
+  return {&grid.tp(),     &grid.dp(),       &grid.tp_dp(),    &grid.edp(),
+          &grid.tp_edp(), grid.tp().size(), grid.dp().size(), grid.edp().size()};
 }
 
 // Names the group holding the parts of p's optimizer tensor r: TP's slices (the TP group), ZeRO's
-// shards (the DP group), or ZeRO's shards of TP's slices (tp_dp); a part held alike by several TP
-// ranks is counted by one (Parameter::tp_counted).
+// shards (the DP group, or for an expert the expert-data-parallel one), or ZeRO's shards of TP's
+// slices (tp_dp, tp_edp); a part held alike by several TP ranks is counted by one
+// (Parameter::tp_counted).
 optim::ParamRef grouped(optim::ParamRef r, const Parameter& p, const TensorGroups& g, bool zero) {
   const bool split = !p.shard.whole();
+  parallel::Communicator* dp = p.expert ? g.edp : g.dp;
+  parallel::Communicator* tp_dp = p.expert ? g.tp_edp : g.tp_dp;
+  const int dp_size = p.expert ? g.edp_size : g.dp_size;
   if (split && zero) {
-    r.group = g.tp_dp, r.parts = g.tp_size * g.dp_size;
+    r.group = tp_dp, r.parts = g.tp_size * dp_size;
   } else if (split) {
     r.group = g.tp, r.parts = g.tp_size;
   } else if (zero) {
-    r.group = g.dp, r.parts = g.dp_size;
+    r.group = dp, r.parts = dp_size;
   }
   r.counted = !split || p.tp_counted;
   return r;
@@ -74,31 +82,53 @@ std::vector<const float*> model_grads(LlamaModel& model) {
   return grads;
 }
 
-// ZeRO 0: the model's whole gradient plan all-reduced after the backward.
+// ZeRO 0: the model's whole gradient plan all-reduced after the backward. Under expert
+// parallelism the experts' units are summed over the expert-data-parallel group instead, each run
+// of units of one group in one call.
 class AllReduceSync final : public WholeModelSync {
  public:
   AllReduceSync(LlamaModel& model, const parallel::ProcessGrid& grid)
-      : WholeModelSync(model, model_grads(model), groups_of(grid)), dp_(grid.dp()) {}
+      : WholeModelSync(model, model_grads(model), groups_of(grid)),
+        dp_(grid.dp()),
+        edp_(grid.edp()),
+        ep_(grid.ep()) {}
   void set_unit_ready(parallel::UnitReady) override {
     KEEL_FAIL("the whole-plan all-reduce hands no unit over (internal error)");
   }
   void begin_step() override {}
   double reduce(const std::function<double()>&) override {
     const auto t0 = Clock::now();
-    dp_.all_reduce(model_.grad_storage());
+    if (ep_.size() == 1) {
+      dp_.all_reduce(model_.grad_storage());
+    } else {
+      const std::vector<parallel::ZeroUnit>& units = model_.units();
+      for (size_t u = 0; u < units.size();) {
+        size_t end = u + 1;
+        while (end < units.size() && units[end].group == units[u].group) ++end;
+        float* first = model_.own_grads(static_cast<int>(u));
+        const float* last = model_.own_grads(static_cast<int>(end - 1)) + units[end - 1].elems;
+        (units[u].group == parallel::ZeroUnit::kExpertGroup ? edp_ : dp_)
+            .all_reduce(Tensor(first, DType::F32, {last - first}));
+        u = end;
+      }
+    }
     sum_tied_gradient();
     wait_ += std::chrono::duration<double>(Clock::now() - t0).count();
-    double sq = 0.0;
+    // Every rank holds the whole dense gradient, and its own experts': those sum over ep.
+    double sq[2] = {0.0, 0.0};
     for (const Parameter& p : model_.parameters())
       if (p.tp_counted && !p.tied_copy)
-        sq += kernels::ops(p.grad.device()).sum_squares(p.grad.f32(), p.grad.numel(), {});
-    return sq;
+        sq[p.expert] += kernels::ops(p.grad.device()).sum_squares(p.grad.f32(), p.grad.numel(), {});
+    if (ep_.size() > 1) ep_.all_reduce(parallel::host_view(&sq[1], 1));
+    return sq[0] + sq[1];
   }
   parallel::ZeroTimers timers() const override { return {wait_, 0.0}; }
   parallel::ZeroBytes bytes() const override { return {}; }
 
  private:
   parallel::Communicator& dp_;
+  parallel::Communicator& edp_;
+  parallel::Communicator& ep_;
   double wait_ = 0.0;
 };
 
@@ -150,7 +180,7 @@ class ZeroSync final : public GradSync {
       : dp_(grid.dp()),
         stage_(static_cast<int>(config.parallel.zero_stage)),
         per_layer_(config.optimizer.per_layer_update),
-        zero_(model.units(), stage_, dp_, model.live_units(), per_layer_) {
+        zero_(model.units(), stage_, dp_, model.live_units(), per_layer_, &grid.edp()) {
     const uint64_t seed = config.training.seed;
     const int n = static_cast<int>(model.units().size());
     if (stage_ < 3) {
@@ -225,7 +255,8 @@ GradSyncPlan plan_grad_sync(const Config& config, const LlamaModel& model, int d
   const int stage = static_cast<int>(config.parallel.zero_stage);
   const bool per_layer = config.optimizer.per_layer_update;
   TensorGroups sizes;
-  sizes.tp_size = model.tp_split().size, sizes.dp_size = dp;
+  const int ep = static_cast<int>(config.parallel.expert_model_parallel_size);
+  sizes.tp_size = model.tp_split().size, sizes.dp_size = dp, sizes.edp_size = dp / ep;
   GradSyncPlan plan;
   if (stage == 0) {
     if (per_layer)
@@ -235,9 +266,11 @@ GradSyncPlan plan_grad_sync(const Config& config, const LlamaModel& model, int d
           grouped(optimizer_tensor(p, nullptr, nullptr, p.value.numel()), p, sizes, false));
     return plan;
   }
-  plan.bytes = parallel::Zero::plan(model.units(), stage, dp, model.live_units(), per_layer);
+  plan.bytes =
+      parallel::Zero::plan(model.units(), stage, dp, model.live_units(), per_layer, dp / ep);
   for (const parallel::ZeroUnit& u : model.units()) {
-    const parallel::ZeroLayout layout(u.params, dp);
+    const parallel::ZeroLayout layout(u.params,
+                                      u.group == parallel::ZeroUnit::kExpertGroup ? dp / ep : dp);
     for (size_t i = 0; i < u.params.size(); ++i) {
       const parallel::ShardRect rect = layout.rect(i, 0);
       const Parameter& p = model.parameter_by_name(u.params[i].name);
@@ -254,7 +287,9 @@ std::unique_ptr<GradSync> make_grad_sync(const Config& config, LlamaModel& model
   model.init_weights(config.training.seed);
   if (config.optimizer.per_layer_update)
     return std::make_unique<UnitAllReduceSync>(
-        model, std::make_unique<parallel::UnitGrads>(model.units(), grid.dp(), model.live_units()),
+        model,
+        std::make_unique<parallel::UnitGrads>(model.units(), grid.dp(), model.live_units(),
+                                              &grid.edp()),
         groups_of(grid));
   return std::make_unique<AllReduceSync>(model, grid);
 }

@@ -71,7 +71,8 @@ optim::OptimizerConfig optimizer_config(const Config& config) {
   return o;
 }
 
-ModelSplit stage_split(const Config& config, const PipelineLayout& layout, int stage, int tp_rank) {
+ModelSplit stage_split(const Config& config, const PipelineLayout& layout, int stage, int tp_rank,
+                       int ep_rank) {
   const std::vector<parallel::StageRange> chunks = layout.chunks(stage);
   ModelSplit split{.tp_size = static_cast<int>(config.parallel.tensor_model_parallel_size),
                    .tp_rank = tp_rank,
@@ -81,7 +82,9 @@ ModelSplit stage_split(const Config& config, const PipelineLayout& layout, int s
                    .pipeline_stage = stage,
                    .pipeline_stages = layout.shape.stages,
                    .activation_slots = layout.activation_slots(stage),
-                   .split_backward = layout.split_backward()};
+                   .split_backward = layout.split_backward(),
+                   .ep_size = static_cast<int>(config.parallel.expert_model_parallel_size),
+                   .ep_rank = ep_rank};
   if (chunks.size() > 1) {  // interleaved: the rank's chunks, each with its own slots
     for (const parallel::StageRange& r : chunks)
       split.chunk_layers.emplace_back(r.first_layer, r.last_layer);

@@ -57,9 +57,10 @@ optim::ParamRef optimizer_tensor(const Parameter& p, float* value, const float* 
 // The optimizer keel::optim builds for this config (optimizer.* and the training.adam_* keys).
 optim::OptimizerConfig optimizer_config(const Config& config);
 
-// The slice of the model that TP rank tp_rank of pipeline stage `stage` holds (what the trainer
-// builds, and keel plan plans).
-ModelSplit stage_split(const Config& config, const PipelineLayout& layout, int stage, int tp_rank);
+// The slice of the model that TP rank tp_rank and expert-parallel rank ep_rank of pipeline stage
+// `stage` holds (what the trainer builds, and keel plan plans).
+ModelSplit stage_split(const Config& config, const PipelineLayout& layout, int stage, int tp_rank,
+                       int ep_rank = 0);
 
 // What one rank of pipeline stage `stage` of a run of `config` on `dp` data-parallel ranks plans,
 // without allocating it: the stage's layers as pipeline_layout splits them, with the activation

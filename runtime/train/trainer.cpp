@@ -106,10 +106,11 @@ void Trainer::build() {
   KEEL_CHECK(grid_.pp().size() == pipeline_.shape.stages,
              "the process grid has {} pipeline stages but the config {} (internal error)",
              grid_.pp().size(), pipeline_.shape.stages);
-  model_ = std::make_unique<LlamaModel>(config_.model, B, T, t.gradient_checkpointing,
-                                        model_holds(config_),
-                                        stage_split(config_, pipeline_, stage, grid_.tp().rank()));
+  model_ = std::make_unique<LlamaModel>(
+      config_.model, B, T, t.gradient_checkpointing, model_holds(config_),
+      stage_split(config_, pipeline_, stage, grid_.tp().rank(), grid_.ep().rank()));
   model_->set_tensor_parallel(parallel::TpMappings(&grid_.tp()));
+  model_->set_expert_parallel(&grid_.ep());
   // The router's losses average over the step's global batch of sequences (docs/MOE.md).
   model_->set_router_loss_batch(B * t.gradient_accumulation_steps * grid_.dp().size());
   if (pipeline_.pipelined())
@@ -199,12 +200,42 @@ Trainer::~Trainer() = default;
 
 parallel::ZeroTimers Trainer::zero_timers() const { return sync_->timers(); }
 
+namespace {
+
+// The tensors a stage's keeper gathers, in the order it holds them: each unit's (but the tied
+// copy), an expert unit followed by the same unit of every other expert-parallel rank (by_ep[r]:
+// the plan of ep rank r's slice of the stage).
+void for_each_kept(const std::vector<std::unique_ptr<LlamaModel>>& by_ep,
+                   const std::function<void(const Parameter&)>& f) {
+  const LlamaModel& first = *by_ep.front();
+  for (size_t u = 0; u < first.units().size(); ++u) {
+    const bool experts = first.units()[u].group == parallel::ZeroUnit::kExpertGroup;
+    for (size_t r = 0; r < (experts ? by_ep.size() : 1); ++r)
+      for (const parallel::ZeroParamSpec& spec : by_ep[r]->units()[u].params) {
+        const Parameter& p = by_ep[r]->parameter_by_name(spec.name);
+        if (!p.tied_copy) f(p);
+      }
+  }
+}
+
+}  // namespace
+
 void Trainer::write_parameters(const std::string& path) {
   const bool writer = grid_.rank() == 0;
   const bool pipelined = grid_.pp().size() > 1;
+  const int ep = grid_.ep().size();
   std::vector<std::pair<std::string, Tensor>> tensors;
   const bool tp = model_->tp_split().split();
-  if (!tp && !pipelined && sync_->model_holds_weights()) {  // every rank holds every weight
+  // A plan (nothing allocated) of each expert-parallel rank's slice of pipeline stage s.
+  auto stage_by_ep = [&](int s) {
+    std::vector<std::unique_ptr<LlamaModel>> out;
+    for (int r = 0; r < ep; ++r)
+      out.push_back(std::make_unique<LlamaModel>(
+          config_.model, model_->batch(), model_->seq(), config_.training.gradient_checkpointing,
+          ModelHolds{false, false, false}, stage_split(config_, pipeline_, s, 0, r)));
+    return out;
+  };
+  if (!tp && !pipelined && ep == 1 && sync_->model_holds_weights()) {  // every rank holds all
     for (const Parameter& p : model_->parameters()) tensors.emplace_back(p.name, p.value);
     if (writer) write_safetensors(path, tensors, {{"format", "pt"}});
     return;
@@ -212,13 +243,18 @@ void Trainer::write_parameters(const std::string& path) {
   // Unit by unit: its weights as this rank holds them (the model's own, or gathered from ZeRO 3's
   // shards), then each tensor whole from the TP group's slices. The first rank of each stage's
   // TP and DP groups keeps its stage's tensors; the others need room for one unit and one tensor
-  // only. Every rank takes part in each collective.
+  // only. Every rank takes part in each collective. Under expert parallelism the keeper holds
+  // the experts of ep rank 0; the first rank holding each other rank's (tp 0, edp 0) sends it
+  // its experts unit by unit.
   const bool keeper = grid_.tp().rank() == 0 && grid_.dp().rank() == 0;
+  const bool expert_sender =
+      ep > 1 && grid_.tp().rank() == 0 && grid_.edp().rank() == 0 && grid_.ep().rank() > 0;
   const std::vector<parallel::ZeroUnit>& units = model_->units();
+  const std::vector<std::unique_ptr<LlamaModel>> kept = stage_by_ep(grid_.pp().rank());
   int64_t total = 0, widest_unit = 0, widest = 0;
-  for (const Parameter& p : model_->parameters())
-    if (!p.tied_copy)
-      total += p.global_shape.numel(), widest = std::max(widest, p.global_shape.numel());
+  for_each_kept(kept, [&](const Parameter& p) {
+    total += p.global_shape.numel(), widest = std::max(widest, p.global_shape.numel());
+  });
   for (const parallel::ZeroUnit& u : units) widest_unit = std::max(widest_unit, u.elems);
   std::vector<float> out(static_cast<size_t>(keeper ? total : widest));
   std::vector<float> unit(sync_->model_holds_weights() ? 0 : static_cast<size_t>(widest_unit));
@@ -237,12 +273,23 @@ void Trainer::write_parameters(const std::string& path) {
       const float* local = base + units[u].offsets[i];
       if (tp)
         gather_whole(p, local, whole, mappings);
-      else if (keeper)
+      else if (keeper || expert_sender)
         std::copy_n(local, p.global_shape.numel(), whole);
+      if (expert_sender && p.expert)
+        grid_.ep().send(Tensor(whole, DType::F32, Shape{p.global_shape.numel()}), 0);
       if (!keeper) continue;
       if (writer) tensors.emplace_back(p.name, Tensor(whole, DType::F32, p.global_shape));
       at += p.global_shape.numel();
     }
+    if (!keeper || units[u].group != parallel::ZeroUnit::kExpertGroup) continue;
+    for (int r = 1; r < ep; ++r)  // the same unit's experts of every other ep rank, in order
+      for (const parallel::ZeroParamSpec& spec : kept[static_cast<size_t>(r)]->units()[u].params) {
+        const Parameter& p = kept[static_cast<size_t>(r)]->parameter_by_name(spec.name);
+        float* whole = out.data() + at;
+        grid_.ep().recv(Tensor(whole, DType::F32, Shape{p.global_shape.numel()}), r);
+        if (writer) tensors.emplace_back(p.name, Tensor(whole, DType::F32, p.global_shape));
+        at += p.global_shape.numel();
+      }
   }
   // The later stages' keepers hand theirs to rank 0, stage by stage, in their unit order: rank 0
   // knows their names and shapes from a plan of each stage (nothing allocated).
@@ -251,25 +298,19 @@ void Trainer::write_parameters(const std::string& path) {
     parallel::Communicator& pp = grid_.pp();
     if (pp.rank() > 0) pp.send(Tensor(out.data(), DType::F32, Shape{total}), 0);
     for (int s = 1; writer && s < pp.size(); ++s) {
-      const LlamaModel stage(
-          config_.model, model_->batch(), model_->seq(), config_.training.gradient_checkpointing,
-          ModelHolds{false, false, false}, stage_split(config_, pipeline_, s, 0));
+      const std::vector<std::unique_ptr<LlamaModel>> stage = stage_by_ep(s);
       int64_t n = 0;
-      for (const Parameter& p : stage.parameters())
-        if (!p.tied_copy) n += p.global_shape.numel();
+      for_each_kept(stage, [&](const Parameter& p) { n += p.global_shape.numel(); });
       std::vector<float>& buffer = received.emplace_back(static_cast<size_t>(n));
       pp.recv(Tensor(buffer.data(), DType::F32, Shape{n}), s);
       int64_t offset = 0;
-      for (const parallel::ZeroUnit& su : stage.units())
-        for (const parallel::ZeroParamSpec& sp : su.params) {
-          const Parameter& p = stage.parameter_by_name(sp.name);
-          if (p.tied_copy) continue;
-          tensors.emplace_back(p.name, Tensor(buffer.data() + offset, DType::F32, p.global_shape));
-          offset += p.global_shape.numel();
-        }
+      for_each_kept(stage, [&](const Parameter& p) {
+        tensors.emplace_back(p.name, Tensor(buffer.data() + offset, DType::F32, p.global_shape));
+        offset += p.global_shape.numel();
+      });
     }
   }
-  if (pipelined && writer) {
+  if ((pipelined || ep > 1) && writer) {
     // In the whole model's order, as one rank writes them (interleaved stages hold chunks from
     // all over the stack).
     const LlamaModel whole(config_.model, model_->batch(), model_->seq(), false,

@@ -144,6 +144,7 @@ class Trainer {
     bool counted;    // false where another TP rank holds it alike and writes it (tp_counted)
     bool copy;       // the last pipeline stage's copy of the tied embedding (never written)
     int group_rank;  // this rank's place in the group holding the tensor's parts (0 without one)
+    bool expert;  // an MoE expert's (Parameter::expert): shared by the expert-data-parallel group
   };
   void for_each_tensor(const std::function<void(const TensorSlot&)>& f);
   // This rank's training state (weights or master shards, optimizer state) as checkpoint pieces.

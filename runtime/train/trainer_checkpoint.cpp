@@ -58,18 +58,21 @@ std::vector<StateFileSum> gather_sums(parallel::Communicator& world, const State
 struct QuantizedLayout {
   int tp = 1;
   int shards = 1;
+  int expert_shards = 1;  // an expert's ZeRO shards: over the expert-data-parallel group
   int64_t block_size = 256;
   int64_t min_8bit_size = 4096;
   bool operator==(const QuantizedLayout&) const = default;
 };
 
 QuantizedLayout quantized_layout(const Config& config, int data_parallel_size,
-                                 int tensor_parallel_size) {
+                                 int tensor_parallel_size, int expert_parallel_size) {
   const int64_t min_8bit = config.optimizer.type == "adamw_8bit"
                                ? config.optimizer.min_8bit_size
                                : std::numeric_limits<int64_t>::max();
-  return {tensor_parallel_size, config.parallel.zero_stage > 0 ? data_parallel_size : 1,
-          config.optimizer.block_size, min_8bit};
+  const bool zero = config.parallel.zero_stage > 0;
+  return {tensor_parallel_size, zero ? data_parallel_size : 1,
+          zero ? data_parallel_size / expert_parallel_size : 1, config.optimizer.block_size,
+          min_8bit};
 }
 
 using Shapes = std::map<std::string, std::pair<int64_t, int64_t>>;
@@ -102,7 +105,7 @@ void Trainer::for_each_tensor(const std::function<void(const TensorSlot&)>& f) {
         refs[i].rect.ld > 0 ? refs[i].rect : parallel::ShardRect{0, 0, rows, cols, cols};
     const Parameter& p = model_->parameter_by_name(refs[i].name);
     f({refs[i].name, rows, cols, rect, i, refs[i].value, refs[i].n, p.tp_counted, p.tied_copy,
-       refs[i].group ? refs[i].group->rank() : 0});
+       refs[i].group ? refs[i].group->rank() : 0, p.expert});
   }
 }
 
@@ -130,10 +133,14 @@ std::vector<StatePiece> Trainer::state_pieces(bool written,
   std::vector<StatePiece> out;
   std::vector<std::pair<size_t, BlockRecord>> blocks;  // (piece, its buffer)
   std::vector<BlockRecord> records;
+  // Without ZeRO the data-parallel ranks hold the same dense tensors, the expert-data-parallel
+  // ones the same experts: the first of each writes them.
+  const bool sharded = group != nullptr;
   for_each_tensor([&](const TensorSlot& t) {
     // The tied embedding's copy is the first stage's tensor: read into, never written, and no
     // record of its 8-bit blocks (the first stage's, identical, place them in the index).
     if (written && t.copy) return;
+    if (written && !sharded && (t.expert ? grid_.edp() : grid_.dp()).rank() != 0) return;
     const bool keep = !written || t.counted;
     if (keep) out.push_back({t.name, t.rows, t.cols, t.rect, t.value, t.elems});
     for (const optim::StateTensor& s : optimizer_->state(t.index)) {
@@ -204,19 +211,21 @@ std::string Trainer::write_checkpoint() {
   const CheckpointStore store(config_.training.output_dir + "/checkpoints");
   const bool lead = world.rank() == 0;
   // Without ZeRO the ranks of a data-parallel group hold the same state: its first writes it,
-  // one file for each TP slice. A tensor that TP ranks hold alike is written by the first.
+  // one file for each TP slice (and each expert-parallel rank's experts, from the first of the
+  // ranks holding them). A tensor that TP ranks hold alike is written by the first.
   const bool sharded = sync_->shard_group() != nullptr;
-  const bool writes = sharded || grid_.dp().rank() == 0;
+  const bool writes = sharded || grid_.edp().rank() == 0;
   agree(world, lead ? attempt([&] { store.begin(step_); }) : "", "starting a checkpoint");
 
   std::map<std::string, int64_t> block_totals;
   const std::vector<StatePiece> pieces = pieces_to_write(block_totals);
   // Rank 0 holds a part of every tensor of its stage (the first TP rank writes what the ranks
-  // share); the other stages' come over the pipeline group. Per-block state it may not keep (a
-  // larger slice quantized elsewhere) comes from the index.
+  // share) but the other expert-parallel ranks' experts, which come over the ep group; the other
+  // stages' over the pipeline group. Per-block state it may not keep (a larger slice quantized
+  // elsewhere) comes from the index.
   Shapes shapes;
   for (const StatePiece& p : pieces) shapes[p.name] = {p.rows, p.cols};
-  shapes = gather_shapes(grid_.pp(), shapes);
+  shapes = gather_shapes(grid_.pp(), gather_shapes(grid_.ep(), shapes));
   const std::string tmp = store.staging(step_);
   StateFileSum sum;
   agree(world,
@@ -301,11 +310,12 @@ void Trainer::restore(const std::string& dir, const CheckpointInfo& info, const 
   // 8-bit state in the blocks it was saved in comes back exactly; in other blocks (another
   // TP or DP size, or block setting), or saved by fp32 AdamW for this 8-bit run or the other way
   // round, each moment is read as fp32 and stored as this run keeps it.
-  const QuantizedLayout before =
-      quantized_layout(saved, info.data_parallel_size, info.tensor_parallel_size);
+  const QuantizedLayout before = quantized_layout(
+      saved, info.data_parallel_size, info.tensor_parallel_size, info.expert_parallel_size);
   const bool requantize =
       (config_.optimizer.type == "adamw_8bit" || info.optimizer == "adamw_8bit") &&
-      !(before == quantized_layout(config_, grid_.dp().size(), grid_.tp().size()));
+      !(before ==
+        quantized_layout(config_, grid_.dp().size(), grid_.tp().size(), grid_.ep().size()));
   if (requantize) {
     restore_requantized(dir, info, before.block_size);
   } else {
