@@ -23,6 +23,12 @@ HF names and layouts), tokenizer.json, tokenizer_config.json, special_tokens_map
 generation_config.json. transformers loads it with LlamaForCausalLM.from_pretrained(OUT) and
 AutoTokenizer.from_pretrained(OUT).
 
+A model with experts (model.num_local_experts > 0) is written as Mixtral (MixtralForCausalLM):
+each expert's w1, w3, w2 under model.layers.N.block_sparse_moe.experts.E, the router as
+block_sparse_moe.gate. Mixtral has experts in every layer, so a model with dense layers among
+them (model.moe_layer_freq > 1, or model.moe_layers naming some) is refused; one trained with
+model.moe_token_dropping is written with a note: transformers routes dropless, as keel generate.
+
 options:
   --format hf         the output format (hf is the one there is)
   --tokenizer PATH    the tokenizer.json to ship (default: the run's own, <run>/tokenizer.json)
@@ -34,7 +40,7 @@ options:
 constexpr const char* kImportUsage =
     R"(usage: keel import HF_DIR --out DIR --set data.train=PATH [--set section.key=value ...]
 
-Turns a Hugging Face LLaMA directory (config.json, model.safetensors or a sharded
+Turns a Hugging Face LLaMA or Mixtral directory (config.json, model.safetensors or a sharded
 model.safetensors.index.json, in F32, BF16 or F16; tokenizer.json if present) into a keel run
 directory: DIR/config.yaml (the model keys from config.json, the overrides, keel's defaults for
 the rest; training.output_dir is DIR), DIR/tokenizer.json and DIR/checkpoints/step_00000000 with
@@ -85,7 +91,8 @@ int run_export(const std::vector<std::string>& args) {
              "{} is not empty (it holds {}); export into a new or empty directory, or add --force "
              "to write over the files of the same names",
              out, there);
-  runtime::export_hf(cl.positional()[0], cl.positional()[1], cl.text("--tokenizer"), std::cout);
+  runtime::export_hf(cl.positional()[0], cl.positional()[1], cl.text("--tokenizer"), std::cout,
+                     std::cerr);
   return 0;
 }
 

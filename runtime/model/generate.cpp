@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <optional>
 
 #include "kernels/error.h"
 #include "kernels/ops.h"
@@ -20,19 +21,31 @@ constexpr int64_t kChunk = 128;
 }  // namespace
 
 struct Generator::Slots {
-  const LlamaBlock* block;
+  const LlamaBlock* block;  // the model's, or (with experts) moe_block
   std::vector<BlockWeights> blocks;
   const float *embed, *norm, *head;
   float eps;
-  Slot k_cache, v_cache;    // (L, max_positions, Hkv·D) each, rope applied to the keys
-  Slot x, xmid, ln;         // (chunk, C) residual stream, its middle, normalised input
-  Slot rstd;                // (chunk)
-  Slot qkv;                 // (chunk, QKV)
-  Slot q, att;              // (chunk, H·D)
-  Slot gate_up;             // (chunk, 2I)
-  Slot h;                   // (chunk, I)
-  Slot logits;              // (V) after the last position
-  Slot rope_cos, rope_sin;  // (max_positions, D/2)
+  Slot k_cache, v_cache;  // (L, max_positions, Hkv·D) each, rope applied to the keys
+  Slot x, xmid, ln;       // (chunk, C) residual stream, its middle, normalised input
+  Slot rstd;              // (chunk)
+  Slot qkv;               // (chunk, QKV)
+  Slot q, att;            // (chunk, H·D)
+  bool dense = false;     // whether some layer's MLP is dense
+  Slot gate_up;           // (chunk, 2I) dense layers
+  Slot h;                 // (chunk, I) dense layers
+  // Mixture-of-experts layers decode dropless through an MoeMlp of their own, sized for a chunk
+  // (the model's is sized for its B·T), run by a copy of the model's block. A chunk of n rows
+  // sends n·k to the experts (R = chunk·k rows at most).
+  std::unique_ptr<MoeMlp> moe;
+  std::optional<LlamaBlock> moe_block;
+  Slot probs, lse, gate, logits_e;  // (chunk, E), (chunk), (chunk, k), (chunk, E)
+  Slot sel, dest, src;              // (chunk, k), (chunk, k), (chunk·k) int32
+  Slot counts, recv;                // (E) int64
+  Slot choices, aux;                // (1, E)
+  Slot xe, rows, expert, y;         // (R, C)
+  Slot expert_gu, expert_h;         // (R, 2I), (R, I)
+  Slot logits;                      // (V) after the last position
+  Slot rope_cos, rope_sin;          // (max_positions, D/2)
   Slot attn_ws;
 };
 
@@ -74,8 +87,37 @@ Generator::Generator(const LlamaModel& model, int64_t max_positions)
   s.qkv = plan_.add("qkv", DType::F32, {chunk_, QKV});
   s.q = plan_.add("q", DType::F32, {chunk_, HD});
   s.att = plan_.add("att", DType::F32, {chunk_, HD});
-  s.gate_up = plan_.add("gate_up", DType::F32, {chunk_, 2 * I_});
-  s.h = plan_.add("h", DType::F32, {chunk_, I_});
+  s.dense = m.num_moe_layers() < L_;
+  if (s.dense) {
+    s.gate_up = plan_.add("gate_up", DType::F32, {chunk_, 2 * I_});
+    s.h = plan_.add("h", DType::F32, {chunk_, I_});
+  }
+  if (m.moe()) {
+    const int64_t E = m.num_local_experts, top = m.num_experts_per_tok;
+    s.moe = std::make_unique<MoeMlp>(MoeShape{C_, I_, E, top, 0, 1, chunk_},
+                                     model.parameters().front().value.device());
+    s.moe_block.emplace(model.block());
+    s.moe_block->set_moe(s.moe.get());
+    s.block = &*s.moe_block;
+    const int64_t R = s.moe->shape().max_expert_rows();
+    s.probs = plan_.add("router_probs", DType::F32, {chunk_, E});
+    s.logits_e = plan_.add("router_logits", DType::F32, {chunk_, E});
+    s.lse = plan_.add("router_lse", DType::F32, {chunk_});
+    s.gate = plan_.add("router_weight", DType::F32, {chunk_, top});
+    s.sel = plan_.add("router_choice", DType::I32, {chunk_, top});
+    s.dest = plan_.add("route_row", DType::I32, {chunk_, top});
+    s.src = plan_.add("route_token", DType::I32, {chunk_ * top});
+    s.counts = plan_.add("route_counts", DType::I64, {E});
+    s.recv = plan_.add("route_arrivals", DType::I64, {E});
+    s.choices = plan_.add("router_picks", DType::F32, {1, E});
+    s.aux = plan_.add("router_sums", DType::F32, {1, E});
+    s.xe = plan_.add("expert_in", DType::F32, {R, C_});
+    s.rows = plan_.add("route_rows", DType::F32, {R, C_});
+    s.expert = plan_.add("expert_rows", DType::F32, {R, C_});
+    s.y = plan_.add("expert_out", DType::F32, {R, C_});
+    s.expert_gu = plan_.add("expert_gate_up", DType::F32, {R, 2 * I_});
+    s.expert_h = plan_.add("expert_h", DType::F32, {R, I_});
+  }
   s.logits = plan_.add("logits", DType::F32, {V_});
   s.rope_cos = plan_.add("rope_cos", DType::F32, {max_positions, D_ / 2});
   s.rope_sin = plan_.add("rope_sin", DType::F32, {max_positions, D_ / 2});
@@ -118,9 +160,20 @@ void Generator::run_chunk(const int32_t* tokens, int64_t n) {
   float* x = plan_[s.x].f32();
   float *ln = plan_[s.ln].f32(), *rstd = plan_[s.rstd].f32();
   // Decoding keeps nothing for a backward: both norms share one buffer, and there is no lse.
-  const BlockActs acts = {
-      ln, rstd, plan_[s.qkv].f32(),     plan_[s.att].f32(), nullptr, plan_[s.xmid].f32(),
-      ln, rstd, plan_[s.gate_up].f32(), plan_[s.h].f32()};
+  auto f32 = [&](Slot slot) { return plan_[slot].f32(); };
+  BlockActs acts = {ln, rstd, f32(s.qkv), f32(s.att), nullptr, f32(s.xmid), ln, rstd};
+  MoeScratch moe_ws;
+  if (s.moe) {
+    auto i32 = [&](Slot slot) { return plan_[slot].data_as<int32_t>(); };
+    auto i64 = [&](Slot slot) { return plan_[slot].data_as<int64_t>(); };
+    acts.moe = {f32(s.probs),     f32(s.lse),      i32(s.sel),  f32(s.gate),    i32(s.dest),
+                i32(s.src),       i64(s.counts),   i64(s.recv), f32(s.choices), f32(s.xe),
+                f32(s.expert_gu), f32(s.expert_h), f32(s.y)};
+    // The forward's scratch only: no staging (one rank), no backward's.
+    moe_ws = {f32(s.logits_e), f32(s.rows), f32(s.expert)};
+    moe_ws.aux_grad = f32(s.aux);
+  }
+  if (s.dense) acts.gu = f32(s.gate_up), acts.h = f32(s.h);
   const BlockPositions pos = {1, n, plan_[s.rope_cos].f32() + length_ * (D_ / 2),
                               plan_[s.rope_sin].f32() + length_ * (D_ / 2)};
   k.embedding_forward(x, tokens, s.embed, n, C_, V_, stream_);
@@ -129,7 +182,7 @@ void Generator::run_chunk(const int32_t* tokens, int64_t n) {
                            plan_[s.v_cache].f32() + l * max_positions_ * KV, length_,
                            plan_[s.q].f32()};
     s.block->forward_cached(x, s.blocks[static_cast<size_t>(l)], acts, pos, cache,
-                            plan_[s.attn_ws].f32());
+                            plan_[s.attn_ws].f32(), s.moe ? &moe_ws : nullptr);
   }
   length_ += n;
 }

@@ -13,6 +13,7 @@
 #include "runtime/model/llama.h"
 #include "runtime/store/checkpoint.h"
 #include "runtime/store/durable_file.h"
+#include "runtime/store/hf_config.h"
 #include "runtime/store/safetensors.h"
 #include "runtime/store/saved_model.h"
 
@@ -23,51 +24,12 @@ using Json = nlohmann::ordered_json;
 
 namespace {
 
-Json hf_config(const ModelConfig& m, const Tokenizer& t) {
-  const int64_t kv = m.num_key_value_heads > 0 ? m.num_key_value_heads : m.num_attention_heads;
-  auto id_or_null = [](int32_t id) { return id >= 0 ? Json(id) : Json(nullptr); };
-  return Json{{"architectures", {"LlamaForCausalLM"}},
-              {"model_type", "llama"},
-              {"vocab_size", m.vocab_size},
-              {"hidden_size", m.hidden_size},
-              {"intermediate_size", m.intermediate_size},
-              {"num_hidden_layers", m.num_hidden_layers},
-              {"num_attention_heads", m.num_attention_heads},
-              {"num_key_value_heads", kv},
-              {"head_dim", m.head_dim()},
-              {"max_position_embeddings", m.max_position_embeddings},
-              {"rope_theta", m.rope_theta},
-              {"rope_scaling", nullptr},
-              {"rms_norm_eps", m.rms_norm_eps},
-              {"tie_word_embeddings", m.tie_word_embeddings},
-              {"hidden_act", "silu"},
-              {"attention_bias", false},
-              {"attention_dropout", 0.0},
-              {"mlp_bias", false},
-              {"initializer_range", m.initializer_range},
-              {"bos_token_id", id_or_null(t.bos_id())},
-              {"eos_token_id", id_or_null(t.eos_id())},
-              {"pad_token_id", id_or_null(t.pad_id())},
-              {"torch_dtype", "float32"},
-              {"use_cache", true}};
-}
-
 std::string special_text(const Tokenizer& t, int32_t id) {
   return id >= 0 ? t.decode(std::vector<int32_t>{id}) : std::string();
 }
 
 void write_json(const std::string& path, const Json& j) {
   write_text_durably(path, j.dump(2) + "\n");
-}
-
-Json read_json(const std::string& path) {
-  std::ifstream f(path);
-  KEEL_CHECK(f.good(), "cannot open {}: {}", path, std::strerror(errno));
-  try {
-    return Json::parse(f);
-  } catch (const nlohmann::json::exception& e) {
-    KEEL_FAIL("{} is not valid JSON ({})", path, e.what());
-  }
 }
 
 // The tensor as fp32 values.
@@ -111,7 +73,7 @@ HfWeights open_weights(const std::string& dir) {
                "model.safetensors.index.json; is it a Hugging Face model directory?",
                dir);
     std::set<std::string> files;
-    for (const auto& [tensor, file] : read_json(index.string()).at("weight_map").items())
+    for (const auto& [tensor, file] : read_json_file(index.string()).at("weight_map").items())
       files.insert(file.get<std::string>());
     for (const std::string& f : files) names.push_back((fs::path(dir) / f).string());
   }
@@ -122,24 +84,16 @@ HfWeights open_weights(const std::string& dir) {
   return w;
 }
 
-template <class T>
-T field(const Json& j, const char* key, const std::string& path) {
-  KEEL_CHECK(j.contains(key) && !j[key].is_null(), "{} has no '{}'", path, key);
-  try {
-    return j[key].get<T>();
-  } catch (const nlohmann::json::exception&) {
-    KEEL_FAIL("{}: '{}' is of the wrong type", path, key);
-  }
-}
-
 }  // namespace
 
 void export_hf(const std::string& checkpoint, const std::string& out_dir,
-               const std::string& tokenizer_path, std::ostream& log) {
+               const std::string& tokenizer_path, std::ostream& log, std::ostream& notes) {
   const SavedModel saved = open_saved_model(checkpoint, tokenizer_path);
   const CheckpointInfo& info = saved.info;
   const Config& config = saved.config;
   const Tokenizer& tokenizer = saved.tokenizer;
+  // First, so that a model the format cannot hold is refused before anything is written.
+  const Json hf = hf_config(config.model, tokenizer, notes);
 
   // Every parameter whole, read from whichever state files hold its parts.
   std::vector<std::string> names;
@@ -162,7 +116,7 @@ void export_hf(const std::string& checkpoint, const std::string& out_dir,
 
   fs::create_directories(out_dir);
   write_safetensors(out_dir + "/model.safetensors", tensors, {{"format", "pt"}});
-  write_json(out_dir + "/config.json", hf_config(config.model, tokenizer));
+  write_json(out_dir + "/config.json", hf);
   write_tokenizer_json(tokenizer, out_dir + "/tokenizer.json");
   Json tc = {{"tokenizer_class", "PreTrainedTokenizerFast"},
              {"model_max_length", config.model.max_position_embeddings},
@@ -179,42 +133,9 @@ void export_hf(const std::string& checkpoint, const std::string& out_dir,
   if (tokenizer.eos_id() >= 0) gen["eos_token_id"] = tokenizer.eos_id();
   write_json(out_dir + "/generation_config.json", gen);
   log << "keel: exported " << saved.what << " (" << names.size() << " tensors, " << total / 1e6
-      << " M parameters) to " << out_dir
-      << " as a Hugging Face LLaMA (config.json, model.safetensors, tokenizer.json)\n";
-}
-
-ModelConfig read_hf_config(const std::string& config_path) {
-  const Json hf = read_json(config_path);
-  const std::string type = hf.value("model_type", "");
-  KEEL_CHECK(type == "llama", "{}: model_type is '{}'; keel imports LLaMA models ('llama')",
-             config_path, type);
-  KEEL_CHECK(hf.value("hidden_act", "silu") == "silu", "{}: hidden_act '{}'; LLaMA's is silu",
-             config_path, hf.value("hidden_act", ""));
-  KEEL_CHECK(hf.value("rope_scaling", Json()).is_null(),
-             "{}: rope_scaling is set; keel implements plain RoPE only", config_path);
-  KEEL_CHECK(!hf.value("attention_bias", false) && !hf.value("mlp_bias", false),
-             "{}: attention or MLP biases are not part of keel's LLaMA", config_path);
-
-  ModelConfig m;
-  m.vocab_size = field<int64_t>(hf, "vocab_size", config_path);
-  m.hidden_size = field<int64_t>(hf, "hidden_size", config_path);
-  m.intermediate_size = field<int64_t>(hf, "intermediate_size", config_path);
-  m.num_hidden_layers = field<int64_t>(hf, "num_hidden_layers", config_path);
-  m.num_attention_heads = field<int64_t>(hf, "num_attention_heads", config_path);
-  m.num_key_value_heads = hf.value("num_key_value_heads", m.num_attention_heads);
-  m.max_position_embeddings = field<int64_t>(hf, "max_position_embeddings", config_path);
-  m.rope_theta = hf.value("rope_theta", 10000.0);
-  m.rms_norm_eps = hf.value("rms_norm_eps", 1e-6);
-  m.tie_word_embeddings = hf.value("tie_word_embeddings", false);
-  m.initializer_range = hf.value("initializer_range", 0.02);
-  KEEL_CHECK(m.num_attention_heads >= 1 && m.hidden_size >= 1,
-             "{}: hidden_size and num_attention_heads must be positive", config_path);
-  if (hf.contains("head_dim") && !hf["head_dim"].is_null())
-    KEEL_CHECK(hf["head_dim"].get<int64_t>() == m.head_dim(),
-               "{}: head_dim {} is not hidden_size / num_attention_heads = {}; keel derives it",
-               config_path, hf["head_dim"].get<int64_t>(), m.head_dim());
-
-  return m;
+      << " M parameters) to " << out_dir << " as a Hugging Face "
+      << (config.model.moe() ? "Mixtral" : "LLaMA")
+      << " (config.json, model.safetensors, tokenizer.json)\n";
 }
 
 void import_hf(const std::string& hf_dir, const std::string& out_dir,
@@ -251,7 +172,7 @@ void import_hf(const std::string& hf_dir, const std::string& out_dir,
   for (const Parameter& p : layout.parameters()) {
     const auto it = weights.where.find(p.name);
     KEEL_CHECK(it != weights.where.end(),
-               "{} lacks the tensor {} that a LLaMA of this config.json has", hf_dir, p.name);
+               "{} lacks the tensor {} that a model of this config.json has", hf_dir, p.name);
     const SafeTensorsReader& file = weights.files[it->second];
     const Tensor t = file.get(p.name);
     KEEL_CHECK(t.shape() == p.global_shape, "{}: tensor {} has shape {}; config.json implies {}",

@@ -58,6 +58,41 @@ TEST_P(GeneratorMatchesForward, AtEveryPosition) {
 INSTANTIATE_TEST_SUITE_P(Heads, GeneratorMatchesForward, ::testing::Bool(),
                          [](const auto& p) { return p.param ? "tied" : "untied"; });
 
+// A model with experts decodes through its own dropless MoE (sized for a chunk, not the model's
+// B·T): the same logits as the full forward at every position, whether every layer has experts
+// (Mixtral) or dense layers sit between them. 160 positions: a 140-token prompt (a chunk of 128
+// and one of 12), then single tokens.
+class GeneratorWithExperts : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(GeneratorWithExperts, MatchesTheForwardAtEveryPosition) {
+  ModelConfig c = small_config(false);
+  c.num_hidden_layers = 3;
+  c.num_local_experts = 4, c.num_experts_per_tok = 2, c.moe_layer_freq = GetParam();
+  const int64_t T = 160, V = c.vocab_size;
+  const std::vector<int32_t> seq = testing::random_ints(T, 0, static_cast<int32_t>(V), 12);
+  LlamaModel full(c, 1, T, false);
+  full.init_weights(6);
+  std::vector<float> want(static_cast<size_t>(T * V));
+  full.forward(seq.data(), nullptr, want.data());
+
+  // Decoding from a model built for one position, as keel generate builds it.
+  LlamaModel one(c, 1, 1, false, ModelHolds{true, false, true});
+  for (size_t i = 0; i < one.parameters().size(); ++i)
+    std::copy_n(full.parameters()[i].value.f32(), full.parameters()[i].value.numel(),
+                one.parameters()[i].value.f32());
+  Generator g(one, T);
+  auto check = [&](int64_t t, const float* row) {
+    std::vector<double> w(want.begin() + t * V, want.begin() + (t + 1) * V);
+    EXPECT_LE(testing::rel_error(row, w.data(), static_cast<size_t>(V)), 1e-5) << "position " << t;
+  };
+  const int64_t prompt = 140;
+  check(prompt - 1, g.append(seq.data(), prompt));
+  for (int64_t t = prompt; t < T; ++t) check(t, g.append(&seq[static_cast<size_t>(t)], 1));
+}
+
+INSTANTIATE_TEST_SUITE_P(Layers, GeneratorWithExperts, ::testing::Values(1, 2),
+                         [](const auto& p) { return p.param == 1 ? "every" : "every_other"; });
+
 TEST(Generator, GreedyContinuationIsTransformers) {
   const std::string dir = std::string(KEEL_SOURCE_DIR) + "/tests/reference/golden/";
   std::ifstream f(dir + "hf_export_transformers.json");
