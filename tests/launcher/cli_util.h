@@ -13,7 +13,9 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -204,6 +206,21 @@ inline std::string step_dir(const std::string& run_dir, int step) {
 inline nlohmann::json meta(const std::string& ckpt) {
   std::ifstream f(ckpt + "/meta.json");
   return nlohmann::json::parse(f);
+}
+
+// The (name, rectangle)s of a checkpoint, each in one file only; returns the names.
+inline std::set<std::string> names_stored_once(const std::string& ckpt) {
+  std::map<std::string, std::string> where;
+  std::set<std::string> names;
+  for (const std::string& file : meta(ckpt)["files"].get<std::vector<std::string>>()) {
+    const keel::runtime::SafeTensorsReader f(ckpt + "/" + file);
+    for (const std::string& name : f.names()) {
+      names.insert(name);
+      const auto [at, added] = where.emplace(name + " " + f.metadata().at(name), file);
+      EXPECT_TRUE(added) << name << " is in both " << at->second << " and " << file;
+    }
+  }
+  return names;
 }
 
 }  // namespace keel::test

@@ -28,21 +28,6 @@ std::string layout(int pp, int tp, int dp, int stage, const std::string& schedul
          " --set parallel.pipeline_schedule=" + schedule;
 }
 
-// The (name, rectangle)s of a checkpoint, each in one file only; returns the names.
-std::set<std::string> names_stored_once(const std::string& ckpt) {
-  std::map<std::string, std::string> where;
-  std::set<std::string> names;
-  for (const std::string& file : meta(ckpt)["files"].get<std::vector<std::string>>()) {
-    const keel::runtime::SafeTensorsReader f(ckpt + "/" + file);
-    for (const std::string& name : f.names()) {
-      names.insert(name);
-      const auto [at, added] = where.emplace(name + " " + f.metadata().at(name), file);
-      EXPECT_TRUE(added) << name << " is in both " << at->second << " and " << file;
-    }
-  }
-  return names;
-}
-
 struct Carried {
   const char* name;
   std::string sets;
