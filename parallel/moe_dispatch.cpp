@@ -57,6 +57,8 @@ int64_t MoeExchange::exchange_counts(std::span<int64_t> recv_counts,
     // Chunk r of counts (rank r's experts) goes to rank r; chunk s of recv_counts comes from s.
     ep_->all_to_all(Tensor(recv_counts.data(), DType::I64, {experts_}),
                     Tensor(const_cast<int64_t*>(counts.data()), DType::I64, {experts_}));
+    const uint64_t n = static_cast<uint64_t>(experts_) * sizeof(int64_t);
+    bytes_ += n * static_cast<uint64_t>(ranks() - 1) / static_cast<uint64_t>(ranks());
   }
   return std::accumulate(recv_counts.begin(), recv_counts.end(), int64_t{0});
 }
@@ -67,6 +69,13 @@ std::vector<int64_t> MoeExchange::expert_rows(std::span<const int64_t> recv_coun
   for (int s = 0; s < ranks(); ++s)
     for (int64_t e = 0; e < El; ++e) rows[static_cast<size_t>(e)] += recv_counts[s * El + e];
   return rows;
+}
+
+uint64_t MoeExchange::remote_bytes(const std::vector<int64_t>& elems) const {
+  uint64_t out = 0;
+  for (int r = 0; r < ranks(); ++r)
+    if (r != ep_->rank()) out += static_cast<uint64_t>(elems[static_cast<size_t>(r)]) * 4;
+  return out;
 }
 
 std::vector<int64_t> MoeExchange::peer_elems(std::span<const int64_t> per_expert,
@@ -110,6 +119,7 @@ void MoeExchange::dispatch(float* out, const float* send, std::span<const int64_
   const int64_t total = std::accumulate(sent.begin(), sent.end(), int64_t{0});
   ep_->all_to_all_v(Tensor(staging, DType::F32, {rows * width}), arriving,
                     Tensor(const_cast<float*>(send), DType::F32, {total}), sent);
+  bytes_ += remote_bytes(sent);
   regroup(out, staging, recv_counts, width, /*to_expert_major=*/true);
 }
 
@@ -126,6 +136,7 @@ void MoeExchange::give_back(float* send, const float* in, std::span<const int64_
   const int64_t total = std::accumulate(sent.begin(), sent.end(), int64_t{0});
   ep_->all_to_all_v(Tensor(send, DType::F32, {total}), sent,
                     Tensor(staging, DType::F32, {rows * width}), arriving);
+  bytes_ += remote_bytes(arriving);
 }
 
 }  // namespace keel::parallel

@@ -49,7 +49,13 @@ class MoeExchange {
   void give_back(float* send, const float* in, std::span<const int64_t> counts,
                  std::span<const int64_t> recv_counts, int64_t width, float* staging);
 
+  // Bytes this rank has sent to the other ranks so far, as the routing says (what the ep
+  // communicator's counters should count: all_to_all's and all_to_all_v's formulas).
+  uint64_t bytes_sent() const { return bytes_; }
+
  private:
+  // Σ over the other ranks of elems (their row counts times the width), in bytes.
+  uint64_t remote_bytes(const std::vector<int64_t>& elems) const;
   // Row counts per peer (what goes to or comes from each rank), times width.
   std::vector<int64_t> peer_elems(std::span<const int64_t> per_expert, int64_t width) const;
   // Source-major (each rank's rows for each local expert) ↔ expert-major, through rows.
@@ -58,6 +64,7 @@ class MoeExchange {
 
   Communicator* ep_;
   int64_t experts_;
+  uint64_t bytes_ = 0;
 };
 
 }  // namespace keel::parallel

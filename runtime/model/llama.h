@@ -193,6 +193,9 @@ class LlamaModel {
   // for dense layers; nothing without experts).
   const std::vector<MoeStats>& moe_stats() const { return moe_stats_; }
   void clear_moe_stats();
+  // Bytes this rank has sent over the expert-parallel group since construction, counted from its
+  // routing (0 without experts or expert parallelism).
+  uint64_t moe_exchanged_bytes() const { return moe_ ? moe_->exchanged_bytes() : 0; }
   // Whether local layer l's MLP is a mixture of experts.
   bool moe_layer(int64_t l) const;
 

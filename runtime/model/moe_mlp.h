@@ -103,6 +103,8 @@ class MoeMlp {
   // The router's losses' weights in the gradient (zero until set).
   void set_loss_scale(MoeLossScale scale) { scale_ = scale; }
   const MoeLossScale& loss_scale() const { return scale_; }
+  // Bytes this rank has sent over the expert-parallel group so far, as the routing says.
+  uint64_t exchanged_bytes() const { return exchange_.bytes_sent(); }
 
   // out (N, C) = this rank's part of the layer applied to x (N = B·T rows, B sequences of T, at
   // most the shape's): under TP a partial sum the caller reduces, as the dense MLP's down GEMM.

@@ -137,6 +137,8 @@ void MetricsLog::write(const StepStats& s, const std::string& action) {
     line.number("router_entropy", s.moe.router_entropy, "%.6g");
     line.number("load_imbalance", s.moe.max_imbalance(), "%.6g");
     line.numbers("load_imbalance_per_layer", s.moe.load_imbalance, "%.6g");
+    line.count("all_to_all_bytes", s.moe.all_to_all_bytes);
+    line.count("all_to_all_bytes_routed", s.moe.all_to_all_bytes_routed);
   }
   if (!s.rejected.empty()) {
     line.text("rejected", s.rejected);

@@ -20,6 +20,11 @@ struct MoeStepStats {
   double z_loss = 0;            // the router z-loss (without its coefficient)
   double dropped_fraction = 0;  // of the token choices, dropped by capacity
   double router_entropy = 0;    // mean entropy of the router's softmax, nats (ln E at most)
+  // Bytes rank 0 sent over its expert-parallel group in the step: as its communicator counted
+  // them, and as its routing says they should be (the tokens' rows that left for other ranks
+  // and came back, forward and backward, and the per-expert counts); 0 without EP.
+  uint64_t all_to_all_bytes = 0;
+  uint64_t all_to_all_bytes_routed = 0;
   bool present() const { return !load_imbalance.empty(); }
   double max_imbalance() const;
 };

@@ -324,6 +324,11 @@ void Trainer::write_parameters(const std::string& path) {
   if (writer) write_safetensors(path, tensors, {{"format", "pt"}});
 }
 
+uint64_t Trainer::all_to_all_bytes() const {
+  const parallel::CommStats& ep = grid_.ep().stats();
+  return ep[parallel::CommOp::kAllToAll].bytes + ep[parallel::CommOp::kAllToAllV].bytes;
+}
+
 uint64_t Trainer::comm_bytes() const {
   return grid_.total_stats().total_bytes() + (tied_ ? tied_->stats().total_bytes() : 0);
 }
@@ -345,6 +350,7 @@ StepStats Trainer::step() {
   const int64_t A = t.gradient_accumulation_steps;
   parallel::Communicator& dp = grid_.dp();
   const uint64_t comm_before = comm_bytes();
+  const uint64_t a2a_before = all_to_all_bytes(), routed_before = model_->moe_exchanged_bytes();
   double wait = -sync_->timers().wait_seconds;  // blocked on collectives
   const int64_t local = A * B;                  // sequences of this rank
   const int64_t global = local * dp.size();     // sequences of the step, over all ranks
@@ -452,6 +458,8 @@ StepStats Trainer::step() {
   s.comm_wait_seconds = dp.size() > 1 ? wait : 0.0;
   s.pipeline_wait_seconds = pipeline_wait;
   s.moe = gather_moe_stats(*model_, grid_);
+  s.moe.all_to_all_bytes = all_to_all_bytes() - a2a_before;
+  s.moe.all_to_all_bytes_routed = model_->moe_exchanged_bytes() - routed_before;
   return s;
 }
 

@@ -181,6 +181,8 @@ class Trainer {
   std::unique_ptr<parallel::Communicator> tied_;
   // Every byte this rank has sent or received, the grid's groups' and the tied group's.
   uint64_t comm_bytes() const;
+  // The bytes the expert-parallel group's all-to-alls have moved so far (MoE dispatch).
+  uint64_t all_to_all_bytes() const;
   std::unique_ptr<optim::Optimizer> optimizer_;
   MemoryPlan batch_{"batch"};
   MemoryPlan::Slot tokens_, targets_;  // (accumulation, B, T): this rank's slice of the batch

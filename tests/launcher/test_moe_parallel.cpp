@@ -70,6 +70,12 @@ TEST_P(MoeParallel, TrainsAsOneRankDoes) {
     for (size_t i = 0; i < want.size(); ++i)
       EXPECT_NEAR(got[i], want[i], tol * std::abs(want[i]) + 1e-12) << key << " step " << i + 1;
   }
+  // The expert-parallel group moved exactly what rank 0's routing sent away and took back.
+  const std::vector<double> moved = field(split + "/metrics.jsonl", "all_to_all_bytes");
+  const std::vector<double> routed = field(split + "/metrics.jsonl", "all_to_all_bytes_routed");
+  ASSERT_EQ(moved.size(), 20u);
+  EXPECT_EQ(moved, routed);
+  for (double b : moved) EXPECT_GT(b, 0.0);
   EXPECT_LT(max_relative_difference(one + "/model.safetensors", split + "/model.safetensors"),
             l.params > 0 ? l.params : l.tol);
 }
