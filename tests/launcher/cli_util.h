@@ -223,4 +223,64 @@ inline std::set<std::string> names_stored_once(const std::string& ckpt) {
   return names;
 }
 
+// The expert-parallel tests' model: the pipeline tests' with 4 experts in every layer, top-2. Its
+// weights start 5 times wider than Hugging Face's 0.02 so that the router is decisive: layouts
+// sum gradients in other orders, which moves a router probability by ~1e-8, and a token whose
+// k-th and (k+1)-th experts are that close would go elsewhere on one layout than on another (a
+// different, equally right run; docs/MOE.md). With a router of 0.02 this run meets a 1.5e-8 gap
+// by step 14; with 0.1 its closest is 8e-6, three orders above the rounding.
+inline const char* kMoeModel = R"(
+model: {vocab_size: 257, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 4,
+        num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64,
+        initializer_range: 0.1, num_local_experts: 4, num_experts_per_tok: 2,
+        output_router_logits: true, router_aux_loss_coef: 0.02, router_z_loss_coef: 0.001}
+data: {train: data/kjv.txt.gz, seq_length: 32}
+training: {max_steps: 20, learning_rate: 3.0e-3, warmup_steps: 2, logging_steps: 1,
+           weight_decay: 0.1, max_grad_norm: 0.5, gradient_accumulation_steps: 2}
+)";
+
+// One leg of a run carried across layouts: its ranks, its layout's flags, and how the next leg's
+// resume line names the checkpoint's writers ("written by ...").
+struct CarriedLeg {
+  int ranks;
+  std::string sets;
+  std::string written_by;
+};
+
+// What a leg's checkpoint stores: its tensors' names and its meta.json.
+struct CarriedCheckpoint {
+  std::set<std::string> names;
+  nlohmann::json meta;
+};
+
+// Trains the legs in turn into out, each saving and stopping every 4 steps and resuming the
+// leg before's checkpoint (which its resume line must name); each checkpoint must verify and
+// hold each (name, rectangle) in one file.
+inline std::vector<CarriedCheckpoint> run_carried_legs(const std::string& cfg,
+                                                       const std::string& sets,
+                                                       const std::vector<CarriedLeg>& legs,
+                                                       const std::string& out) {
+  std::vector<CarriedCheckpoint> stored;
+  for (size_t i = 0; i < legs.size(); ++i) {
+    const Result r = train(legs[i].ranks, cfg,
+                           sets + legs[i].sets +
+                               " --set training.save_steps=4 --set training.exit_interval=4"
+                               " --set training.save_total_limit=1 --set training.output_dir=" +
+                               out);
+    EXPECT_EQ(r.code, 0) << "leg " << i << "\n" << r.out;
+    if (r.code != 0) break;
+    if (i > 0) {
+      EXPECT_NE(r.out.find("at step " + std::to_string(4 * i) + " in "), std::string::npos)
+          << r.out;
+      EXPECT_NE(r.out.find("(written by " + legs[i - 1].written_by + ")"), std::string::npos)
+          << r.out;
+    }
+    const std::string ckpt = step_dir(out, 4 * static_cast<int>(i + 1));
+    stored.push_back({names_stored_once(ckpt), meta(ckpt)});
+    const Result v = run("verify " + ckpt);
+    EXPECT_EQ(v.code, 0) << v.out;
+  }
+  return stored;
+}
+
 }  // namespace keel::test

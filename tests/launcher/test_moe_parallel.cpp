@@ -10,22 +10,6 @@
 namespace keel::test {
 namespace {
 
-// The pipeline tests' model (cli_util.h) with 4 experts in every layer. Its weights start 5 times
-// wider than Hugging Face's 0.02 so that the router is decisive: layouts sum gradients in other
-// orders, which moves a router probability by ~1e-8, and a token whose k-th and (k+1)-th
-// experts are that close would go elsewhere on one layout than on another (a different, equally
-// right run). With a router of 0.02 this run meets a 1.5e-8 gap by step 14; with 0.1 its closest
-// is 8e-6, three orders above the rounding.
-const char* const kMoeModel = R"(
-model: {vocab_size: 257, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 4,
-        num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 64,
-        initializer_range: 0.1, num_local_experts: 4, num_experts_per_tok: 2,
-        output_router_logits: true, router_aux_loss_coef: 0.02, router_z_loss_coef: 0.001}
-data: {train: data/kjv.txt.gz, seq_length: 32}
-training: {max_steps: 20, learning_rate: 3.0e-3, warmup_steps: 2, logging_steps: 1,
-           weight_decay: 0.1, max_grad_norm: 0.5}
-)";
-
 struct Layout {
   const char* name;
   int ep, tp, pp, dp;  // dp: data-parallel ranks (ep divides it)

@@ -46,42 +46,23 @@ TEST_P(PipelineResume, CarriedAcrossPipelineSizes) {
   const std::string one = (dir_ / "one").string(), out = (dir_ / "carried").string();
   Result r = train(1, cfg, c.sets + " --set training.output_dir=" + one);
   ASSERT_EQ(r.code, 0) << r.out;
-  struct Leg {
-    int pp, tp, dp, stage;
-    std::string written_by;
-    std::string schedule = "1f1b";
-  };
-  const std::vector<Leg> legs = {
-      {2, 2, 1, 1, "4 ranks (2 tensor-parallel x 1 data-parallel x 2 pipeline), ZeRO 1"},
-      {1, 1, 1, 0, "1 data-parallel rank, ZeRO 0"},
-      {4, 1, 1, 0, "4 ranks (1 tensor-parallel x 1 data-parallel x 4 pipeline), ZeRO 0"},
-      {2, 1, 2, 3, "4 ranks (1 tensor-parallel x 2 data-parallel x 2 pipeline), ZeRO 3",
-       "interleaved_1f1b --set parallel.virtual_pipeline_model_parallel_size=2"},
-      {1, 1, 1, 0, "1 data-parallel rank, ZeRO 0"}};
-  std::set<std::string> first_names;
-  for (size_t i = 0; i < legs.size(); ++i) {
-    const Leg& l = legs[i];
-    r = train(l.pp * l.tp * l.dp, cfg,
-              c.sets + layout(l.pp, l.tp, l.dp, l.stage, l.schedule) +
-                  " --set training.save_steps=4 --set training.exit_interval=4"
-                  " --set training.save_total_limit=1 --set training.output_dir=" +
-                  out);
-    ASSERT_EQ(r.code, 0) << "leg " << i << "\n" << r.out;
-    if (i > 0) {
-      EXPECT_NE(r.out.find("at step " + std::to_string(4 * i) + " in "), std::string::npos)
-          << r.out;
-      EXPECT_NE(r.out.find("(written by " + legs[i - 1].written_by + ")"), std::string::npos)
-          << r.out;
-    }
-    const std::string ckpt = step_dir(out, 4 * static_cast<int>(i + 1));
-    EXPECT_EQ(meta(ckpt)["pipeline_parallel_size"], l.pp) << ckpt;
-    const std::set<std::string> names = names_stored_once(ckpt);
-    // Every layout stores the same tensors (the whole model and its optimizer state).
-    if (i == 0) first_names = names;
-    EXPECT_EQ(names, first_names) << "leg " << i;
-    const Result v = run("verify " + ckpt);
-    EXPECT_EQ(v.code, 0) << v.out;
+  const std::vector<CarriedLeg> legs = {
+      {4, layout(2, 2, 1, 1), "4 ranks (2 tensor-parallel x 1 data-parallel x 2 pipeline), ZeRO 1"},
+      {1, layout(1, 1, 1, 0), "1 data-parallel rank, ZeRO 0"},
+      {4, layout(4, 1, 1, 0), "4 ranks (1 tensor-parallel x 1 data-parallel x 4 pipeline), ZeRO 0"},
+      {4,
+       layout(2, 1, 2, 3, "interleaved_1f1b --set parallel.virtual_pipeline_model_parallel_size=2"),
+       "4 ranks (1 tensor-parallel x 2 data-parallel x 2 pipeline), ZeRO 3"},
+      {1, layout(1, 1, 1, 0), "1 data-parallel rank, ZeRO 0"}};
+  const std::vector<CarriedCheckpoint> stored = run_carried_legs(cfg, c.sets, legs, out);
+  ASSERT_EQ(stored.size(), legs.size());
+  const int pp[] = {2, 1, 4, 2, 1};
+  // Every layout stores the same tensors (the whole model and its optimizer state).
+  for (size_t i = 0; i < stored.size(); ++i) {
+    EXPECT_EQ(stored[i].names, stored[0].names) << "leg " << i;
+    EXPECT_EQ(stored[i].meta["pipeline_parallel_size"], pp[i]) << "leg " << i;
   }
+  const std::set<std::string>& first_names = stored[0].names;
   EXPECT_TRUE(first_names.count("model.embed_tokens.weight"));
   EXPECT_TRUE(first_names.count("model.layers.3.mlp.down_proj.weight"));
   EXPECT_TRUE(first_names.count("lm_head.weight"));
