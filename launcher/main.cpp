@@ -18,6 +18,7 @@
 #include "runtime/config/pipeline_layout.h"
 #include "runtime/train/memory_fit.h"
 #include "runtime/train/memory_report.h"
+#include "runtime/train/moe_params.h"
 
 namespace {
 
@@ -57,6 +58,13 @@ its peak (GPipe: all m on every stage; 1F1B: min(m, p-s) on stage s; ZB-H1: min(
 each chunk's); and the schedule's bubble, (p-1)/(m+p-1) of the step for GPipe and 1F1B or
 (p-1)/(v*m+p-1) interleaved, beside the schedule's simulation. --fit and the ZeRO comparison take
 the largest stage's plan.
+
+With experts (model.num_local_experts > 0) it prints the parameters in total and those active per
+token (what a token passes through: attention, routers, num_experts_per_tok experts of each MoE
+layer, dense MLPs, embedding and head, norms), and per rank (of each stage) the experts it holds
+and their bytes in the plan's categories: weights the model holds (none under ZeRO 3, which
+gathers a layer at a time), gradients (with ZeRO's gradient shards) and optimizer state (with
+ZeRO's fp32 master shards).
 
 options:
   --world-size N            ranks of the run (default 1); must factor as dp x tp x pp
@@ -119,12 +127,15 @@ int run_plan(const std::vector<std::string>& args) {
       keel::runtime::plan_stage_memory(config, dp);
   std::cout << keel::runtime::describe_layout(config, dp);
   size_t largest = 0;
+  std::vector<size_t> totals;
   for (size_t s = 0; s < stages.size(); ++s) {
     if (stages[s].total() > stages[largest].total()) largest = s;
+    totals.push_back(stages[s].total());
     std::cout << (pipeline.pipelined() ? keel::runtime::describe_stage_memory(
                                              pipeline, static_cast<int>(s), stages[s])
                                        : keel::runtime::describe_memory(stages[s]));
   }
+  std::cout << keel::runtime::describe_moe(config, dp, totals);  // nothing without experts
   const uint64_t peak = stages[largest].total();
   const std::string whose =
       pipeline.pipelined() ? " of the largest stage (" + std::to_string(largest) + ")" : "";

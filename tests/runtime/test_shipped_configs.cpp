@@ -1,6 +1,6 @@
 // Every file in configs/ loads and validates, and builds its model (the memory plan is made, so
-// the shapes are consistent end to end). tiny.yaml and demo.yaml are also trained by
-// tests/launcher.
+// the shapes are consistent end to end). tiny.yaml, demo.yaml, pipeline.yaml and moe.yaml are also
+// trained by tests/launcher.
 #include <gtest/gtest.h>
 
 #include <filesystem>
