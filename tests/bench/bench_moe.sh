@@ -9,12 +9,16 @@
 # routed choices over the mean, max over layers: load_imbalance in metrics.jsonl; 1 = balanced,
 # E/k = 4 = every token on one expert) over a training run of configs/moe.yaml with the
 # load-balancing loss in the objective (model.output_router_logits true, as shipped) and without
-# it (false), drawn as an SVG (--svg); --balance-steps 0 skips it. Numbers go to
-# docs/PERFORMANCE.md with this output.
+# it (false), drawn as an SVG (--svg); --balance-steps 0 skips it; (c) under expert parallelism
+# (2 ranks, parallel.expert_model_parallel_size 2, one thread each), the all-to-all bytes rank 0
+# sends per step as its communicator counted them, as its routing says, and as a uniform router
+# would send (half of each token's k choices leave the rank, and half the other rank's arrive,
+# each way forward and backward); --ep-steps 0 skips it. Numbers go to docs/PERFORMANCE.md with
+# this output.
 #
 #   tests/bench/bench_moe.sh [--keel build/keel] [--threads 2] [--speed-steps 8] [--rounds 2]
 #                            [--balance-steps 150] [--svg docs/img/moe/load_imbalance.svg]
-#                            [--out DIR] [--set k=v ...]
+#                            [--ep-steps 6] [--out DIR] [--set k=v ...]
 set -euo pipefail
 
 keel=${KEEL:-build/keel}
@@ -23,6 +27,7 @@ threads=2
 speed_steps=8
 rounds=2
 balance_steps=150
+ep_steps=6
 svg=""
 out=""
 extra=()
@@ -33,10 +38,11 @@ while [ $# -gt 0 ]; do
     --speed-steps) speed_steps=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     --balance-steps) balance_steps=$2; shift 2 ;;
+    --ep-steps) ep_steps=$2; shift 2 ;;
     --svg) svg=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --set) extra+=(--set "$2"); shift 2 ;;
-    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,22p "$0"; exit 0 ;;
     *) echo "bench_moe.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -149,9 +155,10 @@ for r in range(1, rounds + 1):
     print(f"| {r} | {tm:.0f} | {td:.0f} | {tm / td:.3f} | "
           f"{max(x['peak_rss_mib'] for x in m):.0f} / {max(x['peak_rss_mib'] for x in d):.0f} | "
           f"{om:.2f} / {od:.2f} |")
-best = min(ratios)
-print(f"MoE / dense over the rounds: {', '.join(f'{x[2]:.3f}' for x in sorted(ratios, key=lambda x: x[1]))}; "
-      f"in the round other processes disturbed least (round {best[1]}): {best[2]:.3f}")
+if ratios:  # --rounds 0 measures no speed
+    best = min(ratios)
+    print(f"MoE / dense over the rounds: {', '.join(f'{x[2]:.3f}' for x in sorted(ratios, key=lambda x: x[1]))}; "
+          f"in the round other processes disturbed least (round {best[1]}): {best[2]:.3f}")
 if steps <= 0:
     sys.exit(0)
 
@@ -233,5 +240,37 @@ os.makedirs(os.path.dirname(svg) or ".", exist_ok=True)
 open(svg, "w").write("\n".join(e) + "\n")
 print(f"\nchart: {svg}")
 PY
+
+if [ "$ep_steps" -gt 0 ]; then
+  echo
+  echo "== (c) expert parallelism: all-to-all bytes of rank 0 per step, 2 ranks, ep 2"
+  OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 mpirun --allow-run-as-root --oversubscribe -np 2 \
+    "$keel" train "$config" "${extra[@]}" --set parallel.expert_model_parallel_size=2 \
+    --set training.max_steps="$ep_steps" --set training.logging_steps=1 \
+    --set training.save_steps=0 --set training.resume_from_checkpoint=none \
+    --set training.output_dir="$out/ep2" > "$out/ep2.log" 2>&1 ||
+    { echo "bench_moe.sh: the ep2 run failed, see $out/ep2.log" >&2; exit 1; }
+  python3 - "$out/ep2" <<'PY'
+import json, re, sys
+run = sys.argv[1]
+lines = [json.loads(l) for l in open(run + "/metrics.jsonl") if '"all_to_all_bytes"' in l]
+cfg = open(run + "/config.yaml").read()
+val = lambda key: int(re.search(r"\b" + key + r": *(\d+)", cfg).group(1))
+C, L, E, k = val("hidden_size"), val("num_hidden_layers"), val("num_local_experts"), val("num_experts_per_tok")
+B, A, T = val("per_device_train_batch_size"), val("gradient_accumulation_steps"), val("seq_length")
+N = B * T
+# A uniform router: half of this rank's N·k choices leave, half the other rank's N·k arrive and go
+# back; forward and backward each move both; plus one exchange of E counts (8 bytes) per forward.
+uniform = L * A * (2 * (N * k // 2 + N * k // 2) * C * 4 + E * 8 // 2)
+print(f"per step: {L} MoE layers x {A} micro-batches of {N} tokens, k={k}, hidden {C}")
+print(f"uniform-router count: {uniform} bytes ({uniform / 2**20:.1f} MiB)")
+print("step | counted (MiB) | routed (MiB) | counted / uniform | load_imbalance")
+for x in lines:
+    print(f"{x['step']} | {x['all_to_all_bytes'] / 2**20:.2f} | {x['all_to_all_bytes_routed'] / 2**20:.2f}"
+          f" | {x['all_to_all_bytes'] / uniform:.3f} | {x['load_imbalance']:.2f}")
+same = all(x['all_to_all_bytes'] == x['all_to_all_bytes_routed'] for x in lines)
+print("counted == routed on every step:", same)
+PY
+fi
 echo "load at the end: $(load)"
 echo "logs: $out"
