@@ -54,6 +54,15 @@ TEST_P(MoeParallel, TrainsAsOneRankDoes) {
     for (size_t i = 0; i < want.size(); ++i)
       EXPECT_NEAR(got[i], want[i], tol * std::abs(want[i]) + 1e-12) << key << " step " << i + 1;
   }
+  // Validation, where a layout evaluates: the ranks' padded shares route (and drop) as one.
+  const std::vector<double> want_eval = field(one + "/metrics.jsonl", "eval_loss");
+  const std::vector<double> got_eval = field(split + "/metrics.jsonl", "eval_loss");
+  ASSERT_EQ(got_eval.size(), want_eval.size());
+  if (l.sets.find("eval_steps") != std::string::npos) {
+    EXPECT_EQ(want_eval.size(), 2u);
+  }
+  for (size_t i = 0; i < want_eval.size(); ++i)
+    EXPECT_NEAR(got_eval[i], want_eval[i], l.tol * want_eval[i]) << "validation " << i + 1;
   // The expert-parallel group moved exactly what rank 0's routing sent away and took back.
   const std::vector<double> moved = field(split + "/metrics.jsonl", "all_to_all_bytes");
   const std::vector<double> routed = field(split + "/metrics.jsonl", "all_to_all_bytes_routed");
@@ -66,11 +75,15 @@ TEST_P(MoeParallel, TrainsAsOneRankDoes) {
 
 const std::string kCapacity =
     " --set model.moe_token_dropping=true --set model.moe_expert_capacity_factor=0.75";
+// Validation every 10 steps over 9 sequences (the ranks' shares padded to equal batches).
+const std::string kEval =
+    " --set training.eval_steps=10 --set data.validation=data/kjv.txt.gz"
+    " --set data.max_eval_samples=9";
 
 INSTANTIATE_TEST_SUITE_P(
     Layouts, MoeParallel,
     ::testing::Values(
-        Layout{"ep2", 2, 1, 1, 2, ""},
+        Layout{"ep2", 2, 1, 1, 2, kEval},
         Layout{"ep2_zero1", 2, 1, 1, 2, " --set parallel.zero_stage=1"},
         Layout{"ep2_zero2", 2, 1, 1, 2, " --set parallel.zero_stage=2"},
         Layout{"ep2_zero3", 2, 1, 1, 2, " --set parallel.zero_stage=3"},
@@ -78,7 +91,7 @@ INSTANTIATE_TEST_SUITE_P(
         // shards over that group, the dense layers' over all four.
         Layout{"ep2_dp4_zero2", 2, 1, 1, 4, " --set parallel.zero_stage=2"},
         Layout{"ep4_zero3", 4, 1, 1, 4, " --set parallel.zero_stage=3"},
-        Layout{"ep2_capacity", 2, 1, 1, 2, kCapacity},
+        Layout{"ep2_capacity", 2, 1, 1, 2, kCapacity + kEval},
         // One element of the embedding (a byte seen once, whose Adam step divides the rounding
         // of four ranks' sums by a tiny √v) moves 1.8e-5 of the tensor's largest; every other
         // tensor stays within 1e-6 and every loss within 1e-8.
