@@ -33,8 +33,8 @@ commands:
   prepare INPUT... --out DIR --vocab-size N         train a tokenizer, write token shards
   launch -n N CONFIG.yaml [--set ...]               train on N ranks of this machine (mpirun)
   plan CONFIG.yaml [--world-size N] [--fit SIZE]   print each rank's memory plan, train nothing
-  export --format hf CKPT OUT                       write a checkpoint as a Hugging Face LLaMA
-  import HF_DIR --out DIR --set data.train=PATH     start a run from a Hugging Face LLaMA
+  export --format hf CKPT OUT                       write a checkpoint as Hugging Face LLaMA/Mixtral
+  import HF_DIR --out DIR --set data.train=PATH     start a run from Hugging Face LLaMA/Mixtral
   generate CKPT --prompt TEXT                       continue a text with a checkpoint's model
   eval CKPT [--data PATH]                           validation loss and perplexity
   verify CKPT [--all]                               check a checkpoint's checksums, train nothing
