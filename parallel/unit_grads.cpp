@@ -13,8 +13,8 @@ namespace {
 std::vector<MemoryPlan::Slot> declare(MemoryPlan& plan, const std::vector<ZeroUnit>& units,
                                       int live_units) {
   KEEL_CHECK(!units.empty(), "unit gradients: the model has no units");
-  KEEL_CHECK(live_units == 1 || live_units == 2,
-             "unit gradients: live_units must be 1 or 2, got {}", live_units);
+  KEEL_CHECK(live_units >= 1 && live_units <= 3,
+             "unit gradients: live_units must be 1, 2 or 3, got {}", live_units);
   int64_t widest = 0;
   for (const ZeroUnit& u : units) widest = std::max(widest, u.elems);
   std::vector<MemoryPlan::Slot> slots;
@@ -28,6 +28,12 @@ std::vector<MemoryPlan::Slot> declare(MemoryPlan& plan, const std::vector<ZeroUn
 UnitGrads::UnitGrads(const std::vector<ZeroUnit>& units, Communicator& dp, int live_units,
                      Communicator* expert_dp)
     : units_(units), dp_(dp), expert_dp_(expert_dp ? *expert_dp : dp), live_units_(live_units) {
+  experts_ = std::any_of(units_.begin(), units_.end(),
+                         [](const ZeroUnit& u) { return u.group == ZeroUnit::kExpertGroup; });
+  KEEL_CHECK(!experts_ || live_units >= 2,
+             "unit gradients: a model with experts holds a layer's and its experts' gradients "
+             "at once, but live_units is {} (internal error)",
+             live_units);
   slots_ = declare(plan_, units_, live_units);
   plan_.allocate();
   owner_.assign(slots_.size(), -1);
@@ -40,9 +46,14 @@ size_t UnitGrads::plan_bytes(const std::vector<ZeroUnit>& units, int live_units)
   return plan.bytes();
 }
 
-// A fixed buffer per unit: unit 0 keeps the second one when two are live, all others share the
-// first (they are held one at a time).
-int UnitGrads::slot_of(int unit) const { return live_units_ == 2 && unit == 0 ? 1 : 0; }
+// A fixed buffer per unit: an MoE layer's experts (held beside their layer) keep the second,
+// unit 0 (the tied embedding, held across every other unit's backward) the last when one is
+// left for it; all other units share the first (they are held one at a time).
+int UnitGrads::slot_of(int unit) const {
+  const ZeroUnit& u = units_[static_cast<size_t>(unit)];
+  if (u.group == ZeroUnit::kExpertGroup) return 1;
+  return unit == 0 && live_units_ > (experts_ ? 2 : 1) ? live_units_ - 1 : 0;
+}
 
 const float* UnitGrads::grads(int unit) const {
   return plan_[slots_[static_cast<size_t>(slot_of(unit))]].f32();

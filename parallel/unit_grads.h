@@ -2,8 +2,8 @@
 // model's weights but not its gradients. The model asks for a unit's gradient buffer as the unit's
 // backward begins; on release the buffer is summed over the data-parallel group and handed to the
 // caller, who steps the unit from it, and is then reused for the next unit. So one unit's gradient
-// exists at a time (two with tied embeddings: the head adds to the embedding's, which stays until
-// the embedding's own backward).
+// exists at a time (one more with tied embeddings: the head adds to the embedding's, which stays
+// until the embedding's own backward; one more with experts: an MoE layer's beside its layer's).
 #pragma once
 
 #include <string>
@@ -17,8 +17,9 @@ namespace keel::parallel {
 
 class UnitGrads final : public UnitHooks {
  public:
-  // live_units: the model's gradient buffers held at once (2: unit 0, the tied embedding, is held
-  // across the others' backward).
+  // live_units: the model's gradient buffers held at once (LlamaModel::live_units: one more for
+  // unit 0, the tied embedding, held across the others' backward, one more for an MoE layer's
+  // experts, held beside their layer).
   // The expert units (ZeroUnit::kExpertGroup) are summed over expert_dp (default: dp).
   UnitGrads(const std::vector<ZeroUnit>& units, Communicator& dp, int live_units,
             Communicator* expert_dp = nullptr);
@@ -52,6 +53,7 @@ class UnitGrads final : public UnitHooks {
   Communicator& dp_;
   Communicator& expert_dp_;
   int live_units_;
+  bool experts_ = false;  // some unit is an MoE layer's experts (ZeroUnit::kExpertGroup)
   MemoryPlan plan_{"unit gradients"};
   std::vector<MemoryPlan::Slot> slots_;  // live_units × the widest unit
   std::vector<int> owner_;               // unit in each buffer, -1 when free

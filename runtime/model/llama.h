@@ -103,9 +103,10 @@ class LlamaModel {
   // The order a micro-batch's forward and backward ask for unit weights (prefetching follows it).
   // Per model chunk (one without interleaving).
   std::vector<std::vector<int>> weight_orders() const;
-  // Units held at once at most: 2 when the head also needs the tied embedding, or an MoE layer
-  // its experts.
-  int live_units() const { return config_.tie_word_embeddings || moe_ ? 2 : 1; }
+  // Units held at once at most: one, plus the tied embedding (the head adds to its gradient,
+  // held until the embedding's own backward, across every layer's), plus an MoE layer's experts
+  // (held beside their layer): 3 for a tied model with experts.
+  int live_units() const { return 1 + (config_.tie_word_embeddings ? 1 : 0) + (moe_ ? 1 : 0); }
   // The model's own buffer of unit u (null when it does not hold weights or gradients).
   float* own_weights(int u) const;
   float* own_grads(int u) const;

@@ -114,8 +114,42 @@ INSTANTIATE_TEST_SUITE_P(
         Layout{"ep2_per_layer_update", 2, 1, 1, 2,
                " --set optimizer.per_layer_update=true --set training.max_grad_norm=0"
                " --set parallel.zero_stage=2",
+               1e-5, 0.0, 1},
+        // A tied embedding's gradient is held across every layer's backward, beside a layer's
+        // and its experts': three units' gradients at once (one rank too).
+        Layout{"ep2_tied_zero3", 2, 1, 1, 2,
+               " --set model.tie_word_embeddings=true --set parallel.zero_stage=3"},
+        Layout{"ep2_tied_per_layer_update", 2, 1, 1, 2,
+               " --set model.tie_word_embeddings=true --set optimizer.per_layer_update=true"
+               " --set training.max_grad_norm=0 --set parallel.zero_stage=2",
                1e-5, 0.0, 1}),
     [](const ::testing::TestParamInfo<Layout>& p) { return std::string(p.param.name); });
+
+// The per-layer update without ZeRO (one rank, or data parallelism without experts over ranks)
+// holds a layer's gradients and its experts' at once, and a tied embedding's beside them: it
+// steps what the update after the backward steps.
+TEST_F(Cli, MoePerLayerUpdateWithoutZeroStepsAsTheWholeStep) {
+  const std::string cfg = write("moe.yaml", kMoeModel);
+  for (const char* tie : {"false", "true"}) {
+    const std::string sets = std::string(" --set model.tie_word_embeddings=") + tie +
+                             " --set training.gradient_accumulation_steps=1"
+                             " --set training.max_grad_norm=0 --set training.max_steps=4";
+    const std::string whole = (dir_ / (std::string("whole_") + tie)).string(),
+                      per_layer = (dir_ / (std::string("per_layer_") + tie)).string();
+    Result r = train(1, cfg, sets + " --set training.output_dir=" + whole);
+    ASSERT_EQ(r.code, 0) << r.out;
+    r = train(
+        1, cfg,
+        sets + " --set optimizer.per_layer_update=true --set training.output_dir=" + per_layer);
+    ASSERT_EQ(r.code, 0) << r.out;
+    const std::vector<double> want = losses(whole + "/metrics.jsonl");
+    const std::vector<double> got = losses(per_layer + "/metrics.jsonl");
+    ASSERT_EQ(want.size(), 4u) << tie;
+    ASSERT_EQ(got.size(), want.size()) << tie;
+    for (size_t i = 0; i < want.size(); ++i)
+      EXPECT_NEAR(got[i], want[i], 1e-5 * want[i]) << "tied " << tie << ", step " << i + 1;
+  }
+}
 
 }  // namespace
 }  // namespace keel::test
