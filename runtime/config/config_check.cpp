@@ -210,6 +210,10 @@ void check_moe(const Config& config) {
   const ModelConfig& m = config.model;
   const int64_t ep = config.parallel.expert_model_parallel_size;
   if (!m.moe()) {
+    KEEL_CHECK(m.moe_layers.empty(),
+               "model.moe_layers is '{}', but the model has no experts (model.num_local_experts "
+               "is 0); set model.num_local_experts, or remove model.moe_layers",
+               m.moe_layers);
     KEEL_CHECK(ep == 1,
                "parallel.expert_model_parallel_size is {}, but the model has no experts "
                "(model.num_local_experts is 0); set parallel.expert_model_parallel_size to 1, or "

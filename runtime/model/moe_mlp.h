@@ -28,8 +28,12 @@ struct MoeShape {
   int64_t N() const { return B * T; }
   int64_t local_experts() const { return E / ep; }
   // Rows this rank's experts can receive: every token's k choices from every rank, but no more
-  // than each local expert taking every token once.
-  int64_t max_expert_rows() const { return ep * N() * std::min(k, local_experts()); }
+  // than each local expert taking every token once, or with a capacity its B sequences' worth
+  // from each rank.
+  int64_t max_expert_rows() const {
+    const int64_t dropless = ep * N() * std::min(k, local_experts());
+    return capacity > 0 ? std::min(dropless, ep * local_experts() * B * capacity) : dropless;
+  }
 };
 
 // The layer's weights (or gradients): the router and this rank's experts, stacked.

@@ -19,15 +19,6 @@ namespace {
 constexpr size_t kSpikeWindow = 20;
 constexpr size_t kSpikeWarmup = 10;
 
-// The smallest of each rank's `index` (-1: none) over comm.
-int64_t first_over_ranks(int64_t index, parallel::Communicator& comm) {
-  if (comm.size() == 1) return index;
-  // MAX of the negated index; none counts as the largest index.
-  std::vector<int64_t> v = {index < 0 ? std::numeric_limits<int64_t>::min() : -index};
-  comm.all_reduce(parallel::host_view(v), parallel::ReduceOp::kMax);
-  return v[0] == std::numeric_limits<int64_t>::min() ? -1 : -v[0];
-}
-
 // "nan", "inf" or "-inf" (a NaN's sign bit says nothing), or the number.
 std::string value_text(double v) {
   if (std::isnan(v)) return "nan";
@@ -93,27 +84,14 @@ std::string Trainer::first_nonfinite_weight() {
   return first_over_world(first, names);
 }
 
+// Each rank's first bad tensor by name, gathered over the world: by name, not by index, since
+// the ranks of one stage may hold different tensors (other experts under expert parallelism).
+// Global ranks run stage by stage, so an earlier stage's is reported first.
 std::string Trainer::first_over_world(int64_t first, const std::vector<std::string>& names) {
-  parallel::Communicator& pp = grid_.pp();
-  if (pp.size() == 1) {
-    first = first_over_ranks(first, grid_.world());
-    return first < 0 ? "" : names[static_cast<size_t>(first)];
-  }
-  // Each stage's list follows the earlier stages' in one list of the whole model.
-  std::vector<int64_t> counts(static_cast<size_t>(pp.size()));
-  std::vector<int64_t> mine = {static_cast<int64_t>(names.size())};
-  pp.all_gather(parallel::host_view(counts), parallel::host_view(mine));
-  std::vector<int64_t> offsets(counts.size() + 1, 0);
-  for (size_t s = 0; s < counts.size(); ++s) offsets[s + 1] = offsets[s] + counts[s];
-  const int64_t at = offsets[static_cast<size_t>(pp.rank())];
-  const int64_t global = first_over_ranks(first < 0 ? -1 : at + first, grid_.world());
-  if (global < 0) return "";
-  // The stage holding it tells the others its name.
-  int owner = 0;
-  while (offsets[static_cast<size_t>(owner) + 1] <= global) ++owner;
-  const bool holds = owner == pp.rank();
-  return parallel::all_gather_text(
-      pp, holds ? names[static_cast<size_t>(global - at)] : "")[static_cast<size_t>(owner)];
+  const std::string mine = first < 0 ? "" : names[static_cast<size_t>(first)];
+  for (const std::string& name : parallel::all_gather_text(grid_.world(), mine))
+    if (!name.empty()) return name;
+  return "";
 }
 
 std::string Trainer::last_good_checkpoint() const {

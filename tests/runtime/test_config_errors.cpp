@@ -168,6 +168,9 @@ TEST(Config, MixturesOfExpertsThatCannotRunAreOneLine) {
                         {"model.num_local_experts=3", "parallel.expert_model_parallel_size=2"}),
             "parallel.expert_model_parallel_size 2 does not divide model.num_local_experts 3 "
             "(each expert-parallel rank holds the same number of experts); pick a divisor of 3");
+  EXPECT_EQ(parse_error(kMinimalYaml, {"model.moe_layers=[7]"}),
+            "model.moe_layers is '7', but the model has no experts (model.num_local_experts is "
+            "0); set model.num_local_experts, or remove model.moe_layers");
   EXPECT_EQ(parse_error(kMinimalYaml, {"parallel.expert_model_parallel_size=2"}),
             "parallel.expert_model_parallel_size is 2, but the model has no experts "
             "(model.num_local_experts is 0); set parallel.expert_model_parallel_size to 1, or "
@@ -175,17 +178,17 @@ TEST(Config, MixturesOfExpertsThatCannotRunAreOneLine) {
   EXPECT_EQ(parse_config(kMinimalYaml, {experts, "parallel.expert_model_parallel_size=2"})
                 .parallel.expert_model_parallel_size,
             2);
-  EXPECT_EQ(parse_error(kMinimalYaml, {experts, "parallel.pipeline_model_parallel_size=2",
-                                       "parallel.pipeline_schedule=zb_h1",
-                                       "model.tie_word_embeddings=false"}),
+  EXPECT_EQ(parse_error(kMinimalYaml,
+                        {experts, "parallel.pipeline_model_parallel_size=2",
+                         "parallel.pipeline_schedule=zb_h1", "model.tie_word_embeddings=false"}),
             "parallel.pipeline_schedule zb_h1 splits each block's backward in two, which "
             "mixture-of-experts layers do not do yet; pick 1f1b, interleaved_1f1b or gpipe");
-  EXPECT_EQ(parse_error(kMinimalYaml, {experts, "parallel.expert_model_parallel_size=2",
-                                       "optimizer.per_layer_update=true",
-                                       "training.max_grad_norm=0"}),
-            "optimizer.per_layer_update without ZeRO (parallel.zero_stage 0) cannot yet sum the "
-            "experts' gradient norms over parallel.expert_model_parallel_size 2 ranks; set "
-            "parallel.zero_stage to 2 or 3");
+  EXPECT_EQ(
+      parse_error(kMinimalYaml, {experts, "parallel.expert_model_parallel_size=2",
+                                 "optimizer.per_layer_update=true", "training.max_grad_norm=0"}),
+      "optimizer.per_layer_update without ZeRO (parallel.zero_stage 0) cannot yet sum the "
+      "experts' gradient norms over parallel.expert_model_parallel_size 2 ranks; set "
+      "parallel.zero_stage to 2 or 3");
 }
 
 // A pipeline that cannot run is one line before any work, naming the key and the fix.

@@ -58,7 +58,7 @@ TEST(MoeParams, TotalAndActiveMatchACountByHand) {
   EXPECT_EQ(tied.experts, 2 * 4 * 1536);
   EXPECT_EQ(tied.active(), 6144 + 256 + 2 * 1536 + 2048 + 160);
   // Without experts everything is active.
-  const ParamCount dense = count_parameters(moe({"model.num_local_experts=0"}).model);
+  const ParamCount dense = count_parameters(moe({"model.num_local_experts=0", "model.moe_layers=[]"}).model);
   EXPECT_EQ(dense.experts, 0);
   EXPECT_EQ(dense.active(), dense.total());
   EXPECT_EQ(dense.dense_mlps, 2 * 1536);
@@ -125,7 +125,7 @@ TEST(MoeParams, DescribeNamesTotalActiveAndEachStagesExperts) {
                    "active per token (15136, 83.1 %)", "2 of 4 experts 3.1 K (all 4: 6.1 K)",
                    "dense MLPs 1.5 K", "experts per rank of stage 0: none",
                    "experts per rank of stage 1: 4 of 4 (experts 0-3) in each of 1 MoE layers"});
-  EXPECT_EQ(describe_moe(moe({"model.num_local_experts=0"}), 1, {0}), "");
+  EXPECT_EQ(describe_moe(moe({"model.num_local_experts=0", "model.moe_layers=[]"}), 1, {0}), "");
 }
 
 }  // namespace
