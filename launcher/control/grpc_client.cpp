@@ -140,7 +140,10 @@ nlohmann::json progress_json(const pb::Progress& p) {
           {"tokens_per_second", p.tokens_per_second()},
           {"mfu", p.mfu()},
           {"eta_seconds", p.eta_seconds()},
-          {"step_seconds", p.step_seconds()}};
+          {"step_seconds", p.step_seconds()},
+          {"aux_loss", p.aux_loss()},
+          {"load_imbalance", p.load_imbalance()},
+          {"dropped_fraction", p.dropped_fraction()}};
 }
 
 std::string progress_text(const pb::Progress& p) {
@@ -172,6 +175,11 @@ int status(pb::Control::Stub& stub, const Target& t, const CommandLine& cl) {
                                ? nlohmann::json{{"step", s.last_checkpoint().step()},
                                                 {"path", s.last_checkpoint().path()}}
                                : nlohmann::json(nullptr);
+    j["expert_load"] = nlohmann::json::array();
+    for (const pb::ExpertLoad& e : s.expert_load())
+      j["expert_load"].push_back(
+          {{"layer", e.layer()},
+           {"fraction", std::vector<double>(e.fraction().begin(), e.fraction().end())}});
     j["ranks"] = nlohmann::json::array();
     for (const pb::RankStatus& r : s.ranks())
       j["ranks"].push_back({{"rank", r.rank()},
@@ -195,6 +203,24 @@ int status(pb::Control::Stub& stub, const Target& t, const CommandLine& cl) {
   else
     std::cout << "  last checkpoint: none yet\n";
   if (!s.failure().empty()) std::cout << "  failure: " << s.failure() << "\n";
+  if (s.expert_load_size() > 0) {
+    char line[160];
+    std::snprintf(line, sizeof line,
+                  "  experts: aux loss %.4f, load imbalance %.2f (busiest / mean), %.1f%% of "
+                  "choices dropped\n",
+                  s.progress().aux_loss(), s.progress().load_imbalance(),
+                  100 * s.progress().dropped_fraction());
+    std::cout << line;
+  }
+  for (const pb::ExpertLoad& e : s.expert_load()) {
+    std::cout << "  layer " << e.layer() << " routed:";
+    for (double f : e.fraction()) {
+      char share[16];
+      std::snprintf(share, sizeof share, " %.0f%%", 100 * f);
+      std::cout << share;
+    }
+    std::cout << "\n";
+  }
   for (const pb::RankStatus& r : s.ranks()) {
     char line[512];
     std::snprintf(line, sizeof line,

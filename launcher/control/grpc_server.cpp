@@ -47,6 +47,9 @@ void fill_progress(const RunSnapshot& r, pb::Progress* p) {
   p->set_mfu(r.progress.mfu);
   p->set_eta_seconds(r.progress.eta_seconds);
   p->set_step_seconds(r.progress.step_seconds);
+  p->set_aux_loss(r.progress.aux_loss);
+  p->set_load_imbalance(r.progress.load_imbalance);
+  p->set_dropped_fraction(r.progress.dropped_fraction);
 }
 
 std::string read_file(const std::string& path, const char* key) {
@@ -80,6 +83,11 @@ class Service final : public pb::Control::Service {
     out->set_world_size(options_.world_size);
     out->set_pid(static_cast<int32_t>(::getpid()));
     fill_progress(r, out->mutable_progress());
+    for (const runtime::ExpertShare& share : r.progress.expert_load) {
+      pb::ExpertLoad* load = out->add_expert_load();
+      load->set_layer(share.layer);
+      for (double f : share.fraction) load->add_fraction(f);
+    }
     if (r.checkpoint_step >= 0) {
       out->mutable_last_checkpoint()->set_step(r.checkpoint_step);
       out->mutable_last_checkpoint()->set_path(r.checkpoint);

@@ -16,6 +16,9 @@ struct MoeStepStats {
   // Per MoE layer, in model order: the busiest expert's routed token choices over the mean
   // (1 is perfect balance, E the worst).
   std::vector<double> load_imbalance;
+  // Per MoE layer: the model's layer index and each expert's share of the routed choices.
+  std::vector<int> layers;
+  std::vector<std::vector<double>> expert_share;
   double aux_loss = 0;          // the load-balancing loss (without its coefficient)
   double z_loss = 0;            // the router z-loss (without its coefficient)
   double dropped_fraction = 0;  // of the token choices, dropped by capacity

@@ -26,12 +26,16 @@ MoeStepStats gather_moe_stats(const LlamaModel& model, const parallel::ProcessGr
   }
   grid.world().all_reduce(Tensor(sums.data(), DType::F64, {L * width}));
   MoeStepStats out;
+  for (int64_t g = 0; g < c.num_hidden_layers; ++g)
+    if (c.moe_layer(g)) out.layers.push_back(static_cast<int>(g));
   double slots = 0, dropped = 0;
   for (int64_t l = 0; l < L; ++l) {
     const double* row = sums.data() + l * width;
     const double max = *std::max_element(row, row + E);
     const double mean = std::accumulate(row, row + E, 0.0) / static_cast<double>(E);
     out.load_imbalance.push_back(mean > 0 ? max / mean : 0.0);
+    std::vector<double>& share = out.expert_share.emplace_back(row, row + E);
+    for (double& x : share) x = mean > 0 ? x / (mean * static_cast<double>(E)) : 0.0;
     const double* r = row + E;  // slots, dropped, aux, sequences, z, entropy, rows
     slots += r[0], dropped += r[1];
     // Each a mean over the layer's sequences or rows, then over the layers.

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace keel::runtime {
 
@@ -24,13 +25,21 @@ enum class RunState { kStarting, kRunning, kPaused, kCheckpointing, kStopping, k
 // "starting", "running", ...
 const char* run_state_name(RunState s);
 
-// One step's numbers, as the progress line shows them.
+// One MoE layer's routing in a step: the share of the token choices each expert got.
+struct ExpertShare {
+  int layer = 0;                 // the model's layer index
+  std::vector<double> fraction;  // per expert, summing to 1
+};
+
+// One step's numbers, as the progress line shows them (and, with MoE layers, their routing).
 struct RunProgress {
   int64_t step = 0;
   int64_t max_steps = 0;
   double loss = 0, learning_rate = 0, grad_norm = 0;
   double tokens_per_second = 0, mfu = 0;
   double eta_seconds = 0, step_seconds = 0;
+  double aux_loss = 0, load_imbalance = 0, dropped_fraction = 0;
+  std::vector<ExpertShare> expert_load = {};  // empty without MoE layers
 };
 
 class RunControl {

@@ -211,9 +211,18 @@ void Trainer::run() {
       }
       const double eta =
           seconds / static_cast<double>(trained) * static_cast<double>(t.max_steps - s.step);
-      if (control_)
-        control_->on_step({s.step, t.max_steps, s.loss, s.learning_rate, s.grad_norm,
-                           s.tokens_per_second, s.mfu, eta, s.seconds});
+      if (control_) {
+        RunProgress p{s.step,          t.max_steps, s.loss,
+                      s.learning_rate, s.grad_norm, s.tokens_per_second,
+                      s.mfu,           eta,         s.seconds};
+        if (s.moe.present()) {
+          p.aux_loss = s.moe.aux_loss, p.load_imbalance = s.moe.max_imbalance();
+          p.dropped_fraction = s.moe.dropped_fraction;
+          for (size_t l = 0; l < s.moe.layers.size(); ++l)
+            p.expert_load.push_back({s.moe.layers[l], s.moe.expert_share[l]});
+        }
+        control_->on_step(p);
+      }
       if (s.step % t.logging_steps == 0 || s.step == t.max_steps || s.step == first + 1) {
         if (log) log->write(s);
         const std::string line = progress_line(s, t.max_steps, eta);

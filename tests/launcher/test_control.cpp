@@ -134,6 +134,35 @@ TEST_F(Cli, ClientWatchesPausesCheckpointsResumesAndStopsATwoRankRun) {
 
 // Bound beyond loopback, every call carries the token the run wrote (owner-only) to its directory;
 // none or a wrong one is UNAUTHENTICATED, and the run logs the refusal with the caller's address.
+// A run with experts over two ranks reports its routing: every MoE layer's share of the token
+// choices per expert (summing to 1), the load-balancing loss and the imbalance, in keel status.
+TEST_F(Cli, StatusShowsTheExpertLoadOfAnMoeRun) {
+  if (!have_mpi()) GTEST_SKIP() << "no MPI in this build or no mpirun";
+  if (!have_grpc()) GTEST_SKIP() << "this keel was built without gRPC";
+  const std::string cfg = write("moe.yaml", kMoeModel);
+  const std::string out = (dir_ / "moe").string();
+  BackgroundRun job(
+      2, cfg, std::string(kControlSets) + " --set parallel.expert_model_parallel_size=2", out);
+  ASSERT_TRUE(wait_for_steps(out, 2)) << job.join().out;
+  const nlohmann::json s = status_json(out);
+  ASSERT_TRUE(s.is_object());
+  EXPECT_GT(s["aux_loss"].get<double>(), 0.0) << s.dump();
+  EXPECT_GE(s["load_imbalance"].get<double>(), 1.0) << s.dump();
+  EXPECT_EQ(s["dropped_fraction"].get<double>(), 0.0) << s.dump();
+  ASSERT_EQ(s["expert_load"].size(), 4u) << s.dump();
+  for (size_t l = 0; l < 4; ++l) {
+    const nlohmann::json& layer = s["expert_load"][l];
+    EXPECT_EQ(layer["layer"], static_cast<int>(l));
+    ASSERT_EQ(layer["fraction"].size(), 4u) << s.dump();
+    double sum = 0.0;
+    for (const nlohmann::json& f : layer["fraction"]) sum += f.get<double>();
+    EXPECT_NEAR(sum, 1.0, 1e-9) << s.dump();
+  }
+  const Result text = run("status " + out);
+  EXPECT_NE(text.out.find("experts: aux loss "), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("layer 3 routed: "), std::string::npos) << text.out;
+}
+
 TEST_F(Cli, BeyondLoopbackEveryCallNeedsTheRunsToken) {
   if (!have_grpc()) GTEST_SKIP() << "this keel was built without gRPC";
   const std::string cfg = write("m.yaml", kTensorParallelModel);
