@@ -11,17 +11,28 @@ namespace keel::parallel {
 
 namespace {
 
-double cost_of(int stage, int stages, int blocks, const StageCosts& c) {
-  return blocks * c.block + (stage == 0 ? c.embedding : 0.0) + (stage == stages - 1 ? c.head : 0.0);
+// Stage `stage` of `stages` holding layers [first, first + blocks).
+double cost_of(int stage, int stages, int first, int blocks, const StageCosts& c) {
+  return c.blocks(first, blocks) + (stage == 0 ? c.embedding : 0.0) +
+         (stage == stages - 1 ? c.head : 0.0);
 }
 
 }  // namespace
 
+double StageCosts::blocks(int first, int count) const {
+  if (layers.empty()) return count * block;
+  double sum = 0;
+  for (int l = first; l < first + count; ++l) sum += layers.at(static_cast<size_t>(l));
+  return sum;
+}
+
 std::vector<double> stage_costs(const std::vector<StageRange>& split, const StageCosts& costs) {
   std::vector<double> out;
   const int p = static_cast<int>(split.size());
-  for (int s = 0; s < p; ++s)
-    out.push_back(cost_of(s, p, split[static_cast<size_t>(s)].layers(), costs));
+  for (int s = 0; s < p; ++s) {
+    const StageRange& r = split[static_cast<size_t>(s)];
+    out.push_back(cost_of(s, p, r.first_layer, r.layers(), costs));
+  }
   return out;
 }
 
@@ -33,6 +44,10 @@ std::vector<StageRange> balanced_stages(int layers, int stages, const StageCosts
              "parallel.pipeline_model_parallel_size to {} or fewer",
              stages, layers, layers);
   KEEL_CHECK(costs.block > 0, "a block's cost must be positive, got {}", costs.block);
+  KEEL_CHECK(costs.layers.empty() || static_cast<int>(costs.layers.size()) == layers,
+             "{} per-layer costs for {} layers (internal error)", costs.layers.size(), layers);
+  for (double c : costs.layers) KEEL_CHECK(c > 0, "a block's cost must be positive, got {}", c);
+  // Stage s holding `take` of the last n blocks starts at layer `layers - n`.
   // best[s][n]: the least possible most-expensive stage when stages s.. hold the last n blocks.
   const double inf = std::numeric_limits<double>::infinity();
   const auto P = static_cast<size_t>(stages), L = static_cast<size_t>(layers);
@@ -42,7 +57,7 @@ std::vector<StageRange> balanced_stages(int layers, int stages, const StageCosts
     for (int n = 1; n <= layers; ++n)
       for (int take = 1; take <= n - (stages - 1 - s); ++take) {
         const double rest = best[static_cast<size_t>(s) + 1][static_cast<size_t>(n - take)];
-        const double worst = std::max(cost_of(s, stages, take, costs), rest);
+        const double worst = std::max(cost_of(s, stages, layers - n, take, costs), rest);
         double& b = best[static_cast<size_t>(s)][static_cast<size_t>(n)];
         b = std::min(b, worst);
       }
@@ -55,7 +70,7 @@ std::vector<StageRange> balanced_stages(int layers, int stages, const StageCosts
   for (int s = stages - 1; s >= 0; --s)
     for (int n = 1; n <= layers; ++n)
       for (int take = 1; take <= n - (stages - 1 - s); ++take) {
-        const double here = cost_of(s, stages, take, costs);
+        const double here = cost_of(s, stages, layers - n, take, costs);
         const double rest = even[static_cast<size_t>(s) + 1][static_cast<size_t>(n - take)];
         if (here > cap || rest == inf) continue;
         double& e = even[static_cast<size_t>(s)][static_cast<size_t>(n)];
@@ -69,7 +84,7 @@ std::vector<StageRange> balanced_stages(int layers, int stages, const StageCosts
     if (s < stages - 1) {
       const double want = even[static_cast<size_t>(s)][static_cast<size_t>(left)];
       for (int t = 1; t <= left - (stages - 1 - s); ++t) {
-        const double here = cost_of(s, stages, t, costs);
+        const double here = cost_of(s, stages, first, t, costs);
         const double rest = even[static_cast<size_t>(s) + 1][static_cast<size_t>(left - t)];
         if (here <= cap && rest != inf && here * here + rest <= want * (1 + 1e-12)) {
           take = t;

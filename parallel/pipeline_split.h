@@ -15,6 +15,10 @@ struct StageCosts {
   double embedding = 0;  // on the first stage
   double block = 1;      // each layer
   double head = 0;       // final norm, head and loss, on the last stage
+  // Per layer where layers differ (a mixture-of-experts layer among dense ones); empty: `block`.
+  std::vector<double> layers = {};
+  // Layers [first, first + count) together.
+  double blocks(int first, int count) const;
 };
 
 struct StageRange {

@@ -61,8 +61,17 @@ parallel::StageCosts unit_costs(const ModelConfig& m, int64_t T) {
       static_cast<double>(m.num_key_value_heads ? m.num_key_value_heads : m.num_attention_heads);
   const double kv = 2.0 * C * C * Hkv / H;  // k and v projections
   // Forward + backward = 3 × the forward's 2 FLOPs per weight; causal attention at half of T.
-  const double block = 6.0 * (2.0 * C * C + kv + 3.0 * C * I) + 6.0 * static_cast<double>(T) * C;
-  return {.embedding = 2.0 * C, .block = block, .head = 6.0 * C * V};
+  const double attention = 6.0 * (2.0 * C * C + kv) + 6.0 * static_cast<double>(T) * C;
+  const double mlp = 6.0 * 3.0 * C * I;
+  parallel::StageCosts costs{.embedding = 2.0 * C, .block = attention + mlp, .head = 6.0 * C * V};
+  // A mixture-of-experts layer: its router and the k experts a token passes through.
+  if (m.moe())
+    for (int64_t l = 0; l < m.num_hidden_layers; ++l)
+      costs.layers.push_back(m.moe_layer(l)
+                                 ? attention + 6.0 * C * static_cast<double>(m.num_local_experts) +
+                                       static_cast<double>(m.num_experts_per_tok) * mlp
+                                 : attention + mlp);
+  return costs;
 }
 
 std::vector<int64_t> parse_pipeline_layers(const std::string& text) {

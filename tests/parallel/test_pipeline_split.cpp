@@ -35,7 +35,7 @@ double brute_force_best(int layers, int stages, const StageCosts& costs) {
 }
 
 TEST(PipelineSplit, BalancedIsTheCheapestSplitAndContiguous) {
-  for (const StageCosts costs :
+  for (const StageCosts& costs :
        {StageCosts{0, 1, 0}, StageCosts{0.5, 1, 2.5}, StageCosts{3, 1, 7}, StageCosts{0.1, 1, 0.9}})
     for (int layers = 1; layers <= 12; ++layers)
       for (int stages = 1; stages <= layers; ++stages) {
@@ -54,6 +54,26 @@ TEST(PipelineSplit, BalancedIsTheCheapestSplitAndContiguous) {
                          brute_force_best(layers, stages, costs))
             << layers << " layers, " << stages << " stages: " << describe_stages(split);
       }
+}
+
+// Layers of different costs (mixture-of-experts layers among dense ones): still the cheapest
+// possible split, and the expensive layers spread over the stages.
+TEST(PipelineSplit, LayersOfDifferentCostsBalanceByTheirCosts) {
+  for (int layers = 1; layers <= 10; ++layers)
+    for (int stages = 1; stages <= layers; ++stages) {
+      StageCosts costs{0.5, 1, 2};
+      for (int l = 0; l < layers; ++l) costs.layers.push_back(l % 2 == 0 ? 3.0 : 1.0);
+      const std::vector<StageRange> split = balanced_stages(layers, stages, costs);
+      const std::vector<double> c = stage_costs(split, costs);
+      EXPECT_DOUBLE_EQ(*std::max_element(c.begin(), c.end()),
+                       brute_force_best(layers, stages, costs))
+          << layers << " layers, " << stages << " stages: " << describe_stages(split);
+    }
+  // Two MoE layers first, each 3 times a dense one: [0, 1) [1, 4) costs 3 and 5, where an even
+  // count of layers, [0, 2) [2, 4), would cost 6 and 2.
+  StageCosts front{0, 1, 0, {3, 3, 1, 1}};
+  EXPECT_EQ(balanced_stages(4, 2, front), (std::vector<StageRange>{{0, 1}, {1, 4}}));
+  EXPECT_EQ(balanced_stages(4, 2, StageCosts{0, 1, 0}), (std::vector<StageRange>{{0, 2}, {2, 4}}));
 }
 
 TEST(PipelineSplit, TheEndStagesCarryTheEmbeddingAndTheHead) {
