@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -75,6 +76,54 @@ TEST(MoeModel, OneExpertForEveryTokenIsTheDenseMlp) {
         moe.parameter("model.layers." + std::to_string(l) + ".block_sparse_moe.gate.weight");
     EXPECT_EQ(values(router.grad), std::vector<float>(router.grad.numel(), 0.0f));
   }
+}
+
+// Twenty steps of plain gradient descent (p −= 0.05·g) on two models, each step's micro-batch
+// another, the same for both; each step's loss, with `twin` naming b's parameter for a's.
+std::vector<std::pair<double, double>> train_together(
+    LlamaModel& a, LlamaModel& b, const std::function<std::string(const std::string&)>& twin) {
+  std::vector<std::pair<double, double>> losses;
+  for (int step = 0; step < 20; ++step) {
+    std::vector<int32_t> tokens, targets;
+    batch(tokens, targets, step);
+    a.zero_grad();
+    b.zero_grad();
+    const double la = a.forward_backward(tokens.data(), targets.data(), 1.0f / 29.0f);
+    const double lb = b.forward_backward(tokens.data(), targets.data(), 1.0f / 29.0f);
+    losses.emplace_back(la, lb);
+    auto descend = [](Parameter& p) {
+      for (int64_t i = 0; i < p.value.numel(); ++i) p.value.f32()[i] -= 0.05f * p.grad.f32()[i];
+    };
+    for (Parameter& p : a.parameters()) descend(p);
+    for (Parameter& p : b.parameters()) descend(p);
+    for (const Parameter& p : a.parameters())
+      EXPECT_EQ(values(b.parameter(twin(p.name)).value), values(p.value)) << p.name;
+  }
+  return losses;
+}
+
+// Over 20 steps too: one expert for every token trains as the dense MLP does, bit for bit.
+TEST(MoeModel, OneExpertTrainsAsTheDenseMlpOverTwentySteps) {
+  LlamaModel dense(small_model(), kB, kT, false);
+  dense.init_weights(7);
+  LlamaModel moe(moe_model(1, 1), kB, kT, false);
+  moe.init_weights(3);
+  for (const Parameter& p : dense.parameters()) copy(moe.parameter(expert_twin(p.name)), p);
+  for (const auto& [want, got] : train_together(dense, moe, expert_twin)) EXPECT_EQ(got, want);
+}
+
+// And a capacity no sequence fills trains as dropless does.
+TEST(MoeModel, ACapacityNoSequenceFillsTrainsAsDroplessOverTwentySteps) {
+  ModelConfig config = moe_model(4, 2);
+  config.router_z_loss_coef = 0.01;
+  LlamaModel dropless(config, kB, kT, false);
+  dropless.init_weights(11);
+  config.moe_token_dropping = true;
+  config.moe_expert_capacity_factor = 2.0;  // 2·T·k/E = T
+  LlamaModel capped(config, kB, kT, false);
+  capped.init_weights(11);
+  const auto same = [](const std::string& name) { return name; };
+  for (const auto& [want, got] : train_together(dropless, capped, same)) EXPECT_EQ(got, want);
 }
 
 // Loss and every gradient of a model with MoE layers after one micro-batch.
