@@ -283,4 +283,39 @@ inline std::vector<CarriedCheckpoint> run_carried_legs(const std::string& cfg,
   return stored;
 }
 
+// An optimizer's settings for a run carried across layouts, and how close the carried run must
+// stay to the uninterrupted one: each loss (relative) and the final weights.
+struct Carried {
+  const char* name;
+  std::string sets;
+  double tol = 1e-5;
+  double params = 1e-5;
+};
+
+// AdamW, 8-bit AdamW, Adafactor and GaLore: every optimizer's state crosses the layouts.
+inline std::vector<Carried> carried_optimizers() {
+  return {
+      Carried{"adamw", ""},
+      // 8-bit blocks are cut from each rank's shard: another layout rounds otherwise (a small
+      // weight by up to 3 %, as under TP).
+      Carried{"adamw_8bit", " --set optimizer.type=adamw_8bit --set optimizer.min_8bit_size=1024",
+              0.02, 0.1},
+      Carried{"adafactor", " --set optimizer.type=adafactor --set optimizer.adafactor_beta1=0.9"},
+      Carried{"galore", " --set optimizer.galore.rank=8 --set optimizer.galore.update_proj_gap=5"}};
+}
+
+// The carried run in `out` against the uninterrupted one in `one`: 20 losses within c.tol and
+// the final weights within c.params.
+inline void expect_carried_like_one(const std::string& one, const std::string& out,
+                                    const Carried& c) {
+  const std::vector<double> want = losses(one + "/metrics.jsonl"),
+                            got = losses(out + "/metrics.jsonl");
+  ASSERT_EQ(want.size(), 20u);
+  ASSERT_EQ(got.size(), 20u);
+  for (size_t i = 0; i < want.size(); ++i)
+    EXPECT_NEAR(got[i], want[i], c.tol * want[i]) << "step " << i + 1;
+  EXPECT_LE(max_relative_difference(one + "/model.safetensors", out + "/model.safetensors"),
+            c.params);
+}
+
 }  // namespace keel::test

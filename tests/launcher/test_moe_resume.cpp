@@ -22,13 +22,6 @@ std::string layout(int ep, int dp, int stage) {
          " --set parallel.zero_stage=" + std::to_string(stage);
 }
 
-struct Carried {
-  const char* name;
-  std::string sets;
-  double tol = 1e-5;
-  double params = 1e-5;  // on the final weights
-};
-
 class MoeResume : public Cli, public ::testing::WithParamInterface<Carried> {};
 
 TEST_P(MoeResume, CarriedAcrossExpertParallelSizes) {
@@ -75,27 +68,13 @@ TEST_P(MoeResume, CarriedAcrossExpertParallelSizes) {
                                   ".w2.weight"))
         << e;
   EXPECT_TRUE(first_names.count("model.layers.0.block_sparse_moe.gate.weight"));
-  const std::vector<double> want = losses(one + "/metrics.jsonl"),
-                            got = losses(out + "/metrics.jsonl");
-  ASSERT_EQ(want.size(), 20u);
-  ASSERT_EQ(got.size(), 20u);
-  for (size_t i = 0; i < want.size(); ++i)
-    EXPECT_NEAR(got[i], want[i], c.tol * want[i]) << "step " << i + 1;
-  EXPECT_LE(max_relative_difference(one + "/model.safetensors", out + "/model.safetensors"),
-            c.params);
+  expect_carried_like_one(one, out, c);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Optimizers, MoeResume,
-    ::testing::Values(
-        Carried{"adamw", ""},
-        // 8-bit blocks are cut from each rank's shard: another layout rounds otherwise.
-        Carried{"adamw_8bit", " --set optimizer.type=adamw_8bit --set optimizer.min_8bit_size=1024",
-                0.02, 0.1},
-        Carried{"adafactor", " --set optimizer.type=adafactor --set optimizer.adafactor_beta1=0.9"},
-        Carried{"galore",
-                " --set optimizer.galore.rank=8 --set optimizer.galore.update_proj_gap=5"}),
-    [](const ::testing::TestParamInfo<Carried>& p) { return std::string(p.param.name); });
+INSTANTIATE_TEST_SUITE_P(Optimizers, MoeResume, ::testing::ValuesIn(carried_optimizers()),
+                         [](const ::testing::TestParamInfo<Carried>& p) {
+                           return std::string(p.param.name);
+                         });
 
 // Stopped at step 6 and run again on the same layout (experts over two ranks, ZeRO 3, 8-bit
 // state), a 12-step run repeats every loss and the final parameters byte for byte.
