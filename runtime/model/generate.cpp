@@ -38,14 +38,10 @@ struct Generator::Slots {
   // sends n·k to the experts (R = chunk·k rows at most).
   std::unique_ptr<MoeMlp> moe;
   std::optional<LlamaBlock> moe_block;
-  Slot probs, lse, gate, logits_e;  // (chunk, E), (chunk), (chunk, k), (chunk, E)
-  Slot sel, dest, src;              // (chunk, k), (chunk, k), (chunk·k) int32
-  Slot counts, recv;                // (E) int64
-  Slot choices, aux;                // (1, E)
-  Slot xe, rows, expert, y;         // (R, C)
-  Slot expert_gu, expert_h;         // (R, 2I), (R, I)
-  Slot logits;                      // (V) after the last position
-  Slot rope_cos, rope_sin;          // (max_positions, D/2)
+  MoeActSlots moe_acts;      // one chunk's routing and expert rows
+  MoeScratchSlots moe_work;  // the forward's scratch
+  Slot logits;               // (V) after the last position
+  Slot rope_cos, rope_sin;   // (max_positions, D/2)
   Slot attn_ws;
 };
 
@@ -99,24 +95,11 @@ Generator::Generator(const LlamaModel& model, int64_t max_positions)
     s.moe_block.emplace(model.block());
     s.moe_block->set_moe(s.moe.get());
     s.block = &*s.moe_block;
-    const int64_t R = s.moe->shape().max_expert_rows();
-    s.probs = plan_.add("router_probs", DType::F32, {chunk_, E});
-    s.logits_e = plan_.add("router_logits", DType::F32, {chunk_, E});
-    s.lse = plan_.add("router_lse", DType::F32, {chunk_});
-    s.gate = plan_.add("router_weight", DType::F32, {chunk_, top});
-    s.sel = plan_.add("router_choice", DType::I32, {chunk_, top});
-    s.dest = plan_.add("route_row", DType::I32, {chunk_, top});
-    s.src = plan_.add("route_token", DType::I32, {chunk_ * top});
-    s.counts = plan_.add("route_counts", DType::I64, {E});
-    s.recv = plan_.add("route_arrivals", DType::I64, {E});
-    s.choices = plan_.add("router_picks", DType::F32, {1, E});
-    s.aux = plan_.add("router_sums", DType::F32, {1, E});
-    s.xe = plan_.add("expert_in", DType::F32, {R, C_});
-    s.rows = plan_.add("route_rows", DType::F32, {R, C_});
-    s.expert = plan_.add("expert_rows", DType::F32, {R, C_});
-    s.y = plan_.add("expert_out", DType::F32, {R, C_});
-    s.expert_gu = plan_.add("expert_gate_up", DType::F32, {R, 2 * I_});
-    s.expert_h = plan_.add("expert_h", DType::F32, {R, I_});
+    const MoePlanAdd add = [&](const char* name, DType dtype, Shape shape) {
+      return plan_.add(name, dtype, shape);
+    };
+    s.moe_acts = declare_moe_acts(s.moe->shape(), add);
+    s.moe_work = declare_moe_scratch(s.moe->shape(), add, /*backward=*/false);
   }
   s.logits = plan_.add("logits", DType::F32, {V_});
   s.rope_cos = plan_.add("rope_cos", DType::F32, {max_positions, D_ / 2});
@@ -164,14 +147,9 @@ void Generator::run_chunk(const int32_t* tokens, int64_t n) {
   BlockActs acts = {ln, rstd, f32(s.qkv), f32(s.att), nullptr, f32(s.xmid), ln, rstd};
   MoeScratch moe_ws;
   if (s.moe) {
-    auto i32 = [&](Slot slot) { return plan_[slot].data_as<int32_t>(); };
-    auto i64 = [&](Slot slot) { return plan_[slot].data_as<int64_t>(); };
-    acts.moe = {f32(s.probs),     f32(s.lse),      i32(s.sel),  f32(s.gate),    i32(s.dest),
-                i32(s.src),       i64(s.counts),   i64(s.recv), f32(s.choices), f32(s.xe),
-                f32(s.expert_gu), f32(s.expert_h), f32(s.y)};
-    // The forward's scratch only: no staging (one rank), no backward's.
-    moe_ws = {f32(s.logits_e), f32(s.rows), f32(s.expert)};
-    moe_ws.aux_grad = f32(s.aux);
+    const MoePlanAt at = [&](Slot slot) { return plan_[slot].data(); };
+    acts.moe = moe_acts(s.moe_acts, at);
+    moe_ws = moe_scratch(s.moe_work, 1, at);
   }
   if (s.dense) acts.gu = f32(s.gate_up), acts.h = f32(s.h);
   const BlockPositions pos = {1, n, plan_[s.rope_cos].f32() + length_ * (D_ / 2),

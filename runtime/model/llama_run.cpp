@@ -74,24 +74,15 @@ BlockActs LlamaModel::block_acts(const MicroActs& m, int l, bool count) const {
     acts.gu = a(y.gu), acts.h = a(y.h);
     return acts;
   }
-  auto i32 = [&](Slot s) { return static_cast<int32_t*>(acts_[s].data()); };
-  auto i64 = [&](Slot s) { return static_cast<int64_t*>(acts_[s].data()); };
-  const MicroActs::Moe& e = y.experts;
-  acts.moe = {a(e.probs), a(e.lse),      i32(e.sel),  a(e.gate),    i32(e.dest),
-              i32(e.src), i64(e.counts), i64(e.recv), a(e.choices), a(e.xe),
-              a(e.gu),    a(e.h),        a(e.y)};
+  acts.moe = moe_acts(y.experts, [&](Slot s) { return acts_[s].data(); });
   if (count) acts.moe_stats = &moe_stats_[static_cast<size_t>(l)];
   return acts;
 }
 
 MoeScratch LlamaModel::moe_scratch() const {
-  if (!moe_) return {};
-  const Slots& s = *s_;
-  auto a = [&](Slot slot) { return work_[slot].f32(); };
-  return {a(s.moe_logits), a(s.moe_rows),
-          a(s.moe_expert), moe_->shape().ep > 1 ? a(s.moe_staging) : nullptr,
-          a(s.moe_dh),     a(s.moe_dgu),
-          a(s.moe_dgate),  a(s.moe_aux)};
+  if (!s_->moe) return {};
+  return runtime::moe_scratch(s_->moe_work, moe_->shape().ep,
+                              [&](Slot slot) { return work_[slot].data(); });
 }
 
 BlockPositions LlamaModel::positions() const {

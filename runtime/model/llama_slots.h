@@ -1,5 +1,5 @@
-// The model's slots (runtime/model/llama.h), shared by the files that build the model (llama.cpp)
-// and run it (model/llama_run.cpp); not part of the model's interface.
+// The model's slots (runtime/model/llama.h), shared by the files that build the model (llama.cpp,
+// llama_plans.cpp) and run it (model/llama_run.cpp); not part of the model's interface.
 #pragma once
 
 #include <vector>
@@ -36,13 +36,10 @@ struct LlamaModel::MicroActs {
   // Each block's insides. With checkpointing every block of every slot shares one set (slot 0's
   // block 0): the backward recomputes it from x[l] just before it needs it.
   // A mixture-of-experts layer's MLP keeps MoeActs (runtime/model/moe_mlp.h) instead of gu, h.
-  struct Moe {
-    Slot probs, lse, sel, gate, dest, src, counts, recv, choices, xe, gu, h, y;
-  };
   struct Block {
     Slot ln1, rstd1, qkv, att, lse, xmid, ln2, rstd2, gu, h;
     bool moe = false;
-    Moe experts = {};
+    MoeActSlots experts = {};
   };
   std::vector<Block> blocks;
   // A split backward (ModelSplit::split_backward): each block's GEMM output gradients, kept from
@@ -69,8 +66,8 @@ struct LlamaModel::Slots {
   Slot row_max = 0, ce_stats = 0;  // (chunk), (2, chunk) doubles: vocabulary-parallel softmax
   Slot norm_grad = 0;              // (2, C) SP: a norm's partial weight gradient, summed over TP
   // MoE layers' scratch (MoeScratch), when the stage has one.
-  Slot moe_logits = 0, moe_rows = 0, moe_expert = 0, moe_staging = 0, moe_dh = 0, moe_dgu = 0,
-       moe_dgate = 0, moe_aux = 0;
+  bool moe = false;
+  MoeScratchSlots moe_work = {};
 };
 
 }  // namespace keel::runtime

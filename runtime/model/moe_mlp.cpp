@@ -11,6 +11,52 @@ void MoeStats::clear() {
   slots = dropped = aux = sequences = z = entropy = rows = 0;
 }
 
+MoeActSlots declare_moe_acts(const MoeShape& m, const MoePlanAdd& add) {
+  const int64_t N = m.N(), E = m.E, k = m.k, R = m.max_expert_rows(), C = m.C, I = m.I;
+  return {add("router_probs", DType::F32, {N, E}),       add("router_lse", DType::F32, {N}),
+          add("router_choice", DType::I32, {N, k}),      add("router_weight", DType::F32, {N, k}),
+          add("route_row", DType::I32, {N, k}),          add("route_token", DType::I32, {N * k}),
+          add("route_counts", DType::I64, {E}),          add("route_arrivals", DType::I64, {E}),
+          add("router_picks", DType::F32, {m.B, E}),     add("expert_in", DType::F32, {R, C}),
+          add("expert_gate_up", DType::F32, {R, 2 * I}), add("expert_h", DType::F32, {R, I}),
+          add("expert_out", DType::F32, {N * k, C})};
+}
+
+MoeScratchSlots declare_moe_scratch(const MoeShape& m, const MoePlanAdd& add, bool backward) {
+  const int64_t N = m.N(), E = m.E, k = m.k, R = m.max_expert_rows(), C = m.C, I = m.I;
+  MoeScratchSlots s;
+  s.backward = backward;
+  s.logits = add("router_logits", DType::F32, {N, E});
+  s.rows = add("route_rows", DType::F32, {N * k, C});
+  s.expert = add("expert_rows", DType::F32, {R, C});
+  if (m.ep > 1) s.staging = add("expert_staging", DType::F32, {R, C});
+  if (backward) {
+    s.dh = add("expert_dh", DType::F32, {R, I});
+    s.dgu = add("expert_dgate_up", DType::F32, {R, 2 * I});
+    s.dgate = add("router_dweight", DType::F32, {N, k});
+  }
+  s.aux = add("router_aux", DType::F32, {m.B, E});
+  return s;
+}
+
+MoeActs moe_acts(const MoeActSlots& s, const MoePlanAt& at) {
+  auto f32 = [&](MemoryPlan::Slot slot) { return static_cast<float*>(at(slot)); };
+  auto i32 = [&](MemoryPlan::Slot slot) { return static_cast<int32_t*>(at(slot)); };
+  auto i64 = [&](MemoryPlan::Slot slot) { return static_cast<int64_t*>(at(slot)); };
+  return {f32(s.probs), f32(s.lse),    i32(s.sel),  f32(s.gate),    i32(s.dest),
+          i32(s.src),   i64(s.counts), i64(s.recv), f32(s.choices), f32(s.xe),
+          f32(s.gu),    f32(s.h),      f32(s.y)};
+}
+
+MoeScratch moe_scratch(const MoeScratchSlots& s, int ep, const MoePlanAt& at) {
+  auto f32 = [&](MemoryPlan::Slot slot) { return static_cast<float*>(at(slot)); };
+  MoeScratch out{f32(s.logits), f32(s.rows), f32(s.expert)};
+  if (ep > 1) out.staging = f32(s.staging);
+  if (s.backward) out.dh = f32(s.dh), out.dgu = f32(s.dgu), out.dgate = f32(s.dgate);
+  out.aux_grad = f32(s.aux);
+  return out;
+}
+
 MoeMlp::MoeMlp(const MoeShape& shape, Device device)
     : shape_(shape), ops_(&kernels::ops(device)), exchange_(nullptr, shape.E) {
   KEEL_CHECK(shape.k >= 1 && shape.k <= shape.E && shape.E % shape.ep == 0,

@@ -10,6 +10,7 @@
 #include <functional>
 #include <vector>
 
+#include "kernels/memory_plan.h"
 #include "kernels/ops.h"
 #include "parallel/moe_dispatch.h"
 #include "parallel/tensor_parallel.h"
@@ -74,6 +75,24 @@ struct MoeScratch {
   float* dgate = nullptr;     // (N, k)
   float* aux_grad = nullptr;  // (B, E)
 };
+
+// Where the buffers above live: slots of a caller's memory plan, declared for a layer of `shape`
+// (its B·T rows at most) by declare_moe_buffers, and turned into pointers by moe_acts and
+// moe_scratch. The model declares the activations once per layer and activation slot and the
+// scratch once; the decoder both once, without the backward's scratch.
+using MoePlanAdd = std::function<MemoryPlan::Slot(const char* name, DType dtype, Shape shape)>;
+using MoePlanAt = std::function<void*(MemoryPlan::Slot)>;
+struct MoeActSlots {
+  MemoryPlan::Slot probs, lse, sel, gate, dest, src, counts, recv, choices, xe, gu, h, y;
+};
+struct MoeScratchSlots {
+  MemoryPlan::Slot logits, rows, expert, staging, dh, dgu, dgate, aux;
+  bool backward = false;  // whether the backward's scratch (dh, dgu, dgate) is declared
+};
+MoeActSlots declare_moe_acts(const MoeShape& shape, const MoePlanAdd& add);
+MoeScratchSlots declare_moe_scratch(const MoeShape& shape, const MoePlanAdd& add, bool backward);
+MoeActs moe_acts(const MoeActSlots& slots, const MoePlanAt& at);
+MoeScratch moe_scratch(const MoeScratchSlots& slots, int ep, const MoePlanAt& at);
 
 // A layer's routing, summed over the micro-batches of a step (or an evaluation).
 struct MoeStats {

@@ -58,7 +58,8 @@ TEST(MoeParams, TotalAndActiveMatchACountByHand) {
   EXPECT_EQ(tied.experts, 2 * 4 * 1536);
   EXPECT_EQ(tied.active(), 6144 + 256 + 2 * 1536 + 2048 + 160);
   // Without experts everything is active.
-  const ParamCount dense = count_parameters(moe({"model.num_local_experts=0", "model.moe_layers=[]"}).model);
+  const ParamCount dense =
+      count_parameters(moe({"model.num_local_experts=0", "model.moe_layers=[]"}).model);
   EXPECT_EQ(dense.experts, 0);
   EXPECT_EQ(dense.active(), dense.total());
   EXPECT_EQ(dense.dense_mlps, 2 * 1536);
